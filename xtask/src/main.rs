@@ -1,1 +1,80 @@
-fn main() {}
+//! ktrace's automation: `cargo xtask <command>`.
+//!
+//! - `guest prepare|boot|stop`: the real QEMU test guest.
+//! - `test`: prepares the guest and runs the whole test suite, e2e included.
+//! - `demo`: boots the guest and traces testprog with `ktrace attach`.
+//! - `bench`: ktrace against GDB on the same guest, side by side.
+
+mod guest;
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["guest", rest @ ..] => guest::run(rest),
+        ["test", rest @ ..] => test(rest),
+        ["demo", rest @ ..] => demo(rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 guest prepare                         fetch the kernel, build the initramfs (cached)\n  \
+                 guest boot [--smp N] [--kaslr|--nokaslr] [--port P] [--testprogs N]\n  \
+                 guest stop                            stop the guests `guest boot` started\n  \
+                 test [cargo test args]                prepare the guest, run every test\n  \
+                 demo                                  boot the guest and trace testprog"
+            );
+            bail!("unknown or missing command")
+        }
+    }
+}
+
+/// Runs a command, inheriting stdio, and fails if it fails.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn test(extra: &[&str]) -> Result<()> {
+    guest::prepare_verbose()?;
+    run(cargo().args(["test", "--workspace", "--all-targets"]).args(extra))?;
+    run(cargo().args(["test", "--workspace", "--doc"]))
+}
+
+fn demo(_args: &[&str]) -> Result<()> {
+    let image = guest::prepare_verbose()?;
+    run(cargo().args(["build", "--release", "-p", "ktrace"]))?;
+    eprintln!("booting the guest (TCG, 2 vCPUs, KASLR on)…");
+    let guest = ktrace_testguest::Guest::boot(&image, &ktrace_testguest::BootOptions::default())?;
+    eprintln!(
+        "guest up: qemu pid {}, gdb port {}, testprog pid {}",
+        guest.qemu_pid().unwrap_or(0),
+        guest.port(),
+        guest.testprog_pid()
+    );
+    let ktrace = std::path::Path::new("target/release/ktrace");
+    let pid = guest.testprog_pid().to_string();
+    let vmlinux = guest.vmlinux().to_path_buf();
+    let addr = guest.addr();
+    let show = |args: &[&str]| -> Result<()> {
+        eprintln!("\n$ ktrace {}", args.join(" "));
+        run(Command::new(ktrace).args(args).arg("--vmlinux").arg(&vmlinux))
+    };
+    show(&["info", &addr])?;
+    show(&["attach", &addr, "--break", "_raw_spin_lock", "--pid", &pid, "--count", "5"])?;
+    show(&["attach", &addr, "--break", "_raw_spin_lock", "--pid", &pid, "--count", "200", "--stacks", "--quiet"])?;
+    drop(guest);
+    eprintln!("\nguest stopped");
+    Ok(())
+}

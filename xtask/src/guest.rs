@@ -1,0 +1,110 @@
+//! `cargo xtask guest prepare|boot|stop`.
+
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use ktrace_testguest::{cache_dir, prepare, BootOptions, Guest, GuestImage};
+
+pub fn run(args: &[&str]) -> Result<()> {
+    match args {
+        ["prepare"] => {
+            let image = prepare_verbose()?;
+            println!("kernel   {}", image.bzimage.display());
+            println!("vmlinux  {}", image.vmlinux.display());
+            println!("initrd   {}", image.initramfs.display());
+            Ok(())
+        }
+        ["boot", rest @ ..] => boot(rest),
+        ["stop"] => stop(),
+        _ => bail!("usage: cargo xtask guest prepare | boot [--smp N] [--kaslr|--nokaslr] [--port P] [--testprogs N] [--kvm] | stop"),
+    }
+}
+
+pub fn prepare_verbose() -> Result<GuestImage> {
+    prepare(&mut |step| eprintln!("guest: {step}")).context("preparing the test guest")
+}
+
+fn boot(args: &[&str]) -> Result<()> {
+    let mut opts = BootOptions { daemon: true, ..BootOptions::default() };
+    let mut it = args.iter();
+    while let Some(&arg) = it.next() {
+        let mut value = || it.next().copied().with_context(|| format!("{arg} needs a value"));
+        match arg {
+            "--smp" => opts.smp = value()?.parse().context("--smp")?,
+            "--port" => opts.port = Some(value()?.parse().context("--port")?),
+            "--testprogs" => opts.testprogs = value()?.parse().context("--testprogs")?,
+            "--kaslr" => opts.kaslr = true,
+            "--nokaslr" => opts.kaslr = false,
+            "--kvm" => {
+                if !kvm_works() {
+                    bail!("--kvm: /dev/kvm is not usable here; boot without it (TCG)");
+                }
+                opts.kvm = true;
+            }
+            other => bail!("unknown option {other}"),
+        }
+    }
+    let image = prepare_verbose()?;
+    let guest = Guest::boot(&image, &opts)?;
+    let (port, pids, vmlinux, log) =
+        (guest.port(), guest.testprog_pids().to_vec(), guest.vmlinux().to_path_buf(), guest.console_path().to_path_buf());
+    let qemu = guest.leak();
+    let registry = registry();
+    let mut text = fs::read_to_string(&registry).unwrap_or_default();
+    text.push_str(&format!("{qemu} {port}\n"));
+    fs::write(&registry, text)?;
+    println!("qemu pid      {qemu}");
+    println!("gdb port      {port}");
+    println!("testprog pid  {}", pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
+    println!("vmlinux       {}", vmlinux.display());
+    println!("console log   {}", log.display());
+    println!("\ntry: ktrace attach :{port} --vmlinux {} --break _raw_spin_lock --pid {} --count 5", vmlinux.display(), pids[0]);
+    Ok(())
+}
+
+fn stop() -> Result<()> {
+    let registry = registry();
+    let text = fs::read_to_string(&registry).unwrap_or_default();
+    let mut stopped = 0;
+    for line in text.lines() {
+        let Some(pid) = line.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains("qemu-system") {
+            continue;
+        }
+        // SAFETY: plain kill(2) on a pid we started and just checked.
+        unsafe { libc_kill(pid) };
+        for _ in 0..100 {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        println!("stopped qemu pid {pid}");
+        stopped += 1;
+    }
+    let _ = fs::remove_file(&registry);
+    if stopped == 0 {
+        println!("no guest was running");
+    }
+    Ok(())
+}
+
+unsafe fn libc_kill(pid: i32) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: the caller checked that pid is one of our QEMUs.
+    unsafe { kill(pid, 9) };
+}
+
+fn registry() -> PathBuf {
+    let dir = cache_dir().join("run");
+    let _ = fs::create_dir_all(&dir);
+    dir.join("guests.txt")
+}
+
+fn kvm_works() -> bool {
+    fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
