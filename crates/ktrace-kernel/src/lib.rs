@@ -1,1 +1,31 @@
-//! Placeholder.
+//! Understanding a running Linux kernel from the outside.
+//!
+//! Everything here goes through [`Target`], a small memory/register trait, so
+//! the same code runs on QEMU's gdb stub (`impl Target for ktrace_rsp::Session`)
+//! and on synthetic memory in tests ([`synthetic::SyntheticTarget`]).
+//!
+//! - [`Kernel::attach`] matches the vmlinux to the guest by `linux_banner`,
+//!   finding the KASLR slide when the kernel was relocated.
+//! - Per-CPU data through `__per_cpu_offset[cpu]` (cross-checked with
+//!   `gs_base`/`k_gs_base` by [`Kernel::percpu_base_from_registers`]).
+//! - The current task on each CPU, through `current_task` or
+//!   `pcpu_hot.current_task`, whichever the vmlinux has.
+//! - Task fields (pid, tgid, comm, state, flags, parent) and a bounded walk of
+//!   the task list, threads included.
+
+#![deny(missing_docs)]
+
+mod error;
+mod kaslr;
+mod kernel;
+mod layout;
+mod rsp_target;
+pub mod synthetic;
+mod target;
+mod task;
+
+pub use error::KernelError;
+pub use kernel::{CpuState, Kernel, KernelInfo};
+pub use layout::{CurrentTaskVar, KernelLayout};
+pub use target::{CpuId, Target};
+pub use task::{TaskInfo, TaskRef, TaskState, MAX_TASKS};

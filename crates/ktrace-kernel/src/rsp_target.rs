@@ -1,0 +1,41 @@
+//! [`Target`] over QEMU's gdb stub.
+
+use ktrace_rsp::{Id, Session, ThreadId, ThreadOp};
+
+use crate::{CpuId, KernelError, Target};
+
+/// QEMU numbers its gdb threads from 1: thread N is CPU N-1.
+fn cpu_of(tid: &ThreadId) -> Option<CpuId> {
+    match tid.tid {
+        Id::Id(n) if n >= 1 => Some(CpuId(n as u32 - 1)),
+        _ => None,
+    }
+}
+
+impl Target for Session {
+    async fn read_memory(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, KernelError> {
+        Session::read_memory(self, addr, len).await.map_err(KernelError::target)
+    }
+
+    async fn read_memory_many(&mut self, reqs: &[(u64, usize)]) -> Result<Vec<Option<Vec<u8>>>, KernelError> {
+        let replies = Session::read_memory_many(self, reqs).await.map_err(KernelError::target)?;
+        Ok(replies.into_iter().map(Result::ok).collect())
+    }
+
+    async fn cpus(&mut self) -> Result<Vec<CpuId>, KernelError> {
+        let threads = self.threads().await.map_err(KernelError::target)?;
+        let mut cpus: Vec<CpuId> = threads.iter().filter_map(cpu_of).collect();
+        cpus.sort();
+        Ok(cpus)
+    }
+
+    async fn read_register(&mut self, cpu: CpuId, name: &str) -> Result<u64, KernelError> {
+        let threads = self.threads().await.map_err(KernelError::target)?;
+        let tid = threads
+            .into_iter()
+            .find(|t| cpu_of(t) == Some(cpu))
+            .ok_or_else(|| KernelError::Corrupt(format!("the stub has no thread for CPU {cpu}")))?;
+        self.set_thread(ThreadOp::General, tid).await.map_err(KernelError::target)?;
+        self.read_register_u64(name).await.map_err(KernelError::target)
+    }
+}

@@ -1,0 +1,72 @@
+//! A [`Target`] over synthetic memory, for tests of code that reads the kernel.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{CpuId, KernelError, Target};
+
+/// Sparse guest memory and per-CPU registers, filled by the test.
+#[derive(Clone, Debug, Default)]
+pub struct SyntheticTarget {
+    regions: BTreeMap<u64, Vec<u8>>,
+    registers: HashMap<(CpuId, String), u64>,
+    cpus: u32,
+    /// Number of memory requests served (to check batching and bounds).
+    pub reads: usize,
+}
+
+impl SyntheticTarget {
+    /// An empty target with `cpus` CPUs.
+    pub fn new(cpus: u32) -> SyntheticTarget {
+        SyntheticTarget { cpus, ..SyntheticTarget::default() }
+    }
+
+    /// Maps `bytes` at `addr` (regions must not overlap).
+    pub fn map(&mut self, addr: u64, bytes: &[u8]) -> &mut Self {
+        self.regions.insert(addr, bytes.to_vec());
+        self
+    }
+
+    /// Writes into already-mapped memory, or maps a new region.
+    pub fn write(&mut self, addr: u64, bytes: &[u8]) -> &mut Self {
+        if let Some((&start, region)) = self.regions.range_mut(..=addr).next_back() {
+            let off = (addr - start) as usize;
+            if off + bytes.len() <= region.len() {
+                region[off..off + bytes.len()].copy_from_slice(bytes);
+                return self;
+            }
+        }
+        self.map(addr, bytes)
+    }
+
+    /// Writes a little-endian u64.
+    pub fn write_u64(&mut self, addr: u64, value: u64) -> &mut Self {
+        self.write(addr, &value.to_le_bytes())
+    }
+
+    /// Sets a register of a CPU.
+    pub fn set_register(&mut self, cpu: CpuId, name: &str, value: u64) -> &mut Self {
+        self.registers.insert((cpu, name.to_string()), value);
+        self
+    }
+}
+
+impl Target for SyntheticTarget {
+    async fn read_memory(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, KernelError> {
+        self.reads += 1;
+        let unmapped = || KernelError::Corrupt(format!("0x{addr:x}: unmapped"));
+        let (&start, region) = self.regions.range(..=addr).next_back().ok_or_else(unmapped)?;
+        let off = (addr - start) as usize;
+        region.get(off..off + len).map(<[u8]>::to_vec).ok_or_else(unmapped)
+    }
+
+    async fn cpus(&mut self) -> Result<Vec<CpuId>, KernelError> {
+        Ok((0..self.cpus).map(CpuId).collect())
+    }
+
+    async fn read_register(&mut self, cpu: CpuId, name: &str) -> Result<u64, KernelError> {
+        self.registers
+            .get(&(cpu, name.to_string()))
+            .copied()
+            .ok_or_else(|| KernelError::Corrupt(format!("no register {name} on CPU {cpu}")))
+    }
+}

@@ -1,0 +1,51 @@
+use std::fmt;
+
+use crate::KernelError;
+
+/// A CPU of the guest, numbered from 0 as the kernel numbers them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize)]
+pub struct CpuId(pub u32);
+
+impl fmt::Display for CpuId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The little a kernel reader needs from a stopped target: memory and registers.
+///
+/// Addresses are runtime (guest virtual) addresses; KASLR is applied by the caller.
+#[allow(async_fn_in_trait)]
+pub trait Target {
+    /// Reads `len` bytes of guest virtual memory.
+    async fn read_memory(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, KernelError>;
+
+    /// Reads several ranges at once; an unreadable range gives `None`.
+    /// Implementations should pipeline the requests.
+    async fn read_memory_many(&mut self, reqs: &[(u64, usize)]) -> Result<Vec<Option<Vec<u8>>>, KernelError> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for &(addr, len) in reqs {
+            out.push(self.read_memory(addr, len).await.ok());
+        }
+        Ok(out)
+    }
+
+    /// The CPUs of the guest.
+    async fn cpus(&mut self) -> Result<Vec<CpuId>, KernelError>;
+
+    /// Reads a 64-bit register (`rip`, `rsp`, `gs_base`, `k_gs_base`, `cs`, …) of a CPU.
+    async fn read_register(&mut self, cpu: CpuId, name: &str) -> Result<u64, KernelError>;
+
+    /// Reads a little-endian u64.
+    async fn read_u64(&mut self, addr: u64) -> Result<u64, KernelError> {
+        let bytes = self.read_memory(addr, 8).await?;
+        Ok(u64::from_le_bytes(le_array(&bytes)?))
+    }
+}
+
+pub(crate) fn le_array<const N: usize>(bytes: &[u8]) -> Result<[u8; N], KernelError> {
+    bytes
+        .get(..N)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| KernelError::Corrupt(format!("short read: {} of {N} bytes", bytes.len())))
+}
