@@ -1,0 +1,482 @@
+//! The stopped state: [`Session`].
+
+use super::conn::{name_of, Conn};
+use super::running::RunningSession;
+use super::transport::Transport;
+use super::{ClientConfig, StubAddr};
+use crate::packets::monitor::RcmdReply;
+use crate::packets::stop::{is_stop_reply, parse_stop_reply};
+use crate::packets::thread::Id;
+use crate::packets::{self, *};
+use crate::{BreakpointKind, Capabilities, RegisterMap, Resume, RspError, StopReply, ThreadId, ThreadOp};
+
+pub(crate) struct Inner {
+    pub(crate) conn: Conn,
+    pub(crate) caps: Capabilities,
+    pub(crate) regmap: Option<RegisterMap>,
+    pub(crate) pid: Option<u64>,
+    pub(crate) last_thread: Option<ThreadId>,
+    pub(crate) cfg: ClientConfig,
+    pub(crate) console: Vec<u8>,
+}
+
+impl Inner {
+    pub(crate) fn note_stop(&mut self, s: &StopReply) {
+        if let Some(t) = s.thread() {
+            self.last_thread = Some(t);
+            if let Some(Id::Id(p)) = t.pid {
+                self.pid = Some(p);
+            }
+        }
+    }
+
+    pub(crate) fn detach_payload(&self) -> Vec<u8> {
+        let pid = if self.caps.multiprocess { Some(self.pid.unwrap_or(1)) } else { None };
+        detach::detach_request(pid)
+    }
+
+    /// Best-effort, non-blocking: optional 0x03, then the detach packet.
+    pub(crate) fn drop_detach(&mut self, running: bool) {
+        let mut bytes = Vec::new();
+        if running {
+            bytes.push(0x03);
+        }
+        bytes.extend(crate::codec::encode_packet(&self.detach_payload()));
+        self.conn.try_write_now(&bytes);
+    }
+
+    fn resume_packets(&self, action: Resume) -> (Option<Vec<u8>>, Vec<u8>) {
+        if self.caps.vcont.is_some_and(|v| v.c && v.s) {
+            return (None, resume::resume_vcont(action, self.last_thread));
+        }
+        match action {
+            Resume::Continue => (None, resume::continue_request(None)),
+            Resume::Step => (None, resume::step_request(None)),
+            Resume::ContinueThread(t) => (
+                Some(thread::set_thread_request(ThreadOp::Continue, t)),
+                resume::continue_request(None),
+            ),
+            Resume::StepThread(t) => (
+                Some(thread::set_thread_request(ThreadOp::Continue, t)),
+                resume::step_request(None),
+            ),
+        }
+    }
+
+    /// Queue (and for legacy thread selection, perform `Hc`) a resume.
+    pub(crate) async fn prepare_resume(&mut self, action: Resume) -> Result<Vec<u8>, RspError> {
+        let (pre, pkt) = self.resume_packets(action);
+        if let Some(pre) = pre {
+            let r = self.conn.request(&pre).await?;
+            expect_ok("Hc", &r)?;
+        }
+        Ok(pkt)
+    }
+
+    /// Wait for a stop reply, keeping `O` output. `timeout` = None: forever.
+    pub(crate) async fn wait_stop(&mut self, timeout: bool) -> Result<StopReply, RspError> {
+        loop {
+            let p = if timeout {
+                self.conn.recv_packet("stop reply").await?
+            } else {
+                self.conn.recv_packet_forever().await?
+            };
+            if let Some(o) = monitor::parse_console_output(&p) {
+                self.console.extend(o);
+                continue;
+            }
+            if is_stop_reply(&p) {
+                let s = parse_stop_reply(&p)?;
+                self.note_stop(&s);
+                return Ok(s);
+            }
+            tracing::trace!(target: "ktrace_rsp::wire", "ignoring unexpected packet while waiting for a stop");
+        }
+    }
+}
+
+/// A connection to a stub whose target is stopped.
+///
+/// Dropping a `Session` without [`Session::detach`] writes the detach packet
+/// without blocking (best effort), so QEMU removes breakpoints and resumes
+/// the guest.
+pub struct Session {
+    pub(crate) inner: Option<Inner>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(mut i) = self.inner.take() {
+            i.drop_detach(false);
+        }
+    }
+}
+
+fn per_item(e: RspError) -> Result<RspError, RspError> {
+    match e {
+        RspError::Stub { .. } | RspError::StubMessage { .. } | RspError::UnexpectedReply { .. } | RspError::Unsupported { .. } => Ok(e),
+        fatal => Err(fatal),
+    }
+}
+
+impl Session {
+    fn i(&mut self) -> &mut Inner {
+        self.inner.as_mut().expect("session state present until consumed")
+    }
+
+    /// Connect and synchronise.
+    ///
+    /// Sends `+`, `qSupported` (advertising multiprocess, swbreak, hwbreak,
+    /// vContSupported and qXfer:features:read), `QStartNoAckMode` when offered
+    /// and enabled in `cfg`, then `?`, fetches `target.xml` when offered and
+    /// asks `vCont?`. Stop replies that arrive unsolicited (QEMU sends one when
+    /// a client connects and stops the VM) are skipped.
+    ///
+    /// Note: in QEMU, `?` removes all breakpoints; that is acceptable at
+    /// connect time (a previous client may have left some behind).
+    ///
+    /// Returns the answer to `?` (or the unsolicited stop if `?` gave none).
+    pub async fn connect(addr: &StubAddr, cfg: ClientConfig) -> Result<(Session, Option<StopReply>), RspError> {
+        let connect = async {
+            Ok::<_, std::io::Error>(match addr {
+                StubAddr::Tcp(a) => {
+                    let s = tokio::net::TcpStream::connect(a).await?;
+                    s.set_nodelay(true)?;
+                    Transport::Tcp(s)
+                }
+                StubAddr::Unix(p) => Transport::Unix(tokio::net::UnixStream::connect(p).await?),
+            })
+        };
+        let t = tokio::time::timeout(cfg.timeout, connect)
+            .await
+            .map_err(|_| RspError::Timeout { request: format!("connect {addr}") })??;
+        let mut conn = Conn::new(t, cfg.max_packet, cfg.timeout);
+        conn.queue_raw(b"+");
+        let q = qsupported::qsupported_request(qsupported::CLIENT_FEATURES);
+        conn.queue_packet(&q);
+        conn.flush_timeout("qSupported").await?;
+        let mut unsolicited = None;
+        let caps_reply = loop {
+            let p = conn.recv_packet("qSupported").await?;
+            if is_stop_reply(&p) {
+                unsolicited = parse_stop_reply(&p).ok();
+                continue;
+            }
+            break p;
+        };
+        let mut caps = match qsupported::parse_qsupported(&caps_reply) {
+            Ok(c) => c,
+            Err(RspError::Unsupported { .. }) => Capabilities::default(),
+            Err(e) => return Err(e),
+        };
+        if cfg.no_ack && caps.no_ack_mode {
+            let r = conn.request(qsupported::START_NO_ACK_MODE).await?;
+            if r == b"OK" {
+                conn.ack_mode = false;
+            }
+        }
+        let mut inner = Inner {
+            conn,
+            caps: Capabilities::default(),
+            regmap: None,
+            pid: None,
+            last_thread: None,
+            cfg,
+            console: Vec::new(),
+        };
+        if let Some(s) = &unsolicited {
+            inner.note_stop(s);
+        }
+        let r = inner.conn.request(stop::QUERY_HALT_REASON).await?;
+        let mut first = unsolicited;
+        if let Ok(s) = parse_stop_reply(&r) {
+            inner.note_stop(&s);
+            first = Some(s);
+        }
+        match inner.conn.request(vcont::VCONT_QUERY).await {
+            Ok(r) => caps.vcont = vcont::parse_vcont_support(&r).ok(),
+            Err(e) => return Err(e),
+        }
+        let xfer = caps.xfer_features_read;
+        inner.caps = caps;
+        let mut s = Session { inner: Some(inner) };
+        if xfer {
+            let root = s.read_features("target.xml").await?;
+            // Fetch includes eagerly (the XML callback is synchronous).
+            let mut docs = std::collections::HashMap::new();
+            let mut pending: Vec<String> = includes(&root);
+            while let Some(h) = pending.pop() {
+                if docs.contains_key(&h) || docs.len() > 16 {
+                    continue;
+                }
+                let d = s.read_features(&h).await?;
+                pending.extend(includes(&d));
+                docs.insert(h, d);
+            }
+            let map = RegisterMap::from_xml(&root, |h| {
+                docs.get(h).cloned().ok_or_else(|| RspError::TargetXml(format!("missing {h}")))
+            })?;
+            s.i().regmap = Some(map);
+        }
+        Ok((s, first))
+    }
+
+    async fn read_features(&mut self, annex: &str) -> Result<String, RspError> {
+        let mut out = Vec::new();
+        let len = self.i().caps.packet_size.unwrap_or(4096).saturating_sub(16).max(64);
+        loop {
+            let r = self.i().conn.request(&xfer::features_read_request(annex, out.len(), len)).await?;
+            let c = xfer::parse_xfer_read(&r)?;
+            out.extend(c.data);
+            if c.last || out.len() > 4 << 20 {
+                break;
+            }
+        }
+        String::from_utf8(out).map_err(|_| RspError::TargetXml(format!("{annex} is not UTF-8")))
+    }
+
+    /// What the stub announced in `qSupported` (and `vCont?`).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.inner.as_ref().expect("present").caps
+    }
+
+    /// The register map from `target.xml`, if the stub offered one.
+    pub fn register_map(&self) -> Option<&RegisterMap> {
+        self.inner.as_ref().expect("present").regmap.as_ref()
+    }
+
+    /// The thread of the last stop reply seen.
+    pub fn last_stop_thread(&self) -> Option<ThreadId> {
+        self.inner.as_ref().expect("present").last_thread
+    }
+
+    fn chunk(&self) -> usize {
+        let i = self.inner.as_ref().expect("present");
+        let by_packet = i.caps.packet_size.map(|p| p / 2).unwrap_or(usize::MAX);
+        i.cfg.max_memory_chunk.min(by_packet).max(1)
+    }
+
+    /// Read `len` bytes at `addr`, split into chunks of at most
+    /// min(packet size / 2, `max_memory_chunk`) bytes, all pipelined.
+    pub async fn read_memory(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, RspError> {
+        self.read_memory_many(&[(addr, len)]).await?.pop().expect("one result")
+    }
+
+    /// Read several ranges in one pipelined batch. Stub errors (e.g. `E14`
+    /// for unmapped memory) are reported per item; transport errors fail the
+    /// whole batch.
+    pub async fn read_memory_many(&mut self, reqs: &[(u64, usize)]) -> Result<Vec<Result<Vec<u8>, RspError>>, RspError> {
+        let chunk = self.chunk();
+        let mut pkts = Vec::new();
+        let mut owner = Vec::new();
+        for (n, &(addr, len)) in reqs.iter().enumerate() {
+            let mut off = 0;
+            while off < len {
+                let l = chunk.min(len - off);
+                pkts.push(memory::read_request(addr.wrapping_add(off as u64), l));
+                owner.push(n);
+                off += l;
+            }
+        }
+        let depth = self.i().cfg.pipeline_depth;
+        let replies = self.i().conn.pipeline(&pkts, depth).await?;
+        let mut out: Vec<Result<Vec<u8>, RspError>> = reqs.iter().map(|_| Ok(Vec::new())).collect();
+        for (r, n) in replies.iter().zip(owner) {
+            if let Ok(buf) = &mut out[n] {
+                match memory::parse_read(r) {
+                    Ok(d) => buf.extend(d),
+                    Err(e) => out[n] = Err(per_item(e)?),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Write memory with `M` packets (pipelined when split).
+    pub async fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), RspError> {
+        let max = (self.i().caps.packet_size.unwrap_or(4096).saturating_sub(40) / 2).clamp(1, self.i().cfg.max_memory_chunk);
+        let pkts: Vec<Vec<u8>> = data
+            .chunks(max)
+            .enumerate()
+            .map(|(k, c)| memory::write_request(addr.wrapping_add((k * max) as u64), c))
+            .collect();
+        let depth = self.i().cfg.pipeline_depth;
+        for r in self.i().conn.pipeline(&pkts, depth).await? {
+            expect_ok("M", &r)?;
+        }
+        Ok(())
+    }
+
+    /// `g`: all registers as raw bytes (layout: [`RegisterMap`] offsets).
+    pub async fn read_registers(&mut self) -> Result<Vec<u8>, RspError> {
+        let r = self.i().conn.request(registers::READ_ALL).await?;
+        registers::parse_registers("g", &r)
+    }
+
+    /// `p n`: one register as raw target-order bytes.
+    pub async fn read_register(&mut self, regnum: u32) -> Result<Vec<u8>, RspError> {
+        let r = self.i().conn.request(&registers::read_one_request(regnum)).await?;
+        registers::parse_registers("p", &r)
+    }
+
+    /// Read a register by name (via the register map) as a little-endian
+    /// integer (at most 8 bytes are used).
+    pub async fn read_register_u64(&mut self, name: &str) -> Result<u64, RspError> {
+        let regnum = self
+            .register_map()
+            .and_then(|m| m.get(name))
+            .map(|r| r.regnum)
+            .ok_or_else(|| RspError::UnknownRegister(name.into()))?;
+        let b = self.read_register(regnum).await?;
+        Ok(b.iter().take(8).rev().fold(0u64, |a, &x| (a << 8) | x as u64))
+    }
+
+    /// `P n=value`.
+    pub async fn write_register(&mut self, regnum: u32, value: &[u8]) -> Result<(), RspError> {
+        let r = self.i().conn.request(&registers::write_one_request(regnum, value)).await?;
+        expect_ok("P", &r)
+    }
+
+    /// `Hg` / `Hc`.
+    pub async fn set_thread(&mut self, op: ThreadOp, tid: ThreadId) -> Result<(), RspError> {
+        let r = self.i().conn.request(&thread::set_thread_request(op, tid)).await?;
+        expect_ok("H", &r)
+    }
+
+    /// All threads (`qfThreadInfo`/`qsThreadInfo`). In QEMU threads are vCPUs.
+    pub async fn threads(&mut self) -> Result<Vec<ThreadId>, RspError> {
+        let mut all = Vec::new();
+        let mut req = thread::THREAD_INFO_FIRST;
+        while let Some(v) = thread::parse_thread_info(&self.i().conn.request(req).await?)? {
+            all.extend(v);
+            req = thread::THREAD_INFO_NEXT;
+            if all.len() > 1 << 16 {
+                return Err(RspError::Protocol("thread list does not end".into()));
+            }
+        }
+        if let Some(Id::Id(p)) = all.first().and_then(|t| t.pid) {
+            self.i().pid = Some(p);
+        }
+        Ok(all)
+    }
+
+    /// `qThreadExtraInfo` (decoded from hex).
+    pub async fn thread_extra_info(&mut self, tid: ThreadId) -> Result<String, RspError> {
+        let r = self.i().conn.request(&thread::thread_extra_info_request(tid)).await?;
+        thread::parse_thread_extra_info(&r)
+    }
+
+    /// `qC`.
+    pub async fn current_thread(&mut self) -> Result<ThreadId, RspError> {
+        let r = self.i().conn.request(thread::CURRENT_THREAD).await?;
+        thread::parse_current_thread(&r)
+    }
+
+    /// `Z0`–`Z4`.
+    pub async fn insert_breakpoint(&mut self, kind: BreakpointKind, addr: u64, len: u32) -> Result<(), RspError> {
+        let r = self.i().conn.request(&breakpoint::insert_request(kind, addr, len)).await?;
+        expect_ok("Z", &r)
+    }
+
+    /// `z0`–`z4`.
+    pub async fn remove_breakpoint(&mut self, kind: BreakpointKind, addr: u64, len: u32) -> Result<(), RspError> {
+        let r = self.i().conn.request(&breakpoint::remove_request(kind, addr, len)).await?;
+        expect_ok("z", &r)
+    }
+
+    /// `qRcmd`: run a monitor command and return its output.
+    pub async fn monitor(&mut self, cmd: &str) -> Result<String, RspError> {
+        let c = &mut self.i().conn;
+        c.queue_packet(&monitor::rcmd_request(cmd));
+        c.flush_timeout("qRcmd").await?;
+        let mut out = Vec::new();
+        loop {
+            match monitor::parse_rcmd_reply(&c.recv_packet("qRcmd").await?)? {
+                RcmdReply::Output(o) => out.extend(o),
+                RcmdReply::Done => break,
+                RcmdReply::FinalOutput(o) => {
+                    out.extend(o);
+                    break;
+                }
+            }
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    fn take(mut self) -> Inner {
+        self.inner.take().expect("present")
+    }
+
+    /// Resume the target (vCont when supported, else `c`/`s` with `Hc`).
+    pub async fn resume(mut self, action: Resume) -> Result<RunningSession, RspError> {
+        let pkt = self.i().prepare_resume(action).await?;
+        let mut inner = self.take();
+        inner.conn.queue_packet(&pkt);
+        inner.conn.flush_timeout(&name_of(&pkt)).await?;
+        Ok(RunningSession::new(inner))
+    }
+
+    /// The hot path: `P regnum=value` and the resume written in one socket
+    /// write, then the `P` reply consumed. If the stub rejects the `P`, the
+    /// target has already been resumed: the error is returned and the
+    /// running session dropped (which detaches, see [`RunningSession`]).
+    pub async fn write_register_and_resume(mut self, regnum: u32, value: &[u8], action: Resume) -> Result<RunningSession, RspError> {
+        let pkt = self.i().prepare_resume(action).await?;
+        let mut inner = self.take();
+        inner.conn.queue_packet(&registers::write_one_request(regnum, value));
+        inner.conn.queue_packet(&pkt);
+        inner.conn.flush_timeout("P+resume").await?;
+        let mut running = RunningSession::new(inner);
+        let r = running.inner_mut().conn.recv_packet("P").await?;
+        expect_ok("P", &r)?;
+        Ok(running)
+    }
+
+    /// Single-step (`tid` or the last stopped thread) and wait for the stop.
+    pub async fn step(&mut self, tid: Option<ThreadId>) -> Result<StopReply, RspError> {
+        let action = tid.map(Resume::StepThread).unwrap_or(Resume::Step);
+        let pkt = self.i().prepare_resume(action).await?;
+        let i = self.i();
+        i.conn.queue_packet(&pkt);
+        i.conn.flush_timeout("step").await?;
+        i.wait_stop(true).await
+    }
+
+    /// Send any packet and return the raw reply (no interpretation).
+    pub async fn request(&mut self, payload: &[u8]) -> Result<Vec<u8>, RspError> {
+        self.i().conn.request(payload).await
+    }
+
+    /// Detach: `D;pid` in multiprocess mode (pid from the threads or stop
+    /// replies, else 1), else `D`. QEMU removes breakpoints and resumes.
+    pub async fn detach(self) -> Result<(), RspError> {
+        let mut inner = self.take();
+        let p = inner.detach_payload();
+        let r = inner.conn.request(&p).await?;
+        if packets::parse_error(&r).is_some() && p != b"D" {
+            let r = inner.conn.request(b"D").await?;
+            return expect_ok("D", &r);
+        }
+        expect_ok("D", &r)
+    }
+
+    /// `k`: kill the target (QEMU exits). No reply is awaited.
+    pub async fn kill(self) -> Result<(), RspError> {
+        let mut inner = self.take();
+        inner.conn.queue_packet(kill::KILL);
+        inner.conn.flush_timeout("k").await
+    }
+}
+
+fn includes(xml: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find("href=") {
+        rest = &rest[i + 5..];
+        let q = rest.chars().next().unwrap_or('"');
+        if let Some(end) = rest[1..].find(q) {
+            v.push(rest[1..1 + end].to_string());
+        }
+    }
+    v
+}
