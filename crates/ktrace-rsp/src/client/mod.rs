@@ -10,6 +10,7 @@
 //! leaving it paused. Prefer calling `detach()` explicitly: it waits for the
 //! stub's answer and reports errors.
 
+mod batch;
 mod conn;
 mod running;
 mod session;
