@@ -1,0 +1,220 @@
+//! Fault cases against a hand-written, scripted fake stub.
+
+use ktrace_rsp::codec::encode_packet;
+use ktrace_rsp::{ClientConfig, RspError, Session, StopReply, StubAddr};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+struct Fake {
+    s: TcpStream,
+}
+
+impl Fake {
+    fn byte(&mut self) -> Option<u8> {
+        let mut b = [0u8];
+        match self.s.read(&mut b) {
+            Ok(1) => Some(b[0]),
+            _ => None,
+        }
+    }
+    /// Next packet payload (acks and other bytes skipped); `ack` chooses
+    /// what to answer.
+    fn read_packet_with(&mut self, ack: &[u8]) -> Vec<u8> {
+        while self.byte().expect("client closed") != b'$' {}
+        let mut p = Vec::new();
+        loop {
+            let b = self.byte().unwrap();
+            if b == b'#' {
+                break;
+            }
+            p.push(b);
+        }
+        self.byte();
+        self.byte();
+        self.s.write_all(ack).unwrap();
+        p
+    }
+    fn read_packet(&mut self) -> Vec<u8> {
+        self.read_packet_with(b"+")
+    }
+    fn send(&mut self, payload: &[u8]) {
+        self.s.write_all(&encode_packet(payload)).unwrap();
+    }
+    fn expect(&mut self, want: &[u8]) {
+        let got = self.read_packet();
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    }
+    /// qSupported, ?, vCont? like QEMU 7.2 (ack mode, no target.xml).
+    fn handshake(&mut self, packet_size: &str, unsolicited: bool) {
+        if unsolicited {
+            self.send(b"T02thread:01;");
+        }
+        let q = self.read_packet();
+        assert!(q.starts_with(b"qSupported:"));
+        self.send(format!("PacketSize={packet_size};vContSupported+;multiprocess+").as_bytes());
+        self.expect(b"?");
+        self.send(b"T05thread:p01.01;");
+        self.expect(b"vCont?");
+        self.send(b"vCont;c;C;s;S");
+    }
+}
+
+fn fake(script: impl FnOnce(&mut Fake) + Send + 'static) -> (StubAddr, JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = StubAddr::Tcp(l.local_addr().unwrap().to_string());
+    let h = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        script(&mut Fake { s });
+    });
+    (addr, h)
+}
+
+fn cfg() -> ClientConfig {
+    ClientConfig { timeout: Duration::from_millis(500), ..ClientConfig::default() }
+}
+
+#[tokio::test]
+async fn unsolicited_stop_at_connect() {
+    let (addr, h) = fake(|f| {
+        f.handshake("1000", true);
+        f.expect(b"D;1");
+        f.send(b"OK");
+    });
+    let (s, first) = Session::connect(&addr, cfg()).await.unwrap();
+    assert!(matches!(first, Some(StopReply::Signal { signal: 5, .. })));
+    assert_eq!(s.capabilities().packet_size, Some(0x1000));
+    s.detach().await.unwrap();
+    h.join().unwrap();
+}
+
+#[tokio::test]
+async fn bad_checksum_then_retransmit() {
+    let (addr, h) = fake(|f| {
+        f.handshake("1000", false);
+        // The stub corrupts its reply; the client must answer '-'.
+        f.expect(b"m1000,4");
+        f.s.write_all(b"$4c696e75#00").unwrap();
+        assert_eq!(f.byte(), Some(b'-'));
+        f.send(b"4c696e75");
+        // The stub rejects the client's packet; the client must resend it.
+        let p = f.read_packet_with(b"-");
+        assert_eq!(p, b"m2000,1");
+        f.expect(b"m2000,1");
+        f.send(b"78");
+        f.expect(b"D;1");
+        f.send(b"OK");
+    });
+    let (mut s, _) = Session::connect(&addr, cfg()).await.unwrap();
+    assert_eq!(s.read_memory(0x1000, 4).await.unwrap(), b"Linu");
+    assert_eq!(s.read_memory(0x2000, 1).await.unwrap(), b"x");
+    s.detach().await.unwrap();
+    h.join().unwrap();
+}
+
+#[tokio::test]
+async fn stub_closes_mid_request() {
+    let (addr, h) = fake(|f| {
+        f.handshake("1000", false);
+        f.expect(b"g");
+        f.s.write_all(b"$0011").unwrap();
+        f.s.shutdown(std::net::Shutdown::Both).unwrap();
+    });
+    let (mut s, _) = Session::connect(&addr, cfg()).await.unwrap();
+    let e = s.read_registers().await.unwrap_err();
+    assert!(matches!(e, RspError::Closed), "{e:?}");
+    h.join().unwrap();
+}
+
+#[tokio::test]
+async fn silence_times_out() {
+    let (addr, h) = fake(|f| {
+        f.handshake("1000", false);
+        f.expect(b"qC");
+        std::thread::sleep(Duration::from_millis(1200));
+    });
+    let (mut s, _) = Session::connect(&addr, cfg()).await.unwrap();
+    let t = std::time::Instant::now();
+    let e = s.current_thread().await.unwrap_err();
+    assert!(matches!(&e, RspError::Timeout { request } if request == "qC"), "{e:?}");
+    assert!(t.elapsed() < Duration::from_millis(1000));
+    drop(s);
+    h.join().unwrap();
+}
+
+#[tokio::test]
+async fn memory_read_split_into_pipelined_packets() {
+    let (addr, h) = fake(|f| {
+        f.handshake("100", false); // 256-byte packets => 128-byte chunks
+        let reqs: Vec<Vec<u8>> = (0..3).map(|_| f.read_packet()).collect();
+        assert_eq!(reqs, vec![b"m1000,80".to_vec(), b"m1080,80".to_vec(), b"m1100,2c".to_vec()]);
+        for (n, len) in [(0u8, 128), (1, 128), (2, 44)] {
+            f.send(vec![b'0', b'0' + n].repeat(len).as_slice());
+        }
+        f.expect(b"D;1");
+        f.send(b"OK");
+    });
+    let (mut s, _) = Session::connect(&addr, cfg()).await.unwrap();
+    let m = s.read_memory(0x1000, 300).await.unwrap();
+    assert_eq!(m.len(), 300);
+    assert_eq!((m[0], m[128], m[299]), (0, 1, 2));
+    s.detach().await.unwrap();
+    h.join().unwrap();
+}
+
+#[tokio::test]
+async fn per_item_stub_errors_in_batch() {
+    let (addr, h) = fake(|f| {
+        f.handshake("1000", false);
+        f.expect(b"m0,8");
+        f.expect(b"m10,1");
+        f.send(b"E14");
+        f.send(b"aa");
+    });
+    let (mut s, _) = Session::connect(&addr, cfg()).await.unwrap();
+    let r = s.read_memory_many(&[(0, 8), (0x10, 1)]).await.unwrap();
+    assert!(matches!(r[0], Err(RspError::Stub { code: 0x14, .. })));
+    assert_eq!(r[1].as_ref().unwrap(), &vec![0xaa]);
+    h.join().unwrap();
+}
+
+#[tokio::test]
+async fn dropping_running_session_interrupts_and_detaches() {
+    let (addr, h) = fake(|f| {
+        f.handshake("1000", false);
+        f.expect(b"P10=0100000000000000");
+        f.expect(b"vCont;c");
+        f.send(b"OK");
+        assert_eq!(f.byte(), Some(b'+'));
+        // The drop writes 0x03 then the detach packet.
+        assert_eq!(f.byte(), Some(0x03));
+        f.expect(b"D;1");
+    });
+    let (s, _) = Session::connect(&addr, cfg()).await.unwrap();
+    let run = s.write_register_and_resume(16, &1u64.to_le_bytes(), ktrace_rsp::Resume::Continue).await.unwrap();
+    drop(run);
+    h.join().unwrap();
+}
+
+#[tokio::test]
+async fn wait_stop_collects_console_output_and_sees_close() {
+    let (addr, h) = fake(|f| {
+        f.handshake("1000", false);
+        f.expect(b"vCont;c");
+        f.send(b"O6869");
+        f.send(b"T05thread:p01.02;swbreak:;");
+        f.expect(b"vCont;c");
+        f.s.shutdown(std::net::Shutdown::Both).unwrap();
+    });
+    let (s, _) = Session::connect(&addr, cfg()).await.unwrap();
+    let mut run = s.resume(ktrace_rsp::Resume::Continue).await.unwrap();
+    let stop = run.wait_stop().await.unwrap();
+    assert!(matches!(stop, StopReply::Signal { reason: Some(ktrace_rsp::StopReason::SwBreak), .. }));
+    assert_eq!(run.take_console_output(), b"hi");
+    let s = run.into_stopped().unwrap();
+    let mut run = s.resume(ktrace_rsp::Resume::Continue).await.unwrap();
+    assert!(matches!(run.wait_stop().await, Err(RspError::Closed)));
+    h.join().unwrap();
+}
