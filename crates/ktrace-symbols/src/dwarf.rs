@@ -120,16 +120,53 @@ impl DwarfInfo {
         a[..idx].iter().rev().take(8).find(|r| addr < r.1).map(|r| r.2)
     }
 
-    /// Offsets of all unit headers, in file order.
+    /// Offsets of all unit headers, in file order. Taken from
+    /// `.debug_aranges` when it lists units (reading 2000+ scattered unit
+    /// headers would fault in ~100 MB of the map); otherwise by walking the
+    /// headers.
     pub(crate) fn unit_offsets(&self) -> &[usize] {
         self.unit_offsets.get_or_init(|| {
             let mut out = Vec::new();
-            let mut it = self.dwarf.units();
-            while let Ok(Some(h)) = it.next() {
-                out.push(h.offset().0);
+            let mut headers = self.dwarf.debug_aranges.headers();
+            while let Ok(Some(h)) = headers.next() {
+                out.push(h.debug_info_offset().0);
             }
+            if out.is_empty() {
+                let mut it = self.dwarf.units();
+                while let Ok(Some(h)) = it.next() {
+                    out.push(h.offset().0);
+                }
+            }
+            out.sort_unstable();
+            out.dedup();
             out
         })
+    }
+
+    /// The header offset of the unit containing `.debug_info` offset `o`.
+    fn unit_containing(&self, o: usize) -> Option<usize> {
+        let offs = self.unit_offsets();
+        let idx = offs.partition_point(|&u| u <= o).checked_sub(1)?;
+        let u = offs[idx];
+        // Check that the unit really covers `o` (aranges may miss units).
+        let h = self.dwarf.debug_info.header_from_offset(DebugInfoOffset(u)).ok()?;
+        if o < u + h.length_including_self() {
+            return Some(u);
+        }
+        let mut it = self.dwarf.units();
+        while let Ok(Some(h)) = it.next() {
+            let start = h.offset().0;
+            if start <= o && o < start + h.length_including_self() {
+                return Some(start);
+            }
+        }
+        None
+    }
+
+    /// `(start, end)` in `.debug_info` of the unit at header offset `u`.
+    pub(crate) fn unit_range(&self, u: usize) -> Option<(usize, usize)> {
+        let h = self.dwarf.debug_info.header_from_offset(DebugInfoOffset(u)).ok()?;
+        Some((u, u + h.length_including_self()))
     }
 
     fn parse_unit(&self, offset: usize) -> Result<Unit, SymbolError> {
@@ -156,9 +193,7 @@ impl DwarfInfo {
         match v {
             AttributeValue::UnitRef(off) => Some(DieRef { unit, off }),
             AttributeValue::DebugInfoRef(DebugInfoOffset(o)) => {
-                let offs = self.unit_offsets();
-                let idx = offs.partition_point(|&u| u <= o).checked_sub(1)?;
-                let u = offs[idx];
+                let u = self.unit_containing(o)?;
                 Some(DieRef { unit: u, off: UnitOffset(o - u) })
             }
             _ => None,
@@ -212,7 +247,8 @@ impl DwarfInfo {
         pred: impl Fn(&Unit, &gimli::DebuggingInformationEntry<R>) -> bool,
     ) -> Result<Option<DieRef>, SymbolError> {
         let first = self.search_order(anchors);
-        let rest = self.unit_offsets().iter().copied().filter(|u| !first.contains(u));
+        // `unit_offsets` is only computed if the anchors do not have it.
+        let rest = std::iter::once(()).flat_map(|()| self.unit_offsets().iter().copied()).filter(|u| !first.contains(u));
         for u in first.iter().copied().chain(rest) {
             let hit = self.scan_top_level(u, |unit, e| pred(unit, e).then(|| e.offset()))?;
             if let Some(off) = hit {

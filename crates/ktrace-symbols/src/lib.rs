@@ -17,6 +17,7 @@ mod lines;
 mod orc;
 mod symbols;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -58,7 +59,8 @@ pub struct Vmlinux {
     // Everything borrowing from the map is declared (and so dropped) before it.
     symbols: OnceLock<Option<SymbolIndex>>,
     dwarf: OnceLock<Option<DwarfInfo>>,
-    addr2line: OnceLock<Option<Mutex<addr2line::Context<R>>>>,
+    /// addr2line contexts, one per compilation unit (keyed by unit offset).
+    addr2line: Mutex<HashMap<usize, addr2line::Context<R>>>,
     orc: OnceLock<Result<Option<OrcTable>, String>>,
     image: ElfImage,
     path: PathBuf,
@@ -68,6 +70,9 @@ pub struct Vmlinux {
 
 /// Type names whose definition is searched for in the unit of a known
 /// variable's type first (fast path), e.g. task_struct via `init_task`.
+/// How many per-unit addr2line contexts are kept.
+const MAX_LINE_CONTEXTS: usize = 32;
+
 const TYPE_ANCHOR_VARS: &[(&str, &str)] = &[("task_struct", "init_task")];
 
 impl Vmlinux {
@@ -85,6 +90,8 @@ impl Vmlinux {
         // SAFETY: the file is mapped read-only; like every tool reading
         // vmlinux files we assume nobody truncates it while it is open.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| SymbolError::Io { path: path.clone(), source: e })?;
+        // Random access: no readahead/fault-around inflating RSS.
+        let _ = map.advise(memmap2::Advice::Random);
         // SAFETY: the mapping lives in `_map` until `Vmlinux` is dropped, and
         // all fields that borrow from it are dropped before it (field order);
         // no `'static` reference escapes through the public API.
@@ -97,7 +104,7 @@ impl Vmlinux {
         Ok(Vmlinux {
             symbols: OnceLock::new(),
             dwarf: OnceLock::new(),
-            addr2line: OnceLock::new(),
+            addr2line: Mutex::default(),
             orc: OnceLock::new(),
             image,
             path,
@@ -313,20 +320,47 @@ impl Vmlinux {
         }
     }
 
-    fn addr2line(&self) -> Result<&Mutex<addr2line::Context<R>>, SymbolError> {
-        self.addr2line
-            .get_or_init(|| {
-                let dw = dwarf::load_dwarf(&self.image, &self.owned)?;
-                addr2line::Context::from_dwarf(dw).ok().map(Mutex::new)
-            })
-            .as_ref()
-            .ok_or_else(|| SymbolError::NoDebugInfo { path: self.path.clone(), what: "source lines".into() })
+    /// Source frames at `addr`, innermost (inlined) function first; the
+    /// last frame is the real function. Only the one compilation unit
+    /// containing `addr` (found by `.debug_aranges`) is parsed, with an
+    /// addr2line context cached per unit. Addresses without debug info
+    /// (e.g. some assembly) give one frame named from the symbol table.
+    pub fn frames(&self, addr: KernelAddr) -> Result<Vec<SourceFrame>, SymbolError> {
+        let d = self.dwarf("source lines")?;
+        let Some(u) = d.unit_for_addr(addr.0) else {
+            return Ok(self
+                .symbolize(addr)
+                .map(|s| SourceFrame { function: Some(s.name), file: None, line: None, inlined: false })
+                .into_iter()
+                .collect());
+        };
+        let mut cache = self.addr2line.lock().unwrap_or_else(|e| e.into_inner());
+        if !cache.contains_key(&u) {
+            if cache.len() >= MAX_LINE_CONTEXTS {
+                cache.clear();
+            }
+            let ctx = self.unit_context(d, u)?;
+            cache.insert(u, ctx);
+        }
+        let mut frames = lines::frames(&cache[&u], addr)?;
+        if frames.is_empty() {
+            if let Some(s) = self.symbolize(addr) {
+                frames.push(SourceFrame { function: Some(s.name), file: None, line: None, inlined: false });
+            }
+        }
+        Ok(frames)
     }
 
-    /// Source frames at `addr`, innermost (inlined) function first.
-    pub fn frames(&self, addr: KernelAddr) -> Result<Vec<SourceFrame>, SymbolError> {
-        let ctx = self.addr2line()?.lock().unwrap_or_else(|e| e.into_inner());
-        lines::frames(&ctx, addr)
+    /// An addr2line context that sees only unit `u` of `.debug_info`.
+    fn unit_context(&self, d: &DwarfInfo, u: usize) -> Result<addr2line::Context<R>, SymbolError> {
+        let no_dwarf = || SymbolError::NoDebugInfo { path: self.path.clone(), what: "source lines".into() };
+        let (start, end) = d.unit_range(u).ok_or_else(no_dwarf)?;
+        let mut dw = dwarf::load_dwarf(&self.image, &self.owned).ok_or_else(no_dwarf)?;
+        let info: &'static [u8] = gimli::Section::reader(&dw.debug_info).slice();
+        let endian = gimli::RunTimeEndian::Little;
+        dw.debug_info = gimli::DebugInfo::from(gimli::EndianSlice::new(info.get(start..end).ok_or_else(no_dwarf)?, endian));
+        dw.debug_aranges = gimli::DebugAranges::from(gimli::EndianSlice::new(&[], endian));
+        addr2line::Context::from_dwarf(dw).map_err(|e| SymbolError::dwarf("preparing line lookup", e))
     }
 
     /// The `is_stmt` addresses of `file:line` (`"kernel/sched/core.c"` or
