@@ -12,6 +12,8 @@ mod banner;
 mod dwarf;
 mod elf;
 mod error;
+#[cfg(test)]
+mod fixture_tests;
 mod layout;
 mod lines;
 mod orc;
