@@ -193,13 +193,9 @@ async fn qemu_end_to_end() {
     let t = Instant::now();
     let n = 20;
     for _ in 0..n {
-        let rip_num = s.register_map().unwrap().get("rip").unwrap().regnum;
-        let rip = RAW_SPIN_LOCK.to_le_bytes();
         s.remove_breakpoint(BreakpointKind::Software, RAW_SPIN_LOCK, 1).await.unwrap();
         s.step(None).await.unwrap();
         s.insert_breakpoint(BreakpointKind::Software, RAW_SPIN_LOCK, 1).await.unwrap();
-        let _ = rip_num;
-        let _ = rip;
         let mut run = s.resume(Resume::Continue).await.unwrap();
         run.wait_stop().await.unwrap();
         s = run.into_stopped().unwrap();

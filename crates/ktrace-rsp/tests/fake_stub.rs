@@ -151,7 +151,7 @@ async fn memory_read_split_into_pipelined_packets() {
         let reqs: Vec<Vec<u8>> = (0..3).map(|_| f.read_packet()).collect();
         assert_eq!(reqs, vec![b"m1000,80".to_vec(), b"m1080,80".to_vec(), b"m1100,2c".to_vec()]);
         for (n, len) in [(0u8, 128), (1, 128), (2, 44)] {
-            f.send(vec![b'0', b'0' + n].repeat(len).as_slice());
+            f.send([b'0', b'0' + n].repeat(len).as_slice());
         }
         f.expect(b"D;1");
         f.send(b"OK");

@@ -110,7 +110,7 @@ pub(crate) fn parse_all<'a, T>(
     mut p: impl nom::Parser<&'a [u8], Output = T, Error = nom::error::Error<&'a [u8]>>,
 ) -> Result<T, RspError> {
     match p.parse(input) {
-        Ok((rest, v)) if rest.is_empty() => Ok(v),
+        Ok((b"", v)) => Ok(v),
         _ => Err(RspError::unexpected(request, input)),
     }
 }

@@ -76,7 +76,7 @@ fn bad(p: &[u8]) -> RspError {
 
 fn hex_all(v: &[u8]) -> Option<u64> {
     match hex_u64(v) {
-        Ok((rest, n)) if rest.is_empty() => Some(n),
+        Ok((b"", n)) => Some(n),
         _ => None,
     }
 }
