@@ -1,1 +1,93 @@
-fn main() {}
+//! `ktrace`: trace a Linux kernel running in QEMU from the outside, over the gdb stub.
+
+mod attach;
+mod format;
+mod inspect;
+mod symcmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Trace a Linux kernel in a QEMU guest from the outside, over QEMU's gdb stub.
+#[derive(Parser, Debug)]
+#[command(name = "ktrace", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log level for diagnostics on stderr (e.g. `debug`, `ktrace_rsp::wire=trace` for every packet).
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Trace breakpoint hits, filtered by task and CPU, with backtraces.
+    Attach(attach::AttachArgs),
+    /// Stop the guest once, print every CPU's backtrace and current task, resume.
+    Bt(inspect::TargetArgs),
+    /// List every task (like `ps`/`lx-ps`).
+    Ps(inspect::TargetArgs),
+    /// Kernel release, KASLR slide, CPUs and what each runs.
+    Info(inspect::TargetArgs),
+    /// Look up symbols by name or address in the vmlinux.
+    Sym(symcmd::SymArgs),
+    /// Print offsets and sizes of struct members (`task_struct.pid`).
+    Layout(symcmd::LayoutArgs),
+}
+
+/// Options every command that reads a vmlinux takes.
+#[derive(Args, Debug, Clone)]
+pub struct VmlinuxArg {
+    /// The vmlinux with debug info of the guest's kernel.
+    #[arg(long, default_value = "vmlinux", value_name = "PATH")]
+    pub vmlinux: PathBuf,
+}
+
+/// An error caused by what the user asked for (exit code 2), as opposed to a
+/// failure while running (exit code 1).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = cli.log.clone().unwrap_or_else(|| std::env::var("KTRACE_LOG").unwrap_or_else(|_| "warn".into()));
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ktrace: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Attach(args) => attach::run(args).await,
+            Command::Bt(args) => inspect::bt(args).await,
+            Command::Ps(args) => inspect::ps(args).await,
+            Command::Info(args) => inspect::info(args).await,
+            Command::Sym(args) => symcmd::sym(args),
+            Command::Layout(args) => symcmd::layout(args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            let usage = err.downcast_ref::<UsageError>().is_some();
+            eprintln!("ktrace: {}", format::error_chain(&err));
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}

@@ -11,7 +11,7 @@ use crate::{kaslr, CpuId, KernelError, Target};
 
 /// A vmlinux matched to a running guest: the slide, the layout and each CPU's
 /// per-CPU base. Cheap to query; holds no connection.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Kernel {
     vmlinux: Arc<Vmlinux>,
     layout: KernelLayout,
@@ -19,6 +19,17 @@ pub struct Kernel {
     release: String,
     percpu_bases: Vec<u64>,
     rq_idle: Option<(u64, u64)>,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel")
+            .field("vmlinux", &self.vmlinux.path())
+            .field("release", &self.release)
+            .field("slide", &format_args!("0x{:x}", self.slide))
+            .field("cpus", &self.percpu_bases.len())
+            .finish()
+    }
 }
 
 /// What one CPU is running.

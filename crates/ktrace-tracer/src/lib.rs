@@ -1,1 +1,32 @@
-//! Placeholder.
+//! Filtered kernel breakpoint tracing with backtraces, over QEMU's gdb stub.
+//!
+//! [`Tracer::attach`] connects (RSP), matches the vmlinux to the guest
+//! (kernel crate) and resolves the `--break` locations (symbol crate);
+//! [`Tracer::run`] inserts the breakpoints and evaluates every stop in its own
+//! loop: the filter ([`Filter`]) is checked with as few reads as possible (for
+//! `--pid`, one 8-byte read of the CPU's current-task pointer compared with
+//! the target's `task_struct`), a miss resumes at once, and a match becomes a
+//! [`Hit`] with an ORC-unwound [`Backtrace`] handed to a [`HitSink`].
+//! [`backtrace_all_cpus`] is `ktrace bt`.
+//!
+//! The crate does no terminal output; the CLI formats hits.
+
+#![deny(missing_docs)]
+
+mod bt;
+mod error;
+mod filter;
+mod hit;
+mod location;
+mod regs;
+mod tracer;
+mod unwind;
+
+pub use bt::{backtrace_all_cpus, CpuBacktrace};
+pub use error::TraceError;
+pub use filter::{glob_match, Filter};
+pub use hit::{parse_duration, EndReason, Hit, StackCounts, Summary};
+pub use location::{resolve as resolve_location, Location};
+pub use tokio_util::sync::CancellationToken;
+pub use tracer::{HitSink, ResumeMode, TraceConfig, TraceFailure, Tracer};
+pub use unwind::{Backtrace, Frame, FrameKind, Regs, Unwinder};

@@ -1,0 +1,246 @@
+//! `ktrace attach`: the main job.
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use ktrace_kernel::CpuId;
+use ktrace_tracer::{CancellationToken, Filter, Hit, HitSink, ResumeMode, StackCounts, TraceConfig, Tracer};
+
+use crate::inspect::{explain, TargetArgs};
+use crate::symcmd::open_vmlinux;
+use crate::{format, UsageError};
+
+/// `ktrace attach`.
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Where to break: `symbol`, `symbol+0x10`, `0xADDR` (vmlinux address), `file.c:LINE`. Repeatable.
+    #[arg(long = "break", short = 'b', required = true, value_name = "LOCATION")]
+    breaks: Vec<String>,
+    /// Use hardware breakpoints.
+    #[arg(long)]
+    hw: bool,
+    /// Only hits in this thread (task pid).
+    #[arg(long)]
+    pid: Option<i32>,
+    /// Only hits in this process (task tgid).
+    #[arg(long)]
+    tgid: Option<i32>,
+    /// Only hits whose task comm matches (exact, or a glob with * ? [..]).
+    #[arg(long)]
+    comm: Option<String>,
+    /// Only hits on these CPUs (repeatable, or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    cpu: Vec<u32>,
+    /// Stop after N matched hits.
+    #[arg(long, short = 'n')]
+    count: Option<u64>,
+    /// Stop after this long (`10s`, `500ms`, `2m`).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Wait for the --pid/--tgid/--comm task to appear instead of failing.
+    #[arg(long)]
+    wait: bool,
+    /// Print no backtraces (faster).
+    #[arg(long)]
+    no_backtrace: bool,
+    /// The most frames per backtrace.
+    #[arg(long, default_value_t = 64)]
+    max_frames: usize,
+    /// Print nothing per hit (use with --stacks, --folded, --flamegraph).
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    /// At the end, print each distinct stack with its count, most frequent first.
+    #[arg(long)]
+    stacks: bool,
+    /// Write collapsed stacks (flame graph input) to FILE.
+    #[arg(long, value_name = "FILE")]
+    folded: Option<PathBuf>,
+    /// Write an SVG flame graph of the matched stacks to FILE.
+    #[arg(long, value_name = "FILE")]
+    flamegraph: Option<PathBuf>,
+    /// How to get past a breakpoint (auto probes the fastest safe way).
+    #[arg(long, value_enum, default_value_t = ResumeArg::Auto)]
+    resume: ResumeArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ResumeArg {
+    Auto,
+    Step,
+    Reinsert,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    ktrace_tracer::parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration (try 10s, 500ms, 2m)"))
+}
+
+/// Prints or streams hits as they come, and counts stacks.
+struct Output {
+    json: bool,
+    quiet: bool,
+    collect_stacks: bool,
+    stacks: StackCounts,
+    out: BufWriter<std::io::Stdout>,
+    status_line: bool,
+    failed: Option<std::io::Error>,
+}
+
+impl HitSink for Output {
+    fn hit(&mut self, hit: Hit) -> ControlFlow<()> {
+        if self.collect_stacks {
+            self.stacks.add(&hit);
+        }
+        let res = if self.json {
+            serde_json::to_string(&hit).map_err(std::io::Error::other).and_then(|line| writeln!(self.out, "{line}"))
+        } else if !self.quiet {
+            let bt = hit.backtrace.as_ref().map(format::backtrace).unwrap_or_default();
+            writeln!(self.out, "{}\n{bt}", format::hit_header(&hit))
+        } else {
+            Ok(())
+        };
+        // JSON lines are flushed per hit so a consumer (or a crash) loses nothing.
+        let res = res.and_then(|_| if self.json || self.status_line { self.out.flush() } else { Ok(()) });
+        if let Err(e) = res {
+            // stdout closed (e.g. `| head`): stop tracing cleanly.
+            self.failed = Some(e);
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn progress(&mut self, seen: u64, matched: u64, elapsed: Duration) {
+        if self.status_line {
+            let _ = self.out.flush();
+            let rate = seen as f64 / elapsed.as_secs_f64().max(1e-9);
+            eprint!("\r\x1b[2Khits {seen}  matched {matched}  {rate:.0}/s  {:.1}s", elapsed.as_secs_f64());
+        }
+    }
+}
+
+pub async fn run(args: AttachArgs) -> Result<ExitCode> {
+    let vm = Arc::new(open_vmlinux(&args.target.vmlinux)?);
+    let stub = args.target.stub()?;
+    let filter = Filter { pid: args.pid, tgid: args.tgid, comm: args.comm.clone(), cpus: args.cpu.iter().map(|&c| CpuId(c)).collect() };
+    let want_stacks = args.stacks || args.folded.is_some() || args.flamegraph.is_some();
+    let cfg = TraceConfig {
+        breakpoints: args.breaks.clone(),
+        hardware: args.hw,
+        filter,
+        count: args.count,
+        duration: args.duration,
+        backtrace: !args.no_backtrace,
+        max_frames: args.max_frames,
+        resume: match args.resume {
+            ResumeArg::Auto => ResumeMode::Auto,
+            ResumeArg::Step => ResumeMode::Step,
+            ResumeArg::Reinsert => ResumeMode::RemoveStepReinsert,
+        },
+        wait_for_task: args.wait,
+        client: args.target.client(),
+    };
+    if want_stacks && args.no_backtrace {
+        return Err(UsageError("--stacks/--folded/--flamegraph need backtraces; drop --no-backtrace".into()).into());
+    }
+    let tracer = Tracer::attach(&stub, vm, cfg).await.map_err(|e| explain(&args.target.addr, e))?;
+    let kernel = tracer.kernel();
+    let places: Vec<String> = tracer.locations().iter().map(|l| l.spec.clone()).collect();
+    eprintln!(
+        "ktrace: attached to {} ({}, {} CPUs, KASLR slide 0x{:x}); tracing {}{}",
+        args.target.addr,
+        kernel.release(),
+        kernel.cpu_count(),
+        kernel.slide(),
+        places.join(", "),
+        if std::io::stderr().is_terminal() { "; Ctrl-C to stop" } else { "" }
+    );
+
+    let cancel = CancellationToken::new();
+    spawn_signal_handlers(cancel.clone())?;
+    let mut output = Output {
+        json: args.target.json,
+        quiet: args.quiet,
+        collect_stacks: want_stacks,
+        stacks: StackCounts::default(),
+        out: BufWriter::new(std::io::stdout()),
+        status_line: std::io::stderr().is_terminal() && !args.quiet,
+        failed: None,
+    };
+    let result = tracer.run(&mut output, cancel).await;
+    let _ = output.out.flush();
+    if output.status_line {
+        eprint!("\r\x1b[2K");
+    }
+    let (summary, error) = match result {
+        Ok(s) => (s, None),
+        Err(f) => (f.summary, Some(f.error)),
+    };
+    if args.stacks {
+        print_stacks(&mut output)?;
+    }
+    if let Some(path) = &args.folded {
+        std::fs::write(path, output.stacks.folded()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.flamegraph {
+        write_flamegraph(&output.stacks, path, &places.join(", "))?;
+    }
+    eprintln!(
+        "ktrace: {} hits seen, {} matched in {:.2}s ({:.0} hits/s, {:.0} matched/s); ended by {:?}; {}",
+        summary.seen,
+        summary.matched,
+        summary.elapsed.as_secs_f64(),
+        summary.seen_rate(),
+        summary.matched_rate(),
+        summary.end,
+        if summary.guest_released { "breakpoints removed, guest running" } else { "guest NOT released" }
+    );
+    if let Some(error) = error {
+        return Err(anyhow::Error::from(error).context("tracing stopped"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_stacks(output: &mut Output) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for (stack, count) in output.stacks.sorted() {
+        writeln!(out, "@[")?;
+        for f in stack {
+            writeln!(out, "    {f}")?;
+        }
+        writeln!(out, "]: {count}\n")?;
+    }
+    Ok(())
+}
+
+fn write_flamegraph(stacks: &StackCounts, path: &PathBuf, title: &str) -> Result<()> {
+    let folded = stacks.folded();
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = format!("ktrace: {title}");
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    inferno::flamegraph::from_lines(&mut opts, folded.lines(), BufWriter::new(file))
+        .with_context(|| format!("writing the flame graph {}", path.display()))?;
+    Ok(())
+}
+
+/// Ctrl-C and SIGTERM end the trace cleanly: breakpoints removed, guest running.
+fn spawn_signal_handlers(cancel: CancellationToken) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        cancel.cancel();
+    });
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! Text output: backtraces like GDB's `bt`, tasks like `ps`, errors with their causes.
+
+use std::fmt::Write;
+
+use ktrace_tracer::{Backtrace, FrameKind, Hit};
+
+/// `error: cause: cause`, each cause once.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+fn location(file: Option<&str>, line: Option<u32>) -> String {
+    match (file, line) {
+        (Some(f), Some(l)) => format!(" at {f}:{l}"),
+        (Some(f), None) => format!(" at {f}"),
+        _ => String::new(),
+    }
+}
+
+/// A backtrace as GDB prints one: one line per frame, inlined functions as
+/// their own frames, and a marker where entry code saved `pt_regs`.
+pub fn backtrace(bt: &Backtrace) -> String {
+    let mut out = String::new();
+    let mut n = 0;
+    for f in &bt.frames {
+        match f.kind {
+            FrameKind::User => {
+                let _ = writeln!(out, "    -- user space (pt_regs at 0x{:x}) --", f.regs_at.unwrap_or(0));
+                let _ = writeln!(out, "#{n:<3} 0x{:016x} in user space", f.pc);
+                n += 1;
+                continue;
+            }
+            FrameKind::Interrupted => {
+                let _ = writeln!(out, "    -- interrupted context (pt_regs at 0x{:x}) --", f.regs_at.unwrap_or(0));
+            }
+            _ => {}
+        }
+        let func = f.function.as_deref().unwrap_or("??");
+        if f.source.is_empty() {
+            let _ = writeln!(out, "#{n:<3} 0x{:016x} in {func}+0x{:x}", f.pc, f.offset);
+            n += 1;
+            continue;
+        }
+        let last = f.source.len() - 1;
+        for (i, s) in f.source.iter().enumerate() {
+            let name = s.function.as_deref().unwrap_or(func);
+            let loc = location(s.file.as_deref(), s.line);
+            if i == last {
+                let _ = writeln!(out, "#{n:<3} 0x{:016x} in {name}+0x{:x}{loc}", f.pc, f.offset);
+            } else {
+                let _ = writeln!(out, "#{n:<3} {:18} in {name} (inlined){loc}", "");
+            }
+            n += 1;
+        }
+    }
+    if let Some(why) = &bt.truncated {
+        let _ = writeln!(out, "    (backtrace stopped: {why})");
+    }
+    out
+}
+
+/// The header line of a hit.
+pub fn hit_header(hit: &Hit) -> String {
+    format!(
+        "hit {} at {:.6}s: cpu {} pid {} tgid {} comm {} at {} (0x{:x})",
+        hit.seq, hit.elapsed, hit.cpu, hit.pid, hit.tgid, hit.comm, hit.breakpoint, hit.pc
+    )
+}
+
+/// A state column like `ps`.
+pub fn state(letter: char) -> String {
+    letter.to_string()
+}

@@ -1,0 +1,173 @@
+//! `ktrace ps`, `ktrace info`, `ktrace bt`: one stop, read, resume.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use ktrace_kernel::{Kernel, KernelError};
+use ktrace_rsp::{ClientConfig, RspError, Session, StubAddr};
+use ktrace_tracer::TraceError;
+
+use crate::symcmd::open_vmlinux;
+use crate::{format, UsageError, VmlinuxArg};
+
+/// Where the stub is and which vmlinux to read it with.
+#[derive(Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// The gdb stub: `:1234`, `host:port` or `unix:PATH`.
+    pub addr: String,
+    #[command(flatten)]
+    pub vmlinux: VmlinuxArg,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Timeout for each request to the stub, in seconds.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub timeout: f64,
+}
+
+impl TargetArgs {
+    pub fn stub(&self) -> Result<StubAddr> {
+        self.addr
+            .parse()
+            .map_err(|e| UsageError(format!("{}: not a stub address (use :PORT, HOST:PORT or unix:PATH): {e}", self.addr)).into())
+    }
+
+    pub fn client(&self) -> ClientConfig {
+        ClientConfig { timeout: Duration::from_secs_f64(self.timeout.max(0.05)), ..ClientConfig::default() }
+    }
+}
+
+/// Turns an error from connecting or matching the kernel into a message that
+/// says what to do (exit code 2), leaving run-time failures alone.
+pub fn explain(addr: &str, err: TraceError) -> anyhow::Error {
+    match err {
+        TraceError::Rsp(e) => explain_rsp(addr, e),
+        TraceError::Kernel(KernelError::Target(e)) => match e.downcast::<RspError>() {
+            Ok(rsp) => explain_rsp(addr, *rsp),
+            Err(e) => anyhow::Error::from(KernelError::Target(e)),
+        },
+        TraceError::GuestGone(_) => anyhow::Error::from(err),
+        other => UsageError(other.to_string()).into(),
+    }
+}
+
+fn explain_rsp(addr: &str, err: RspError) -> anyhow::Error {
+    match err {
+        RspError::Io(ref io) if io.kind() == std::io::ErrorKind::ConnectionRefused => UsageError(format!(
+            "nothing is listening at {addr}: start QEMU with -s (port 1234) or -gdb tcp::PORT, and check the port"
+        ))
+        .into(),
+        RspError::Timeout { .. } => UsageError(format!(
+            "{addr} did not answer like a gdb stub ({err}); is it QEMU's -gdb port, and is no other debugger attached?"
+        ))
+        .into(),
+        other => anyhow::Error::from(other).context(format!("talking to the gdb stub at {addr}")),
+    }
+}
+
+/// Connects and matches the kernel; on failure the guest is detached.
+async fn attach(args: &TargetArgs) -> Result<(Session, Kernel)> {
+    let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
+    let stub = args.stub()?;
+    let (mut session, _) = Session::connect(&stub, args.client()).await.map_err(|e| explain_rsp(&args.addr, e))?;
+    match Kernel::attach(&mut session, vm).await {
+        Ok(kernel) => Ok((session, kernel)),
+        Err(e) => {
+            let _ = session.detach().await;
+            Err(explain(&args.addr, e.into()))
+        }
+    }
+}
+
+async fn finish<T>(session: Session, result: Result<T, KernelError>) -> Result<T> {
+    let detached = session.detach().await;
+    let value = result?;
+    detached.context("detaching (the guest may still be paused)")?;
+    Ok(value)
+}
+
+pub async fn ps(args: TargetArgs) -> Result<ExitCode> {
+    let (mut session, kernel) = attach(&args).await?;
+    let result = async {
+        let tasks = kernel.tasks(&mut session).await?;
+        let cpus = kernel.cpu_states(&mut session).await?;
+        Ok((tasks, cpus))
+    }
+    .await;
+    let (tasks, cpus) = finish(session, result).await?;
+    let cpu_of = |t: &ktrace_kernel::TaskInfo| cpus.iter().find(|c| c.current.task == t.task).map(|c| c.cpu);
+    if args.json {
+        for t in &tasks {
+            let mut v = serde_json::to_value(t)?;
+            v["state"] = serde_json::json!(t.state.letter().to_string());
+            v["cpu"] = serde_json::json!(cpu_of(t).map(|c| c.0));
+            v["task"] = serde_json::json!(format!("0x{:x}", t.task.0));
+            v["parent"] = serde_json::json!(format!("0x{:x}", t.parent.0));
+            println!("{v}");
+        }
+    } else {
+        println!("{:>7} {:>7} {:>2} {:>3}  {:<18}  COMM", "PID", "TGID", "ST", "CPU", "TASK");
+        for t in &tasks {
+            let cpu = cpu_of(t).map_or("-".to_string(), |c| c.to_string());
+            let comm = if t.is_kthread() { format!("[{}]", t.comm) } else { t.comm.clone() };
+            println!(
+                "{:>7} {:>7} {:>2} {:>3}  0x{:016x}  {}",
+                t.pid,
+                t.tgid,
+                format::state(t.state.letter()),
+                cpu,
+                t.task.0,
+                comm
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn info(args: TargetArgs) -> Result<ExitCode> {
+    let (mut session, kernel) = attach(&args).await?;
+    let result = kernel.info(&mut session).await;
+    let info = finish(session, result).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        println!("release   {}", info.release);
+        println!("banner    {}", info.banner);
+        if info.slide == 0 {
+            println!("kaslr     off (slide 0)");
+        } else {
+            println!("kaslr     on, slide 0x{:x}", info.slide);
+        }
+        println!("cpus      {}", info.cpus.len());
+        for c in &info.cpus {
+            println!(
+                "cpu {:<3}  per-cpu 0x{:016x}  current pid {:<6} {} (task 0x{:x})",
+                c.cpu, c.percpu_base, c.current.pid, c.current.comm, c.current.task.0
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn bt(args: TargetArgs) -> Result<ExitCode> {
+    let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
+    let stub = args.stub()?;
+    let (kernel, cpus) = ktrace_tracer::backtrace_all_cpus(&stub, vm, args.client(), 64)
+        .await
+        .map_err(|e| explain(&args.addr, e))?;
+    if args.json {
+        for c in &cpus {
+            println!("{}", serde_json::to_string(c)?);
+        }
+    } else {
+        println!("{} ({} CPUs)", kernel.release(), kernel.cpu_count());
+        for c in &cpus {
+            println!("\ncpu {}: pid {} tgid {} comm {}", c.cpu, c.task.pid, c.task.tgid, c.task.comm);
+            print!("{}", format::backtrace(&c.backtrace));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,114 @@
+//! `ktrace sym` and `ktrace layout`: questions the vmlinux answers alone.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use ktrace_symbols::{KernelAddr, Vmlinux};
+use serde_json::json;
+
+use crate::{UsageError, VmlinuxArg};
+
+/// `ktrace sym`.
+#[derive(Args, Debug)]
+pub struct SymArgs {
+    #[command(flatten)]
+    vmlinux: VmlinuxArg,
+    /// Symbol names (`_raw_spin_lock`, `do_sys_open+0x10`) or addresses (`0xffffffff81a185a0`).
+    #[arg(required = true)]
+    names: Vec<String>,
+    /// One JSON object per answer.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `ktrace layout`.
+#[derive(Args, Debug)]
+pub struct LayoutArgs {
+    #[command(flatten)]
+    vmlinux: VmlinuxArg,
+    /// Member paths (`task_struct.pid`, `pcpu_hot.current_task`) or type names (`task_struct`).
+    #[arg(required = true)]
+    paths: Vec<String>,
+    /// One JSON object per answer.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn open_vmlinux(arg: &VmlinuxArg) -> Result<Vmlinux> {
+    Vmlinux::open(&arg.vmlinux).map_err(|e| UsageError(e.to_string()).into())
+}
+
+fn parse_addr(text: &str) -> Option<u64> {
+    let hex = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"))?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+pub fn sym(args: SymArgs) -> Result<ExitCode> {
+    let vm = open_vmlinux(&args.vmlinux)?;
+    for name in &args.names {
+        if let Some(addr) = parse_addr(name) {
+            let addr = KernelAddr(addr);
+            let sym = vm.symbolize(addr);
+            let frames = vm.frames(addr).unwrap_or_default();
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"query": name, "address": format!("0x{:x}", addr.0), "symbol": sym.as_ref().map(|s| &s.name),
+                           "offset": sym.as_ref().map(|s| s.offset), "size": sym.as_ref().map(|s| s.size), "frames": frames})
+                );
+            } else {
+                match &sym {
+                    Some(s) => println!("0x{:016x}  {}+0x{:x}/0x{:x}", addr.0, s.name, s.offset, s.size),
+                    None => println!("0x{:016x}  ??", addr.0),
+                }
+                for f in frames {
+                    let inl = if f.inlined { " (inlined)" } else { "" };
+                    println!(
+                        "    {}{inl} at {}:{}",
+                        f.function.as_deref().unwrap_or("??"),
+                        f.file.as_deref().unwrap_or("??"),
+                        f.line.unwrap_or(0)
+                    );
+                }
+            }
+            continue;
+        }
+        let addr = vm.resolve(name).map_err(|e| UsageError(e.to_string()))?;
+        let base = name.split('+').next().unwrap_or(name);
+        let sym = vm.symbol(base).map_err(|e| UsageError(e.to_string()))?;
+        if args.json {
+            println!(
+                "{}",
+                json!({"query": name, "symbol": sym.name, "address": format!("0x{:x}", addr.0), "size": sym.size,
+                       "kind": format!("{:?}", sym.kind), "percpu": sym.is_percpu()})
+            );
+        } else {
+            let percpu = if sym.is_percpu() { " (per-CPU offset)" } else { "" };
+            println!("{name}  0x{:016x}  size 0x{:x}  {:?}{percpu}", addr.0, sym.size, sym.kind);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn layout(args: LayoutArgs) -> Result<ExitCode> {
+    let vm = open_vmlinux(&args.vmlinux)?;
+    for path in &args.paths {
+        if path.contains('.') {
+            let m = vm.member(path).map_err(|e| UsageError(e.to_string()))?;
+            if args.json {
+                println!("{}", json!({"member": path, "offset": m.offset, "size": m.size, "type": m.type_name}));
+            } else {
+                println!("{path}  offset {} (0x{:x})  size {}  {}", m.offset, m.offset, m.size, m.type_name);
+            }
+        } else {
+            let size = vm.type_size(path).map_err(|e| UsageError(e.to_string()))?;
+            if args.json {
+                println!("{}", json!({"type": path, "size": size}));
+            } else {
+                println!("{path}  size {size} (0x{size:x})");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,166 @@
+//! Which hits the user wants: `--pid`, `--tgid`, `--comm`, `--cpu`, combined with AND.
+
+use ktrace_kernel::{CpuId, TaskInfo};
+
+/// A filter on the task and CPU of a hit. Every set field must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Thread id (`task->pid`).
+    pub pid: Option<i32>,
+    /// Process id (`task->tgid`).
+    pub tgid: Option<i32>,
+    /// Command name: exact, or a glob with `*`, `?` and `[…]`.
+    pub comm: Option<String>,
+    /// CPUs (any of them).
+    pub cpus: Vec<CpuId>,
+}
+
+impl Filter {
+    /// True when nothing is filtered.
+    pub fn is_empty(&self) -> bool {
+        self.pid.is_none() && self.tgid.is_none() && self.comm.is_none() && self.cpus.is_empty()
+    }
+
+    /// True when the filter needs to know the task (not only the CPU).
+    pub fn needs_task(&self) -> bool {
+        self.pid.is_some() || self.tgid.is_some() || self.comm.is_some()
+    }
+
+    /// Whether a hit on `cpu` passes the CPU part of the filter.
+    pub fn matches_cpu(&self, cpu: CpuId) -> bool {
+        self.cpus.is_empty() || self.cpus.contains(&cpu)
+    }
+
+    /// Whether a task passes the task part of the filter.
+    pub fn matches_task(&self, task: &TaskInfo) -> bool {
+        self.pid.is_none_or(|p| p == task.pid)
+            && self.tgid.is_none_or(|p| p == task.tgid)
+            && self.comm.as_deref().is_none_or(|c| glob_match(c, &task.comm))
+    }
+}
+
+/// Shell-style matching: `*` any run, `?` one character, `[abc]`/`[a-z]`/`[!a]` a set.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() {
+            match p[pi] {
+                '*' => {
+                    star = Some((pi, ti));
+                    pi += 1;
+                    continue;
+                }
+                '?' => {
+                    pi += 1;
+                    ti += 1;
+                    continue;
+                }
+                '[' => {
+                    if let Some((matched, len)) = class_match(&p[pi..], t[ti]) {
+                        if matched {
+                            pi += len;
+                            ti += 1;
+                            continue;
+                        }
+                    } else if t[ti] == '[' {
+                        pi += 1;
+                        ti += 1;
+                        continue;
+                    }
+                }
+                c if c == t[ti] => {
+                    pi += 1;
+                    ti += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, st)) => {
+                pi = sp + 1;
+                ti = st + 1;
+                star = Some((sp, st + 1));
+            }
+            None => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Matches `c` against a class at the start of `p` (`[...]`); returns
+/// (matched, length of the class) or None if the class is not closed.
+fn class_match(p: &[char], c: char) -> Option<(bool, usize)> {
+    let mut i = 1;
+    let negate = matches!(p.get(1), Some('!') | Some('^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while i < p.len() {
+        if p[i] == ']' && !first {
+            return Some((matched != negate, i + 1));
+        }
+        first = false;
+        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
+            matched |= p[i] <= c && c <= p[i + 2];
+            i += 3;
+        } else {
+            matched |= p[i] == c;
+            i += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ktrace_kernel::{TaskRef, TaskState};
+
+    fn task(pid: i32, tgid: i32, comm: &str) -> TaskInfo {
+        TaskInfo {
+            task: TaskRef(0xffff_8880_0000_0000),
+            pid,
+            tgid,
+            comm: comm.into(),
+            state: TaskState { raw: 0, exit: 0 },
+            flags: 0,
+            parent: TaskRef(0),
+        }
+    }
+
+    #[test]
+    fn valid_glob_cases() {
+        assert!(glob_match("testprog", "testprog"));
+        assert!(!glob_match("testprog", "testprog2"));
+        assert!(glob_match("test*", "testprog"));
+        assert!(glob_match("*prog", "testprog"));
+        assert!(glob_match("t?stprog", "testprog"));
+        assert!(glob_match("kworker/*:*", "kworker/0:1"));
+        assert!(glob_match("swapper/[0-3]", "swapper/2"));
+        assert!(!glob_match("swapper/[!0-3]", "swapper/2"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("?", ""));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn filters_combine_with_and() {
+        let f = Filter { pid: Some(91), comm: Some("test*".into()), ..Filter::default() };
+        assert!(f.matches_task(&task(91, 91, "testprog")));
+        assert!(!f.matches_task(&task(92, 92, "testprog")));
+        assert!(!f.matches_task(&task(91, 91, "sh")));
+        let f = Filter { tgid: Some(90), ..Filter::default() };
+        assert!(f.matches_task(&task(91, 90, "worker")));
+        let f = Filter { cpus: vec![CpuId(1)], ..Filter::default() };
+        assert!(f.matches_cpu(CpuId(1)) && !f.matches_cpu(CpuId(0)));
+        assert!(!f.needs_task());
+        assert!(Filter::default().is_empty());
+    }
+}

@@ -1,0 +1,213 @@
+//! What the tracer reports: hits, summaries and aggregated stacks.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ktrace_kernel::{CpuId, TaskRef};
+use serde::Serialize;
+
+use crate::unwind::{Backtrace, FrameKind};
+
+/// One matching breakpoint hit. Serialized with stable field names (one JSON
+/// object per hit for `--json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Hit {
+    /// 1-based number of the hit among matched hits.
+    pub seq: u64,
+    /// Wall-clock time, seconds since the Unix epoch.
+    pub time: f64,
+    /// Seconds since tracing started.
+    pub elapsed: f64,
+    /// The CPU that hit the breakpoint.
+    pub cpu: CpuId,
+    /// Thread id of the current task.
+    pub pid: i32,
+    /// Process id of the current task.
+    pub tgid: i32,
+    /// Command name of the current task.
+    pub comm: String,
+    /// Address of the current `task_struct`.
+    pub task: TaskRef,
+    /// The `--break` location that fired, as the user wrote it.
+    pub breakpoint: String,
+    /// Runtime address of the breakpoint.
+    pub pc: u64,
+    /// The backtrace, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backtrace: Option<Backtrace>,
+}
+
+impl Hit {
+    /// The stack as function names, innermost first, inlined functions
+    /// expanded; the key of [`StackCounts`].
+    pub fn stack_key(&self) -> Vec<String> {
+        let Some(bt) = &self.backtrace else { return Vec::new() };
+        let mut key = Vec::new();
+        for f in &bt.frames {
+            if f.kind == FrameKind::User {
+                key.push("[user]".to_string());
+                continue;
+            }
+            let inlined: Vec<&str> =
+                f.source.iter().filter(|s| s.inlined).filter_map(|s| s.function.as_deref()).collect();
+            key.extend(inlined.into_iter().map(str::to_string));
+            key.push(f.function.clone().unwrap_or_else(|| format!("0x{:x}", f.pc)));
+        }
+        key
+    }
+}
+
+/// Why a trace ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// `--count` matched hits were seen.
+    Count,
+    /// `--duration` elapsed.
+    Duration,
+    /// Cancelled (Ctrl-C, SIGTERM, or the embedding program).
+    Cancelled,
+    /// The hit callback asked to stop.
+    Stopped,
+    /// The filtered task exited.
+    TaskExited,
+    /// An error ended it (see the error).
+    Error,
+}
+
+/// Counters of a trace.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Breakpoint hits evaluated.
+    pub seen: u64,
+    /// Hits that matched the filter.
+    pub matched: u64,
+    /// Time from the first resume to the end.
+    pub elapsed: Duration,
+    /// Why it ended.
+    pub end: EndReason,
+    /// Whether breakpoints were removed and the guest left running.
+    pub guest_released: bool,
+}
+
+impl Summary {
+    /// Hits evaluated per second.
+    pub fn seen_rate(&self) -> f64 {
+        self.seen as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Matched hits per second.
+    pub fn matched_rate(&self) -> f64 {
+        self.matched as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Counts of distinct stacks, like bpftrace's `@[kstack] = count()`.
+#[derive(Clone, Debug, Default)]
+pub struct StackCounts {
+    counts: HashMap<Vec<String>, u64>,
+}
+
+impl StackCounts {
+    /// Counts the stack of a hit.
+    pub fn add(&mut self, hit: &Hit) {
+        *self.counts.entry(hit.stack_key()).or_default() += 1;
+    }
+
+    /// Distinct stacks, most frequent first (ties by stack, for stable output).
+    pub fn sorted(&self) -> Vec<(&[String], u64)> {
+        let mut v: Vec<(&[String], u64)> = self.counts.iter().map(|(k, &c)| (k.as_slice(), c)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        v
+    }
+
+    /// Collapsed stacks for flame graph tools: `outer;…;inner count` per line.
+    pub fn folded(&self) -> String {
+        let mut out = String::new();
+        for (stack, count) in self.sorted() {
+            let names: Vec<&str> = stack.iter().rev().map(String::as_str).collect();
+            out.push_str(&names.join(";"));
+            out.push_str(&format!(" {count}\n"));
+        }
+        out
+    }
+
+    /// True when no stack was counted.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+}
+
+/// How long a `--duration` is: `10s`, `500ms`, `2m`, or plain seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (num, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len()));
+    let n: f64 = num.trim().parse().ok()?;
+    if !(n >= 0.0 && n.is_finite()) {
+        return None;
+    }
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unwind::Frame;
+    use ktrace_symbols::SourceFrame;
+
+    fn hit(funcs: &[&str]) -> Hit {
+        let frames = funcs
+            .iter()
+            .map(|f| Frame {
+                pc: 0xffff_ffff_8100_0000,
+                kind: FrameKind::Call,
+                function: Some(f.to_string()),
+                offset: 0,
+                regs_at: None,
+                source: vec![SourceFrame { function: Some(f.to_string()), file: None, line: None, inlined: false }],
+            })
+            .collect();
+        Hit {
+            seq: 1,
+            time: 0.0,
+            elapsed: 0.0,
+            cpu: CpuId(0),
+            pid: 1,
+            tgid: 1,
+            comm: "init".into(),
+            task: TaskRef(0),
+            breakpoint: "x".into(),
+            pc: 0,
+            backtrace: Some(Backtrace { frames, truncated: None }),
+        }
+    }
+
+    #[test]
+    fn stacks_are_counted_and_folded_outermost_first() {
+        let mut s = StackCounts::default();
+        s.add(&hit(&["_raw_spin_lock", "do_sys_open"]));
+        s.add(&hit(&["_raw_spin_lock", "do_sys_open"]));
+        s.add(&hit(&["_raw_spin_lock", "ksys_read"]));
+        let sorted = s.sorted();
+        assert_eq!(sorted[0].1, 2);
+        assert_eq!(sorted[0].0, ["_raw_spin_lock", "do_sys_open"]);
+        assert_eq!(s.folded(), "do_sys_open;_raw_spin_lock 2\nksys_read;_raw_spin_lock 1\n");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("3 parsecs"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+}

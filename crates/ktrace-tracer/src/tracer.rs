@@ -1,0 +1,608 @@
+//! The stop loop: breakpoints in, filtered hits with backtraces out.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ktrace_kernel::{CpuId, Kernel, TaskInfo, TaskRef};
+use ktrace_rsp::packets::{memory, registers};
+use ktrace_rsp::{BreakpointKind, ClientConfig, Id, Resume, RspError, Session, StopReply, StubAddr, ThreadId};
+use ktrace_symbols::Vmlinux;
+use tokio_util::sync::CancellationToken;
+
+use crate::filter::Filter;
+use crate::hit::{EndReason, Hit, Summary};
+use crate::location::{self, Location};
+use crate::regs::GLayout;
+use crate::unwind::Unwinder;
+use crate::TraceError;
+
+/// How the tracer gets a CPU past the breakpoint it stopped on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResumeMode {
+    /// Probe: skip the instruction by moving RIP when it is a NOP (the ftrace
+    /// `nop5` at function entry, `endbr64`), else single-step over it with the
+    /// breakpoint in place, falling back to remove/step/reinsert if the stub
+    /// reports the same breakpoint again.
+    #[default]
+    Auto,
+    /// Always single-step with the breakpoint in place.
+    Step,
+    /// Always remove, single-step, reinsert.
+    RemoveStepReinsert,
+}
+
+/// What to trace and how.
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    /// Breakpoint locations (`symbol`, `symbol+off`, `0xaddr` (link-time), `file.c:line`).
+    pub breakpoints: Vec<String>,
+    /// Use hardware breakpoints (`Z1`).
+    pub hardware: bool,
+    /// Which hits to report.
+    pub filter: Filter,
+    /// Stop after this many matched hits.
+    pub count: Option<u64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Capture a backtrace for each matched hit.
+    pub backtrace: bool,
+    /// The most frames per backtrace.
+    pub max_frames: usize,
+    /// How to get past a breakpoint.
+    pub resume: ResumeMode,
+    /// Wait for a `--pid`/`--tgid`/`--comm` task to appear instead of failing.
+    pub wait_for_task: bool,
+    /// The RSP client settings.
+    pub client: ClientConfig,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        TraceConfig {
+            breakpoints: Vec::new(),
+            hardware: false,
+            filter: Filter::default(),
+            count: None,
+            duration: None,
+            backtrace: true,
+            max_frames: 64,
+            resume: ResumeMode::Auto,
+            wait_for_task: false,
+            client: ClientConfig::default(),
+        }
+    }
+}
+
+/// Receives the hits of a trace, and progress while it runs.
+pub trait HitSink {
+    /// A matched hit. Return `ControlFlow::Break(())` to end the trace.
+    fn hit(&mut self, hit: Hit) -> ControlFlow<()>;
+
+    /// Called about five times a second with the counters so far.
+    fn progress(&mut self, _seen: u64, _matched: u64, _elapsed: Duration) {}
+}
+
+impl<F: FnMut(Hit) -> ControlFlow<()>> HitSink for F {
+    fn hit(&mut self, hit: Hit) -> ControlFlow<()> {
+        self(hit)
+    }
+}
+
+/// A trace that failed part-way: the error and what was counted before it.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct TraceFailure {
+    /// What went wrong.
+    #[source]
+    pub error: TraceError,
+    /// The counters up to the failure.
+    pub summary: Summary,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Past {
+    /// Move RIP forward by this many bytes (the instruction is a NOP).
+    Skip(u8),
+    /// Single-step with the breakpoint in place; `probed` once a step was checked.
+    Step { probed: bool },
+    /// Remove, step, reinsert.
+    Reinsert,
+}
+
+#[derive(Clone, Debug)]
+struct Armed {
+    addr: u64,
+    spec: usize,
+    past: Past,
+}
+
+/// A connected tracer: the stub, the kernel matched to the vmlinux, and the
+/// resolved breakpoints (not yet inserted). See [`Tracer::run`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::{ops::ControlFlow, sync::Arc};
+/// use ktrace_tracer::{Filter, TraceConfig, Tracer};
+///
+/// let vmlinux = Arc::new(ktrace_symbols::Vmlinux::open("vmlinux")?);
+/// let cfg = TraceConfig {
+///     breakpoints: vec!["_raw_spin_lock".into()],
+///     filter: Filter { pid: Some(2297), ..Filter::default() },
+///     count: Some(10),
+///     ..TraceConfig::default()
+/// };
+/// let tracer = Tracer::attach(&":1234".parse()?, vmlinux, cfg).await?;
+/// let summary = tracer
+///     .run(&mut |hit: ktrace_tracer::Hit| {
+///         println!("{} {} {}", hit.cpu, hit.pid, hit.comm);
+///         ControlFlow::Continue(())
+///     }, tokio_util::sync::CancellationToken::new())
+///     .await?;
+/// println!("{} of {} hits matched", summary.matched, summary.seen);
+/// # Ok(()) }
+/// ```
+pub struct Tracer {
+    session: Option<Session>,
+    kernel: Kernel,
+    cfg: TraceConfig,
+    locations: Vec<Location>,
+    armed: Vec<Armed>,
+    glayout: GLayout,
+    unwinder: Unwinder,
+    /// For `--pid`: the task_struct to compare the current-task pointer with.
+    target_task: Option<TaskRef>,
+    inserted: Vec<u64>,
+}
+
+fn cpu_of(tid: &ThreadId) -> Option<CpuId> {
+    match tid.tid {
+        Id::Id(n) if n >= 1 => Some(CpuId(n as u32 - 1)),
+        _ => None,
+    }
+}
+
+impl Tracer {
+    /// Resolves the locations in the vmlinux (before touching the guest),
+    /// connects, matches the kernel and resolves the filter's task.
+    /// On any error the guest is detached and left running.
+    pub async fn attach(addr: &StubAddr, vmlinux: Arc<Vmlinux>, cfg: TraceConfig) -> Result<Tracer, TraceError> {
+        if cfg.breakpoints.is_empty() {
+            return Err(TraceError::Config("no breakpoint given (--break LOCATION)".into()));
+        }
+        let locations: Vec<Location> = cfg
+            .breakpoints
+            .iter()
+            .map(|spec| location::resolve(&vmlinux, spec))
+            .collect::<Result<_, _>>()?;
+        let unwinder = Unwinder::new(&vmlinux)?.with_max_frames(cfg.max_frames);
+        let (session, _initial_stop) = Session::connect(addr, cfg.client.clone()).await?;
+        let mut session = Some(session);
+        let prepared = Self::prepare(&mut session, vmlinux, &cfg).await;
+        match prepared {
+            Ok((kernel, glayout, target_task)) => {
+                let armed = locations
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(spec, loc)| {
+                        let kernel = &kernel;
+                        loc.addrs.iter().map(move |&a| Armed { addr: kernel.runtime(a), spec, past: Past::Reinsert })
+                    })
+                    .collect();
+                Ok(Tracer { session, kernel, cfg, locations, armed, glayout, unwinder, target_task, inserted: Vec::new() })
+            }
+            Err(err) => {
+                if let Some(session) = session {
+                    let _ = session.detach().await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn prepare(
+        slot: &mut Option<Session>,
+        vmlinux: Arc<Vmlinux>,
+        cfg: &TraceConfig,
+    ) -> Result<(Kernel, GLayout, Option<TaskRef>), TraceError> {
+        let session = slot.as_mut().ok_or_else(gone)?;
+        let glayout = GLayout::new(session.register_map())?;
+        let kernel = Kernel::attach(session, vmlinux).await?;
+        for cpu in &cfg.filter.cpus {
+            if cpu.0 as usize >= kernel.cpu_count() {
+                return Err(TraceError::Config(format!(
+                    "--cpu {cpu}: the guest has {} CPUs (0-{})",
+                    kernel.cpu_count(),
+                    kernel.cpu_count() - 1
+                )));
+            }
+        }
+        let target_task = match cfg.filter.pid {
+            Some(pid) => Some(Self::find_pid(slot, &kernel, pid, cfg.wait_for_task).await?),
+            None => None,
+        };
+        let session = slot.as_mut().ok_or_else(gone)?;
+        if target_task.is_none() && (cfg.filter.tgid.is_some() || cfg.filter.comm.is_some()) && !cfg.wait_for_task {
+            let tasks = kernel.tasks(session).await?;
+            if !tasks.iter().any(|t| cfg.filter.matches_task(t)) {
+                return Err(TraceError::NoSuchTask(format!(
+                    "no task in the guest matches {} (use --wait to wait for one)",
+                    describe_filter(&cfg.filter)
+                )));
+            }
+        }
+        Ok((kernel, glayout, target_task))
+    }
+
+    async fn find_pid(slot: &mut Option<Session>, kernel: &Kernel, pid: i32, wait: bool) -> Result<TaskRef, TraceError> {
+        loop {
+            let session = slot.as_mut().ok_or_else(gone)?;
+            match kernel.find_task_by_pid(session, pid).await {
+                Ok(t) => return Ok(t.task),
+                Err(ktrace_kernel::KernelError::NoSuchTask(_)) if wait => {
+                    // Let the guest run a little, then look again.
+                    let mut running = slot.take().ok_or_else(gone)?.resume(Resume::Continue).await?;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let _ = running.take_console_output();
+                    let (s, _) = running.interrupt().await?;
+                    *slot = Some(s);
+                }
+                Err(ktrace_kernel::KernelError::NoSuchTask(_)) => {
+                    return Err(TraceError::NoSuchTask(format!(
+                        "no task with pid {pid} in the guest (use --wait to wait for it)"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The kernel as matched at attach (release, slide, CPUs).
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    /// The resolved breakpoint locations.
+    pub fn locations(&self) -> &[Location] {
+        &self.locations
+    }
+
+    /// Detaches without tracing; the guest keeps running.
+    pub async fn detach(mut self) -> Result<(), TraceError> {
+        Ok(self.session.take().ok_or_else(gone)?.detach().await?)
+    }
+
+    fn bp_kind(&self) -> BreakpointKind {
+        if self.cfg.hardware {
+            BreakpointKind::Hardware
+        } else {
+            BreakpointKind::Software
+        }
+    }
+
+    /// Inserts the breakpoints, resumes the guest and evaluates every stop
+    /// until `--count`, `--duration`, `cancel`, or the sink says stop. Every
+    /// way out removes the breakpoints and detaches, leaving the guest running.
+    pub async fn run<S: HitSink + ?Sized>(mut self, sink: &mut S, cancel: CancellationToken) -> Result<Summary, TraceFailure> {
+        let start = Instant::now();
+        let mut stats = Stats { seen: 0, matched: 0, start };
+        let result = self.run_loop(sink, &cancel, &mut stats).await;
+        let elapsed = start.elapsed();
+        let (end, error, session) = match result {
+            Ok((end, session)) => (end, None, Some(session)),
+            Err((error, session)) => (EndReason::Error, Some(error), session),
+        };
+        let mut released = false;
+        if let Some(mut session) = session {
+            let kind = self.bp_kind();
+            for addr in std::mem::take(&mut self.inserted) {
+                let _ = session.remove_breakpoint(kind, addr, 1).await;
+            }
+            released = session.detach().await.is_ok();
+        }
+        let summary = Summary { seen: stats.seen, matched: stats.matched, elapsed, end, guest_released: released };
+        match error {
+            None => Ok(summary),
+            Some(error) => Err(TraceFailure { error, summary }),
+        }
+    }
+
+    /// The loop proper. Returns the stopped session to clean up with, when
+    /// there still is one.
+    async fn run_loop<S: HitSink + ?Sized>(
+        &mut self,
+        sink: &mut S,
+        cancel: &CancellationToken,
+        stats: &mut Stats,
+    ) -> Result<(EndReason, Session), (TraceError, Option<Session>)> {
+        let Some(mut session) = self.session.take() else { return Err((gone(), None)) };
+        if let Err(e) = self.arm(&mut session).await {
+            return Err((e, Some(session)));
+        }
+        let deadline = self.cfg.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut last_progress = Instant::now();
+        let mut resume: Option<(u32, u64)> = None;
+        loop {
+            // Resume: by RIP write + continue in one write, or plain continue.
+            let running = match resume.take() {
+                Some((regnum, rip)) => session.write_register_and_resume(regnum, &rip.to_le_bytes(), Resume::Continue).await,
+                None => session.resume(Resume::Continue).await,
+            };
+            let mut running = match running {
+                Ok(r) => r,
+                Err(e) => return Err((e.into(), None)),
+            };
+            let stop = tokio::select! {
+                biased;
+                stop = running.wait_stop() => stop,
+                _ = cancel.cancelled() => {
+                    return match running.interrupt().await {
+                        Ok((s, _)) => Ok((EndReason::Cancelled, s)),
+                        Err(e) => Err((e.into(), None)),
+                    };
+                }
+                _ = sleep_until(deadline) => {
+                    return match running.interrupt().await {
+                        Ok((s, _)) => Ok((EndReason::Duration, s)),
+                        Err(e) => Err((e.into(), None)),
+                    };
+                }
+            };
+            let stop = match stop {
+                Ok(s) => s,
+                Err(e) => return Err((guest_gone(e), None)),
+            };
+            session = match running.into_stopped() {
+                Ok(s) => s,
+                Err(e) => return Err((e.into(), None)),
+            };
+            let thread = match &stop {
+                StopReply::Signal { thread, .. } => *thread,
+                other => return Err((TraceError::GuestGone(format!("the stub reported {other:?}")), Some(session))),
+            };
+            match self.on_stop(&mut session, thread, sink, stats).await {
+                Ok(Step::Resume(r)) => resume = r,
+                Ok(Step::End(reason)) => return Ok((reason, session)),
+                Err(e) => return Err((e, Some(session))),
+            }
+            if cancel.is_cancelled() {
+                return Ok((EndReason::Cancelled, session));
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return Ok((EndReason::Duration, session));
+            }
+            if last_progress.elapsed() >= Duration::from_millis(200) {
+                last_progress = Instant::now();
+                sink.progress(stats.seen, stats.matched, stats.start.elapsed());
+            }
+        }
+    }
+
+    /// Probes how to get past each breakpoint and inserts them.
+    async fn arm(&mut self, session: &mut Session) -> Result<(), TraceError> {
+        let kind = self.bp_kind();
+        for i in 0..self.armed.len() {
+            let addr = self.armed[i].addr;
+            let code = session.read_memory(addr, 16).await?;
+            self.armed[i].past = match (self.cfg.resume, nop_length(&code)) {
+                (ResumeMode::Auto, Some(n)) => Past::Skip(n),
+                (ResumeMode::Auto | ResumeMode::Step, _) => Past::Step { probed: false },
+                (ResumeMode::RemoveStepReinsert, _) => Past::Reinsert,
+            };
+            tracing::debug!(addr = format_args!("0x{addr:x}"), past = ?self.armed[i].past, "breakpoint armed");
+            if self.inserted.contains(&addr) {
+                continue;
+            }
+            session.insert_breakpoint(kind, addr, 1).await.map_err(|source| TraceError::Breakpoint {
+                spec: self.locations[self.armed[i].spec].spec.clone(),
+                addr,
+                source,
+            })?;
+            self.inserted.push(addr);
+        }
+        Ok(())
+    }
+
+    /// Evaluates one stop; says how to resume or why to end.
+    async fn on_stop<S: HitSink + ?Sized>(
+        &mut self,
+        session: &mut Session,
+        thread: Option<ThreadId>,
+        sink: &mut S,
+        stats: &mut Stats,
+    ) -> Result<Step, TraceError> {
+        let thread = match thread {
+            Some(t) => t,
+            None => session.current_thread().await?,
+        };
+        let cpu = cpu_of(&thread).ok_or_else(|| TraceError::GuestGone(format!("stop on unknown thread {thread:?}")))?;
+        let wants_task = self.cfg.filter.matches_cpu(cpu);
+        // One round trip: RIP, and the current-task pointer when the filter may need it.
+        let mut reqs = vec![registers::read_one_request(self.glayout.rip_regnum)];
+        let slot = self.kernel.current_task_slot(cpu);
+        if let (true, Some(slot)) = (wants_task, slot) {
+            reqs.push(memory::read_request(slot, 8));
+        }
+        let replies = session.request_many(&reqs).await?;
+        let rip = le_u64(&registers::parse_registers("p", &replies[0])?);
+        let Some(bp) = self.armed.iter().position(|a| a.addr == rip) else {
+            // Not one of ours (e.g. an interrupt from another client): just go on.
+            return Ok(Step::Resume(None));
+        };
+        stats.seen += 1;
+        let mut matched_task: Option<TaskInfo> = None;
+        if wants_task {
+            let current = TaskRef(le_u64(&memory::parse_read(&replies[1])?));
+            matched_task = self.evaluate(session, current).await?;
+        }
+        if let Some(task) = matched_task {
+            stats.matched += 1;
+            let backtrace = if self.cfg.backtrace {
+                let g = session.read_registers().await?;
+                let regs = self.glayout.decode(&g);
+                Some(self.unwinder.unwind(&self.kernel, session, regs).await)
+            } else {
+                None
+            };
+            let hit = Hit {
+                seq: stats.matched,
+                time: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+                elapsed: stats.start.elapsed().as_secs_f64(),
+                cpu,
+                pid: task.pid,
+                tgid: task.tgid,
+                comm: task.comm,
+                task: task.task,
+                breakpoint: self.locations[self.armed[bp].spec].spec.clone(),
+                pc: rip,
+                backtrace,
+            };
+            if sink.hit(hit).is_break() {
+                return Ok(Step::End(EndReason::Stopped));
+            }
+            if self.cfg.count.is_some_and(|c| stats.matched >= c) {
+                return Ok(Step::End(EndReason::Count));
+            }
+        }
+        self.past_breakpoint(session, bp, thread, rip).await
+    }
+
+    /// Decides whether the current task matches; returns its fields if so.
+    async fn evaluate(&mut self, session: &mut Session, current: TaskRef) -> Result<Option<TaskInfo>, TraceError> {
+        let filter = &self.cfg.filter;
+        if let (Some(pid), Some(target)) = (filter.pid, self.target_task) {
+            // The fast path: one pointer compare; confirm by pid only on a match.
+            if current != target {
+                return Ok(None);
+            }
+            let info = self.kernel.task_info(session, current).await?;
+            if info.pid == pid {
+                return Ok(filter.matches_task(&info).then_some(info));
+            }
+            // The task exited and its task_struct was reused: look again.
+            match self.kernel.find_task_by_pid(session, pid).await {
+                Ok(t) => self.target_task = Some(t.task),
+                Err(_) => self.target_task = None,
+            }
+            return Ok(None);
+        }
+        if filter.pid.is_some() {
+            // The pid's task exited; nothing can match until it exists again.
+            return Ok(None);
+        }
+        let info = self.kernel.task_info(session, current).await?;
+        Ok(filter.matches_task(&info).then_some(info))
+    }
+
+    /// Gets the stopped CPU past breakpoint `bp`, returning how to resume.
+    async fn past_breakpoint(&mut self, session: &mut Session, bp: usize, thread: ThreadId, rip: u64) -> Result<Step, TraceError> {
+        match self.armed[bp].past {
+            Past::Skip(n) => Ok(Step::Resume(Some((self.glayout.rip_regnum, rip + u64::from(n))))),
+            Past::Step { probed } => {
+                session.step(Some(thread)).await?;
+                if !probed {
+                    let after = le_u64(&session.read_register(self.glayout.rip_regnum).await?);
+                    if after == rip {
+                        // The stub reported the same breakpoint again (KVM's int3): fall back.
+                        tracing::debug!("single-step did not move past 0x{rip:x}; using remove/step/reinsert");
+                        self.armed[bp].past = Past::Reinsert;
+                        return self.reinsert_step(session, thread, rip).await;
+                    }
+                    self.armed[bp].past = Past::Step { probed: true };
+                }
+                Ok(Step::Resume(None))
+            }
+            Past::Reinsert => self.reinsert_step(session, thread, rip).await,
+        }
+    }
+
+    async fn reinsert_step(&mut self, session: &mut Session, thread: ThreadId, rip: u64) -> Result<Step, TraceError> {
+        let kind = self.bp_kind();
+        session.remove_breakpoint(kind, rip, 1).await?;
+        session.step(Some(thread)).await?;
+        session.insert_breakpoint(kind, rip, 1).await?;
+        Ok(Step::Resume(None))
+    }
+}
+
+enum Step {
+    /// Resume; with `Some((regnum, value))` write RIP first (in the same write).
+    Resume(Option<(u32, u64)>),
+    End(EndReason),
+}
+
+struct Stats {
+    seen: u64,
+    matched: u64,
+    start: Instant,
+}
+
+fn gone() -> TraceError {
+    TraceError::GuestGone("the session was lost".into())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn guest_gone(e: RspError) -> TraceError {
+    match e {
+        RspError::Closed => TraceError::GuestGone("the gdb stub closed the connection (QEMU exited?)".into()),
+        other => other.into(),
+    }
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = bytes.len().min(8);
+    b[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(b)
+}
+
+/// Length of a run of instructions that do nothing (ftrace's `nop5`,
+/// `endbr64`), if the code starts with one.
+fn nop_length(code: &[u8]) -> Option<u8> {
+    const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+    const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+    let mut n = 0usize;
+    loop {
+        if code[n..].starts_with(&ENDBR64) {
+            n += 4;
+        } else if code[n..].starts_with(&NOP5) {
+            n += 5;
+        } else {
+            break;
+        }
+    }
+    (n > 0).then_some(n as u8)
+}
+
+fn describe_filter(f: &Filter) -> String {
+    let mut parts = Vec::new();
+    if let Some(p) = f.pid {
+        parts.push(format!("--pid {p}"));
+    }
+    if let Some(p) = f.tgid {
+        parts.push(format!("--tgid {p}"));
+    }
+    if let Some(c) = &f.comm {
+        parts.push(format!("--comm {c}"));
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ftrace_nop_and_endbr_are_skipped() {
+        assert_eq!(nop_length(&[0x0f, 0x1f, 0x44, 0x00, 0x00, 0x65, 0xff]), Some(5));
+        assert_eq!(nop_length(&[0xf3, 0x0f, 0x1e, 0xfa, 0x0f, 0x1f, 0x44, 0x00, 0x00, 0x55]), Some(9));
+        assert_eq!(nop_length(&[0xe8, 0x8b, 0x31, 0x65, 0xff]), None, "an unpatched call __fentry__ is not a NOP");
+        assert_eq!(nop_length(&[0x55, 0x48, 0x89, 0xe5]), None);
+    }
+}

@@ -1,0 +1,297 @@
+//! Kernel stack unwinding with the ORC tables of the vmlinux.
+//!
+//! Follows the kernel's own `unwind_orc.c`: each ORC entry says how to find
+//! the caller's stack pointer (CFA) from SP or BP, and whether the frame is a
+//! call frame (return address below the CFA), a full `pt_regs` (an interrupt,
+//! exception or syscall entry) or an IRET frame. Where GDB stops with `??` at
+//! entry code, ktrace goes on through the saved `pt_regs` into the
+//! interrupted context and says so in the frame.
+
+use std::collections::HashMap;
+
+use ktrace_kernel::{Kernel, KernelError, Target};
+use ktrace_symbols::{KernelAddr, OrcReg, OrcType, SourceFrame, Vmlinux};
+use serde::Serialize;
+
+/// The registers an unwind starts from (and finds again in `pt_regs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Regs {
+    /// Instruction pointer.
+    pub ip: u64,
+    /// Stack pointer.
+    pub sp: u64,
+    /// Frame pointer.
+    pub bp: u64,
+    /// `rdi`, `rdx`, `r10`, `r13`: ORC may base the CFA on them in entry code.
+    pub di: u64,
+    /// `rdx`.
+    pub dx: u64,
+    /// `r10`.
+    pub r10: u64,
+    /// `r13`.
+    pub r13: u64,
+}
+
+/// How a frame was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameKind {
+    /// The stopped instruction (frame 0).
+    Stopped,
+    /// A return address found on the stack.
+    Call,
+    /// The context interrupted by an interrupt, exception or syscall, restored
+    /// from the `pt_regs` saved by entry code.
+    Interrupted,
+    /// The user-space context the kernel was entered from (end of the kernel stack).
+    User,
+}
+
+/// One frame of a backtrace. Inlined functions at that address are expanded
+/// in `source`, innermost first.
+#[derive(Clone, Debug, Serialize)]
+pub struct Frame {
+    /// Runtime program counter.
+    pub pc: u64,
+    /// How the frame was reached.
+    pub kind: FrameKind,
+    /// `symbol` containing the pc (link-time symbol table).
+    pub function: Option<String>,
+    /// Offset of the pc in that symbol.
+    pub offset: u64,
+    /// Where the `pt_regs` were found for [`FrameKind::Interrupted`] and [`FrameKind::User`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regs_at: Option<u64>,
+    /// Source locations, innermost inlined function first.
+    pub source: Vec<SourceFrame>,
+}
+
+/// A backtrace and why it ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct Backtrace {
+    /// Frames, innermost first.
+    pub frames: Vec<Frame>,
+    /// Why unwinding stopped, when it was not the natural end of the stack.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<String>,
+}
+
+/// Offsets in `struct pt_regs`.
+#[derive(Clone, Copy, Debug)]
+struct PtRegs {
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    di: u64,
+    dx: u64,
+    r10: u64,
+    r13: u64,
+}
+
+/// Unwinds kernel stacks. Built once per vmlinux; caches symbolized pcs.
+#[derive(Debug)]
+pub struct Unwinder {
+    pt: PtRegs,
+    max_frames: usize,
+    symbolized: HashMap<(u64, bool), (Option<String>, u64, Vec<SourceFrame>)>,
+}
+
+const PAGE: u64 = 2048;
+
+/// Reads stack words through aligned, cached 2 KiB chunks.
+struct StackReader<'t, T> {
+    target: &'t mut T,
+    chunks: HashMap<u64, Option<Vec<u8>>>,
+}
+
+impl<T: Target> StackReader<'_, T> {
+    async fn u64(&mut self, addr: u64) -> Option<u64> {
+        let base = addr & !(PAGE - 1);
+        if addr - base > PAGE - 8 {
+            // Straddles two chunks: read it directly.
+            return self.target.read_u64(addr).await.ok();
+        }
+        if !self.chunks.contains_key(&base) {
+            let chunk = self.target.read_memory(base, PAGE as usize).await.ok();
+            self.chunks.insert(base, chunk);
+        }
+        let chunk = self.chunks.get(&base)?.as_ref()?;
+        let off = (addr - base) as usize;
+        Some(u64::from_le_bytes(chunk[off..off + 8].try_into().ok()?))
+    }
+}
+
+fn is_kernel(addr: u64) -> bool {
+    addr >= 0xffff_8000_0000_0000
+}
+
+impl Unwinder {
+    /// Prepares an unwinder (reads the `pt_regs` layout from DWARF).
+    pub fn new(vm: &Vmlinux) -> Result<Unwinder, KernelError> {
+        let off = |m: &str| vm.member(&format!("pt_regs.{m}")).map(|l| l.offset);
+        Ok(Unwinder {
+            pt: PtRegs {
+                ip: off("ip")?,
+                sp: off("sp")?,
+                bp: off("bp")?,
+                di: off("di")?,
+                dx: off("dx")?,
+                r10: off("r10")?,
+                r13: off("r13")?,
+            },
+            max_frames: 64,
+            symbolized: HashMap::new(),
+        })
+    }
+
+    /// Sets the most frames a backtrace may have.
+    pub fn with_max_frames(mut self, n: usize) -> Self {
+        self.max_frames = n.max(1);
+        self
+    }
+
+    /// Unwinds from `regs` on a stopped CPU.
+    pub async fn unwind<T: Target>(&mut self, kernel: &Kernel, target: &mut T, regs: Regs) -> Backtrace {
+        let mut stack = StackReader { target, chunks: HashMap::new() };
+        let mut frames = Vec::new();
+        let mut state = regs;
+        let mut kind = FrameKind::Stopped;
+        let mut regs_at = None;
+        // The last pt_regs seen, for ORC entries based on DI/DX/R10/R13.
+        let mut truncated = None;
+        loop {
+            let is_return_address = kind == FrameKind::Call;
+            frames.push(self.frame(kernel, state.ip, kind, regs_at, is_return_address));
+            if kind == FrameKind::User {
+                break;
+            }
+            if frames.len() >= self.max_frames {
+                truncated = Some(format!("stopped after {} frames", self.max_frames));
+                break;
+            }
+            let lookup = kernel.link(if is_return_address { state.ip - 1 } else { state.ip });
+            let Some(orc) = kernel.vmlinux().orc().ok().and_then(|t| t.lookup(lookup)) else {
+                truncated = Some(format!("no ORC data for 0x{:x}", state.ip));
+                break;
+            };
+            if orc.end || orc.sp_reg == OrcReg::Undefined {
+                break;
+            }
+            let (base, indirect) = match orc.sp_reg {
+                OrcReg::Sp => (state.sp.wrapping_add(orc.sp_offset as i64 as u64), false),
+                OrcReg::Bp => (state.bp.wrapping_add(orc.sp_offset as i64 as u64), false),
+                OrcReg::SpIndirect => (state.sp, true),
+                OrcReg::BpIndirect => (state.bp.wrapping_add(orc.sp_offset as i64 as u64), true),
+                OrcReg::Di => (state.di.wrapping_add(orc.sp_offset as i64 as u64), false),
+                OrcReg::Dx => (state.dx.wrapping_add(orc.sp_offset as i64 as u64), false),
+                OrcReg::R10 => (state.r10.wrapping_add(orc.sp_offset as i64 as u64), false),
+                OrcReg::R13 => (state.r13.wrapping_add(orc.sp_offset as i64 as u64), false),
+                other => {
+                    truncated = Some(format!("unsupported ORC sp_reg {other:?} at 0x{:x}", state.ip));
+                    break;
+                }
+            };
+            let mut cfa = base;
+            if indirect {
+                let Some(v) = stack.u64(base).await else {
+                    truncated = Some(format!("unreadable stack at 0x{base:x}"));
+                    break;
+                };
+                cfa = v;
+                if orc.sp_reg == OrcReg::SpIndirect {
+                    cfa = cfa.wrapping_add(orc.sp_offset as i64 as u64);
+                }
+            }
+            let mut next = state;
+            match orc.kind {
+                OrcType::Call => {
+                    let Some(ip) = stack.u64(cfa.wrapping_sub(8)).await else {
+                        truncated = Some(format!("unreadable stack at 0x{:x}", cfa - 8));
+                        break;
+                    };
+                    if cfa <= state.sp {
+                        truncated = Some("stack pointer went backwards".into());
+                        break;
+                    }
+                    next.ip = ip;
+                    next.sp = cfa;
+                    kind = FrameKind::Call;
+                    regs_at = None;
+                }
+                OrcType::Regs | OrcType::RegsPartial => {
+                    // REGS: cfa points at a full pt_regs. REGS_PARTIAL: at the IRET frame inside one.
+                    let regs = if orc.kind == OrcType::Regs { cfa } else { cfa.wrapping_sub(self.pt.ip) };
+                    let (Some(ip), Some(sp)) = (stack.u64(regs + self.pt.ip).await, stack.u64(regs + self.pt.sp).await)
+                    else {
+                        truncated = Some(format!("unreadable pt_regs at 0x{regs:x}"));
+                        break;
+                    };
+                    next.ip = ip;
+                    next.sp = sp;
+                    if orc.kind == OrcType::Regs {
+                        for (field, off) in [
+                            (&mut next.bp, self.pt.bp),
+                            (&mut next.di, self.pt.di),
+                            (&mut next.dx, self.pt.dx),
+                            (&mut next.r10, self.pt.r10),
+                            (&mut next.r13, self.pt.r13),
+                        ] {
+                            if let Some(v) = stack.u64(regs + off).await {
+                                *field = v;
+                            }
+                        }
+                    }
+                    kind = if is_kernel(ip) { FrameKind::Interrupted } else { FrameKind::User };
+                    regs_at = Some(regs);
+                }
+                OrcType::Other(t) => {
+                    truncated = Some(format!("unknown ORC frame type {t} at 0x{:x}", state.ip));
+                    break;
+                }
+            }
+            match orc.bp_reg {
+                OrcReg::PrevSp => match stack.u64(cfa.wrapping_add(orc.bp_offset as i64 as u64)).await {
+                    Some(bp) => next.bp = bp,
+                    None => {
+                        truncated = Some("unreadable saved rbp".into());
+                        break;
+                    }
+                },
+                OrcReg::Bp => {
+                    if let Some(bp) = stack.u64(state.bp.wrapping_add(orc.bp_offset as i64 as u64)).await {
+                        next.bp = bp;
+                    }
+                }
+                _ => {}
+            }
+            if next.ip == 0 {
+                break;
+            }
+            if kind != FrameKind::User && !is_kernel(next.ip) {
+                truncated = Some(format!("return address 0x{:x} is not in the kernel", next.ip));
+                break;
+            }
+            state = next;
+        }
+        Backtrace { frames, truncated }
+    }
+
+    fn frame(&mut self, kernel: &Kernel, pc: u64, kind: FrameKind, regs_at: Option<u64>, ret: bool) -> Frame {
+        if kind == FrameKind::User {
+            return Frame { pc, kind, function: None, offset: 0, regs_at, source: Vec::new() };
+        }
+        let vm = kernel.vmlinux();
+        let link = kernel.link(pc);
+        let (function, offset, source) = self
+            .symbolized
+            .entry((link.0, ret))
+            .or_insert_with(|| {
+                let sym = vm.symbolize(link);
+                let line_addr = if ret { KernelAddr(link.0 - 1) } else { link };
+                let source = vm.frames(line_addr).unwrap_or_default();
+                (sym.as_ref().map(|s| s.name.to_string()), sym.map_or(0, |s| s.offset), source)
+            })
+            .clone();
+        Frame { pc, kind, function, offset, regs_at, source }
+    }
+}
