@@ -345,6 +345,12 @@ impl Vmlinux {
             cache.insert(u, ctx);
         }
         let mut frames = lines::frames(&cache[&u], addr)?;
+        drop(cache);
+        // Functions whose DWARF does not cover the address (or has no
+        // name) are named from the symbol table, as GNU addr2line does.
+        if let Some(last) = frames.last_mut().filter(|f| f.function.is_none()) {
+            last.function = self.symbolize(addr).map(|s| s.name);
+        }
         if frames.is_empty() {
             if let Some(s) = self.symbolize(addr) {
                 frames.push(SourceFrame { function: Some(s.name), file: None, line: None, inlined: false });

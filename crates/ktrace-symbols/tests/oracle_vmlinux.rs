@@ -1,0 +1,326 @@
+//! Checks ktrace-symbols against `nm`, `addr2line` and `gdb` on a real
+//! Debian vmlinux with full DWARF.
+//!
+//! The file comes from `KTRACE_VMLINUX`, or defaults to
+//! `~/.cache/ktrace/guest/6.1.0-56-cloud-amd64/vmlinux`. If it is missing
+//! the test is skipped, unless `CI=true`, where it fails.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use ktrace_symbols::{KernelAddr, Vmlinux};
+
+fn vmlinux_path() -> Option<PathBuf> {
+    let p = match std::env::var_os("KTRACE_VMLINUX") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/ktrace/guest/6.1.0-56-cloud-amd64/vmlinux"),
+    };
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("vmlinux {} is missing and CI=true; set KTRACE_VMLINUX or fetch the Debian -dbg vmlinux", p.display());
+    }
+    eprintln!("skipping: vmlinux {} not found (set KTRACE_VMLINUX)", p.display());
+    None
+}
+
+fn tool_output(cmd: &mut Command) -> Option<String> {
+    match cmd.output() {
+        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => panic!("{cmd:?} failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{cmd:?}: {e}");
+            }
+            eprintln!("skipping: cannot run {cmd:?}: {e}");
+            None
+        }
+    }
+}
+
+struct NmSym {
+    addr: u64,
+    kind: char,
+    name: String,
+}
+
+fn nm(path: &PathBuf) -> Option<Vec<NmSym>> {
+    let out = tool_output(Command::new("nm").arg(path))?;
+    Some(
+        out.lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+                let kind = it.next()?.chars().next()?;
+                let name = it.next()?.to_owned();
+                Some(NmSym { addr, kind, name })
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn symbols_agree_with_nm() {
+    let Some(path) = vmlinux_path() else { return };
+    let Some(syms) = nm(&path) else { return };
+    let v = Vmlinux::open(&path).unwrap();
+    let step = (syms.len() / 400).max(1);
+    let mut checked = 0;
+    for s in syms.iter().step_by(step) {
+        let all = v.symbols_named(&s.name);
+        assert!(
+            all.iter().any(|x| x.addr == KernelAddr(s.addr)),
+            "{} {:x} {}: ours {:?}",
+            s.kind,
+            s.addr,
+            s.name,
+            all
+        );
+        if s.kind == 'T' && all.iter().any(|x| x.addr == KernelAddr(s.addr) && x.size > 0) {
+            let so = v.symbolize(KernelAddr(s.addr)).unwrap();
+            assert_eq!(so.offset, 0, "{} -> {so:?}", s.name);
+        }
+        checked += 1;
+    }
+    assert!(checked >= 200, "only {checked} symbols checked");
+    // Per-CPU symbols are told apart.
+    assert!(v.symbol("current_task").unwrap().is_percpu());
+    assert_eq!(v.symbol("current_task").unwrap().addr, KernelAddr(0x1fb80));
+    assert!(!v.symbol("init_task").unwrap().is_percpu());
+    assert_eq!(v.resolve("_raw_spin_lock+0x10").unwrap(), KernelAddr(0xffffffff81a185b0));
+    eprintln!("{checked} symbols agree with nm");
+}
+
+/// Strip a `(discriminator N)` suffix and split `file:line`.
+fn split_loc(l: &str) -> (String, Option<u32>) {
+    let l = l.split(" (discriminator").next().unwrap_or(l).trim();
+    match l.rsplit_once(':') {
+        Some((f, n)) => (f.to_owned(), n.parse().ok()),
+        None => (l.to_owned(), None),
+    }
+}
+
+#[test]
+fn lines_agree_with_addr2line() {
+    let Some(path) = vmlinux_path() else { return };
+    let Some(syms) = nm(&path) else { return };
+    let v = Vmlinux::open(&path).unwrap();
+    // Addresses a little inside text functions.
+    let funcs: Vec<&NmSym> = syms.iter().filter(|s| s.kind == 'T' || s.kind == 't').collect();
+    let step = (funcs.len() / 250).max(1);
+    let mut addrs = Vec::new();
+    for (i, s) in funcs.iter().step_by(step).enumerate() {
+        let size = v.symbols_named(&s.name).iter().find(|x| x.addr.0 == s.addr).map_or(0, |x| x.size);
+        if size == 0 {
+            continue;
+        }
+        addrs.push(s.addr + [0, 1, 4, 9, 0x13][i % 5].min(size - 1));
+    }
+    let mut child = Command::new("addr2line")
+        .args(["-a", "-i", "-f", "-e"])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("addr2line runs");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for a in &addrs {
+            writeln!(stdin, "0x{a:x}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Blocks: "0x<addr>" then pairs of lines (function, file:line).
+    let mut theirs: HashMap<u64, (String, String, Option<u32>)> = HashMap::new();
+    let mut lines = text.lines().peekable();
+    while let Some(l) = lines.next() {
+        let Some(a) = l.strip_prefix("0x").and_then(|h| u64::from_str_radix(h, 16).ok()) else { continue };
+        let func = lines.next().unwrap_or("").to_owned();
+        let (file, line) = split_loc(lines.next().unwrap_or(""));
+        theirs.insert(a, (func, file, line));
+        while lines.peek().is_some_and(|l| !l.starts_with("0x")) {
+            lines.next();
+        }
+    }
+    let t = Instant::now();
+    let (mut agree, mut compared, mut same_file, mut mismatches) = (0, 0, 0, Vec::new());
+    for a in &addrs {
+        let Some((func, file, line)) = theirs.get(a) else { continue };
+        if func == "??" || line.is_none() {
+            continue;
+        }
+        compared += 1;
+        let ours = v.frames(KernelAddr(*a)).unwrap();
+        let inner = ours.first();
+        // Compare the innermost function and line. (GNU addr2line sometimes
+        // names the unit's primary file instead of the header a DWARF 5
+        // line row points at, so files are compared by count only.)
+        let ok = inner.is_some_and(|f| f.function.as_deref() == Some(func.as_str()) && f.line == *line);
+        if inner.and_then(|f| f.file.as_deref()).is_some_and(|ff| ff.ends_with(file.trim_start_matches("./")) || file.ends_with(ff)) {
+            same_file += 1;
+        }
+        if ok {
+            agree += 1;
+        } else {
+            mismatches.push(format!("0x{a:x}: addr2line {func} {file}:{line:?}, ours {inner:?}"));
+        }
+    }
+    eprintln!("frames() for {compared} addresses took {:?}", t.elapsed());
+    for m in &mismatches {
+        eprintln!("mismatch {m}");
+    }
+    assert!(compared >= 200, "only {compared} addresses compared");
+    assert!(mismatches.is_empty(), "{} of {compared} addresses disagree with addr2line", mismatches.len());
+    eprintln!("{agree} addresses agree with addr2line ({same_file} also name the same file)");
+    assert!(same_file * 100 >= compared * 95, "files differ too often: {same_file}/{compared}");
+}
+
+/// Parse `ptype /o struct X` output into member name → (offset, size) for
+/// direct members and members of anonymous structs/unions.
+fn parse_ptype(text: &str) -> HashMap<String, HashMap<String, (u64, u64)>> {
+    struct Frame {
+        off: u64,
+        size: u64,
+        members: Vec<(String, u64, u64)>,
+    }
+    let mut out = HashMap::new();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut current: Option<String> = None;
+    for l in text.lines() {
+        if let Some(pos) = l.find("type = struct ") {
+            let name = l[pos + "type = struct ".len()..].trim_end_matches('{').trim().to_owned();
+            current = Some(name);
+            stack = vec![Frame { off: 0, size: 0, members: Vec::new() }];
+            continue;
+        }
+        if current.is_none() {
+            continue;
+        }
+        // "/*   2416      |       4 */    pid_t pid;" or "/* 32: 0 | 4 */ ..."
+        let (nums, rest) = match l.trim_start().strip_prefix("/*").and_then(|r| r.split_once("*/")) {
+            Some((n, r)) if !r.trim().is_empty() => (Some(n), r.trim()),
+            _ => (None, l.trim()),
+        };
+        // "offset[: bit] | size" or, for union members, just "size".
+        let parsed = nums.and_then(|n| match n.split_once('|') {
+            Some((o, s)) => Some((o.split(':').next().unwrap().trim().parse::<u64>().ok(), s.trim().parse::<u64>().ok()?)),
+            None => Some((None, n.trim().parse::<u64>().ok()?)),
+        });
+        if let Some((off, size)) = parsed {
+            let off = off.unwrap_or_else(|| stack.last().map_or(0, |f| f.off));
+            if rest.ends_with('{') {
+                stack.push(Frame { off, size, members: Vec::new() });
+            } else if let Some(decl) = rest.strip_suffix(';') {
+                let decl = decl.split(':').next().unwrap().trim();
+                let base = decl.split('[').next().unwrap();
+                let name = base.split([' ', '*']).filter(|s| !s.is_empty()).next_back().unwrap_or("");
+                let name = if decl.contains("(*") {
+                    decl.split("(*").nth(1).unwrap().split(')').next().unwrap()
+                } else {
+                    name
+                };
+                stack.last_mut().unwrap().members.push((name.to_owned(), off, size));
+            }
+        } else if let Some(r) = rest.strip_prefix('}') {
+            let r = r.trim();
+            if stack.len() == 1 {
+                let f = stack.pop().unwrap();
+                let map = f.members.into_iter().map(|(n, o, s)| (n, (o, s))).collect();
+                out.insert(current.take().unwrap(), map);
+            } else {
+                let f = stack.pop().unwrap();
+                let parent = stack.last_mut().unwrap();
+                if r == ";" {
+                    parent.members.extend(f.members);
+                } else {
+                    let name = r.trim_end_matches(';').split('[').next().unwrap().trim().to_owned();
+                    parent.members.push((name, f.off, f.size));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn layouts_agree_with_gdb() {
+    let Some(path) = vmlinux_path() else { return };
+    let structs = ["task_struct", "list_head", "signal_struct", "pt_regs"];
+    let mut cmd = Command::new("gdb");
+    cmd.args(["-batch", "-nx"]);
+    for s in structs {
+        cmd.arg("-ex").arg(format!("ptype /o struct {s}"));
+    }
+    cmd.arg(&path);
+    let Some(text) = tool_output(&mut cmd) else { return };
+    let gdb = parse_ptype(&text);
+    let v = Vmlinux::open(&path).unwrap();
+    let members = [
+        "task_struct.pid",
+        "task_struct.tgid",
+        "task_struct.comm",
+        "task_struct.tasks",
+        "task_struct.flags",
+        "task_struct.__state",
+        "task_struct.real_parent",
+        "task_struct.signal",
+        "task_struct.thread_group",
+        "task_struct.thread_node",
+        "task_struct.mm",
+        "task_struct.stack",
+        "task_struct.thread_info",
+        "task_struct.on_cpu",
+        "task_struct.wake_entry",
+        "list_head.next",
+        "list_head.prev",
+        "signal_struct.thread_head",
+        "signal_struct.nr_threads",
+        "pt_regs.ip",
+        "pt_regs.sp",
+        "pt_regs.orig_ax",
+    ];
+    let mut checked = 0;
+    for m in members {
+        let (ty, field) = m.split_once('.').unwrap();
+        let Some(&(off, size)) = gdb.get(ty).and_then(|t| t.get(field)) else {
+            panic!("gdb output has no {m}; parsed: {:?}", gdb.get(ty).map(|t| t.len()));
+        };
+        let ours = v.member(m).unwrap();
+        assert_eq!((ours.offset, ours.size), (off, size), "{m}: ours {ours:?}, gdb offset {off} size {size}");
+        checked += 1;
+    }
+    assert!(checked >= 10);
+    assert_eq!(v.member("task_struct.tasks.next").unwrap().offset, gdb["task_struct"]["tasks"].0);
+    eprintln!("{checked} member layouts agree with gdb");
+}
+
+#[test]
+fn misc_real_file_facts() {
+    let Some(path) = vmlinux_path() else { return };
+    let v = Vmlinux::open(&path).unwrap();
+    assert!(v.has_dwarf());
+    assert_eq!(v.symbol("linux_banner").unwrap().addr, KernelAddr(0xffffffff8211ffe0));
+    assert_eq!(v.symbol("init_task").unwrap().addr, KernelAddr(0xffffffff82a1aa40));
+    assert_eq!(v.symbol("__per_cpu_offset").unwrap().addr, KernelAddr(0xffffffff8239eb60));
+    assert!(v.banner().unwrap().starts_with("Linux version 6.1.0-56-cloud-amd64 "));
+    assert_eq!(v.release().unwrap(), "6.1.0-56-cloud-amd64");
+    assert_eq!(v.variable_type("init_task").unwrap(), "struct task_struct");
+    assert_eq!(v.variable_type("current_task").unwrap(), "struct task_struct *");
+    assert!(!v.has_member("pcpu_hot.current_task"), "6.1 has no pcpu_hot");
+    let (start, end) = v.percpu_section_range().unwrap();
+    assert!(start == 0 && end > 0x1fb80);
+    let orc = v.orc().unwrap();
+    assert!(orc.len() > 100_000);
+    let e = orc.lookup(v.resolve("_raw_spin_lock").unwrap()).unwrap();
+    assert_eq!(e.kind, ktrace_symbols::OrcType::Call);
+    let a = v.line_addresses("kernel/sched/core.c", 6657).unwrap();
+    assert!(!a.is_empty());
+    let f = v.frames(a[0]).unwrap();
+    assert!(f.iter().any(|f| f.line == Some(6657)), "{f:?}");
+}
