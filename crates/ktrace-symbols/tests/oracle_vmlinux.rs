@@ -219,7 +219,7 @@ fn parse_ptype(text: &str) -> HashMap<String, HashMap<String, (u64, u64)>> {
             } else if let Some(decl) = rest.strip_suffix(';') {
                 let decl = decl.split(':').next().unwrap().trim();
                 let base = decl.split('[').next().unwrap();
-                let name = base.split([' ', '*']).filter(|s| !s.is_empty()).next_back().unwrap_or("");
+                let name = base.split([' ', '*']).rfind(|s| !s.is_empty()).unwrap_or("");
                 let name = if decl.contains("(*") {
                     decl.split("(*").nth(1).unwrap().split(')').next().unwrap()
                 } else {
