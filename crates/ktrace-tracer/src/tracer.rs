@@ -321,11 +321,11 @@ impl Tracer {
         }
         let deadline = self.cfg.duration.map(|d| tokio::time::Instant::now() + d);
         let mut last_progress = Instant::now();
-        let mut resume: Option<(u32, u64)> = None;
+        let mut resume: Option<u64> = None;
         loop {
-            // Resume: by RIP write + continue in one write, or plain continue.
+            // Resume: `c ADDR` past a skipped NOP (one packet), or plain continue.
             let running = match resume.take() {
-                Some((regnum, rip)) => session.write_register_and_resume(regnum, &rip.to_le_bytes(), Resume::Continue).await,
+                Some(pc) => session.continue_at(pc).await,
                 None => session.resume(Resume::Continue).await,
             };
             let mut running = match running {
@@ -497,7 +497,7 @@ impl Tracer {
     /// Gets the stopped CPU past breakpoint `bp`, returning how to resume.
     async fn past_breakpoint(&mut self, session: &mut Session, bp: usize, thread: ThreadId, rip: u64) -> Result<Step, TraceError> {
         match self.armed[bp].past {
-            Past::Skip(n) => Ok(Step::Resume(Some((self.glayout.rip_regnum, rip + u64::from(n))))),
+            Past::Skip(n) => Ok(Step::Resume(Some(rip + u64::from(n)))),
             Past::Step { probed } => {
                 session.step(Some(thread)).await?;
                 if !probed {
@@ -526,8 +526,8 @@ impl Tracer {
 }
 
 enum Step {
-    /// Resume; with `Some((regnum, value))` write RIP first (in the same write).
-    Resume(Option<(u32, u64)>),
+    /// Resume; with `Some(pc)` continue at that address (`c ADDR`).
+    Resume(Option<u64>),
     End(EndReason),
 }
 

@@ -416,11 +416,18 @@ impl Session {
         Ok(RunningSession::new(inner))
     }
 
-    /// The hot path: `P regnum=value` and the resume written in one socket
-    /// write, then the `P` reply consumed. If the stub rejects the `P`, the
-    /// target has already been resumed: the error is returned and the
-    /// running session dropped (which detaches, see [`RunningSession`]).
+    /// `P regnum=value`, then the resume. In no-ack mode both go out in one
+    /// socket write and the `P` reply is consumed afterwards. In ack mode
+    /// (QEMU 7.2 does not offer `QStartNoAckMode`) the `P` reply is awaited
+    /// first: acknowledging it after the resume would send a byte to a
+    /// running target, which QEMU takes as an interrupt (a spurious `T02`
+    /// stop). To move the PC and continue in one packet, use
+    /// [`Session::continue_at`].
     pub async fn write_register_and_resume(mut self, regnum: u32, value: &[u8], action: Resume) -> Result<RunningSession, RspError> {
+        if self.i().conn.ack_mode {
+            self.write_register(regnum, value).await?;
+            return self.resume(action).await;
+        }
         let pkt = self.i().prepare_resume(action).await?;
         let mut inner = self.take();
         inner.conn.queue_packet(&registers::write_one_request(regnum, value));
@@ -430,6 +437,18 @@ impl Session {
         let r = running.inner_mut().conn.recv_packet("P").await?;
         expect_ok("P", &r)?;
         Ok(running)
+    }
+
+    /// `c ADDR`: continue with the PC of the thread that last stopped (QEMU's
+    /// "continue CPU") set to `addr`. One packet and no reply until the next
+    /// stop: the cheapest way to skip an instruction.
+    pub async fn continue_at(self, addr: u64) -> Result<RunningSession, RspError> {
+        let pkt = crate::packets::resume::continue_request(Some(addr));
+        let mut this = self;
+        let mut inner = this.take();
+        inner.conn.queue_packet(&pkt);
+        inner.conn.flush_timeout("c").await?;
+        Ok(RunningSession::new(inner))
     }
 
     /// Single-step (`tid` or the last stopped thread) and wait for the stop.
