@@ -444,8 +444,7 @@ impl Session {
     /// stop: the cheapest way to skip an instruction.
     pub async fn continue_at(self, addr: u64) -> Result<RunningSession, RspError> {
         let pkt = crate::packets::resume::continue_request(Some(addr));
-        let mut this = self;
-        let mut inner = this.take();
+        let mut inner = self.take();
         inner.conn.queue_packet(&pkt);
         inner.conn.flush_timeout("c").await?;
         Ok(RunningSession::new(inner))
