@@ -6,6 +6,32 @@
 
 use crate::RspError;
 
+/// Most `xi:include`s one target description may resolve (QEMU's x86_64
+/// description uses one; GDB's largest use a few dozen).
+pub const MAX_INCLUDES: usize = 256;
+/// Most bytes (root plus every included document) one target description may
+/// expand to. A document that includes itself several times would otherwise
+/// expand exponentially within the depth limit.
+pub const MAX_EXPANDED_BYTES: usize = 4 << 20;
+
+/// What has been expanded so far.
+struct Budget {
+    includes: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    fn take(&mut self, bytes: usize) -> Result<(), RspError> {
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > MAX_EXPANDED_BYTES {
+            return Err(RspError::TargetXml(format!(
+                "target description expands to more than {MAX_EXPANDED_BYTES} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// One register of the target description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterInfo {
@@ -52,7 +78,9 @@ impl RegisterMap {
         let mut map = RegisterMap::default();
         let mut raw = Vec::new();
         let mut next = 0u32;
-        scan(root, &mut fetch, &mut map, &mut raw, &mut next, 0)?;
+        let mut budget = Budget { includes: 0, bytes: 0 };
+        budget.take(root.len())?;
+        scan(root, &mut fetch, &mut map, &mut raw, &mut next, 0, &mut budget)?;
         raw.sort_by_key(|r: &RegisterInfo| r.regnum);
         let mut off = 0;
         for r in &mut raw {
@@ -91,6 +119,7 @@ fn scan(
     out: &mut Vec<RegisterInfo>,
     next: &mut u32,
     depth: u32,
+    budget: &mut Budget,
 ) -> Result<(), RspError> {
     if depth > 8 {
         return Err(RspError::TargetXml("xi:include nested too deeply".into()));
@@ -116,8 +145,15 @@ fn scan(
             "xi:include" | "include" => {
                 let href = attr(tag, "href")
                     .ok_or_else(|| RspError::TargetXml("xi:include without href".into()))?;
+                budget.includes += 1;
+                if budget.includes > MAX_INCLUDES {
+                    return Err(RspError::TargetXml(format!(
+                        "more than {MAX_INCLUDES} xi:includes"
+                    )));
+                }
                 let doc = fetch(&href)?;
-                scan(&doc, fetch, map, out, next, depth + 1)?;
+                budget.take(doc.len())?;
+                scan(&doc, fetch, map, out, next, depth + 1, budget)?;
             }
             "reg" => {
                 let rname = attr(tag, "name")
@@ -181,5 +217,24 @@ mod tests {
         assert!(RegisterMap::from_xml("<reg name=\"a\" bitsize=\"x\"/>", |_| unreachable!()).is_err());
         assert!(RegisterMap::from_xml("<xi:include href=\"a\"/>", |_| Err(RspError::Closed)).is_err());
         assert!(RegisterMap::from_xml("<reg name=\"a\"", |_| unreachable!()).is_err());
+    }
+
+    #[test]
+    fn self_including_document_is_capped() {
+        // Each level includes itself twice: 2^9 fetches within the depth limit.
+        let doc = "<reg name=\"r\" bitsize=\"8\"/><xi:include href=\"a\"/><xi:include href=\"a\"/>";
+        let mut fetches = 0usize;
+        let err = RegisterMap::from_xml(doc, |_| {
+            fetches += 1;
+            Ok(doc.to_string())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("xi:include"), "{err}");
+        assert!(fetches <= MAX_INCLUDES, "{fetches}");
+
+        // Few includes, but each one big: the byte cap stops it.
+        let big = format!("<xi:include href=\"a\"/><xi:include href=\"a\"/>{}", " ".repeat(1 << 20));
+        let err = RegisterMap::from_xml(&big, |_| Ok(big.clone())).unwrap_err();
+        assert!(err.to_string().contains("bytes"), "{err}");
     }
 }
