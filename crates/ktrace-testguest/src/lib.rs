@@ -15,6 +15,7 @@
 
 mod boot;
 mod error;
+pub mod gdb;
 mod prepare;
 
 pub use boot::{BootOptions, Guest};

@@ -1,0 +1,223 @@
+//! Running GDB in batch mode against a guest's gdb stub: the oracle that
+//! e2e tests compare ktrace's answers with.
+//!
+//! GDB needs ~17 s and ~1.9 GB to load the Debian vmlinux, so ask it many
+//! questions in one call. With KASLR on, GDB's symbols stay at their link
+//! addresses (it does not know the slide): `&linux_banner` is wrong at run
+//! time, but per-CPU variables are zero-based offsets, so
+//! `$gs_base + (unsigned long)&current_task` is right either way, and pointers
+//! read from guest memory (e.g. a `struct task_struct *`) are runtime values.
+//!
+//! QEMU serves one gdb client at a time: run GDB while no other client is
+//! connected.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{io_err, GuestError};
+use crate::prepare::cache_dir;
+
+/// How the GDB session ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GdbExit {
+    /// `detach`: QEMU resumes the guest.
+    Detach,
+    /// `disconnect`: the connection closes without `D`, so QEMU leaves the
+    /// guest paused where GDB stopped it; the next client sees the same state.
+    LeavePaused,
+}
+
+/// Options of [`gdb_batch_with`].
+#[derive(Clone, Debug)]
+pub struct GdbOptions {
+    /// How the session ends.
+    pub exit: GdbExit,
+    /// GDB is killed after this long.
+    pub timeout: Duration,
+}
+
+impl Default for GdbOptions {
+    fn default() -> Self {
+        GdbOptions { exit: GdbExit::Detach, timeout: Duration::from_secs(120) }
+    }
+}
+
+/// Runs `gdb -nx -batch` on `vmlinux`, connects to the stub on
+/// `127.0.0.1:port`, runs `commands` (one `-ex` each), detaches and returns
+/// GDB's stdout.
+pub fn gdb_batch(vmlinux: &Path, port: u16, commands: &[String]) -> Result<String, GuestError> {
+    gdb_batch_with(vmlinux, port, commands, &GdbOptions::default())
+}
+
+/// [`gdb_batch`] with options: leave the guest paused, or another timeout.
+///
+/// Fails when GDB is missing, exits with an error status, times out, or
+/// could not connect. Errors of individual commands do not fail the call
+/// (GDB prints them on stderr and goes on with the next `-ex`), so parse what
+/// you asked for and check that it is all there.
+pub fn gdb_batch_with(vmlinux: &Path, port: u16, commands: &[String], opts: &GdbOptions) -> Result<String, GuestError> {
+    let run_dir = cache_dir().join("run");
+    fs::create_dir_all(&run_dir).map_err(io_err(&run_dir))?;
+    let stamp = format!("{}-{}-{:?}", std::process::id(), port, Instant::now());
+    let stamp: String = stamp.chars().filter(char::is_ascii_alphanumeric).collect();
+    let out_path = run_dir.join(format!("gdb-{stamp}.out"));
+    let err_path = run_dir.join(format!("gdb-{stamp}.err"));
+    let stdout = fs::File::create(&out_path).map_err(io_err(&out_path))?;
+    let stderr = fs::File::create(&err_path).map_err(io_err(&err_path))?;
+
+    let mut cmd = Command::new("gdb");
+    cmd.args(["-nx", "-batch", "-ex", "set pagination off", "-ex", "set confirm off"])
+        .args(["-ex", "set width 0", "-ex", "set print pretty off"])
+        .args(["-ex", &format!("target remote 127.0.0.1:{port}")]);
+    for c in commands {
+        cmd.arg("-ex").arg(c);
+    }
+    cmd.arg("-ex").arg(match opts.exit {
+        GdbExit::Detach => "detach",
+        GdbExit::LeavePaused => "disconnect",
+    });
+    cmd.arg(vmlinux).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+    let command_line = format!("gdb -nx -batch … target remote 127.0.0.1:{port} ({} commands)", commands.len());
+    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            GuestError::MissingTool { tool: "gdb".into(), install: "apt-get install -y gdb".into() }
+        }
+        _ => GuestError::Command { command: command_line.clone(), detail: e.to_string() },
+    })?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(io_err("gdb"))? {
+            break status;
+        }
+        if start.elapsed() > opts.timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = fs::remove_file(&out_path);
+            let _ = fs::remove_file(&err_path);
+            return Err(GuestError::Command {
+                command: command_line,
+                detail: format!("timed out after {} s", opts.timeout.as_secs()),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = fs::read_to_string(&out_path).map_err(io_err(&out_path))?;
+    let err = fs::read_to_string(&err_path).map_err(io_err(&err_path))?;
+    let _ = fs::remove_file(&out_path);
+    let _ = fs::remove_file(&err_path);
+    let connect_failed = ["Connection refused", "Connection timed out", "not connected", "Remote communication error"]
+        .iter()
+        .any(|m| err.contains(m));
+    if !status.success() || connect_failed {
+        return Err(GuestError::Command {
+            command: command_line,
+            detail: format!("{status}; stderr:\n{}\nstdout:\n{}", err.trim(), tail(&out, 20)),
+        });
+    }
+    Ok(out)
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The `$N = value` lines of GDB's output, in order, as `(N, value)`.
+pub fn parse_values(output: &str) -> Vec<(u32, String)> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix('$')?;
+            let (n, value) = rest.split_once(" = ")?;
+            Some((n.trim().parse().ok()?, value.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The value of `$n`, if GDB printed it.
+pub fn value(output: &str, n: u32) -> Option<String> {
+    parse_values(output).into_iter().find(|(k, _)| *k == n).map(|(_, v)| v)
+}
+
+/// An integer as GDB prints it: `42`, `-1`, `0x1f`, or a pointer such as
+/// `(struct task_struct *) 0xffff888003a1c000` or `0xffffffff82a0 <sym>`.
+pub fn parse_u64(value: &str) -> Option<u64> {
+    let v = value.trim();
+    let v = match v.strip_prefix('(') {
+        Some(rest) => rest.split_once(')')?.1.trim(),
+        None => v,
+    };
+    let v = v.split_whitespace().next()?;
+    if let Some(hex) = v.strip_prefix("0x") {
+        u64::from_str_radix(hex, 16).ok()
+    } else if let Some(neg) = v.strip_prefix('-') {
+        neg.parse::<u64>().ok().map(|n| n.wrapping_neg())
+    } else {
+        v.parse().ok()
+    }
+}
+
+/// A C string as GDB prints a `char[]`: `"testprog", '\000' <repeats 7 times>`
+/// or `"init\000\000…"`; the text up to the first NUL. Octal escapes other
+/// than NUL are decoded; other escapes keep the escaped character.
+pub fn parse_c_string(value: &str) -> Option<String> {
+    let v = value.trim();
+    let v = match v.find('"') {
+        Some(i) => &v[i + 1..],
+        None => return None,
+    };
+    let mut out = Vec::new();
+    let mut chars = v.bytes().peekable();
+    while let Some(b) = chars.next() {
+        match b {
+            b'"' => break,
+            b'\\' => {
+                let mut digits = String::new();
+                while digits.len() < 3 && chars.peek().is_some_and(u8::is_ascii_digit) {
+                    digits.push(chars.next()? as char);
+                }
+                if digits.is_empty() {
+                    out.push(chars.next()?);
+                } else {
+                    let c = u8::from_str_radix(&digits, 8).ok()?;
+                    if c == 0 {
+                        break;
+                    }
+                    out.push(c);
+                }
+            }
+            _ => out.push(b),
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_parsed_in_order() {
+        let out = "0xffffffff81000000 in ?? ()\n$1 = 0x1f\n$2 = (struct task_struct *) 0xffff888003a1c000\n\
+                   junk\n$3 = \"testprog\", '\\000' <repeats 7 times>\n$4 = -1\n";
+        let v = parse_values(out);
+        assert_eq!(v.len(), 4);
+        assert_eq!(parse_u64(&v[0].1), Some(0x1f));
+        assert_eq!(parse_u64(&v[1].1), Some(0xffff_8880_03a1_c000));
+        assert_eq!(parse_c_string(&v[2].1).as_deref(), Some("testprog"));
+        assert_eq!(parse_u64(&v[3].1), Some(u64::MAX));
+        assert_eq!(value(out, 2).as_deref(), Some("(struct task_struct *) 0xffff888003a1c000"));
+        assert_eq!(value(out, 9), None);
+    }
+
+    #[test]
+    fn c_strings_stop_at_nul() {
+        assert_eq!(parse_c_string("\"init\\000\\000\\000\"").as_deref(), Some("init"));
+        assert_eq!(parse_c_string("\"swapper/1\\000\\000\\000\\000\\000\\000\"").as_deref(), Some("swapper/1"));
+        assert_eq!(parse_c_string("\"a\\\"b\"").as_deref(), Some("a\"b"));
+        assert_eq!(parse_u64("0xffffffff82a079c0 <jiffies>"), Some(0xffff_ffff_82a0_79c0));
+        assert_eq!(parse_c_string("42"), None);
+    }
+}
