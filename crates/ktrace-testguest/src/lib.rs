@@ -17,10 +17,12 @@ mod boot;
 mod error;
 pub mod gdb;
 mod prepare;
+pub mod proxy;
 
 pub use boot::{BootOptions, Guest};
 pub use error::GuestError;
 pub use prepare::{cache_dir, prepare, GuestImage};
+pub use proxy::{FaultConfig, FaultProxy, Faults};
 
 /// Prepares (or reuses) the guest image and boots one guest.
 ///
