@@ -406,7 +406,7 @@ mod tests {
         assert_eq!(read_exact_timeout(&mut c, 15), b"+$qSupported#37");
         let st = p.stats();
         assert_eq!(st.connections, 1);
-        assert_eq!(st.to_client.bytes_out, 15);
+        assert_eq!(st.to_client.bytes_in, 15);
     }
 
     #[test]
