@@ -61,6 +61,16 @@ impl Kernel {
     /// queries need: the KASLR slide and every CPU's per-CPU base.
     pub async fn attach<T: Target>(target: &mut T, vmlinux: Arc<Vmlinux>) -> Result<Kernel, KernelError> {
         let layout = KernelLayout::from_vmlinux(&vmlinux)?;
+        Kernel::attach_with_layout(target, vmlinux, layout).await
+    }
+
+    /// [`Kernel::attach`] with a layout found elsewhere (tests: fixtures lack
+    /// some of what [`KernelLayout::from_vmlinux`] needs).
+    pub(crate) async fn attach_with_layout<T: Target>(
+        target: &mut T,
+        vmlinux: Arc<Vmlinux>,
+        layout: KernelLayout,
+    ) -> Result<Kernel, KernelError> {
         let banner = vmlinux.banner()?;
         let banner_addr = vmlinux.symbol("linux_banner")?.addr;
         let slide = kaslr::find_slide(target, banner_addr, &banner).await?;
@@ -227,5 +237,159 @@ impl Kernel {
             slide: self.slide,
             cpus: self.cpu_states(target).await?,
         })
+    }
+}
+
+#[cfg(test)]
+mod fixture_tests {
+    //! The `pcpu_hot` layout (Linux 6.2+) end to end, on the ELF fixture
+    //! `testdata/symbols/kernel_like.elf` and synthetic guest memory.
+    //!
+    //! The fixture has `linux_banner`, `init_task`, `struct task_struct` and a
+    //! per-CPU `pcpu_hot`, but no `__per_cpu_offset`, `runqueues` or
+    //! `task_struct.exit_state`: [`KernelLayout::from_vmlinux`] refuses it, so
+    //! the layout is assembled from its parts here (with a made-up link
+    //! address for `__per_cpu_offset`) and given to `attach_with_layout`.
+
+    use super::*;
+    use crate::layout::{CurrentTaskVar, ThreadList};
+    use crate::synthetic::SyntheticTarget;
+
+    const SLIDE: u64 = 14 * (2 << 20);
+    /// Where the fixture would have `__per_cpu_offset` (it has none).
+    const PER_CPU_OFFSET: KernelAddr = KernelAddr(0xffff_ffff_8100_4000);
+    const BASES: [u64; 2] = [0xffff_8880_0010_0000, 0xffff_8880_0020_0000];
+    const USER_TASK: u64 = 0xffff_8880_0300_0000;
+
+    fn fixture() -> Arc<Vmlinux> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/symbols/kernel_like.elf");
+        Arc::new(Vmlinux::open(path).expect("fixture opens"))
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(f)
+    }
+
+    fn layout(vm: &Vmlinux) -> KernelLayout {
+        let off = |p: &str| vm.member(p).unwrap_or_else(|e| panic!("{p}: {e}")).offset;
+        let state = vm.member("task_struct.__state").expect("__state");
+        KernelLayout {
+            current_task: CurrentTaskVar::from_vmlinux(vm).expect("current task var"),
+            per_cpu_offset: PER_CPU_OFFSET,
+            init_task: vm.symbol("init_task").expect("init_task").addr,
+            pid: off("task_struct.pid"),
+            tgid: off("task_struct.tgid"),
+            comm: off("task_struct.comm"),
+            state: (state.offset, state.size),
+            exit_state: None,
+            flags: off("task_struct.flags"),
+            real_parent: off("task_struct.real_parent"),
+            tasks: off("task_struct.tasks"),
+            threads: ThreadList::ThreadGroup { thread_group: off("task_struct.thread_group") },
+        }
+    }
+
+    /// A task_struct at `at` whose lists point to themselves.
+    fn task(t: &mut SyntheticTarget, l: &KernelLayout, at: u64, pid: i32, comm: &str, parent: u64) {
+        let mut b = vec![0u8; 0x100];
+        let mut put = |off: u64, bytes: &[u8]| b[off as usize..off as usize + bytes.len()].copy_from_slice(bytes);
+        put(l.pid, &pid.to_le_bytes());
+        put(l.tgid, &pid.to_le_bytes());
+        put(l.comm, comm.as_bytes());
+        put(l.real_parent, &parent.to_le_bytes());
+        put(l.state.0, &1u32.to_le_bytes()[..l.state.1 as usize]);
+        let ThreadList::ThreadGroup { thread_group } = l.threads else { unreachable!() };
+        for list in [l.tasks, thread_group] {
+            put(list, &(at + list).to_le_bytes());
+            put(list + 8, &(at + list).to_le_bytes());
+        }
+        t.map(at, &b);
+    }
+
+    /// Two CPUs: CPU 0 runs `swapper/0` (init_task, in the kernel: `gs_base`
+    /// is the per-CPU base), CPU 1 runs pid 42 in user mode (`k_gs_base`).
+    fn guest(vm: &Vmlinux, l: &KernelLayout) -> SyntheticTarget {
+        let mut t = SyntheticTarget::new(2);
+        let banner_at = vm.symbol("linux_banner").expect("banner").addr.0 + SLIDE;
+        t.map(banner_at, vm.banner().expect("banner").as_bytes());
+        let table: Vec<u8> = BASES.iter().flat_map(|b| b.to_le_bytes()).collect();
+        t.map(PER_CPU_OFFSET.0 + SLIDE, &table);
+        let init = l.init_task.0 + SLIDE;
+        for (base, current) in BASES.into_iter().zip([init, USER_TASK]) {
+            let mut area = vec![0u8; 0x100];
+            let slot = l.current_task.percpu_offset() as usize;
+            area[slot..slot + 8].copy_from_slice(&current.to_le_bytes());
+            t.map(base, &area);
+        }
+        task(&mut t, l, init, 0, "swapper/0", init);
+        task(&mut t, l, USER_TASK, 42, "testprog", init);
+        t.write_u64(init + l.tasks, USER_TASK + l.tasks);
+        t.write_u64(USER_TASK + l.tasks, init + l.tasks);
+        t.set_register(CpuId(0), "gs_base", BASES[0]);
+        t.set_register(CpuId(1), "gs_base", 0x7f12_3456_7000);
+        t.set_register(CpuId(1), "k_gs_base", BASES[1]);
+        t
+    }
+
+    #[test]
+    fn fixture_lacks_per_cpu_offset_for_from_vmlinux() {
+        let err = KernelLayout::from_vmlinux(&fixture()).expect_err("no __per_cpu_offset");
+        assert!(err.to_string().contains("__per_cpu_offset"), "{err}");
+    }
+
+    #[test]
+    fn pcpu_hot_is_chosen_when_the_vmlinux_has_it() {
+        let vm = fixture();
+        let pcpu_hot = vm.symbol("pcpu_hot").expect("pcpu_hot").addr.0;
+        let member = vm.member("pcpu_hot.current_task").expect("member").offset;
+        assert_eq!(CurrentTaskVar::from_vmlinux(&vm).expect("var"), CurrentTaskVar::PcpuHot { offset: pcpu_hot, member });
+        assert_eq!(pcpu_hot, 0x20, "per-CPU symbols are offsets into the area");
+    }
+
+    #[test]
+    fn current_tasks_through_pcpu_hot_with_kaslr() {
+        let vm = fixture();
+        let l = layout(&vm);
+        let mut t = guest(&vm, &l);
+        let k = block_on(Kernel::attach_with_layout(&mut t, vm.clone(), l.clone())).expect("attach");
+        assert_eq!(k.slide(), SLIDE);
+        assert_eq!(k.release(), "6.9.0-ktrace-test");
+        assert_eq!(k.cpu_count(), 2);
+        let init = l.init_task.0 + SLIDE;
+        for (cpu, (want_task, want_pid, want_comm)) in [(init, 0, "swapper/0"), (USER_TASK, 42, "testprog")].into_iter().enumerate() {
+            let cpu = CpuId(cpu as u32);
+            assert_eq!(k.percpu_base(cpu), Some(BASES[cpu.0 as usize]));
+            let regs = block_on(k.percpu_base_from_registers(&mut t, cpu)).expect("registers");
+            assert_eq!(regs, BASES[cpu.0 as usize], "CPU {cpu}");
+            let task = block_on(k.current_task(&mut t, cpu)).expect("current");
+            assert_eq!(task, TaskRef(want_task), "CPU {cpu}");
+            let info = block_on(k.task_info(&mut t, task)).expect("info");
+            assert_eq!((info.pid, info.comm.as_str()), (want_pid, want_comm));
+            assert_eq!(info.parent, TaskRef(init));
+            assert_eq!(info.state.letter(), 'S');
+        }
+        let info = block_on(k.info(&mut t)).expect("info");
+        assert_eq!(info.cpus.iter().map(|c| c.current.pid).collect::<Vec<_>>(), vec![0, 42]);
+        let all = block_on(k.tasks(&mut t)).expect("tasks");
+        assert_eq!(all.iter().map(|t| t.pid).collect::<Vec<_>>(), vec![0, 42]);
+    }
+
+    #[test]
+    fn idle_tasks_of_other_cpus_come_from_runqueues() {
+        // The fixture has no runqueues: place a made-up rq.idle in the
+        // per-CPU area of CPU 1 and check it is listed after swapper/0.
+        let vm = fixture();
+        let l = layout(&vm);
+        let mut t = guest(&vm, &l);
+        let mut k = block_on(Kernel::attach_with_layout(&mut t, vm.clone(), l.clone())).expect("attach");
+        assert_eq!(k.rq_idle, None, "the fixture has no runqueues");
+        let (rq, idle) = (0x40, 0x18);
+        k.rq_idle = Some((rq, idle));
+        let idle1 = 0xffff_8880_0400_0000;
+        task(&mut t, &l, idle1, 0, "swapper/1", l.init_task.0 + SLIDE);
+        t.write_u64(BASES[1] + rq + idle, idle1);
+        let all = block_on(k.tasks(&mut t)).expect("tasks");
+        let names: Vec<&str> = all.iter().map(|t| t.comm.as_str()).collect();
+        assert_eq!(names, vec!["swapper/0", "swapper/1", "testprog"]);
     }
 }

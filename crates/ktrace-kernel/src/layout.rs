@@ -22,6 +22,17 @@ pub enum CurrentTaskVar {
 }
 
 impl CurrentTaskVar {
+    /// `pcpu_hot.current_task` where the vmlinux has it, else `current_task`.
+    pub fn from_vmlinux(vm: &Vmlinux) -> Result<CurrentTaskVar, KernelError> {
+        Ok(match vm.lookup_symbol("pcpu_hot") {
+            Some(sym) if vm.has_member("pcpu_hot.current_task") => CurrentTaskVar::PcpuHot {
+                offset: sym.addr.0,
+                member: vm.member("pcpu_hot.current_task")?.offset,
+            },
+            _ => CurrentTaskVar::CurrentTask { offset: vm.symbol("current_task")?.addr.0 },
+        })
+    }
+
     /// Offset of the current-task pointer inside a CPU's per-CPU area.
     pub fn percpu_offset(self) -> u64 {
         match self {
@@ -84,13 +95,7 @@ impl KernelLayout {
     /// Finds everything in the vmlinux (symbols and DWARF, targeted lookups).
     pub fn from_vmlinux(vm: &Vmlinux) -> Result<KernelLayout, KernelError> {
         let off = |path: &str| vm.member(path).map(|m| m.offset);
-        let current_task = match vm.lookup_symbol("pcpu_hot") {
-            Some(sym) if vm.has_member("pcpu_hot.current_task") => CurrentTaskVar::PcpuHot {
-                offset: sym.addr.0,
-                member: off("pcpu_hot.current_task")?,
-            },
-            _ => CurrentTaskVar::CurrentTask { offset: vm.symbol("current_task")?.addr.0 },
-        };
+        let current_task = CurrentTaskVar::from_vmlinux(vm)?;
         let state = match vm.member("task_struct.__state") {
             Ok(m) => (m.offset, m.size),
             Err(_) => {
