@@ -60,7 +60,17 @@ impl Kernel {
     /// Matches `vmlinux` to the guest behind `target` and reads what later
     /// queries need: the KASLR slide and every CPU's per-CPU base.
     pub async fn attach<T: Target>(target: &mut T, vmlinux: Arc<Vmlinux>) -> Result<Kernel, KernelError> {
-        let layout = KernelLayout::from_vmlinux(&vmlinux)?;
+        let layout = match KernelLayout::from_vmlinux(&vmlinux) {
+            Ok(layout) => layout,
+            Err(e) => {
+                // Some other kernel (or not one at all): say so with both banners
+                // rather than name the first missing symbol.
+                let banner = vmlinux.banner()?;
+                let banner_addr = vmlinux.symbol("linux_banner")?.addr;
+                kaslr::find_slide(target, banner_addr, &banner).await?;
+                return Err(e);
+            }
+        };
         Kernel::attach_with_layout(target, vmlinux, layout).await
     }
 
