@@ -64,6 +64,10 @@ fn explain_rsp(addr: &str, err: RspError) -> anyhow::Error {
             "{addr} did not answer like a gdb stub ({err}); is it QEMU's -gdb port, and is no other debugger attached?"
         ))
         .into(),
+        RspError::Protocol(_) => UsageError(format!(
+            "{addr} does not speak the gdb remote protocol ({err}); is it QEMU's -gdb port?"
+        ))
+        .into(),
         other => anyhow::Error::from(other).context(format!("talking to the gdb stub at {addr}")),
     }
 }
