@@ -5,6 +5,7 @@
 //! - `demo`: boots the guest and traces testprog with `ktrace attach`.
 //! - `bench`: ktrace against GDB on the same guest, side by side.
 
+mod bench;
 mod guest;
 
 use std::process::Command;
@@ -18,6 +19,7 @@ fn main() -> Result<()> {
         ["guest", rest @ ..] => guest::run(rest),
         ["test", rest @ ..] => test(rest),
         ["demo", rest @ ..] => demo(rest),
+        ["bench", rest @ ..] => bench::run(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
