@@ -19,7 +19,26 @@ pub fn error_chain(err: &anyhow::Error) -> String {
     out
 }
 
+/// The path inside the kernel tree: drops build-directory prefixes such as
+/// `debian/build/build_amd64_none_cloud-amd64/` or `/build/…/linux-6.1.192/`.
+pub fn short_path(path: &str) -> &str {
+    const TOP: &[&str] = &[
+        "arch", "block", "certs", "crypto", "drivers", "fs", "include", "init", "io_uring", "ipc", "kernel", "lib",
+        "mm", "net", "samples", "security", "sound", "virt",
+    ];
+    let mut start = 0;
+    for (i, _) in path.match_indices('/') {
+        let rest = &path[i + 1..];
+        if TOP.iter().any(|t| rest.starts_with(t) && rest[t.len()..].starts_with('/')) {
+            start = i + 1;
+            break;
+        }
+    }
+    &path[start..]
+}
+
 fn location(file: Option<&str>, line: Option<u32>) -> String {
+    let file = file.map(short_path);
     match (file, line) {
         (Some(f), Some(l)) => format!(" at {f}:{l}"),
         (Some(f), None) => format!(" at {f}"),
@@ -51,15 +70,15 @@ pub fn backtrace(bt: &Backtrace) -> String {
             n += 1;
             continue;
         }
+        // Like GDB: the pc on the first (innermost) line of a physical frame,
+        // its inlined callers below it, the symbol+offset on the real function.
         let last = f.source.len() - 1;
         for (i, s) in f.source.iter().enumerate() {
             let name = s.function.as_deref().unwrap_or(func);
             let loc = location(s.file.as_deref(), s.line);
-            if i == last {
-                let _ = writeln!(out, "#{n:<3} 0x{:016x} in {name}+0x{:x}{loc}", f.pc, f.offset);
-            } else {
-                let _ = writeln!(out, "#{n:<3} {:18} in {name} (inlined){loc}", "");
-            }
+            let pc = if i == 0 { format!("0x{:016x}", f.pc) } else { String::new() };
+            let what = if i == last { format!("{func}+0x{:x}", f.offset) } else { format!("{name} (inlined)") };
+            let _ = writeln!(out, "#{n:<3} {pc:18} in {what}{loc}");
             n += 1;
         }
     }
@@ -80,4 +99,23 @@ pub fn hit_header(hit: &Hit) -> String {
 /// A state column like `ps`.
 pub fn state(letter: char) -> String {
     letter.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_prefixes_are_dropped() {
+        assert_eq!(
+            short_path("debian/build/build_amd64_none_cloud-amd64/kernel/locking/spinlock.c"),
+            "kernel/locking/spinlock.c"
+        );
+        assert_eq!(
+            short_path("/build/reproducible-path/linux-6.1.192/arch/x86/entry/entry_64.S"),
+            "arch/x86/entry/entry_64.S"
+        );
+        assert_eq!(short_path("kernel/sched/core.c"), "kernel/sched/core.c");
+        assert_eq!(short_path("foo.c"), "foo.c");
+    }
 }

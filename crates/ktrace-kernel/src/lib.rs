@@ -28,4 +28,4 @@ pub use error::KernelError;
 pub use kernel::{CpuState, Kernel, KernelInfo};
 pub use layout::{CurrentTaskVar, KernelLayout};
 pub use target::{CpuId, Target};
-pub use task::{TaskInfo, TaskRef, TaskState, MAX_TASKS};
+pub use task::{decode_comm, TaskInfo, TaskRef, TaskState, MAX_TASKS};

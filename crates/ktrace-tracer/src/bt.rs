@@ -43,8 +43,19 @@ async fn collect(
     vmlinux: Arc<Vmlinux>,
     unwinder: &mut Unwinder,
 ) -> Result<(Kernel, Vec<CpuBacktrace>), TraceError> {
-    let glayout = GLayout::new(session.register_map())?;
     let kernel = Kernel::attach(session, vmlinux).await?;
+    let cpus = backtrace_cpus(session, &kernel, unwinder).await?;
+    Ok((kernel, cpus))
+}
+
+/// Unwinds every CPU of a stopped session (for embedding: the session stays
+/// stopped and attached).
+pub async fn backtrace_cpus(
+    session: &mut Session,
+    kernel: &Kernel,
+    unwinder: &mut Unwinder,
+) -> Result<Vec<CpuBacktrace>, TraceError> {
+    let glayout = GLayout::new(session.register_map())?;
     let threads = session.threads().await?;
     let mut out = Vec::new();
     for (cpu, tid) in (0..).map(CpuId).zip(threads) {
@@ -52,8 +63,8 @@ async fn collect(
         let regs = glayout.decode(&session.read_registers().await?);
         let task = kernel.current_task(session, cpu).await?;
         let task = kernel.task_info(session, task).await?;
-        let backtrace = unwinder.unwind(&kernel, session, regs).await;
+        let backtrace = unwinder.unwind(kernel, session, regs).await;
         out.push(CpuBacktrace { cpu, task, backtrace });
     }
-    Ok((kernel, out))
+    Ok(out)
 }

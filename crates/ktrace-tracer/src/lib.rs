@@ -22,7 +22,7 @@ mod regs;
 mod tracer;
 mod unwind;
 
-pub use bt::{backtrace_all_cpus, CpuBacktrace};
+pub use bt::{backtrace_all_cpus, backtrace_cpus, CpuBacktrace};
 pub use error::TraceError;
 pub use filter::{glob_match, Filter};
 pub use hit::{parse_duration, EndReason, Hit, StackCounts, Summary};

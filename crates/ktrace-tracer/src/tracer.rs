@@ -417,11 +417,18 @@ impl Tracer {
         };
         let cpu = cpu_of(&thread).ok_or_else(|| TraceError::GuestGone(format!("stop on unknown thread {thread:?}")))?;
         let wants_task = self.cfg.filter.matches_cpu(cpu);
-        // One round trip: RIP, and the current-task pointer when the filter may need it.
+        // One round trip: RIP, the CPU's current-task pointer and, for --pid,
+        // the target task's pid, tgid and comm (confirmed only on a match).
         let mut reqs = vec![registers::read_one_request(self.glayout.rip_regnum)];
         let slot = self.kernel.current_task_slot(cpu);
+        let layout = self.kernel.layout();
         if let (true, Some(slot)) = (wants_task, slot) {
             reqs.push(memory::read_request(slot, 8));
+            if let Some(t) = self.target_task {
+                reqs.push(memory::read_request(t.0 + layout.pid, 4));
+                reqs.push(memory::read_request(t.0 + layout.tgid, 4));
+                reqs.push(memory::read_request(t.0 + layout.comm, 16));
+            }
         }
         let replies = session.request_many(&reqs).await?;
         let rip = le_u64(&registers::parse_registers("p", &replies[0])?);
@@ -431,9 +438,35 @@ impl Tracer {
         };
         stats.seen += 1;
         let mut matched_task: Option<TaskInfo> = None;
-        if wants_task {
+        if wants_task && replies.len() > 1 {
             let current = TaskRef(le_u64(&memory::parse_read(&replies[1])?));
-            matched_task = self.evaluate(session, current).await?;
+            matched_task = match (self.target_task, replies.get(2..5)) {
+                (Some(target), Some([pid, tgid, comm])) if current == target => {
+                    let pid = le_u64(&memory::parse_read(pid)?) as i32;
+                    if self.cfg.filter.pid == Some(pid) {
+                        let info = TaskInfo {
+                            task: current,
+                            pid,
+                            tgid: le_u64(&memory::parse_read(tgid)?) as i32,
+                            comm: ktrace_kernel::decode_comm(&memory::parse_read(comm)?),
+                            state: ktrace_kernel::TaskState { raw: 0, exit: 0 },
+                            flags: 0,
+                            parent: TaskRef(0),
+                        };
+                        self.cfg.filter.matches_task(&info).then_some(info)
+                    } else {
+                        // The task exited and its task_struct was reused: look again.
+                        self.target_task = self.kernel.find_task_by_pid(session, self.cfg.filter.pid.unwrap_or(-1)).await.ok().map(|t| t.task);
+                        None
+                    }
+                }
+                (Some(_), _) => None,
+                (None, _) if self.cfg.filter.pid.is_some() => None,
+                (None, _) => {
+                    let info = self.kernel.task_info(session, current).await?;
+                    self.cfg.filter.matches_task(&info).then_some(info)
+                }
+            };
         }
         if let Some(task) = matched_task {
             stats.matched += 1;
@@ -465,33 +498,6 @@ impl Tracer {
             }
         }
         self.past_breakpoint(session, bp, thread, rip).await
-    }
-
-    /// Decides whether the current task matches; returns its fields if so.
-    async fn evaluate(&mut self, session: &mut Session, current: TaskRef) -> Result<Option<TaskInfo>, TraceError> {
-        let filter = &self.cfg.filter;
-        if let (Some(pid), Some(target)) = (filter.pid, self.target_task) {
-            // The fast path: one pointer compare; confirm by pid only on a match.
-            if current != target {
-                return Ok(None);
-            }
-            let info = self.kernel.task_info(session, current).await?;
-            if info.pid == pid {
-                return Ok(filter.matches_task(&info).then_some(info));
-            }
-            // The task exited and its task_struct was reused: look again.
-            match self.kernel.find_task_by_pid(session, pid).await {
-                Ok(t) => self.target_task = Some(t.task),
-                Err(_) => self.target_task = None,
-            }
-            return Ok(None);
-        }
-        if filter.pid.is_some() {
-            // The pid's task exited; nothing can match until it exists again.
-            return Ok(None);
-        }
-        let info = self.kernel.task_info(session, current).await?;
-        Ok(filter.matches_task(&info).then_some(info))
     }
 
     /// Gets the stopped CPU past breakpoint `bp`, returning how to resume.

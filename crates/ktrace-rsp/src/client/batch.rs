@@ -14,3 +14,15 @@ impl Session {
         inner.conn.pipeline(payloads, payloads.len().max(1)).await
     }
 }
+
+impl Session {
+    /// Closes the connection WITHOUT detaching, like GDB's `disconnect`.
+    ///
+    /// QEMU then leaves the VM paused, with any inserted breakpoints in
+    /// place, until the next client connects. This is how another debugger
+    /// can look at exactly the same stop; it is never the right way to end a
+    /// trace (use [`Session::detach`]).
+    pub fn disconnect(mut self) {
+        drop(self.inner.take());
+    }
+}

@@ -1,0 +1,105 @@
+//! At the same paused stop, ktrace's backtrace agrees with GDB's `bt` frame
+//! by frame, for the frames GDB can show.
+//!
+//! ktrace stops the guest at `_raw_spin_lock`, unwinds, and disconnects
+//! without detaching: QEMU keeps the VM paused, so GDB then sees exactly the
+//! same state. The guest boots with `nokaslr` because GDB cannot relocate
+//! the vmlinux by itself.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use ktrace_kernel::Kernel;
+use ktrace_rsp::{BreakpointKind, ClientConfig, Id, Resume, Session, StopReply};
+use ktrace_symbols::Vmlinux;
+use ktrace_testguest::{test_guest, BootOptions};
+use ktrace_tracer::{backtrace_cpus, FrameKind, Unwinder};
+
+/// Function names innermost first, inlined frames expanded as GDB shows them.
+fn ktrace_names(bt: &ktrace_tracer::Backtrace) -> Vec<String> {
+    let mut names = Vec::new();
+    for f in &bt.frames {
+        if f.kind == FrameKind::User {
+            break;
+        }
+        if f.source.is_empty() {
+            names.push(f.function.clone().unwrap_or_else(|| "??".into()));
+        }
+        for s in &f.source {
+            names.push(s.function.clone().or_else(|| f.function.clone()).unwrap_or_else(|| "??".into()));
+        }
+    }
+    names
+}
+
+/// `#3  0xffff… in name (args) at …` or `#0  name (args) at …` → name.
+fn gdb_names(bt: &str) -> Vec<String> {
+    bt.lines()
+        .filter(|l| l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.split_once(char::is_whitespace)?.1.trim_start();
+            let rest = match rest.split_once(" in ") {
+                Some((addr, name)) if addr.starts_with("0x") => name,
+                _ => rest,
+            };
+            Some(rest.split([' ', '(']).next()?.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn ktrace_backtrace_matches_gdb_bt_at_the_same_stop() {
+    let opts = BootOptions { kaslr: false, smp: 2, ..BootOptions::default() };
+    let Some(guest) = test_guest(opts) else { return };
+    let vmlinux = Arc::new(Vmlinux::open(guest.vmlinux()).expect("vmlinux"));
+    let bp = vmlinux.symbol("_raw_spin_lock").expect("symbol").addr.0;
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (cpu_thread, ktrace_bt) = rt.block_on(async {
+        let addr = guest.addr().parse().expect("addr");
+        let (mut session, _) = Session::connect(&addr, ClientConfig::default()).await.expect("connect");
+        let kernel = Kernel::attach(&mut session, vmlinux.clone()).await.expect("kernel");
+        assert_eq!(kernel.slide(), 0, "nokaslr guest");
+        session.insert_breakpoint(BreakpointKind::Software, bp, 1).await.expect("Z0");
+        let mut running = session.resume(Resume::Continue).await.expect("resume");
+        let stop = running.wait_stop().await.expect("stop");
+        let mut session = running.into_stopped().expect("stopped");
+        session.remove_breakpoint(BreakpointKind::Software, bp, 1).await.expect("z0");
+        let thread = match stop {
+            StopReply::Signal { thread: Some(t), .. } => t,
+            other => panic!("unexpected stop {other:?}"),
+        };
+        let Id::Id(n) = thread.tid else { panic!("thread {thread:?}") };
+        let mut unwinder = Unwinder::new(&vmlinux).expect("unwinder");
+        let cpus = backtrace_cpus(&mut session, &kernel, &mut unwinder).await.expect("bt");
+        // Leave the VM paused at this very stop for GDB.
+        session.disconnect();
+        (n, cpus[(n - 1) as usize].backtrace.clone())
+    });
+    let ours = ktrace_names(&ktrace_bt);
+    assert_eq!(ours.first().map(String::as_str), Some("_raw_spin_lock"));
+
+    let out = Command::new("gdb")
+        .args(["-nx", "-batch", "-ex", "set pagination off", "-ex", "set confirm off"])
+        .arg("-ex")
+        .arg(format!("target remote {}", guest.addr()))
+        .arg("-ex")
+        .arg(format!("thread {cpu_thread}"))
+        .args(["-ex", "bt 40", "-ex", "detach"])
+        .arg(guest.vmlinux())
+        .output()
+        .expect("gdb (apt-get install gdb)");
+    let gdb_out = String::from_utf8_lossy(&out.stdout);
+    let theirs = gdb_names(&gdb_out);
+    let comparable: Vec<&String> = theirs.iter().take_while(|n| n.as_str() != "??").collect();
+    assert!(comparable.len() >= 3, "GDB showed too little to compare:\n{gdb_out}\n{}", String::from_utf8_lossy(&out.stderr));
+    for (i, name) in comparable.iter().enumerate() {
+        assert_eq!(
+            ours.get(i),
+            Some(*name),
+            "frame #{i} differs\nktrace: {ours:?}\ngdb:    {theirs:?}\n{gdb_out}"
+        );
+    }
+    eprintln!("agreed on {} frames; GDB stopped at {:?}; ktrace went on to {} frames", comparable.len(), theirs.get(comparable.len()), ours.len());
+    assert!(guest.is_running(std::time::Duration::from_secs(30)), "GDB's detach should leave the guest running");
+}
