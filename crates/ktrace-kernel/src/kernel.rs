@@ -194,11 +194,15 @@ impl Kernel {
         let init = TaskRef(self.runtime(self.layout.init_task));
         let mut refs = task::all_tasks(target, &self.layout, init).await?;
         if let Some((runqueues, idle)) = self.rq_idle {
+            // After swapper/0 (init_task), in CPU order, skipping CPUs whose
+            // idle task is missing or already listed.
+            let mut at = 1;
             for cpu in 1..self.cpu_count() as u32 {
                 if let Some(slot) = self.percpu_addr(CpuId(cpu), runqueues + idle) {
                     let t = TaskRef(target.read_u64(slot).await?);
                     if t.0 != 0 && !refs.contains(&t) {
-                        refs.insert(cpu as usize, t);
+                        refs.insert(at, t);
+                        at += 1;
                     }
                 }
             }

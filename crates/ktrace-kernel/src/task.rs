@@ -32,10 +32,19 @@ pub struct TaskState {
 
 impl TaskState {
     /// The one-letter code `ps` uses: R, S, D, T, t, X, Z, P or I.
+    ///
+    /// As the kernel's `__task_state_index`: `TASK_IDLE` is matched as a bit
+    /// set (a freezable idle wait is still `I`), and a task blocked on an RT
+    /// lock (`TASK_RTLOCK_WAIT`) or frozen (`TASK_FROZEN`, 6.1+) shows as `D`.
     pub fn letter(self) -> char {
         const TASK_IDLE: u64 = 0x402;
-        if self.raw == TASK_IDLE {
+        const TASK_RTLOCK_WAIT: u64 = 0x1000;
+        const TASK_FROZEN: u64 = 0x8000;
+        if self.raw & TASK_IDLE == TASK_IDLE {
             return 'I';
+        }
+        if self.raw & (TASK_RTLOCK_WAIT | TASK_FROZEN) != 0 {
+            return 'D';
         }
         let bits = (self.raw | self.exit) & 0x7f;
         match bits {
@@ -208,6 +217,16 @@ mod tests {
         assert_eq!(s(0x402, 0), 'I');
         assert_eq!(s(0, 32), 'Z');
         assert_eq!(s(4, 0), 'T');
+        assert_eq!(s(8, 0), 't');
+        assert_eq!(s(0x40, 0), 'P');
+        assert_eq!(s(0, 16), 'X');
+        assert_eq!(s(0x101, 0), 'S', "TASK_WAKEKILL is not reported");
+        assert_eq!(s(0x102, 0), 'D', "TASK_KILLABLE");
+        assert_eq!(s(0x2001, 0), 'S', "TASK_INTERRUPTIBLE | TASK_FREEZABLE");
+        assert_eq!(s(0x2402, 0), 'I', "TASK_IDLE | TASK_FREEZABLE");
+        assert_eq!(s(0x1000, 0), 'D', "TASK_RTLOCK_WAIT");
+        assert_eq!(s(0x8000, 0), 'D', "TASK_FROZEN");
+        assert_eq!(s(0x80, 32), 'Z', "dead task, zombie exit state");
     }
 
     #[test]
