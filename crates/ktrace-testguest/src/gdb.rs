@@ -37,11 +37,15 @@ pub struct GdbOptions {
     pub exit: GdbExit,
     /// GDB is killed after this long.
     pub timeout: Duration,
+    /// A GDB script run after the `-ex` commands, from a file (`-x`), so
+    /// that `while … end` and `if … end` blocks work. An error stops the
+    /// rest of the script (not the session: the exit command still runs).
+    pub script: Option<String>,
 }
 
 impl Default for GdbOptions {
     fn default() -> Self {
-        GdbOptions { exit: GdbExit::Detach, timeout: Duration::from_secs(120) }
+        GdbOptions { exit: GdbExit::Detach, timeout: Duration::from_secs(120), script: None }
     }
 }
 
@@ -82,6 +86,11 @@ pub fn gdb_batch_with(vmlinux: &Path, port: u16, commands: &[String], opts: &Gdb
     for c in commands {
         cmd.arg("-ex").arg(c);
     }
+    let script_path = run_dir.join(format!("gdb-{stamp}.gdb"));
+    if let Some(script) = &opts.script {
+        fs::write(&script_path, script).map_err(io_err(&script_path))?;
+        cmd.arg("-x").arg(&script_path);
+    }
     cmd.arg("-ex").arg(match opts.exit {
         GdbExit::Detach => "detach",
         GdbExit::LeavePaused => "disconnect",
@@ -104,6 +113,7 @@ pub fn gdb_batch_with(vmlinux: &Path, port: u16, commands: &[String], opts: &Gdb
             let _ = child.wait();
             let _ = fs::remove_file(&out_path);
             let _ = fs::remove_file(&err_path);
+            let _ = fs::remove_file(&script_path);
             return Err(GuestError::Command {
                 command: command_line,
                 detail: format!("timed out after {} s", opts.timeout.as_secs()),
@@ -111,6 +121,7 @@ pub fn gdb_batch_with(vmlinux: &Path, port: u16, commands: &[String], opts: &Gdb
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    let _ = fs::remove_file(&script_path);
     let out = fs::read_to_string(&out_path).map_err(io_err(&out_path))?;
     let err = fs::read_to_string(&err_path).map_err(io_err(&err_path))?;
     let _ = fs::remove_file(&out_path);
