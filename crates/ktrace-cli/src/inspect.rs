@@ -61,7 +61,7 @@ fn explain_rsp(addr: &str, err: RspError) -> anyhow::Error {
         ))
         .into(),
         RspError::Timeout { .. } => UsageError(format!(
-            "{addr} did not answer like a gdb stub ({err}); is it QEMU's -gdb port, and is no other debugger attached?"
+            "{addr} did not answer like a gdb stub ({err}); is it QEMU's -gdb port, and is no other debugger attached? (QEMU serves one at a time and pauses the guest when it reaches a queued connection: a later ktrace command resumes it)"
         ))
         .into(),
         RspError::Protocol(_) => UsageError(format!(
