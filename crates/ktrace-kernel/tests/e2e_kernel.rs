@@ -40,8 +40,74 @@ struct OracleCpu {
     comm: String,
 }
 
-/// The per-CPU answers of one GDB session, which leaves the VM paused.
-fn gdb_current_tasks(guest: &Guest, cpus: u32) -> Vec<OracleCpu> {
+/// A task as GDB's walk of `init_task.tasks` (and each `thread_group`) finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OracleTask {
+    task: u64,
+    pid: i32,
+    tgid: i32,
+    state: u64,
+    exit_state: u64,
+    flags: u32,
+    comm: String,
+}
+
+/// GDB's walk of the task list, from `init_task` found at run time (GDB's
+/// `&init_task` is the link address, wrong under KASLR): follow
+/// `real_parent` from any CPU's current task up to pid 0, which is
+/// `swapper/0` (init_task) unless it is another CPU's idle task.
+fn task_walk_script(cpus: u32) -> String {
+    let mut s = String::from("set $init = (struct task_struct *)0\n");
+    for cpu in 0..cpus {
+        s += &format!(
+            "set $c = $cur{cpu}\n\
+             while $c->pid != 0\n  set $c = $c->real_parent\nend\n\
+             if $c->comm[7] == '/' && $c->comm[8] == '0' && $c->comm[9] == 0\n  set $init = $c\nend\n"
+        );
+    }
+    s += r#"if $init == 0
+  printf "NO-INIT-TASK\n"
+end
+set $toff = (unsigned long)&((struct task_struct *)0)->tasks
+set $goff = (unsigned long)&((struct task_struct *)0)->thread_group
+set $guard = 0
+set $p = $init
+while $init != 0 && $guard < 10000
+  printf "TASK %#lx %d %d %u %d %u %s\n", $p, $p->pid, $p->tgid, $p->__state, $p->exit_state, $p->flags, $p->comm
+  set $q = (struct task_struct *)((unsigned long)$p->thread_group.next - $goff)
+  while $q != $p && $guard < 10000
+    printf "TASK %#lx %d %d %u %d %u %s\n", $q, $q->pid, $q->tgid, $q->__state, $q->exit_state, $q->flags, $q->comm
+    set $q = (struct task_struct *)((unsigned long)$q->thread_group.next - $goff)
+    set $guard = $guard + 1
+  end
+  set $p = (struct task_struct *)((unsigned long)$p->tasks.next - $toff)
+  set $guard = $guard + 1
+  if $p == $init
+    set $guard = 10000
+  end
+end
+printf "WALK-DONE %d\n", $guard
+"#;
+    s
+}
+
+fn parse_task_line(line: &str) -> Option<OracleTask> {
+    let rest = line.strip_prefix("TASK ")?;
+    let mut f = rest.splitn(7, ' ');
+    Some(OracleTask {
+        task: parse_u64(f.next()?)?,
+        pid: f.next()?.parse().ok()?,
+        tgid: f.next()?.parse().ok()?,
+        state: f.next()?.parse().ok()?,
+        exit_state: f.next()?.parse::<i64>().ok()? as u64,
+        flags: f.next()?.parse().ok()?,
+        comm: f.next().unwrap_or("").to_string(),
+    })
+}
+
+/// The per-CPU answers of one GDB session, and its walk of the task list;
+/// the session leaves the VM paused.
+fn gdb_oracle(guest: &Guest, cpus: u32) -> (Vec<OracleCpu>, Vec<OracleTask>) {
     const PER_CPU: usize = 4;
     let mut cmds = Vec::new();
     for cpu in 0..cpus {
@@ -56,15 +122,23 @@ fn gdb_current_tasks(guest: &Guest, cpus: u32) -> Vec<OracleCpu> {
             "print/x (unsigned long)$t".to_string(),
             "print $t->pid".to_string(),
             "print $t->comm".to_string(),
+            format!("set $cur{cpu} = $t"),
         ]);
     }
-    let opts = GdbOptions { exit: GdbExit::LeavePaused, timeout: Duration::from_secs(180) };
+    let opts = GdbOptions {
+        exit: GdbExit::LeavePaused,
+        timeout: Duration::from_secs(180),
+        script: Some(task_walk_script(cpus)),
+    };
     let start = Instant::now();
     let out = gdb_batch_with(guest.vmlinux(), guest.port(), &cmds, &opts).expect("gdb runs");
     eprintln!("gdb took {:.1} s", start.elapsed().as_secs_f64());
     let values = parse_values(&out);
     assert_eq!(values.len(), PER_CPU * cpus as usize, "gdb printed:\n{out}");
-    values
+    let tasks: Vec<OracleTask> = out.lines().filter_map(parse_task_line).collect();
+    assert!(out.contains("WALK-DONE") && !out.contains("NO-INIT-TASK"), "gdb's task walk failed:\n{out}");
+    assert!(tasks.len() > 10, "gdb's task walk found {} tasks:\n{out}", tasks.len());
+    let cpus = values
         .chunks(PER_CPU)
         .map(|v| OracleCpu {
             base: parse_u64(&v[0].1).unwrap_or_else(|| panic!("base {:?}", v[0])),
@@ -72,7 +146,8 @@ fn gdb_current_tasks(guest: &Guest, cpus: u32) -> Vec<OracleCpu> {
             pid: parse_u64(&v[2].1).unwrap_or_else(|| panic!("pid {:?}", v[2])) as i32,
             comm: parse_c_string(&v[3].1).unwrap_or_else(|| panic!("comm {:?}", v[3])),
         })
-        .collect()
+        .collect();
+    (cpus, tasks)
 }
 
 fn check_guest(opts: BootOptions) {
@@ -83,8 +158,8 @@ fn check_guest(opts: BootOptions) {
     let cpus = opts.smp;
 
     // 1. GDB, the oracle; the VM stays paused where GDB stopped it.
-    let oracle = gdb_current_tasks(&guest, cpus);
-    eprintln!("gdb: {oracle:?}");
+    let (oracle, gdb_tasks) = gdb_oracle(&guest, cpus);
+    eprintln!("gdb: {oracle:?}; {} tasks on the list", gdb_tasks.len());
 
     // 2. ktrace on the same paused VM.
     let t1 = Instant::now();
@@ -159,6 +234,31 @@ fn check_guest(opts: BootOptions) {
         assert_eq!(by_pid.get(&2).map(|t| t.comm.as_str()), Some("kthreadd"));
         assert_eq!(by_pid[&1].parent, tasks[0].task, "init's parent is init_task");
         assert_eq!(tasks[0].comm, "swapper/0");
+
+        // Against GDB's walk: the same tasks with the same fields; ktrace
+        // adds the idle tasks of CPUs > 0, which are on no list.
+        let ours: HashMap<u64, &ktrace_kernel::TaskInfo> = tasks.iter().map(|t| (t.task.0, t)).collect();
+        for g in &gdb_tasks {
+            let t = ours.get(&g.task).unwrap_or_else(|| panic!("ktrace misses {g:?}"));
+            let got = (t.pid, t.tgid, t.state.raw, t.state.exit, t.flags, t.comm.as_str());
+            assert_eq!(got, (g.pid, g.tgid, g.state, g.exit_state, g.flags, g.comm.as_str()), "task 0x{:x}", g.task);
+        }
+        let extra: Vec<String> = tasks
+            .iter()
+            .filter(|t| !gdb_tasks.iter().any(|g| g.task == t.task.0))
+            .map(|t| t.comm.clone())
+            .collect();
+        let idle: Vec<String> = (1..cpus).map(|c| format!("swapper/{c}")).collect();
+        assert_eq!(extra, idle, "ktrace lists tasks gdb's walk does not have");
+        assert_eq!(tasks.len(), gdb_tasks.len() + cpus as usize - 1);
+        // ps letters: all known; idle kworkers show I, idle tasks R.
+        for t in &tasks {
+            assert!("RSDTtXZPI".contains(t.state.letter()), "{} state 0x{:x}", t.comm, t.state.raw);
+        }
+        assert!(tasks.iter().any(|t| t.comm.starts_with("kworker/") && t.state.letter() == 'I'), "no idle kworker");
+        for t in tasks.iter().filter(|t| t.comm.starts_with("swapper/")) {
+            assert_eq!(t.state.letter(), 'R', "{}", t.comm);
+        }
 
         let found = kernel.find_task_by_pid(&mut s, tp).await.expect("find by pid");
         assert_eq!(found.task, prog.task);
