@@ -302,6 +302,57 @@ mod list_tests {
         assert_eq!(names, vec![(0, "swapper/0"), (1, "init"), (91, "testprog")]);
     }
 
+    /// Makes `chain` a circular list through the member at `off` (no separate head).
+    fn ring(t: &mut SyntheticTarget, off: u64, chain: &[u64]) {
+        for (i, &a) in chain.iter().enumerate() {
+            t.write_u64(a + off, chain[(i + 1) % chain.len()] + off);
+        }
+    }
+
+    #[test]
+    fn valid_threads_follow_their_leader_thread_group() {
+        let mut t = SyntheticTarget::new(1);
+        let (init, p, t1, t2, q) = (0x1000, 0x2000, 0x3000, 0x4000, 0x5000);
+        task(&mut t, init, 0, "swapper/0");
+        task(&mut t, p, 50, "threaded");
+        task(&mut t, t1, 51, "worker1");
+        task(&mut t, t2, 52, "worker2");
+        task(&mut t, q, 60, "single");
+        link(&mut t, &[init, p, q]);
+        ring(&mut t, GROUP, &[p, t1, t2]);
+        let refs = block_on(all_tasks(&mut t, &layout(), TaskRef(init))).expect("walk");
+        assert_eq!(refs, [init, p, t1, t2, q].map(TaskRef).to_vec());
+    }
+
+    #[test]
+    fn valid_threads_from_signal_thread_head() {
+        // 6.7+: threads hang off task->signal->thread_head through thread_node.
+        const SIGNAL: u64 = 0x120;
+        const NODE: u64 = 0x130;
+        const HEAD: u64 = 0x10;
+        let mut l = layout();
+        l.threads = ThreadList::SignalThreadHead { signal: SIGNAL, thread_head: HEAD, thread_node: NODE };
+        let mut t = SyntheticTarget::new(1);
+        let (init, p, t1, q) = (0x1000, 0x2000, 0x3000, 0x4000);
+        let (sig_p, sig_q) = (0x9000, 0xa000);
+        task(&mut t, init, 0, "swapper/0");
+        task(&mut t, p, 50, "threaded");
+        task(&mut t, t1, 51, "worker");
+        task(&mut t, q, 60, "single");
+        link(&mut t, &[init, p, q]);
+        t.map(sig_p, &[0u8; 0x40]).map(sig_q, &[0u8; 0x40]);
+        for (leader, sig, threads) in [(p, sig_p, vec![p, t1]), (q, sig_q, vec![q])] {
+            t.write_u64(leader + SIGNAL, sig);
+            let mut nodes: Vec<u64> = vec![sig + HEAD];
+            nodes.extend(threads.iter().map(|&th| th + NODE));
+            for (i, &n) in nodes.iter().enumerate() {
+                t.write_u64(n, nodes[(i + 1) % nodes.len()]);
+            }
+        }
+        let refs = block_on(all_tasks(&mut t, &l, TaskRef(init))).expect("walk");
+        assert_eq!(refs, [init, p, t1, q].map(TaskRef).to_vec());
+    }
+
     #[test]
     fn invalid_cyclic_task_list_is_an_error_not_a_hang() {
         let mut t = SyntheticTarget::new(1);
