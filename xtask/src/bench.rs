@@ -548,7 +548,7 @@ impl Bench {
         let (be, bm, ..) = self.medians("ktrace-bt");
         let (ce, cm, ..) = self.medians("gdb-cond");
         let (le, lm, ..) = self.medians("gdb-lx");
-        let (_, gbm, ..) = self.medians("gdb-bt");
+        let (gbe, gbm, ..) = self.medians("gdb-bt");
         let best_bare =
             ["bare-skip", "bare-cond", "bare-step"].iter().filter_map(|b| self.medians(b).0).fold(None, |a: Option<f64>, x| {
                 Some(a.map_or(x, |a| a.max(x)))
@@ -557,7 +557,7 @@ impl Bench {
         t += "| comparison | hits evaluated/s | matched/s |\n|---|---:|---:|\n";
         t += &format!("| ktrace / gdb condition | {} | {} |\n", ratio(ke, ce), ratio(km, cm));
         t += &format!("| ktrace / gdb lx_current stop() | {} | {} |\n", ratio(ke, le), ratio(km, lm));
-        t += &format!("| ktrace --json / gdb bt (backtrace capture) | {} | {} |\n", ratio(be, ce), ratio(bm, gbm));
+        t += &format!("| ktrace --json / gdb bt (backtrace capture) | {} | {} |\n", ratio(be, gbe), ratio(bm, gbm));
         t += &format!("| ktrace / best bare loop | {} | - |\n", ratio(ke, best_bare));
         t += "\nStart-up, launch to done (median wall time, peak RSS)\n\n";
         t += "| case | ktrace | gdb | gdb / ktrace (time, RSS) |\n|---|---:|---:|---:|\n";
