@@ -150,6 +150,9 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
     if want_stacks && args.no_backtrace {
         return Err(UsageError("--stacks/--folded/--flamegraph need backtraces; drop --no-backtrace".into()).into());
     }
+    // Signals first: Ctrl-C or SIGTERM at any point after this ends cleanly.
+    let cancel = CancellationToken::new();
+    spawn_signal_handlers(cancel.clone())?;
     let tracer = Tracer::attach(&stub, vm, cfg).await.map_err(|e| explain(&args.target.addr, e))?;
     let kernel = tracer.kernel();
     let places: Vec<String> = tracer.locations().iter().map(|l| l.spec.clone()).collect();
@@ -162,9 +165,9 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         places.join(", "),
         if std::io::stderr().is_terminal() { "; Ctrl-C to stop" } else { "" }
     );
-
-    let cancel = CancellationToken::new();
-    spawn_signal_handlers(cancel.clone())?;
+    if let (true, Some(pid)) = (args.wait, args.pid) {
+        eprintln!("ktrace: waiting for pid {pid} to appear (the guest runs meanwhile)");
+    }
     let mut output = Output {
         json: args.target.json,
         quiet: args.quiet,

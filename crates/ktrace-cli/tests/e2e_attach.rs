@@ -33,11 +33,18 @@ fn hits(guest: &Guest, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// Function names innermost first: inlined functions, then the symbol, per frame.
 fn functions(hit: &Value) -> Vec<String> {
-    hit["backtrace"]["frames"]
-        .as_array()
-        .map(|frames| frames.iter().filter_map(|f| f["function"].as_str().map(str::to_string)).collect())
-        .unwrap_or_default()
+    let mut names = Vec::new();
+    for f in hit["backtrace"]["frames"].as_array().into_iter().flatten() {
+        for s in f["source"].as_array().into_iter().flatten() {
+            if s["inlined"] == true {
+                names.extend(s["function"].as_str().map(str::to_string));
+            }
+        }
+        names.extend(f["function"].as_str().map(str::to_string));
+    }
+    names
 }
 
 fn reaches_syscall_entry(hits: &[Value], function: &str) -> bool {

@@ -153,6 +153,7 @@ pub struct Tracer {
     /// For `--pid`: the task_struct to compare the current-task pointer with.
     target_task: Option<TaskRef>,
     inserted: Vec<u64>,
+    cancelled_while_waiting: bool,
 }
 
 fn cpu_of(tid: &ThreadId) -> Option<CpuId> {
@@ -189,7 +190,18 @@ impl Tracer {
                         loc.addrs.iter().map(move |&a| Armed { addr: kernel.runtime(a), spec, past: Past::Reinsert })
                     })
                     .collect();
-                Ok(Tracer { session, kernel, cfg, locations, armed, glayout, unwinder, target_task, inserted: Vec::new() })
+                Ok(Tracer {
+                    session,
+                    kernel,
+                    cfg,
+                    locations,
+                    armed,
+                    glayout,
+                    unwinder,
+                    target_task,
+                    inserted: Vec::new(),
+                    cancelled_while_waiting: false,
+                })
             }
             Err(err) => {
                 if let Some(session) = session {
@@ -218,7 +230,7 @@ impl Tracer {
             }
         }
         let target_task = match cfg.filter.pid {
-            Some(pid) => Some(Self::find_pid(slot, &kernel, pid, cfg.wait_for_task).await?),
+            Some(pid) => Self::find_pid(slot, &kernel, pid, cfg.wait_for_task).await?,
             None => None,
         };
         let session = slot.as_mut().ok_or_else(gone)?;
@@ -234,25 +246,43 @@ impl Tracer {
         Ok((kernel, glayout, target_task))
     }
 
-    async fn find_pid(slot: &mut Option<Session>, kernel: &Kernel, pid: i32, wait: bool) -> Result<TaskRef, TraceError> {
+    async fn find_pid(slot: &mut Option<Session>, kernel: &Kernel, pid: i32, wait: bool) -> Result<Option<TaskRef>, TraceError> {
+        let session = slot.as_mut().ok_or_else(gone)?;
+        match kernel.find_task_by_pid(session, pid).await {
+            Ok(t) => Ok(Some(t.task)),
+            // `run` waits for it (cancellably) before inserting breakpoints.
+            Err(ktrace_kernel::KernelError::NoSuchTask(_)) if wait => Ok(None),
+            Err(ktrace_kernel::KernelError::NoSuchTask(_)) => Err(TraceError::NoSuchTask(format!(
+                "no task with pid {pid} in the guest (use --wait to wait for it)"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Lets the guest run in short slices until the `--pid` task exists.
+    async fn wait_for_pid(&mut self, mut session: Session, pid: i32, cancel: &CancellationToken) -> Result<Option<Session>, (TraceError, Option<Session>)> {
         loop {
-            let session = slot.as_mut().ok_or_else(gone)?;
-            match kernel.find_task_by_pid(session, pid).await {
-                Ok(t) => return Ok(t.task),
-                Err(ktrace_kernel::KernelError::NoSuchTask(_)) if wait => {
-                    // Let the guest run a little, then look again.
-                    let mut running = slot.take().ok_or_else(gone)?.resume(Resume::Continue).await?;
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    let _ = running.take_console_output();
-                    let (s, _) = running.interrupt().await?;
-                    *slot = Some(s);
+            match self.kernel.find_task_by_pid(&mut session, pid).await {
+                Ok(t) => {
+                    self.target_task = Some(t.task);
+                    return Ok(Some(session));
                 }
-                Err(ktrace_kernel::KernelError::NoSuchTask(_)) => {
-                    return Err(TraceError::NoSuchTask(format!(
-                        "no task with pid {pid} in the guest (use --wait to wait for it)"
-                    )))
-                }
-                Err(e) => return Err(e.into()),
+                Err(ktrace_kernel::KernelError::NoSuchTask(_)) => {}
+                Err(e) => return Err((e.into(), Some(session))),
+            }
+            if cancel.is_cancelled() {
+                self.cancelled_while_waiting = true;
+                return Ok(Some(session));
+            }
+            let running = session.resume(Resume::Continue).await.map_err(|e| (e.into(), None))?;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = cancel.cancelled() => { self.cancelled_while_waiting = true; }
+            }
+            let (s, _) = running.interrupt().await.map_err(|e| (e.into(), None))?;
+            session = s;
+            if self.cancelled_while_waiting {
+                return Ok(Some(session));
             }
         }
     }
@@ -316,6 +346,13 @@ impl Tracer {
         stats: &mut Stats,
     ) -> Result<(EndReason, Session), (TraceError, Option<Session>)> {
         let Some(mut session) = self.session.take() else { return Err((gone(), None)) };
+        if let (Some(pid), None) = (self.cfg.filter.pid, self.target_task) {
+            session = match self.wait_for_pid(session, pid, cancel).await? {
+                Some(s) if self.cancelled_while_waiting => return Ok((EndReason::Cancelled, s)),
+                Some(s) => s,
+                None => return Err((gone(), None)),
+            };
+        }
         if let Err(e) = self.arm(&mut session).await {
             return Err((e, Some(session)));
         }

@@ -33,8 +33,12 @@ fn ktrace_names(bt: &ktrace_tracer::Backtrace) -> Vec<String> {
 }
 
 /// `#3  0xffff… in name (args) at …` or `#0  name (args) at …` → name.
-fn gdb_names(bt: &str) -> Vec<String> {
-    bt.lines()
+fn gdb_names(out: &str) -> Vec<String> {
+    // `thread N` prints frame #0 too: take the last block that starts at #0.
+    let lines: Vec<&str> = out.lines().collect();
+    let start = lines.iter().rposition(|l| l.starts_with("#0 ")).unwrap_or(0);
+    lines[start..]
+        .iter()
         .filter(|l| l.starts_with('#'))
         .filter_map(|l| {
             let rest = l.split_once(char::is_whitespace)?.1.trim_start();
