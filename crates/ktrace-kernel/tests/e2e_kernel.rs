@@ -275,6 +275,15 @@ fn check_guest(opts: BootOptions) {
         assert_eq!(found.task, prog.task);
         let named = kernel.find_tasks_by_comm(&mut s, "testprog").await.expect("find by comm");
         assert!(named.iter().any(|t| t.pid == tp));
+        let missing = kernel.find_task_by_pid(&mut s, 999_999).await.expect_err("no such pid");
+        assert!(matches!(missing, ktrace_kernel::KernelError::NoSuchTask(_)), "{missing}");
+
+        let info = kernel.info(&mut s).await.expect("info");
+        assert_eq!(info.release, guest.release());
+        assert!(info.banner.starts_with(&format!("Linux version {} ", guest.release())), "{}", info.banner);
+        assert_eq!(info.slide, kernel.slide());
+        assert_eq!(info.cpus.iter().map(|c| c.percpu_base).collect::<Vec<_>>(), bases);
+        assert_eq!(info.cpus.iter().map(|c| c.current.task.0).collect::<Vec<_>>(), oracle.iter().map(|o| o.task).collect::<Vec<_>>());
         eprintln!("{} tasks; ktrace checks took {:.1} s", tasks.len(), t2.elapsed().as_secs_f64());
 
         s.detach().await.expect("detach");
