@@ -7,6 +7,7 @@
 
 mod bench;
 mod guest;
+mod soak;
 
 use std::process::Command;
 
@@ -19,6 +20,7 @@ fn main() -> Result<()> {
         ["guest", rest @ ..] => guest::run(rest),
         ["test", rest @ ..] => test(rest),
         ["demo", rest @ ..] => demo(rest),
+        ["soak", rest @ ..] => soak::run_soak(rest),
         ["bench", rest @ ..] => bench::run(rest),
         _ => {
             eprintln!(
@@ -28,7 +30,8 @@ fn main() -> Result<()> {
                  guest boot [--smp N] [--kaslr|--nokaslr] [--port P] [--testprogs N]\n  \
                  guest stop                            stop the guests `guest boot` started\n  \
                  test [cargo test args]                prepare the guest, run every test\n  \
-                 demo                                  boot the guest and trace testprog"
+                 demo                                  boot the guest and trace testprog\n  \
+                 soak [--minutes N]                    trace for N minutes (default 10): RSS flat, no hit lost"
             );
             bail!("unknown or missing command")
         }

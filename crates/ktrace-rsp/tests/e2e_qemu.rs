@@ -4,77 +4,24 @@
 //! unless `CI=true`, in which case the test fails.
 //! Set `KTRACE_RSP_RECORD=1` to rewrite `testdata/rsp/qemu-session.txt`.
 
-use ktrace_rsp::{BreakpointKind, ClientConfig, Resume, Session, StopReply, StopReason, StubAddr, ThreadOp};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
+use ktrace_rsp::{BreakpointKind, ClientConfig, Resume, Session, StopReply, StopReason, StubAddr, ThreadOp};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const LINUX_BANNER: u64 = 0xffffffff8211ffe0;
-const RAW_SPIN_LOCK: u64 = 0xffffffff81a185a0;
-const JIFFIES: u64 = 0xffffffff82a079c0;
-
-/// A QEMU guest killed on drop (also on panic). Private stand-in for the
-/// shared `ktrace-testguest` helper.
-struct Guest {
-    child: Child,
-    port: u16,
+/// Link-time addresses of the symbols this test uses, from the guest's
+/// vmlinux (the guest boots with `nokaslr`, so they are runtime addresses).
+struct Addrs {
+    linux_banner: u64,
+    raw_spin_lock: u64,
+    jiffies: u64,
 }
 
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn skip_or_fail(reason: &str) -> Option<Guest> {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("cannot start the QEMU guest: {reason}");
-    }
-    eprintln!("SKIPPED: cannot start the QEMU guest: {reason}");
-    None
-}
-
-/// Boot the Debian cloud kernel without a root device. `rootwait` keeps it
-/// idling (timers run, spinlocks are taken) instead of panicking.
-fn start_guest() -> Option<Guest> {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let kernel = PathBuf::from(home).join(".cache/ktrace/guest/6.1.0-56-cloud-amd64/bzImage");
-    if !kernel.exists() {
-        return skip_or_fail(&format!("{} missing", kernel.display()));
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    let log = std::env::temp_dir().join(format!("ktrace-rsp-e2e-{port}.log"));
-    let child = Command::new("qemu-system-x86_64")
-        .args(["-M", "pc", "-accel", "tcg", "-m", "512", "-smp", "2", "-nographic", "-no-reboot"])
-        .arg("-kernel")
-        .arg(&kernel)
-        .args(["-append", "console=ttyS0 nokaslr panic=0 root=/dev/vda rootwait"])
-        .args(["-gdb", &format!("tcp:127.0.0.1:{port}")])
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()))
-        .args(["-display", "none", "-monitor", "none"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => return skip_or_fail(&format!("qemu-system-x86_64: {e}")),
-    };
-    let mut g = Guest { child, port };
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(90) {
-        if std::fs::read_to_string(&log).is_ok_and(|s| s.contains("Waiting for root device")) {
-            return Some(g);
-        }
-        if let Ok(Some(st)) = g.child.try_wait() {
-            return skip_or_fail(&format!("qemu exited: {st}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    skip_or_fail("guest did not boot within 90 s")
+fn addrs(vmlinux: &std::path::Path) -> Addrs {
+    let vm = ktrace_symbols::Vmlinux::open(vmlinux).expect("vmlinux");
+    let at = |name: &str| vm.symbol(name).expect(name).addr.0;
+    Addrs { linux_banner: at("linux_banner"), raw_spin_lock: at("_raw_spin_lock"), jiffies: at("jiffies") }
 }
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -130,9 +77,11 @@ async fn recording_proxy(target: u16, log: Log) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_end_to_end() {
-    let Some(guest) = start_guest() else { return };
+    let opts = ktrace_testguest::BootOptions { kaslr: false, smp: 2, ..Default::default() };
+    let Some(guest) = ktrace_testguest::test_guest(opts) else { return };
+    let sym = addrs(guest.vmlinux());
     let log: Log = Arc::default();
-    let proxy = recording_proxy(guest.port, log.clone()).await;
+    let proxy = recording_proxy(guest.port(), log.clone()).await;
     let addr: StubAddr = format!(":{proxy}").parse().unwrap();
     let cfg = ClientConfig::default();
 
@@ -147,16 +96,16 @@ async fn qemu_end_to_end() {
     }
     eprintln!("orig_rax present: {}", map.get("orig_rax").is_some());
 
-    let banner = s.read_memory(LINUX_BANNER, 64).await.unwrap();
+    let banner = s.read_memory(sym.linux_banner, 64).await.unwrap();
     assert!(banner.starts_with(b"Linux version 6.1"), "{:?}", String::from_utf8_lossy(&banner));
 
     // Large read split into several pipelined m packets.
     let t = Instant::now();
-    let big = s.read_memory(LINUX_BANNER, 16 * 1024).await.unwrap();
+    let big = s.read_memory(sym.linux_banner, 16 * 1024).await.unwrap();
     eprintln!("16 KiB read took {:?}", t.elapsed());
     assert_eq!(big.len(), 16 * 1024);
     assert_eq!(&big[..64], &banner[..]);
-    let many = s.read_memory_many(&[(LINUX_BANNER, 8), (0, 8), (JIFFIES, 8)]).await.unwrap();
+    let many = s.read_memory_many(&[(sym.linux_banner, 8), (0, 8), (sym.jiffies, 8)]).await.unwrap();
     assert!(many[0].is_ok() && many[2].is_ok());
     assert!(matches!(many[1], Err(ktrace_rsp::RspError::Stub { .. })), "{:?}", many[1]);
 
@@ -175,10 +124,10 @@ async fn qemu_end_to_end() {
     eprintln!("monitor: {mon:?}");
     assert!(mon.contains("paused") || mon.contains("VM status"));
 
-    let jiffies_before = u64::from_le_bytes(s.read_memory(JIFFIES, 8).await.unwrap().try_into().unwrap());
+    let jiffies_before = u64::from_le_bytes(s.read_memory(sym.jiffies, 8).await.unwrap().try_into().unwrap());
 
     // Breakpoint hit.
-    s.insert_breakpoint(BreakpointKind::Software, RAW_SPIN_LOCK, 1).await.unwrap();
+    s.insert_breakpoint(BreakpointKind::Software, sym.raw_spin_lock, 1).await.unwrap();
     let mut run = s.resume(Resume::Continue).await.unwrap();
     let stop = tokio::time::timeout(Duration::from_secs(30), run.wait_stop()).await.expect("breakpoint hit").unwrap();
     eprintln!("breakpoint stop: {stop:?}");
@@ -187,21 +136,21 @@ async fn qemu_end_to_end() {
     assert_eq!(*signal, 5);
     assert!(thread.is_some());
     assert!(reason.is_none() || *reason == Some(StopReason::SwBreak));
-    assert_eq!(s.read_register_u64("rip").await.unwrap(), RAW_SPIN_LOCK);
+    assert_eq!(s.read_register_u64("rip").await.unwrap(), sym.raw_spin_lock);
 
     // Round trip latency of the hot path: P + resume, then the next hit.
     let t = Instant::now();
     let n = 20;
     for _ in 0..n {
-        s.remove_breakpoint(BreakpointKind::Software, RAW_SPIN_LOCK, 1).await.unwrap();
+        s.remove_breakpoint(BreakpointKind::Software, sym.raw_spin_lock, 1).await.unwrap();
         s.step(None).await.unwrap();
-        s.insert_breakpoint(BreakpointKind::Software, RAW_SPIN_LOCK, 1).await.unwrap();
+        s.insert_breakpoint(BreakpointKind::Software, sym.raw_spin_lock, 1).await.unwrap();
         let mut run = s.resume(Resume::Continue).await.unwrap();
         run.wait_stop().await.unwrap();
         s = run.into_stopped().unwrap();
     }
     eprintln!("breakpoint hit cycle (z, step, Z, continue, stop): {:?} each", t.elapsed() / n);
-    s.remove_breakpoint(BreakpointKind::Software, RAW_SPIN_LOCK, 1).await.unwrap();
+    s.remove_breakpoint(BreakpointKind::Software, sym.raw_spin_lock, 1).await.unwrap();
 
     // Stop and resume by interrupt.
     let run = s.resume(Resume::Continue).await.unwrap();
@@ -214,7 +163,7 @@ async fn qemu_end_to_end() {
     s.detach().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut s2, _) = Session::connect(&addr, cfg.clone()).await.unwrap();
-    let jiffies_after = u64::from_le_bytes(s2.read_memory(JIFFIES, 8).await.unwrap().try_into().unwrap());
+    let jiffies_after = u64::from_le_bytes(s2.read_memory(sym.jiffies, 8).await.unwrap().try_into().unwrap());
     eprintln!("jiffies {jiffies_before} -> {jiffies_after}");
     assert!(jiffies_after > jiffies_before);
 
@@ -223,7 +172,7 @@ async fn qemu_end_to_end() {
     drop(s2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut s3, _) = Session::connect(&addr, cfg).await.unwrap();
-    let j2 = u64::from_le_bytes(s3.read_memory(JIFFIES, 8).await.unwrap().try_into().unwrap());
+    let j2 = u64::from_le_bytes(s3.read_memory(sym.jiffies, 8).await.unwrap().try_into().unwrap());
     eprintln!("after drop: jiffies {j1} -> {j2}");
     assert!(j2 > j1, "guest stayed paused after Session drop");
     s3.detach().await.unwrap();

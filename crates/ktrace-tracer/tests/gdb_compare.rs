@@ -6,7 +6,6 @@
 //! same state. The guest boots with `nokaslr` because GDB cannot relocate
 //! the vmlinux by itself.
 
-use std::process::Command;
 use std::sync::Arc;
 
 use ktrace_kernel::Kernel;
@@ -83,20 +82,11 @@ fn ktrace_backtrace_matches_gdb_bt_at_the_same_stop() {
     let ours = ktrace_names(&ktrace_bt);
     assert_eq!(ours.first().map(String::as_str), Some("_raw_spin_lock"));
 
-    let out = Command::new("gdb")
-        .args(["-nx", "-batch", "-ex", "set pagination off", "-ex", "set confirm off"])
-        .arg("-ex")
-        .arg(format!("target remote {}", guest.addr()))
-        .arg("-ex")
-        .arg(format!("thread {cpu_thread}"))
-        .args(["-ex", "bt 40", "-ex", "detach"])
-        .arg(guest.vmlinux())
-        .output()
-        .expect("gdb (apt-get install gdb)");
-    let gdb_out = String::from_utf8_lossy(&out.stdout);
+    let commands = [format!("thread {cpu_thread}"), "bt 40".to_string()];
+    let gdb_out = ktrace_testguest::gdb::gdb_batch(guest.vmlinux(), guest.port(), &commands).expect("gdb");
     let theirs = gdb_names(&gdb_out);
     let comparable: Vec<&String> = theirs.iter().take_while(|n| n.as_str() != "??").collect();
-    assert!(comparable.len() >= 3, "GDB showed too little to compare:\n{gdb_out}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(comparable.len() >= 3, "GDB showed too little to compare:\n{gdb_out}");
     for (i, name) in comparable.iter().enumerate() {
         assert_eq!(
             ours.get(i),
