@@ -30,7 +30,14 @@ pub(crate) struct Conn {
     retransmits: u32,
     pub(crate) timeout: Duration,
     rbuf: Box<[u8]>,
+    /// Several replies are outstanding: a damaged one cannot be NAKed (QEMU
+    /// would retransmit its latest reply, not the damaged one).
+    in_batch: bool,
+    max_packet: usize,
 }
+
+/// Set in `recv_packet_forever` when a reply inside a batch was damaged.
+const DAMAGED_BATCH: &str = "a reply inside a pipelined batch was damaged";
 
 impl Conn {
     pub(crate) fn new(t: Transport, max_packet: usize, timeout: Duration) -> Self {
@@ -44,6 +51,8 @@ impl Conn {
             retransmits: 0,
             timeout,
             rbuf: vec![0; 16 * 1024].into_boxed_slice(),
+            in_batch: false,
+            max_packet,
         }
     }
 
@@ -134,6 +143,9 @@ impl Conn {
                 }
                 Event::Nack => {
                     trace!(target: WIRE, "< -");
+                    if self.in_batch {
+                        return Err(RspError::Protocol(DAMAGED_BATCH.into()));
+                    }
                     if self.unacked.len() > 1 {
                         return Err(RspError::Protocol(
                             "the stub rejected a packet inside a pipelined batch".into(),
@@ -150,6 +162,9 @@ impl Conn {
                 }
                 Event::Malformed { reason } => {
                     trace!(target: WIRE, "< malformed: {reason}");
+                    if self.in_batch {
+                        return Err(RspError::Protocol(DAMAGED_BATCH.into()));
+                    }
                     if self.ack_mode && !reason.contains("garbage") {
                         self.out.push(b'-');
                     }
@@ -179,6 +194,12 @@ impl Conn {
 
     /// Send requests pipelined (at most `depth` in flight, each window in
     /// one write) and return the raw replies in order.
+    ///
+    /// A damaged reply (bad checksum, garbage, a NAK of a request, or a reply
+    /// that never completes) inside a window cannot be recovered in place:
+    /// the stub only retransmits its latest reply. The connection is then
+    /// drained until quiet, and a window of idempotent reads and writes is
+    /// sent again one request at a time; any other window fails.
     pub(crate) async fn pipeline(
         &mut self,
         reqs: &[Vec<u8>],
@@ -186,16 +207,68 @@ impl Conn {
     ) -> Result<Vec<Vec<u8>>, RspError> {
         let mut replies = Vec::with_capacity(reqs.len());
         for window in reqs.chunks(depth.max(1)) {
+            if window.len() == 1 {
+                replies.push(self.request(&window[0]).await?);
+                continue;
+            }
             for r in window {
                 self.queue_packet(r);
             }
             let name = name_of(&window[0]);
             self.flush_timeout(&name).await?;
+            self.in_batch = true;
+            let mut got = Vec::with_capacity(window.len());
+            let mut damaged = None;
             for r in window {
-                replies.push(self.recv_packet(&name_of(r)).await?);
+                match self.recv_packet(&name_of(r)).await {
+                    Ok(p) => got.push(p),
+                    Err(e @ (RspError::Protocol(_) | RspError::Timeout { .. })) => {
+                        damaged = Some(e);
+                        break;
+                    }
+                    Err(e) => {
+                        self.in_batch = false;
+                        return Err(e);
+                    }
+                }
+            }
+            self.in_batch = false;
+            let Some(err) = damaged else {
+                replies.extend(got);
+                continue;
+            };
+            trace!(target: WIRE, "batch damaged ({err}); resynchronising");
+            self.resync().await?;
+            if !window.iter().all(|r| matches!(r.first(), Some(b'm' | b'M' | b'p' | b'g' | b'x' | b'X'))) {
+                return Err(err);
+            }
+            for r in window {
+                replies.push(self.request(r).await?);
             }
         }
         Ok(replies)
+    }
+
+    /// Reads and drops input until the stub has been quiet for a while, then
+    /// starts framing afresh.
+    async fn resync(&mut self) -> Result<(), RspError> {
+        let quiet = (self.timeout / 10).clamp(Duration::from_millis(50), Duration::from_millis(300));
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            match tokio::time::timeout(quiet, self.t.read(&mut self.rbuf)).await {
+                Err(_) => break,
+                Ok(Ok(0)) => return Err(RspError::Closed),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(io_err(e)),
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(RspError::Protocol("the stub does not stop sending after a damaged batch".into()));
+            }
+        }
+        self.dec = Decoder::new(self.max_packet);
+        self.unacked.clear();
+        self.retransmits = 0;
+        Ok(())
     }
 }
 
