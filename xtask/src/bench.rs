@@ -143,14 +143,34 @@ impl Ticks {
         Ticks { seen, stop, thread: Some(thread) }
     }
 
-    /// Guest seconds per host second between the first and last heartbeat
-    /// seen inside [a, b]; None with fewer than two.
-    fn progress(&self, a: Instant, b: Instant) -> Option<f64> {
+    /// Guest seconds per host second over [a, b]. The guest clock at `a` is
+    /// extrapolated from the last heartbeat before `a` (the guest runs freely
+    /// between measurements), but never past the first heartbeat after `a`;
+    /// likewise backwards at `b`. So a heavily stopped guest that prints no
+    /// heartbeat inside the window still gets a number. None until a
+    /// heartbeat after `b` has been seen.
+    fn progress(&self, a: Instant, b: Instant, chained: Option<Instant>) -> Option<f64> {
+        let ga = match chained {
+            Some(prev) => self.clock_at_end(prev)?,
+            None => self.clock_at_start(a)?,
+        };
+        let gb = self.clock_at_end(b)?;
+        let host = b.duration_since(a).as_secs_f64();
+        (host > 0.5).then(|| ((gb - ga) / host).max(0.0))
+    }
+
+    fn clock_at_start(&self, a: Instant) -> Option<f64> {
         let seen = self.seen.lock().unwrap();
-        let inside: Vec<_> = seen.iter().filter(|(t, _)| *t >= a && *t <= b).collect();
-        let (first, last) = (inside.first()?, inside.last()?);
-        let host = last.0.duration_since(first.0).as_secs_f64();
-        (inside.len() >= 2 && host > 0.5).then(|| (last.1 - first.1) / host)
+        let before = seen.iter().rev().find(|(t, _)| *t <= a)?;
+        let first_in = seen.iter().find(|(t, _)| *t > a).map_or(f64::INFINITY, |x| x.1);
+        Some((before.1 + a.duration_since(before.0).as_secs_f64()).min(first_in))
+    }
+
+    fn clock_at_end(&self, b: Instant) -> Option<f64> {
+        let seen = self.seen.lock().unwrap();
+        let after = seen.iter().find(|(t, _)| *t >= b)?;
+        let last_in = seen.iter().rev().find(|(t, _)| *t < b).map_or(f64::NEG_INFINITY, |x| x.1);
+        Some((after.1 - after.0.duration_since(b).as_secs_f64()).max(last_in))
     }
 }
 
@@ -188,6 +208,12 @@ struct Sample {
     matched: Option<f64>,
     progress: Option<f64>,
     seconds: f64,
+    /// The host-time window, for `progress`, filled in after the heartbeat
+    /// that follows it has been seen.
+    window: (Instant, Instant),
+    /// Set when the guest was stopped from the end of an earlier window (at
+    /// this instant) until this one began: GDB between its modes.
+    chained: Option<Instant>,
 }
 
 impl Sample {
@@ -285,10 +311,11 @@ impl Bench {
                 }
                 let tool = TOOLS[(i + round) % TOOLS.len()];
                 eprintln!("bench: round {}/{}: {tool}", round + 1, self.opts.rounds);
-                self.throughput(tool, round, &env, &ticks)?;
+                self.throughput(tool, round, &env)?;
                 if !guest.is_running(Duration::from_secs(5)) {
                     self.note(format!("round {}: guest printed no heartbeat for 5 s after {tool}", round + 1));
                 }
+                self.fill_progress(&ticks);
             }
         }
         drop(ticks);
@@ -324,26 +351,37 @@ impl Bench {
         Ok(u64::from_str_radix(a.trim_start_matches("0x"), 16)?)
     }
 
+    /// Computes guest progress for the windows whose following heartbeat
+    /// has now been seen.
+    fn fill_progress(&mut self, ticks: &Ticks) {
+        for (tool, samples) in &mut self.samples {
+            for s in samples.iter_mut().filter(|s| s.progress.is_none()) {
+                s.progress = ticks.progress(s.window.0, s.window.1, s.chained);
+                if let Some(p) = s.progress {
+                    eprintln!("bench:   {tool:<10} guest progress {p:.2}");
+                }
+            }
+        }
+    }
+
     fn push(&mut self, tool: &'static str, s: Sample) {
         let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         eprintln!(
-            "bench:   {tool:<10} evaluated/s {:>8}  matched/s {:>8}  guest progress {:>5}",
+            "bench:   {tool:<10} evaluated/s {:>8}  matched/s {:>8}",
             show(s.evals),
             show(s.matched),
-            s.progress.map_or("-".into(), |p| format!("{p:.2}"))
         );
         self.samples.entry(tool).or_default().push(s);
     }
 
-    fn throughput(&mut self, tool: &'static str, round: usize, env: &Env, ticks: &Ticks) -> Result<()> {
+    fn throughput(&mut self, tool: &'static str, round: usize, env: &Env) -> Result<()> {
         let secs = self.opts.seconds;
         match tool {
             "idle" => {
                 let a = Instant::now();
                 std::thread::sleep(Duration::from_secs(secs));
                 let b = Instant::now();
-                let progress = ticks.progress(a, b);
-                self.push(tool, Sample { round, evals: None, matched: None, progress, seconds: secs as f64 });
+                self.push(tool, Sample { round, evals: None, matched: None, progress: None, seconds: secs as f64, window: (a, b), chained: None });
             }
             "ktrace" | "ktrace-bt" => {
                 let mut cmd = Command::new(&self.ktrace);
@@ -367,13 +405,14 @@ impl Bench {
                 };
                 let begin = out.find("attached to").map_or(out.start, |(t, _)| *t);
                 let (hits, matched, seconds) = parse_summary(&line).context("ktrace summary line")?;
-                let progress = ticks.progress(begin, end);
                 self.push(tool, Sample {
                     round,
                     evals: Some(hits / seconds),
                     matched: Some(matched / seconds),
-                    progress,
+                    progress: None,
                     seconds,
+                    window: (begin, end),
+                    chained: None,
                 });
             }
             "gdb" => {
@@ -401,6 +440,9 @@ impl Bench {
                     cmd.env("KB_LX_DIR", dir);
                 }
                 let out = run_lines(&mut cmd, Duration::from_secs(240 + 3 * secs))?;
+                // The target stays stopped from one mode's end to the next's start.
+                // GDB stops it at `target remote` (just before `kb-attached`) too.
+                let mut prev_end = out.find("kb-attached").map(|(t, _)| *t);
                 for mode in modes {
                     let key: &'static str = match mode {
                         "cond" => "gdb-cond",
@@ -424,9 +466,12 @@ impl Bench {
                         round,
                         evals: Some(evals / seconds),
                         matched: Some(matched / seconds),
-                        progress: ticks.progress(begin, end),
+                        progress: None,
                         seconds,
+                        window: (begin, end),
+                        chained: prev_end,
                     });
+                    prev_end = Some(end);
                 }
                 if out.find("kb-detached").is_none() {
                     self.note(format!("gdb round {}: did not report a clean detach", round + 1));
@@ -458,8 +503,10 @@ impl Bench {
                     round,
                     evals: Some(hits / seconds),
                     matched: None,
-                    progress: ticks.progress(out.start, out.end),
+                    progress: None,
                     seconds,
+                    window: (out.start, out.end),
+                    chained: None,
                 });
             }
         }
