@@ -369,9 +369,10 @@ impl Tracer {
                 Ok(r) => r,
                 Err(e) => return Err((e.into(), None)),
             };
+            let probe = self.cfg.client.timeout.max(Duration::from_secs(1));
             let stop = tokio::select! {
                 biased;
-                stop = running.wait_stop() => stop,
+                stop = running.wait_stop() => Some(stop),
                 _ = cancel.cancelled() => {
                     return match running.interrupt().await {
                         Ok((s, _)) => Ok((EndReason::Cancelled, s)),
@@ -384,15 +385,23 @@ impl Tracer {
                         Err(e) => Err((e.into(), None)),
                     };
                 }
+                // No stop for a while: is the stub still there? A silent stub
+                // would otherwise be waited for forever. The probe's stop is
+                // not one of ours and is resumed like any other.
+                _ = tokio::time::sleep(probe) => None,
             };
-            let stop = match stop {
-                Ok(s) => s,
-                Err(e) => return Err((guest_gone(e), None)),
+            let (s, stop) = match stop {
+                Some(Ok(stop)) => match running.into_stopped() {
+                    Ok(s) => (s, stop),
+                    Err(e) => return Err((e.into(), None)),
+                },
+                None => match running.interrupt().await {
+                    Ok(pair) => pair,
+                    Err(e) => return Err((e.into(), None)),
+                },
+                Some(Err(e)) => return Err((guest_gone(e), None)),
             };
-            session = match running.into_stopped() {
-                Ok(s) => s,
-                Err(e) => return Err((e.into(), None)),
-            };
+            session = s;
             let thread = match &stop {
                 StopReply::Signal { thread, .. } => *thread,
                 other => return Err((TraceError::GuestGone(format!("the stub reported {other:?}")), Some(session))),
