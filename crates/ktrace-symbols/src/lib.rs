@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 mod banner;
+mod cfi;
 mod dwarf;
 mod elf;
 mod error;
@@ -23,6 +24,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+pub use cfi::{CfaRule, CfiRow, RegRule, DWARF_RBP, DWARF_RSP};
 pub use error::SymbolError;
 pub use layout::MemberLayout;
 pub use lines::SourceFrame;
@@ -64,6 +66,7 @@ pub struct Vmlinux {
     /// addr2line contexts, one per compilation unit (keyed by unit offset).
     addr2line: Mutex<HashMap<usize, addr2line::Context<R>>>,
     orc: OnceLock<Result<Option<OrcTable>, String>>,
+    cfi: OnceLock<Result<Option<cfi::CfiIndex>, String>>,
     image: ElfImage,
     path: PathBuf,
     owned: OwnedSections,
@@ -108,6 +111,7 @@ impl Vmlinux {
             dwarf: OnceLock::new(),
             addr2line: Mutex::default(),
             orc: OnceLock::new(),
+            cfi: OnceLock::new(),
             image,
             path,
             owned: OwnedSections::default(),
@@ -384,6 +388,24 @@ impl Vmlinux {
             Ok(Some(t)) => Ok(t),
             Ok(None) => Err(SymbolError::NoOrc { path: self.path.clone() }),
             Err(reason) => Err(SymbolError::BadOrc { reason: reason.clone() }),
+        }
+    }
+
+    /// The `.debug_frame` (DWARF CFI) unwind rules at link-time address
+    /// `addr`, for code without ORC data. `Ok(None)` when the file has no
+    /// `.debug_frame` or no FDE covers `addr`. The FDEs are indexed on the
+    /// first call (tens of milliseconds); each lookup evaluates one FDE.
+    pub fn cfi(&self, addr: KernelAddr) -> Result<Option<CfiRow>, SymbolError> {
+        match self.cfi_index()? {
+            Some(idx) => idx.row(addr),
+            None => Ok(None),
+        }
+    }
+
+    fn cfi_index(&self) -> Result<Option<&cfi::CfiIndex>, SymbolError> {
+        match self.cfi.get_or_init(|| cfi::CfiIndex::parse(&self.image)) {
+            Ok(idx) => Ok(idx.as_ref()),
+            Err(message) => Err(SymbolError::dwarf("indexing .debug_frame", message)),
         }
     }
 }
