@@ -6,11 +6,15 @@
 //! exception or syscall entry) or an IRET frame. Where GDB stops with `??` at
 //! entry code, ktrace goes on through the saved `pt_regs` into the
 //! interrupted context and says so in the frame.
+//!
+//! Code without usable ORC data falls back to the DWARF CFI of
+//! `.debug_frame` ([`Vmlinux::cfi`]); frames found that way are
+//! [`FrameKind::CallCfi`].
 
 use std::collections::HashMap;
 
 use ktrace_kernel::{Kernel, KernelError, Target};
-use ktrace_symbols::{KernelAddr, OrcReg, OrcType, SourceFrame, Vmlinux};
+use ktrace_symbols::{CfaRule, CfiRow, KernelAddr, OrcEntry, OrcReg, OrcType, RegRule, SourceFrame, Vmlinux};
 use serde::Serialize;
 
 /// The registers an unwind starts from (and finds again in `pt_regs`).
@@ -40,6 +44,9 @@ pub enum FrameKind {
     Stopped,
     /// A return address found on the stack.
     Call,
+    /// A return address found on the stack with the DWARF CFI
+    /// (`.debug_frame`) of the callee, which had no usable ORC data.
+    CallCfi,
     /// The context interrupted by an interrupt, exception or syscall, restored
     /// from the `pt_regs` saved by entry code.
     Interrupted,
@@ -125,6 +132,64 @@ fn is_kernel(addr: u64) -> bool {
     addr >= 0xffff_8000_0000_0000
 }
 
+/// Whether the unwinder understands an ORC entry (others fall back to CFI).
+fn orc_usable(o: &OrcEntry) -> bool {
+    matches!(
+        o.sp_reg,
+        OrcReg::Sp
+            | OrcReg::Bp
+            | OrcReg::SpIndirect
+            | OrcReg::BpIndirect
+            | OrcReg::Di
+            | OrcReg::Dx
+            | OrcReg::R10
+            | OrcReg::R13
+    ) && !matches!(o.kind, OrcType::Other(_))
+}
+
+/// The value of DWARF x86-64 register `reg` in `regs`, for the registers
+/// the CFA may be based on.
+fn dwarf_reg(regs: &Regs, reg: u16) -> Option<u64> {
+    Some(match reg {
+        ktrace_symbols::DWARF_RSP => regs.sp,
+        ktrace_symbols::DWARF_RBP => regs.bp,
+        1 => regs.dx,
+        5 => regs.di,
+        10 => regs.r10,
+        13 => regs.r13,
+        _ => return None,
+    })
+}
+
+/// One unwind step with a `.debug_frame` row: the caller's registers,
+/// `Ok(None)` when the return address is undefined (the outermost frame),
+/// or why the step is impossible.
+async fn cfi_step<T: Target>(row: &CfiRow, state: &Regs, stack: &mut StackReader<'_, T>) -> Result<Option<Regs>, String> {
+    let cfa = match row.cfa {
+        CfaRule::RegOffset { reg, offset } => {
+            let base = dwarf_reg(state, reg).ok_or_else(|| format!("the CFA is based on unsupported register {reg}"))?;
+            base.wrapping_add(offset as u64)
+        }
+        CfaRule::Unsupported => return Err("the CFA is a DWARF expression".into()),
+    };
+    let ra_at = match row.rip {
+        RegRule::Offset(o) => cfa.wrapping_add(o as u64),
+        RegRule::Undefined => return Ok(None),
+        other => return Err(format!("unsupported return address rule {other:?}")),
+    };
+    if cfa <= state.sp {
+        return Err("stack pointer went backwards".into());
+    }
+    let ip = stack.u64(ra_at).await.ok_or_else(|| format!("unreadable stack at 0x{ra_at:x}"))?;
+    let mut next = Regs { ip, sp: cfa, ..*state };
+    if let RegRule::Offset(o) = row.rbp {
+        let at = cfa.wrapping_add(o as u64);
+        next.bp = stack.u64(at).await.ok_or_else(|| format!("unreadable saved rbp at 0x{at:x}"))?;
+    }
+    // SameValue keeps rbp; Undefined/Unsupported leave it as it was (best effort).
+    Ok(Some(next))
+}
+
 impl Unwinder {
     /// Prepares an unwinder (reads the `pt_regs` layout from DWARF).
     pub fn new(vm: &Vmlinux) -> Result<Unwinder, KernelError> {
@@ -160,7 +225,7 @@ impl Unwinder {
         // The last pt_regs seen, for ORC entries based on DI/DX/R10/R13.
         let mut truncated = None;
         loop {
-            let is_return_address = kind == FrameKind::Call;
+            let is_return_address = matches!(kind, FrameKind::Call | FrameKind::CallCfi);
             frames.push(self.frame(kernel, state.ip, kind, regs_at, is_return_address));
             if kind == FrameKind::User {
                 break;
@@ -170,13 +235,38 @@ impl Unwinder {
                 break;
             }
             let lookup = kernel.link(if is_return_address { state.ip - 1 } else { state.ip });
-            let Some(orc) = kernel.vmlinux().orc().ok().and_then(|t| t.lookup(lookup)) else {
-                truncated = Some(format!("no ORC data for 0x{:x}", state.ip));
-                break;
-            };
-            if orc.end || orc.sp_reg == OrcReg::Undefined {
+            let orc = kernel.vmlinux().orc().ok().and_then(|t| t.lookup(lookup));
+            if orc.is_some_and(|o| o.end) {
                 break;
             }
+            let Some(orc) = orc.filter(orc_usable) else {
+                // No (usable) ORC data here: try the DWARF CFI.
+                let row = kernel.vmlinux().cfi(lookup);
+                match row {
+                    Ok(Some(row)) => match cfi_step(&row, &state, &mut stack).await {
+                        Ok(Some(next)) => {
+                            if !is_kernel(next.ip) {
+                                truncated = Some(format!("return address 0x{:x} is not in the kernel", next.ip));
+                                break;
+                            }
+                            state = next;
+                            kind = FrameKind::CallCfi;
+                            regs_at = None;
+                            continue;
+                        }
+                        // The CFI marks the outermost frame.
+                        Ok(None) => {}
+                        Err(why) => truncated = Some(format!("DWARF CFI at 0x{:x}: {why}", state.ip)),
+                    },
+                    Ok(None) | Err(_) => match orc {
+                        None => truncated = Some(format!("no ORC or DWARF CFI data for 0x{:x}", state.ip)),
+                        // As before: an undefined sp_reg ends the stack; other unknowns say why.
+                        Some(o) if o.sp_reg == OrcReg::Undefined => {}
+                        Some(o) => truncated = Some(format!("unsupported ORC entry {o:?} at 0x{:x}", state.ip)),
+                    },
+                }
+                break;
+            };
             let (base, indirect) = match orc.sp_reg {
                 OrcReg::Sp => (state.sp.wrapping_add(orc.sp_offset as i64 as u64), false),
                 OrcReg::Bp => (state.bp.wrapping_add(orc.sp_offset as i64 as u64), false),
@@ -186,10 +276,8 @@ impl Unwinder {
                 OrcReg::Dx => (state.dx.wrapping_add(orc.sp_offset as i64 as u64), false),
                 OrcReg::R10 => (state.r10.wrapping_add(orc.sp_offset as i64 as u64), false),
                 OrcReg::R13 => (state.r13.wrapping_add(orc.sp_offset as i64 as u64), false),
-                other => {
-                    truncated = Some(format!("unsupported ORC sp_reg {other:?} at 0x{:x}", state.ip));
-                    break;
-                }
+                // Excluded by `orc_usable`.
+                _ => unreachable!("unusable ORC entry {orc:?}"),
             };
             let mut cfa = base;
             if indirect {
@@ -244,10 +332,7 @@ impl Unwinder {
                     kind = if is_kernel(ip) { FrameKind::Interrupted } else { FrameKind::User };
                     regs_at = Some(regs);
                 }
-                OrcType::Other(t) => {
-                    truncated = Some(format!("unknown ORC frame type {t} at 0x{:x}", state.ip));
-                    break;
-                }
+                OrcType::Other(_) => unreachable!("unusable ORC entry {orc:?}"),
             }
             match orc.bp_reg {
                 OrcReg::PrevSp => match stack.u64(cfa.wrapping_add(orc.bp_offset as i64 as u64)).await {
