@@ -245,6 +245,9 @@ impl Unwinder {
                 match row {
                     Ok(Some(row)) => match cfi_step(&row, &state, &mut stack).await {
                         Ok(Some(next)) => {
+                            if next.ip == 0 {
+                                break;
+                            }
                             if !is_kernel(next.ip) {
                                 truncated = Some(format!("return address 0x{:x} is not in the kernel", next.ip));
                                 break;
@@ -378,5 +381,85 @@ impl Unwinder {
             })
             .clone();
         Frame { pc, kind, function, offset, regs_at, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ktrace_kernel::synthetic::SyntheticTarget;
+
+    const STACK: u64 = 0xffff_c900_0000_0000;
+    const CALLER: u64 = 0xffff_ffff_8123_4567;
+
+    fn target() -> SyntheticTarget {
+        let mut t = SyntheticTarget::new(1);
+        t.map(STACK, &[0u8; 4096]);
+        t
+    }
+
+    async fn step(t: &mut SyntheticTarget, row: CfiRow, regs: Regs) -> Result<Option<Regs>, String> {
+        let mut stack = StackReader { target: t, chunks: HashMap::new() };
+        cfi_step(&row, &regs, &mut stack).await
+    }
+
+    fn row(reg: u16, offset: i64, rbp: RegRule) -> CfiRow {
+        CfiRow { cfa: CfaRule::RegOffset { reg, offset }, rip: RegRule::Offset(-8), rbp }
+    }
+
+    #[tokio::test]
+    async fn cfi_step_at_function_entry() {
+        // Just after `call`: the return address is at rsp, CFA = rsp + 8.
+        let mut t = target();
+        let sp = STACK + 0x100;
+        t.write_u64(sp, CALLER);
+        let regs = Regs { ip: 0xffff_ffff_81a1_85a0, sp, bp: 0x1234, di: 7, ..Regs::default() };
+        let next = step(&mut t, row(ktrace_symbols::DWARF_RSP, 8, RegRule::SameValue), regs).await.unwrap().unwrap();
+        assert_eq!(next, Regs { ip: CALLER, sp: sp + 8, bp: 0x1234, di: 7, ..Regs::default() });
+    }
+
+    #[tokio::test]
+    async fn cfi_step_in_rbp_frame() {
+        // push %rbp; mov %rsp,%rbp; sub $0x40,%rsp: CFA = rbp + 16, rbp at CFA-16.
+        let mut t = target();
+        let bp = STACK + 0x200;
+        t.write_u64(bp, STACK + 0x300).write_u64(bp + 8, CALLER);
+        let regs = Regs { ip: 0xffff_ffff_81a1_0b10, sp: bp - 0x40, bp, ..Regs::default() };
+        let next = step(&mut t, row(ktrace_symbols::DWARF_RBP, 16, RegRule::Offset(-16)), regs).await.unwrap().unwrap();
+        assert_eq!((next.ip, next.sp, next.bp), (CALLER, bp + 16, STACK + 0x300));
+        // The same frame described from rsp (after the push, before the mov).
+        let regs = Regs { sp: bp, bp: 0xdead, ..regs };
+        let next = step(&mut t, row(ktrace_symbols::DWARF_RSP, 16, RegRule::Offset(-16)), regs).await.unwrap().unwrap();
+        assert_eq!((next.ip, next.sp, next.bp), (CALLER, bp + 16, STACK + 0x300));
+        // DRAP-style CFA in r10.
+        let regs = Regs { sp: bp - 0x80, r10: bp + 16, ..regs };
+        let next = step(&mut t, row(10, 0, RegRule::SameValue), regs).await.unwrap().unwrap();
+        assert_eq!((next.ip, next.sp, next.bp), (CALLER, bp + 16, 0xdead));
+    }
+
+    #[tokio::test]
+    async fn cfi_step_refusals() {
+        let mut t = target();
+        let regs = Regs { ip: 0xffff_ffff_8100_0000, sp: STACK + 0x100, bp: STACK + 0x180, ..Regs::default() };
+        let undefined = CfiRow { rip: RegRule::Undefined, ..row(ktrace_symbols::DWARF_RSP, 8, RegRule::SameValue) };
+        assert_eq!(step(&mut t, undefined, regs).await, Ok(None));
+        let expr = CfiRow { cfa: CfaRule::Unsupported, rip: RegRule::Offset(-8), rbp: RegRule::SameValue };
+        assert!(step(&mut t, expr, regs).await.unwrap_err().contains("expression"));
+        assert!(step(&mut t, row(3, 8, RegRule::SameValue), regs).await.unwrap_err().contains("register 3"));
+        // A CFA at or below sp would loop.
+        assert!(step(&mut t, row(ktrace_symbols::DWARF_RSP, 0, RegRule::SameValue), regs).await.unwrap_err().contains("backwards"));
+        // Unmapped stack.
+        let regs = Regs { sp: 0xffff_c900_1000_0000, ..regs };
+        assert!(step(&mut t, row(ktrace_symbols::DWARF_RSP, 8, RegRule::SameValue), regs).await.unwrap_err().contains("unreadable"));
+    }
+
+    #[test]
+    fn orc_usability() {
+        let e = |sp_reg, kind| OrcEntry { sp_offset: 8, bp_offset: 0, sp_reg, bp_reg: OrcReg::Undefined, kind, end: false };
+        assert!(orc_usable(&e(OrcReg::Sp, OrcType::Call)));
+        assert!(orc_usable(&e(OrcReg::SpIndirect, OrcType::Regs)));
+        assert!(!orc_usable(&e(OrcReg::Undefined, OrcType::Call)));
+        assert!(!orc_usable(&e(OrcReg::Other(12), OrcType::Call)));
+        assert!(!orc_usable(&e(OrcReg::Sp, OrcType::Other(3))));
     }
 }
