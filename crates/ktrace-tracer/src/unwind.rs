@@ -453,6 +453,64 @@ mod tests {
         assert!(step(&mut t, row(ktrace_symbols::DWARF_RSP, 8, RegRule::SameValue), regs).await.unwrap_err().contains("unreadable"));
     }
 
+    /// The real vmlinux, or `None` (skip) when missing outside `CI=true`.
+    fn real_vmlinux() -> Option<std::sync::Arc<Vmlinux>> {
+        let home = std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
+        let candidates: Vec<std::path::PathBuf> = match std::env::var_os("KTRACE_VMLINUX") {
+            Some(p) => vec![p.into()],
+            None => ["6.1.0-56", "6.1.0-56-cloud-amd64"]
+                .iter()
+                .map(|d| home.join(".cache/ktrace/guest").join(d).join("vmlinux"))
+                .collect(),
+        };
+        match candidates.iter().find(|p| p.exists()) {
+            Some(p) => Some(std::sync::Arc::new(Vmlinux::open(p).expect("vmlinux opens"))),
+            None if std::env::var("CI").as_deref() == Ok("true") => panic!("no vmlinux at {candidates:?} and CI=true"),
+            None => {
+                eprintln!("skipping: no vmlinux at {candidates:?} (set KTRACE_VMLINUX)");
+                None
+            }
+        }
+    }
+
+    /// A whole unwind over synthetic memory: the stopped pc is in
+    /// `fixup_vdso_exception`, which has an undefined ORC entry in this
+    /// kernel but a `.debug_frame` FDE; the caller is then unwound by ORC.
+    #[tokio::test]
+    async fn unwind_falls_back_to_cfi() {
+        let Some(vm) = real_vmlinux() else { return };
+        const SLIDE: u64 = 8 * (2 << 20);
+        let sym = |n: &str| vm.symbol(n).unwrap().addr.0;
+        let stopped = sym("fixup_vdso_exception") + 4;
+        let orc = vm.orc().unwrap();
+        let o = orc.lookup(KernelAddr(stopped)).unwrap();
+        if orc_usable(&o) || o.end {
+            panic!("fixup_vdso_exception has usable ORC now ({o:?}); pick another function for this test");
+        }
+        let caller = sym("_raw_spin_lock") + 1; // ORC at its entry: CFA = sp + 8
+        let mut t = target();
+        let banner = vm.banner().unwrap();
+        t.map(sym("linux_banner") + SLIDE, banner.as_bytes());
+        t.map(sym("__per_cpu_offset") + SLIDE, &0xffff_8880_0000_0000u64.to_le_bytes());
+        let sp = STACK + 0x100;
+        t.write_u64(sp, caller + SLIDE).write_u64(sp + 8, 0);
+        let kernel = Kernel::attach(&mut t, vm.clone()).await.expect("attach to synthetic memory");
+        assert_eq!(kernel.slide(), SLIDE);
+        let mut u = Unwinder::new(&vm).unwrap();
+        let regs = Regs { ip: stopped + SLIDE, sp, bp: 0, ..Regs::default() };
+        let bt = u.unwind(&kernel, &mut t, regs).await;
+        let got: Vec<_> = bt.frames.iter().map(|f| (f.kind, f.function.as_deref(), f.offset)).collect();
+        assert_eq!(
+            got,
+            [
+                (FrameKind::Stopped, Some("fixup_vdso_exception"), 4),
+                (FrameKind::CallCfi, Some("_raw_spin_lock"), 1),
+            ],
+            "{bt:?}"
+        );
+        assert_eq!(bt.truncated, None);
+    }
+
     #[test]
     fn orc_usability() {
         let e = |sp_reg, kind| OrcEntry { sp_offset: 8, bp_offset: 0, sp_reg, bp_reg: OrcReg::Undefined, kind, end: false };
