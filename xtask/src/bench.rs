@@ -149,11 +149,8 @@ impl Ticks {
     /// likewise backwards at `b`. So a heavily stopped guest that prints no
     /// heartbeat inside the window still gets a number. None until a
     /// heartbeat after `b` has been seen.
-    fn progress(&self, a: Instant, b: Instant, chained: Option<Instant>) -> Option<f64> {
-        let ga = match chained {
-            Some(prev) => self.clock_at_end(prev)?,
-            None => self.clock_at_start(a)?,
-        };
+    fn progress(&self, a: Instant, b: Instant) -> Option<f64> {
+        let ga = self.clock_at_start(a)?;
         let gb = self.clock_at_end(b)?;
         let host = b.duration_since(a).as_secs_f64();
         (host > 0.5).then(|| ((gb - ga) / host).max(0.0))
@@ -211,9 +208,9 @@ struct Sample {
     /// The host-time window, for `progress`, filled in after the heartbeat
     /// that follows it has been seen.
     window: (Instant, Instant),
-    /// Set when the guest was stopped from the end of an earlier window (at
-    /// this instant) until this one began: GDB between its modes.
-    chained: Option<Instant>,
+    /// False for windows followed or preceded by other traced time without a
+    /// free-running gap (GDB's modes): the estimate needs free running around.
+    with_progress: bool,
 }
 
 impl Sample {
@@ -250,6 +247,7 @@ const ROWS: &[(&str, &str)] = &[
     ("gdb-cond", "gdb: break if <$gs_base+current_task>->pid"),
     ("gdb-lx", "gdb: Python stop() with scripts/gdb lx_current"),
     ("gdb-bt", "gdb: break if ..., then `bt` per match"),
+    ("gdb-session", "gdb: whole session (the three modes above, back to back)"),
     ("bare-skip", "bare RSP loop: Z0 + `c ADDR+5` (no filter)"),
     ("bare-cond", "bare RSP loop: skip + one 8-byte read"),
     ("bare-step", "bare RSP loop: vCont;s + vCont;c"),
@@ -355,8 +353,8 @@ impl Bench {
     /// has now been seen.
     fn fill_progress(&mut self, ticks: &Ticks) {
         for (tool, samples) in &mut self.samples {
-            for s in samples.iter_mut().filter(|s| s.progress.is_none()) {
-                s.progress = ticks.progress(s.window.0, s.window.1, s.chained);
+            for s in samples.iter_mut().filter(|s| s.progress.is_none() && s.with_progress) {
+                s.progress = ticks.progress(s.window.0, s.window.1);
                 if let Some(p) = s.progress {
                     eprintln!("bench:   {tool:<10} guest progress {p:.2}");
                 }
@@ -381,7 +379,7 @@ impl Bench {
                 let a = Instant::now();
                 std::thread::sleep(Duration::from_secs(secs));
                 let b = Instant::now();
-                self.push(tool, Sample { round, evals: None, matched: None, progress: None, seconds: secs as f64, window: (a, b), chained: None });
+                self.push(tool, Sample { round, evals: None, matched: None, progress: None, seconds: secs as f64, window: (a, b), with_progress: true });
             }
             "ktrace" | "ktrace-bt" => {
                 let mut cmd = Command::new(&self.ktrace);
@@ -412,7 +410,7 @@ impl Bench {
                     progress: None,
                     seconds,
                     window: (begin, end),
-                    chained: None,
+                    with_progress: true,
                 });
             }
             "gdb" => {
@@ -440,9 +438,10 @@ impl Bench {
                     cmd.env("KB_LX_DIR", dir);
                 }
                 let out = run_lines(&mut cmd, Duration::from_secs(240 + 3 * secs))?;
-                // The target stays stopped from one mode's end to the next's start.
-                // GDB stops it at `target remote` (just before `kb-attached`) too.
-                let mut prev_end = out.find("kb-attached").map(|(t, _)| *t);
+                // The guest is stopped between GDB's modes, so guest progress
+                // is measured over the whole session, attach to last result.
+                let attached = out.find("kb-attached").map(|(t, _)| *t);
+                let mut last_end = None;
                 for mode in modes {
                     let key: &'static str = match mode {
                         "cond" => "gdb-cond",
@@ -469,9 +468,20 @@ impl Bench {
                         progress: None,
                         seconds,
                         window: (begin, end),
-                        chained: prev_end,
+                        with_progress: false,
                     });
-                    prev_end = Some(end);
+                    last_end = Some(end);
+                }
+                if let (Some(a), Some(b)) = (attached, last_end) {
+                    self.push("gdb-session", Sample {
+                        round,
+                        evals: None,
+                        matched: None,
+                        progress: None,
+                        seconds: b.duration_since(a).as_secs_f64(),
+                        window: (a, b),
+                        with_progress: true,
+                    });
                 }
                 if out.find("kb-detached").is_none() {
                     self.note(format!("gdb round {}: did not report a clean detach", round + 1));
@@ -506,7 +516,7 @@ impl Bench {
                     progress: None,
                     seconds,
                     window: (out.start, out.end),
-                    chained: None,
+                    with_progress: true,
                 });
             }
         }
