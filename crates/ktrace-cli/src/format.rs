@@ -54,7 +54,14 @@ pub fn backtrace(bt: &Backtrace) -> String {
     for f in &bt.frames {
         match f.kind {
             FrameKind::User => {
-                let _ = writeln!(out, "    -- user space (pt_regs at 0x{:x}) --", f.regs_at.unwrap_or(0));
+                match f.regs_at {
+                    Some(at) => {
+                        let _ = writeln!(out, "    -- user space (pt_regs at 0x{at:x}) --");
+                    }
+                    None => {
+                        let _ = writeln!(out, "    -- stopped in user space --");
+                    }
+                }
                 let _ = writeln!(out, "#{n:<3} 0x{:016x} in user space", f.pc);
                 n += 1;
                 continue;

@@ -13,6 +13,8 @@
 //! [`test_guest`] is what e2e tests call: under `CI=true` a guest that cannot be
 //! prepared fails the test; elsewhere the test is skipped with a reason.
 
+#![deny(missing_docs)]
+
 mod boot;
 mod error;
 pub mod gdb;

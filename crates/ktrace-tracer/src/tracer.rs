@@ -403,6 +403,11 @@ impl Tracer {
             };
             session = s;
             let thread = match &stop {
+                // Only SIGTRAP is a breakpoint; anything else (an interrupt) just resumes.
+                StopReply::Signal { signal, .. } if *signal != 5 => {
+                    resume = None;
+                    continue;
+                }
                 StopReply::Signal { thread, .. } => *thread,
                 other => return Err((TraceError::GuestGone(format!("the stub reported {other:?}")), Some(session))),
             };

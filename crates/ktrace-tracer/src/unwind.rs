@@ -220,7 +220,8 @@ impl Unwinder {
         let mut stack = StackReader { target, chunks: HashMap::new() };
         let mut frames = Vec::new();
         let mut state = regs;
-        let mut kind = FrameKind::Stopped;
+        // A CPU stopped in user mode has no kernel stack to walk.
+        let mut kind = if is_kernel(state.ip) { FrameKind::Stopped } else { FrameKind::User };
         let mut regs_at = None;
         // The last pt_regs seen, for ORC entries based on DI/DX/R10/R13.
         let mut truncated = None;
