@@ -233,6 +233,8 @@ struct Bench {
     started: Instant,
     samples: BTreeMap<&'static str, Vec<Sample>>,
     startup: BTreeMap<(&'static str, &'static str), Vec<StartupSample>>,
+    /// Median µs of an 8-byte `m` read, per tool, one value per round.
+    rtt: BTreeMap<&'static str, Vec<f64>>,
     notes: Vec<String>,
 }
 
@@ -264,6 +266,7 @@ impl Bench {
             started: Instant::now(),
             samples: BTreeMap::new(),
             startup: BTreeMap::new(),
+            rtt: BTreeMap::new(),
             notes: Vec::new(),
         })
     }
@@ -278,6 +281,11 @@ impl Bench {
             Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .current_dir(&self.root)
                 .args(["build", "--quiet", "--release", "-p", "ktrace"]),
+        )?;
+        crate::run(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(&self.root)
+                .args(["build", "--quiet", "--release", "-p", "ktrace-rsp", "--example", "rtt"]),
         )?;
         let lx_dir = match lx_scripts() {
             Ok(dir) => Some(dir),
@@ -319,6 +327,7 @@ impl Bench {
         drop(ticks);
 
         self.startups(&env)?;
+        self.round_trips(&env)?;
         if !guest.is_running(Duration::from_secs(5)) {
             self.note("guest printed no heartbeat for 5 s after the start-up runs".into());
         }
@@ -334,6 +343,35 @@ impl Bench {
         fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
         fs::write(out_dir.join("table.md"), &table)?;
         eprintln!("bench: wrote {} ({:.0} s in all)", path.display(), self.started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// The RSP client's round trip against a plain Python loop doing the same
+    /// 8-byte `m` reads of `linux_banner`, alternating, several rounds.
+    fn round_trips(&mut self, env: &Env) -> Result<()> {
+        let banner = self.symbol_address(env.vmlinux, "linux_banner")?;
+        let port = env.addr.rsplit(':').next().context("port")?.to_string();
+        let (hex, reads) = (format!("{banner:x}"), "2000");
+        for round in 0..self.opts.rounds.max(3) {
+            let order: [&'static str; 2] = if round % 2 == 0 { ["python", "ktrace-rsp"] } else { ["ktrace-rsp", "python"] };
+            for tool in order {
+                let mut cmd = if tool == "python" {
+                    let mut c = Command::new("python3");
+                    c.arg(self.root.join("xtask/assets/rtt_floor.py")).args([&port, &hex, reads]);
+                    c
+                } else {
+                    let mut c = Command::new(self.root.join("target/release/examples/rtt"));
+                    c.args([env.addr, &hex, reads]);
+                    c
+                };
+                let out = cmd.output().with_context(|| format!("running the {tool} round trip"))?;
+                let line = String::from_utf8_lossy(&out.stdout);
+                match serde_json::from_str::<Value>(line.trim()).ok().and_then(|v| v["median_us"].as_f64()) {
+                    Some(us) => self.rtt.entry(tool).or_default().push(us),
+                    None => self.note(format!("{tool} round trip failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
+                }
+            }
+        }
         Ok(())
     }
 
@@ -640,6 +678,15 @@ impl Bench {
             let (k, g) = (get("ktrace"), get("gdb"));
             t += &format!("| {desc} | {} | {} | {}, {} |\n", cell(k), cell(g), ratio(g.0, k.0), ratio(g.1, k.1));
         }
+        let rtt = |tool| median(self.rtt.get(tool).into_iter().flatten().copied());
+        let (ours, floor) = (rtt("ktrace-rsp"), rtt("python"));
+        t += "\nRSP round trip: 8-byte `m` read of `linux_banner` (median of per-round medians, 2000 reads per round)\n\n";
+        t += "| client | µs per read |\n|---|---:|\n";
+        t += &format!("| ktrace-rsp `Session::read_memory` | {} |\n", f1(ours));
+        t += &format!("| plain Python socket loop (floor) | {} |\n", f1(floor));
+        if let (Some(a), Some(b)) = (ours, floor) {
+            t += &format!("| ktrace-rsp adds to the floor | {:+.0} % |\n", (a / b - 1.0) * 100.0);
+        }
         if !self.notes.is_empty() {
             t += "\nNotes from this run:\n\n";
             for n in &self.notes {
@@ -672,6 +719,10 @@ impl Bench {
                        "guest": {"smp": 2, "kaslr": false, "accel": "tcg", "testprogs": 1}},
             "throughput": tools,
             "startup": startup,
+            "rsp_round_trip_us": {
+                "ktrace_rsp": self.rtt.get("ktrace-rsp"),
+                "python_floor": self.rtt.get("python"),
+            },
             "notes": self.notes,
             "total_seconds": self.started.elapsed().as_secs_f64(),
         })
