@@ -86,8 +86,10 @@ pub fn run_soak(args: &[&str]) -> Result<()> {
         .with_context(|| format!("no summary line from ktrace:\n{stderr}"))?;
     let written = lines.load(Ordering::Relaxed);
 
-    // Memory: compare the second half's peak with the level after warm-up.
-    let warm = samples.iter().find(|s| s.0 >= 30.0).or(samples.first()).map_or(0, |s| s.1);
+    // Memory: compare the second half's peak with the level after warm-up
+    // (the first quarter, at least 30 s: symbolization caches fill up then).
+    let warm_at = (minutes * 60.0 * 0.25).max(30.0);
+    let warm = samples.iter().find(|s| s.0 >= warm_at).or(samples.first()).map_or(0, |s| s.1);
     let late_peak = samples.iter().filter(|s| s.0 >= start.elapsed().as_secs_f64() / 2.0).map(|s| s.1).max().unwrap_or(0);
     let growth = late_peak.saturating_sub(warm);
     let healthy = guest.is_running(Duration::from_secs(30));

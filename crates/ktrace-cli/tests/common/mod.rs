@@ -197,7 +197,7 @@ pub const LIMIT: Duration = Duration::from_secs(90);
 enum Slot {
     Empty,
     Skipped,
-    Ready(Guest),
+    Ready(Box<Guest>),
 }
 
 static GUEST: Mutex<Slot> = Mutex::new(Slot::Empty);
@@ -217,7 +217,7 @@ impl GuestLock {
     /// Takes the guest away (e.g. to kill it); the next test boots a new one.
     pub fn take(mut self) -> Guest {
         match std::mem::replace(&mut *self.0, Slot::Empty) {
-            Slot::Ready(g) => g,
+            Slot::Ready(g) => *g,
             _ => unreachable!(),
         }
     }
@@ -249,7 +249,7 @@ pub fn guest() -> Option<GuestLock> {
     let mut slot = GUEST.lock().unwrap_or_else(|e| e.into_inner());
     if matches!(*slot, Slot::Empty) {
         *slot = match boot(BootOptions { smp: 2, kaslr: true, testprogs: 1, ..BootOptions::default() }) {
-            Some(g) => Slot::Ready(g),
+            Some(g) => Slot::Ready(Box::new(g)),
             None => Slot::Skipped,
         };
     }
