@@ -112,7 +112,7 @@ async fn damaged_reply_in_a_batch_of_reads_is_retried_not_shifted() {
         f.answer(&batch[1]);
         f.answer(&batch[2]);
         // Whatever the client does now, answer like QEMU.
-        while let Some(req) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.read_packet())).ok() {
+        while let Ok(req) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.read_packet())) {
             if req == b"D" || req.starts_with(b"D;") {
                 f.send(b"OK");
                 break;
@@ -137,7 +137,7 @@ async fn damaged_reply_in_a_batch_with_side_effects_fails() {
         let _batch: Vec<Vec<u8>> = (0..2).map(|_| f.read_packet()).collect();
         f.send_raw(&corrupt(&encode_packet(b"OK")));
         f.send(b"2222");
-        while let Some(req) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.read_packet())).ok() {
+        while let Ok(req) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.read_packet())) {
             assert!(!req.starts_with(b"Z0"), "the breakpoint was inserted twice");
             if req == b"D" || req.starts_with(b"D;") {
                 f.send(b"OK");
