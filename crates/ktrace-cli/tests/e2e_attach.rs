@@ -78,7 +78,11 @@ fn attach_filters_breakpoints_and_backtraces_on_the_real_guest() {
     // testprog takes spinlocks in open and close (fd table); read and write
     // of /dev/urandom and /dev/null take none, so they are traced directly below.
     for path in ["do_sys_openat2", "close_fd"] {
-        assert!(reaches_syscall_entry(&by_pid, path), "no backtrace from {path} reaching entry_SYSCALL_64");
+        assert!(
+            reaches_syscall_entry(&by_pid, path),
+            "no backtrace from {path} reaching entry_SYSCALL_64; stacks:\n{:#?}",
+            by_pid.iter().take(8).map(functions).collect::<Vec<_>>()
+        );
     }
 
     // --pid of the other testprog: only it.

@@ -133,7 +133,10 @@ impl Guest {
                 .lines()
                 .filter_map(|l| l.trim().strip_prefix("testprog pid ")?.trim().parse().ok())
                 .collect();
-            if console.contains("ktrace-guest ready") && pids.len() as u32 >= self.options.testprogs {
+            // testprog's first read of /dev/urandom blocks until the kernel's
+            // CRNG is ready; before that it only waits in try_to_generate_entropy.
+            let crng_ready = console.contains("crng init done");
+            if console.contains("ktrace-guest ready") && crng_ready && pids.len() as u32 >= self.options.testprogs {
                 self.testprog_pids = pids;
                 self.release = console
                     .lines()
