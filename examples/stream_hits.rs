@@ -35,12 +35,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut seen = 0;
     while let Some(hit) = hits.recv().await {
-        let caller = hit
-            .backtrace
-            .as_ref()
-            .and_then(|bt| bt.frames.get(1))
-            .and_then(|f| f.function.clone())
-            .unwrap_or_default();
+        let caller =
+            hit.backtrace.as_ref().and_then(|bt| bt.frames.get(1)).and_then(|f| f.function.clone()).unwrap_or_default();
         println!("{:>4} cpu {} {:>6} {:<16} called from {caller}", hit.seq, hit.cpu, hit.pid, hit.comm);
         seen += 1;
         if seen == wanted {

@@ -48,7 +48,9 @@ pub fn run(args: &[&str]) -> Result<()> {
             "--seconds" => opts.seconds = value()?.max(1) as u64,
             "--gdb-startup-reps" => opts.gdb_startup_reps = value()?,
             "--ktrace-startup-reps" => opts.ktrace_startup_reps = value()?,
-            _ => bail!("usage: cargo xtask bench [--rounds N] [--seconds S] [--gdb-startup-reps N] [--ktrace-startup-reps N]"),
+            _ => bail!(
+                "usage: cargo xtask bench [--rounds N] [--seconds S] [--gdb-startup-reps N] [--ktrace-startup-reps N]"
+            ),
         }
     }
     Bench::new(opts)?.run()
@@ -78,10 +80,8 @@ fn run_lines(cmd: &mut Command, limit: Duration) -> Result<Finished> {
     let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
     let lines = Arc::new(Mutex::new(Lines::new()));
     let mut readers = Vec::new();
-    let outs: Vec<Box<dyn Read + Send>> = vec![
-        Box::new(child.stdout.take().context("stdout")?),
-        Box::new(child.stderr.take().context("stderr")?),
-    ];
+    let outs: Vec<Box<dyn Read + Send>> =
+        vec![Box::new(child.stdout.take().context("stdout")?), Box::new(child.stderr.take().context("stderr")?)];
     for out in outs {
         let lines = lines.clone();
         readers.push(std::thread::spawn(move || {
@@ -278,14 +278,24 @@ impl Bench {
     fn run(mut self) -> Result<()> {
         let image = crate::guest::prepare_verbose()?;
         crate::run(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .current_dir(&self.root)
-                .args(["build", "--quiet", "--release", "-p", "ktrace"]),
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).current_dir(&self.root).args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "ktrace",
+            ]),
         )?;
         crate::run(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .current_dir(&self.root)
-                .args(["build", "--quiet", "--release", "-p", "ktrace-rsp", "--example", "rtt"]),
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).current_dir(&self.root).args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "ktrace-rsp",
+                "--example",
+                "rtt",
+            ]),
         )?;
         let lx_dir = match lx_scripts() {
             Ok(dir) => Some(dir),
@@ -353,7 +363,8 @@ impl Bench {
         let port = env.addr.rsplit(':').next().context("port")?.to_string();
         let (hex, reads) = (format!("{banner:x}"), "2000");
         for round in 0..self.opts.rounds.max(3) {
-            let order: [&'static str; 2] = if round % 2 == 0 { ["python", "ktrace-rsp"] } else { ["ktrace-rsp", "python"] };
+            let order: [&'static str; 2] =
+                if round % 2 == 0 { ["python", "ktrace-rsp"] } else { ["ktrace-rsp", "python"] };
             for tool in order {
                 let mut cmd = if tool == "python" {
                     let mut c = Command::new("python3");
@@ -368,7 +379,9 @@ impl Bench {
                 let line = String::from_utf8_lossy(&out.stdout);
                 match serde_json::from_str::<Value>(line.trim()).ok().and_then(|v| v["median_us"].as_f64()) {
                     Some(us) => self.rtt.entry(tool).or_default().push(us),
-                    None => self.note(format!("{tool} round trip failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
+                    None => {
+                        self.note(format!("{tool} round trip failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+                    }
                 }
             }
         }
@@ -402,11 +415,7 @@ impl Bench {
 
     fn push(&mut self, tool: &'static str, s: Sample) {
         let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-        eprintln!(
-            "bench:   {tool:<10} evaluated/s {:>8}  matched/s {:>8}",
-            show(s.evals),
-            show(s.matched),
-        );
+        eprintln!("bench:   {tool:<10} evaluated/s {:>8}  matched/s {:>8}", show(s.evals), show(s.matched),);
         self.samples.entry(tool).or_default().push(s);
     }
 
@@ -417,7 +426,18 @@ impl Bench {
                 let a = Instant::now();
                 std::thread::sleep(Duration::from_secs(secs));
                 let b = Instant::now();
-                self.push(tool, Sample { round, evals: None, matched: None, progress: None, seconds: secs as f64, window: (a, b), with_progress: true });
+                self.push(
+                    tool,
+                    Sample {
+                        round,
+                        evals: None,
+                        matched: None,
+                        progress: None,
+                        seconds: secs as f64,
+                        window: (a, b),
+                        with_progress: true,
+                    },
+                );
             }
             "ktrace" | "ktrace-bt" => {
                 let mut cmd = Command::new(&self.ktrace);
@@ -441,15 +461,18 @@ impl Bench {
                 };
                 let begin = out.find("attached to").map_or(out.start, |(t, _)| *t);
                 let (hits, matched, seconds) = parse_summary(&line).context("ktrace summary line")?;
-                self.push(tool, Sample {
-                    round,
-                    evals: Some(hits / seconds),
-                    matched: Some(matched / seconds),
-                    progress: None,
-                    seconds,
-                    window: (begin, end),
-                    with_progress: true,
-                });
+                self.push(
+                    tool,
+                    Sample {
+                        round,
+                        evals: Some(hits / seconds),
+                        matched: Some(matched / seconds),
+                        progress: None,
+                        seconds,
+                        window: (begin, end),
+                        with_progress: true,
+                    },
+                );
             }
             "gdb" => {
                 let mut modes = vec!["cond", "lx", "bt"];
@@ -493,33 +516,43 @@ impl Bench {
                     });
                     let (Some(begin), Some((end, v))) = (begin, result) else {
                         let tail: Vec<_> = out.lines.iter().rev().take(5).map(|(_, l)| l.as_str()).collect();
-                        self.note(format!("gdb {mode} round {}: no result (ok={}); last lines: {tail:?}", round + 1, out.ok));
+                        self.note(format!(
+                            "gdb {mode} round {}: no result (ok={}); last lines: {tail:?}",
+                            round + 1,
+                            out.ok
+                        ));
                         continue;
                     };
                     let seconds = v["seconds"].as_f64().unwrap_or(secs as f64);
                     let evals = v["evals"].as_f64().unwrap_or(0.0);
                     let matched = v["matched"].as_f64().unwrap_or(0.0);
-                    self.push(key, Sample {
-                        round,
-                        evals: Some(evals / seconds),
-                        matched: Some(matched / seconds),
-                        progress: None,
-                        seconds,
-                        window: (begin, end),
-                        with_progress: false,
-                    });
+                    self.push(
+                        key,
+                        Sample {
+                            round,
+                            evals: Some(evals / seconds),
+                            matched: Some(matched / seconds),
+                            progress: None,
+                            seconds,
+                            window: (begin, end),
+                            with_progress: false,
+                        },
+                    );
                     last_end = Some(end);
                 }
                 if let (Some(a), Some(b)) = (attached, last_end) {
-                    self.push("gdb-session", Sample {
-                        round,
-                        evals: None,
-                        matched: None,
-                        progress: None,
-                        seconds: b.duration_since(a).as_secs_f64(),
-                        window: (a, b),
-                        with_progress: true,
-                    });
+                    self.push(
+                        "gdb-session",
+                        Sample {
+                            round,
+                            evals: None,
+                            matched: None,
+                            progress: None,
+                            seconds: b.duration_since(a).as_secs_f64(),
+                            window: (a, b),
+                            with_progress: true,
+                        },
+                    );
                 }
                 if out.find("kb-detached").is_none() {
                     self.note(format!("gdb round {}: did not report a clean detach", round + 1));
@@ -547,15 +580,18 @@ impl Bench {
                 let seconds = v["seconds"].as_f64().unwrap_or(secs as f64);
                 let hits = v["hits"].as_f64().unwrap_or(0.0);
                 let tool: &'static str = TOOLS.iter().find(|t| **t == bare).unwrap();
-                self.push(tool, Sample {
-                    round,
-                    evals: Some(hits / seconds),
-                    matched: None,
-                    progress: None,
-                    seconds,
-                    window: (out.start, out.end),
-                    with_progress: true,
-                });
+                self.push(
+                    tool,
+                    Sample {
+                        round,
+                        evals: Some(hits / seconds),
+                        matched: None,
+                        progress: None,
+                        seconds,
+                        window: (out.start, out.end),
+                        with_progress: true,
+                    },
+                );
             }
         }
         Ok(())
@@ -576,22 +612,28 @@ impl Bench {
             "--no-backtrace".into(),
         ];
         let target = format!("target remote {}", env.addr);
-        let gdb_attach: Vec<String> = ["-nx", "-batch", &v.display().to_string(), "-ex", &target, "-ex", &format!("break {BREAK}")]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["-ex", "continue", "-ex", "delete", "-ex", "detach"].map(String::from))
-            .collect();
-        let ktrace_layout: Vec<String> = ["layout", "--vmlinux", &v.display().to_string(), "task_struct.pid", "task_struct.comm"]
+        let gdb_attach: Vec<String> =
+            ["-nx", "-batch", &v.display().to_string(), "-ex", &target, "-ex", &format!("break {BREAK}")]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(["-ex", "continue", "-ex", "delete", "-ex", "detach"].map(String::from))
+                .collect();
+        let ktrace_layout: Vec<String> =
+            ["layout", "--vmlinux", &v.display().to_string(), "task_struct.pid", "task_struct.comm"]
+                .map(String::from)
+                .to_vec();
+        let gdb_layout: Vec<String> = ["-nx", "-batch", "-ex", "ptype /o struct task_struct", &v.display().to_string()]
             .map(String::from)
             .to_vec();
-        let gdb_layout: Vec<String> =
-            ["-nx", "-batch", "-ex", "ptype /o struct task_struct", &v.display().to_string()].map(String::from).to_vec();
         let ktrace_sym: Vec<String> = ["sym", "--vmlinux", &v.display().to_string(), BREAK].map(String::from).to_vec();
         let gdb_sym: Vec<String> = ["-nx", "-batch", "-ex", &format!("info address {BREAK}"), &v.display().to_string()]
             .map(String::from)
             .to_vec();
-        let cases: [(&'static str, Vec<String>, Vec<String>); 3] =
-            [("attach", ktrace_attach, gdb_attach), ("layout", ktrace_layout, gdb_layout), ("sym", ktrace_sym, gdb_sym)];
+        let cases: [(&'static str, Vec<String>, Vec<String>); 3] = [
+            ("attach", ktrace_attach, gdb_attach),
+            ("layout", ktrace_layout, gdb_layout),
+            ("sym", ktrace_sym, gdb_sym),
+        ];
         let reps = self.opts.ktrace_startup_reps.max(self.opts.gdb_startup_reps);
         for (case, kargs, gargs) in cases {
             for i in 0..reps {
@@ -644,10 +686,10 @@ impl Bench {
         let (ce, cm, ..) = self.medians("gdb-cond");
         let (le, lm, ..) = self.medians("gdb-lx");
         let (gbe, gbm, ..) = self.medians("gdb-bt");
-        let best_bare =
-            ["bare-skip", "bare-cond", "bare-step"].iter().filter_map(|b| self.medians(b).0).fold(None, |a: Option<f64>, x| {
-                Some(a.map_or(x, |a| a.max(x)))
-            });
+        let best_bare = ["bare-skip", "bare-cond", "bare-step"]
+            .iter()
+            .filter_map(|b| self.medians(b).0)
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
         t += "\nRatios (of medians)\n\n";
         t += "| comparison | hits evaluated/s | matched/s |\n|---|---:|---:|\n";
         t += &format!("| ktrace / gdb condition | {} | {} |\n", ratio(ke, ce), ratio(km, cm));
@@ -700,10 +742,13 @@ impl Bench {
         let mut tools = serde_json::Map::new();
         for (tool, samples) in &self.samples {
             let (e, m, p, n) = self.medians(tool);
-            tools.insert(tool.to_string(), json!({
-                "runs": n, "median_evals_per_s": e, "median_matched_per_s": m, "median_guest_progress": p,
-                "samples": samples.iter().map(Sample::json).collect::<Vec<_>>(),
-            }));
+            tools.insert(
+                tool.to_string(),
+                json!({
+                    "runs": n, "median_evals_per_s": e, "median_matched_per_s": m, "median_guest_progress": p,
+                    "samples": samples.iter().map(Sample::json).collect::<Vec<_>>(),
+                }),
+            );
         }
         let mut startup = serde_json::Map::new();
         for ((case, tool), s) in &self.startup {
@@ -822,13 +867,16 @@ fn lx_scripts() -> Result<PathBuf> {
     }
     eprintln!("bench: extracting scripts/gdb from {LINUX_SOURCE} (once)…");
     fs::create_dir_all(&base)?;
-    crate::run(Command::new("tar").arg("-xJf").arg(LINUX_SOURCE).arg("-C").arg(&base).arg("linux-source-6.1/scripts/gdb"))?;
+    crate::run(
+        Command::new("tar").arg("-xJf").arg(LINUX_SOURCE).arg("-C").arg(&base).arg("linux-source-6.1/scripts/gdb"),
+    )?;
     Ok(dir)
 }
 
 fn machine(release: &str, load_before: &str, load_after: &str) -> Value {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']));
+    let cpu =
+        cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']));
     let cmd = |prog: &str, args: &[&str]| {
         Command::new(prog)
             .args(args)

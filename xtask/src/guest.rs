@@ -47,8 +47,12 @@ fn boot(args: &[&str]) -> Result<()> {
     }
     let image = prepare_verbose()?;
     let guest = Guest::boot(&image, &opts)?;
-    let (port, pids, vmlinux, log) =
-        (guest.port(), guest.testprog_pids().to_vec(), guest.vmlinux().to_path_buf(), guest.console_path().to_path_buf());
+    let (port, pids, vmlinux, log) = (
+        guest.port(),
+        guest.testprog_pids().to_vec(),
+        guest.vmlinux().to_path_buf(),
+        guest.console_path().to_path_buf(),
+    );
     let qemu = guest.leak();
     let registry = registry();
     let mut text = fs::read_to_string(&registry).unwrap_or_default();
@@ -59,7 +63,11 @@ fn boot(args: &[&str]) -> Result<()> {
     println!("testprog pid  {}", pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
     println!("vmlinux       {}", vmlinux.display());
     println!("console log   {}", log.display());
-    println!("\ntry: ktrace attach :{port} --vmlinux {} --break _raw_spin_lock --pid {} --count 5", vmlinux.display(), pids[0]);
+    println!(
+        "\ntry: ktrace attach :{port} --vmlinux {} --break _raw_spin_lock --pid {} --count 5",
+        vmlinux.display(),
+        pids[0]
+    );
     Ok(())
 }
 

@@ -24,7 +24,12 @@ pub fn run_soak(args: &[&str]) -> Result<()> {
         }
     }
     let image = prepare_verbose()?;
-    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(["build", "--release", "-p", "ktrace"]))?;
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+        "build",
+        "--release",
+        "-p",
+        "ktrace",
+    ]))?;
     let guest = Guest::boot(&image, &BootOptions::default())?;
     eprintln!("soak: guest on port {}, testprog pid {}, {minutes} minutes", guest.port(), guest.testprog_pid());
 
@@ -90,7 +95,8 @@ pub fn run_soak(args: &[&str]) -> Result<()> {
     // (the first quarter, at least 30 s: symbolization caches fill up then).
     let warm_at = (minutes * 60.0 * 0.25).max(30.0);
     let warm = samples.iter().find(|s| s.0 >= warm_at).or(samples.first()).map_or(0, |s| s.1);
-    let late_peak = samples.iter().filter(|s| s.0 >= start.elapsed().as_secs_f64() / 2.0).map(|s| s.1).max().unwrap_or(0);
+    let late_peak =
+        samples.iter().filter(|s| s.0 >= start.elapsed().as_secs_f64() / 2.0).map(|s| s.1).max().unwrap_or(0);
     let growth = late_peak.saturating_sub(warm);
     let healthy = guest.is_running(Duration::from_secs(30));
     let fresh = Command::new("target/release/ktrace")

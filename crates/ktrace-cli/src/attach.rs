@@ -129,7 +129,12 @@ impl HitSink for Output {
 pub async fn run(args: AttachArgs) -> Result<ExitCode> {
     let vm = Arc::new(open_vmlinux(&args.target.vmlinux)?);
     let stub = args.target.stub()?;
-    let filter = Filter { pid: args.pid, tgid: args.tgid, comm: args.comm.clone(), cpus: args.cpu.iter().map(|&c| CpuId(c)).collect() };
+    let filter = Filter {
+        pid: args.pid,
+        tgid: args.tgid,
+        comm: args.comm.clone(),
+        cpus: args.cpu.iter().map(|&c| CpuId(c)).collect(),
+    };
     let want_stacks = args.stacks || args.folded.is_some() || args.flamegraph.is_some();
     let cfg = TraceConfig {
         breakpoints: args.breaks.clone(),

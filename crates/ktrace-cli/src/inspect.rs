@@ -30,9 +30,9 @@ pub struct TargetArgs {
 
 impl TargetArgs {
     pub fn stub(&self) -> Result<StubAddr> {
-        self.addr
-            .parse()
-            .map_err(|e| UsageError(format!("{}: not a stub address (use :PORT, HOST:PORT or unix:PATH): {e}", self.addr)).into())
+        self.addr.parse().map_err(|e| {
+            UsageError(format!("{}: not a stub address (use :PORT, HOST:PORT or unix:PATH): {e}", self.addr)).into()
+        })
     }
 
     pub fn client(&self) -> ClientConfig {
@@ -159,9 +159,8 @@ pub async fn info(args: TargetArgs) -> Result<ExitCode> {
 pub async fn bt(args: TargetArgs) -> Result<ExitCode> {
     let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
     let stub = args.stub()?;
-    let (kernel, cpus) = ktrace_tracer::backtrace_all_cpus(&stub, vm, args.client(), 64)
-        .await
-        .map_err(|e| explain(&args.addr, e))?;
+    let (kernel, cpus) =
+        ktrace_tracer::backtrace_all_cpus(&stub, vm, args.client(), 64).await.map_err(|e| explain(&args.addr, e))?;
     if args.json {
         for c in &cpus {
             println!("{}", serde_json::to_string(c)?);

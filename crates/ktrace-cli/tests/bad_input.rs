@@ -143,7 +143,8 @@ fn unknown_symbol_suggests_close_names() {
         }
     };
     let w = witness();
-    let out = run(&["attach", &w.addr, "--vmlinux", image.vmlinux.to_str().unwrap(), "--break", "_raw_spin_lok"], LIMIT);
+    let out =
+        run(&["attach", &w.addr, "--vmlinux", image.vmlinux.to_str().unwrap(), "--break", "_raw_spin_lok"], LIMIT);
     assert_usage_error(&out, &["_raw_spin_lok", "did you mean", "_raw_spin_lock"]);
     assert!(!w.connected.load(Ordering::SeqCst));
 
@@ -210,7 +211,10 @@ fn garbage_server() -> String {
 #[test]
 fn silent_peer_is_not_a_stub() {
     let addr = silent_server();
-    let out = run(&["attach", &addr, "--vmlinux", &kernel_like(), "--break", "__schedule", "--timeout", "1"], Duration::from_secs(30));
+    let out = run(
+        &["attach", &addr, "--vmlinux", &kernel_like(), "--break", "__schedule", "--timeout", "1"],
+        Duration::from_secs(30),
+    );
     assert_usage_error(&out, &["did not answer like a gdb stub", "no other debugger"]);
     assert!(out.elapsed < Duration::from_secs(15), "took {:?}", out.elapsed);
     let out = run(&["info", &addr, "--vmlinux", &kernel_like(), "--timeout", "1"], Duration::from_secs(30));
@@ -220,7 +224,10 @@ fn silent_peer_is_not_a_stub() {
 #[test]
 fn garbage_peer_is_not_a_stub() {
     let addr = garbage_server();
-    let out = run(&["attach", &addr, "--vmlinux", &kernel_like(), "--break", "__schedule", "--timeout", "1"], Duration::from_secs(30));
+    let out = run(
+        &["attach", &addr, "--vmlinux", &kernel_like(), "--break", "__schedule", "--timeout", "1"],
+        Duration::from_secs(30),
+    );
     out.assert_no_panic();
     assert_eq!(out.code(), Some(2), "{}", out.dump());
     let lines = out.stderr_lines();
@@ -259,7 +266,8 @@ fn wrong_vmlinux_for_the_guest_shows_both_banners() {
     let fake = String::from_utf8_lossy(&fake);
     let at = fake.find("Linux version ").expect("kernel_like.elf has a linux_banner");
     let fake_release = fake[at..].split_whitespace().nth(2).unwrap().to_string();
-    let out = run(&["attach", &guest.addr(), "--vmlinux", &kernel_like(), "--break", "__schedule", "--timeout", "10"], LIMIT);
+    let out =
+        run(&["attach", &guest.addr(), "--vmlinux", &kernel_like(), "--break", "__schedule", "--timeout", "10"], LIMIT);
     assert_banner_mismatch(&out, &fake_release, None);
     let out = run(&["info", &guest.addr(), "--vmlinux", &kernel_like(), "--timeout", "10"], LIMIT);
     assert_banner_mismatch(&out, &fake_release, None);
@@ -272,7 +280,11 @@ fn wrong_vmlinux_for_the_guest_shows_both_banners() {
     let release = guest.release().to_string();
     let other = release.replacen(|c: char| c.is_ascii_digit(), "9", 1);
     assert_ne!(other, release);
-    let grep = std::process::Command::new("grep").args(["-abo", &format!("Linux version {release}")]).arg(&copy).output().unwrap();
+    let grep = std::process::Command::new("grep")
+        .args(["-abo", &format!("Linux version {release}")])
+        .arg(&copy)
+        .output()
+        .unwrap();
     let offsets: Vec<u64> =
         String::from_utf8_lossy(&grep.stdout).lines().filter_map(|l| l.split(':').next()?.parse().ok()).collect();
     assert!(!offsets.is_empty(), "no banner in the guest's vmlinux");
@@ -284,7 +296,8 @@ fn wrong_vmlinux_for_the_guest_shows_both_banners() {
             f.write_all(other.as_bytes()).unwrap();
         }
     }
-    let out = run(&["attach", &guest.addr(), "--vmlinux", copy.to_str().unwrap(), "--break", HOT, "--timeout", "10"], LIMIT);
+    let out =
+        run(&["attach", &guest.addr(), "--vmlinux", copy.to_str().unwrap(), "--break", HOT, "--timeout", "10"], LIMIT);
     let _ = std::fs::remove_dir_all(&dir);
     assert_banner_mismatch(&out, &other, Some(&release));
     assert_guest_healthy(guest);
@@ -295,9 +308,13 @@ fn pid_that_does_not_exist() {
     let Some(g) = guest() else { return };
     let guest = g.guest();
     let vm = path(guest.vmlinux()).to_string();
-    let out = run(&["attach", &guest.addr(), "--vmlinux", &vm, "--break", HOT, "--pid", "99999", "--timeout", "10"], LIMIT);
+    let out =
+        run(&["attach", &guest.addr(), "--vmlinux", &vm, "--break", HOT, "--pid", "99999", "--timeout", "10"], LIMIT);
     assert_usage_error(&out, &["99999", "--wait"]);
-    let out = run(&["attach", &guest.addr(), "--vmlinux", &vm, "--break", HOT, "--comm", "nosuchcomm*", "--timeout", "10"], LIMIT);
+    let out = run(
+        &["attach", &guest.addr(), "--vmlinux", &vm, "--break", HOT, "--comm", "nosuchcomm*", "--timeout", "10"],
+        LIMIT,
+    );
     assert_usage_error(&out, &["nosuchcomm", "--wait"]);
     assert_guest_healthy(guest);
 }

@@ -101,14 +101,27 @@ fn attach_filters_breakpoints_and_backtraces_on_the_real_guest() {
     // --cpu, alone and combined with --comm.
     let on_cpu1 = hits(&guest, &["--break", "_raw_spin_lock", "--cpu", "1", "--count", "30", "--no-backtrace"]);
     assert!(on_cpu1.iter().all(|h| h["cpu"] == 1), "--cpu 1 gave other CPUs");
-    let combined =
-        hits(&guest, &["--break", "_raw_spin_lock", "--cpu", "0", "--comm", "testprog", "--count", "10", "--no-backtrace"]);
+    let combined = hits(
+        &guest,
+        &["--break", "_raw_spin_lock", "--cpu", "0", "--comm", "testprog", "--count", "10", "--no-backtrace"],
+    );
     assert!(combined.iter().all(|h| h["cpu"] == 0 && h["comm"] == "testprog"));
 
     // Several --break at once, and a file:line location taken from a real stack.
     let several = hits(
         &guest,
-        &["--break", "_raw_spin_lock", "--break", "ksys_read", "--break", "ksys_write", "--pid", &p1s, "--count", "200"],
+        &[
+            "--break",
+            "_raw_spin_lock",
+            "--break",
+            "ksys_read",
+            "--break",
+            "ksys_write",
+            "--pid",
+            &p1s,
+            "--count",
+            "200",
+        ],
     );
     let fired: BTreeSet<&str> = several.iter().filter_map(|h| h["breakpoint"].as_str()).collect();
     assert_eq!(fired, BTreeSet::from(["_raw_spin_lock", "ksys_read", "ksys_write"]));
@@ -139,20 +152,28 @@ fn attach_summarises_stacks_and_writes_folded_and_flamegraph() {
     let out = ktrace(
         &guest,
         &[
-            "--break", "_raw_spin_lock", "--pid", &pid, "--count", "40", "--quiet", "--stacks",
-            "--folded", folded.to_str().expect("utf-8"), "--flamegraph", svg.to_str().expect("utf-8"),
+            "--break",
+            "_raw_spin_lock",
+            "--pid",
+            &pid,
+            "--count",
+            "40",
+            "--quiet",
+            "--stacks",
+            "--folded",
+            folded.to_str().expect("utf-8"),
+            "--flamegraph",
+            svg.to_str().expect("utf-8"),
         ],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let counts: u64 = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("]: "))
-        .map(|n| n.trim().parse::<u64>().expect("count"))
-        .sum();
+    let counts: u64 =
+        stdout.lines().filter_map(|l| l.strip_prefix("]: ")).map(|n| n.trim().parse::<u64>().expect("count")).sum();
     assert_eq!(counts, 40, "stack counts must add up to the hits:\n{stdout}");
     let folded = std::fs::read_to_string(&folded).expect("folded file");
-    let total: u64 = folded.lines().map(|l| l.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).expect("count")).sum();
+    let total: u64 =
+        folded.lines().map(|l| l.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).expect("count")).sum();
     assert_eq!(total, 40);
     assert!(folded.lines().all(|l| l.contains(";_raw_spin_lock ")), "leaf must be the breakpoint:\n{folded}");
     let svg = std::fs::read_to_string(&svg).expect("svg");

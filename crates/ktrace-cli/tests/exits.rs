@@ -16,10 +16,21 @@ use common::*;
 use ktrace_testguest::Guest;
 
 fn attach_args(guest: &Guest) -> Vec<String> {
-    ["attach", &guest.addr(), "--vmlinux", path(guest.vmlinux()), "--break", HOT, "--json", "--no-backtrace", "--timeout", "10"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "attach",
+        &guest.addr(),
+        "--vmlinux",
+        path(guest.vmlinux()),
+        "--break",
+        HOT,
+        "--json",
+        "--no-backtrace",
+        "--timeout",
+        "10",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn strs(v: &[String]) -> Vec<&str> {

@@ -21,10 +21,11 @@ use ktrace_testguest::Guest;
 const BOUND: Duration = Duration::from_secs(60);
 
 fn attach_via(addr: &str, guest: &Guest, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["attach", addr, "--vmlinux", path(guest.vmlinux()), "--break", HOT, "--json", "--no-backtrace"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut v: Vec<String> =
+        ["attach", addr, "--vmlinux", path(guest.vmlinux()), "--break", HOT, "--json", "--no-backtrace"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
@@ -44,11 +45,17 @@ fn assert_failed_cleanly(out: &Output) {
     assert!(summary.contains("ended by Error"), "{summary}");
     let lines = out.stderr_lines();
     let last = *lines.last().unwrap();
-    assert!(last.starts_with("ktrace: ") && !last.contains(" hits seen, "), "the error is not the last line:\n{}", out.dump());
+    assert!(
+        last.starts_with("ktrace: ") && !last.contains(" hits seen, "),
+        "the error is not the last line:\n{}",
+        out.dump()
+    );
     assert!(last.len() < 400, "the error line is not short: {last}");
     // Nothing but the attach line, the summary and the error.
-    let others: Vec<_> =
-        lines.iter().filter(|l| !l.starts_with("ktrace: attached to ") && !l.contains(" hits seen, ") && **l != last).collect();
+    let others: Vec<_> = lines
+        .iter()
+        .filter(|l| !l.starts_with("ktrace: attached to ") && !l.contains(" hits seen, ") && **l != last)
+        .collect();
     assert!(others.is_empty(), "unexpected stderr lines {others:?}:\n{}", out.dump());
     let hits = out.json_lines();
     let (_, matched) = out.hits().unwrap();
@@ -135,7 +142,8 @@ fn proxy_cut_after_some_bytes() {
     // Early (during the handshake/attach) and late (mid-trace).
     for cut in [300u64, 20_000, 200_000] {
         let faults = Faults { cut_after: Some(cut), ..Faults::default() };
-        let proxy = FaultProxy::start(&guest.addr(), FaultConfig { to_client: faults, ..FaultConfig::default() }).unwrap();
+        let proxy =
+            FaultProxy::start(&guest.addr(), FaultConfig { to_client: faults, ..FaultConfig::default() }).unwrap();
         let args = attach_via(&proxy.addr(), guest, &["--timeout", "5", "--count", "100000"]);
         let out = run(&strs(&args), BOUND);
         eprintln!("cut after {cut} bytes: {}", out.dump());
@@ -200,7 +208,11 @@ fn replies_split_into_single_bytes() {
 
 #[test]
 fn delayed_replies() {
-    under_faults("delay", Direction::StubToClient, Faults { delay: Some(Duration::from_millis(30)), ..Faults::default() });
+    under_faults(
+        "delay",
+        Direction::StubToClient,
+        Faults { delay: Some(Duration::from_millis(30)), ..Faults::default() },
+    );
 }
 
 #[test]
@@ -215,7 +227,11 @@ fn dropped_bytes_in_replies() {
 
 #[test]
 fn corrupted_requests() {
-    under_faults("corrupt-requests", Direction::ClientToStub, Faults { corrupt_one_in: Some(200), ..Faults::default() });
+    under_faults(
+        "corrupt-requests",
+        Direction::ClientToStub,
+        Faults { corrupt_one_in: Some(200), ..Faults::default() },
+    );
 }
 
 // --- silence -----------------------------------------------------------------------

@@ -82,11 +82,19 @@ fn layout_prints_member_offsets_and_type_sizes() {
 #[test]
 fn unknown_names_are_usage_errors_with_suggestions() {
     let Some(vm) = vmlinux() else { return };
-    let out = Command::new(env!("CARGO_BIN_EXE_ktrace")).args(["sym", "_raw_spin_lok", "--vmlinux"]).arg(&vm).output().expect("ktrace");
+    let out = Command::new(env!("CARGO_BIN_EXE_ktrace"))
+        .args(["sym", "_raw_spin_lok", "--vmlinux"])
+        .arg(&vm)
+        .output()
+        .expect("ktrace");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("_raw_spin_lock"), "no suggestion: {err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_ktrace")).args(["layout", "task_struct.no_such", "--vmlinux"]).arg(&vm).output().expect("ktrace");
+    let out = Command::new(env!("CARGO_BIN_EXE_ktrace"))
+        .args(["layout", "task_struct.no_such", "--vmlinux"])
+        .arg(&vm)
+        .output()
+        .expect("ktrace");
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "one clear line");
 }

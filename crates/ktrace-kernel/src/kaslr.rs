@@ -23,9 +23,8 @@ pub(crate) async fn find_slide<T: Target>(
     if at_link.as_deref() == Some(want) {
         return Ok(0);
     }
-    let candidates: Vec<(u64, usize)> = (1..SLIDE_RANGE / SLIDE_ALIGN)
-        .map(|k| (banner_addr.0.wrapping_add(k * SLIDE_ALIGN), want.len()))
-        .collect();
+    let candidates: Vec<(u64, usize)> =
+        (1..SLIDE_RANGE / SLIDE_ALIGN).map(|k| (banner_addr.0.wrapping_add(k * SLIDE_ALIGN), want.len())).collect();
     let found = target.read_memory_many(&candidates).await?;
     let mut other_banner = None;
     for (k, bytes) in found.iter().enumerate() {

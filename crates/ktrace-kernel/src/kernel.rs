@@ -167,9 +167,7 @@ impl Kernel {
 
     /// The task running on `cpu`.
     pub async fn current_task<T: Target>(&self, target: &mut T, cpu: CpuId) -> Result<TaskRef, KernelError> {
-        let slot = self
-            .current_task_slot(cpu)
-            .ok_or_else(|| KernelError::Corrupt(format!("no CPU {cpu}")))?;
+        let slot = self.current_task_slot(cpu).ok_or_else(|| KernelError::Corrupt(format!("no CPU {cpu}")))?;
         Ok(TaskRef(target.read_u64(slot).await?))
     }
 
@@ -220,7 +218,11 @@ impl Kernel {
     }
 
     /// The tasks whose comm is `comm`.
-    pub async fn find_tasks_by_comm<T: Target>(&self, target: &mut T, comm: &str) -> Result<Vec<TaskInfo>, KernelError> {
+    pub async fn find_tasks_by_comm<T: Target>(
+        &self,
+        target: &mut T,
+        comm: &str,
+    ) -> Result<Vec<TaskInfo>, KernelError> {
         let found: Vec<TaskInfo> = self.tasks(target).await?.into_iter().filter(|t| t.comm == comm).collect();
         if found.is_empty() {
             return Err(KernelError::NoSuchTask(format!("named {comm:?}")));
@@ -356,7 +358,10 @@ mod fixture_tests {
         let vm = fixture();
         let pcpu_hot = vm.symbol("pcpu_hot").expect("pcpu_hot").addr.0;
         let member = vm.member("pcpu_hot.current_task").expect("member").offset;
-        assert_eq!(CurrentTaskVar::from_vmlinux(&vm).expect("var"), CurrentTaskVar::PcpuHot { offset: pcpu_hot, member });
+        assert_eq!(
+            CurrentTaskVar::from_vmlinux(&vm).expect("var"),
+            CurrentTaskVar::PcpuHot { offset: pcpu_hot, member }
+        );
         assert_eq!(pcpu_hot, 0x20, "per-CPU symbols are offsets into the area");
     }
 
@@ -370,7 +375,9 @@ mod fixture_tests {
         assert_eq!(k.release(), "6.9.0-ktrace-test");
         assert_eq!(k.cpu_count(), 2);
         let init = l.init_task.0 + SLIDE;
-        for (cpu, (want_task, want_pid, want_comm)) in [(init, 0, "swapper/0"), (USER_TASK, 42, "testprog")].into_iter().enumerate() {
+        for (cpu, (want_task, want_pid, want_comm)) in
+            [(init, 0, "swapper/0"), (USER_TASK, 42, "testprog")].into_iter().enumerate()
+        {
             let cpu = CpuId(cpu as u32);
             assert_eq!(k.percpu_base(cpu), Some(BASES[cpu.0 as usize]));
             let regs = block_on(k.percpu_base_from_registers(&mut t, cpu)).expect("registers");

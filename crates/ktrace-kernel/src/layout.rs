@@ -25,10 +25,9 @@ impl CurrentTaskVar {
     /// `pcpu_hot.current_task` where the vmlinux has it, else `current_task`.
     pub fn from_vmlinux(vm: &Vmlinux) -> Result<CurrentTaskVar, KernelError> {
         Ok(match vm.lookup_symbol("pcpu_hot") {
-            Some(sym) if vm.has_member("pcpu_hot.current_task") => CurrentTaskVar::PcpuHot {
-                offset: sym.addr.0,
-                member: vm.member("pcpu_hot.current_task")?.offset,
-            },
+            Some(sym) if vm.has_member("pcpu_hot.current_task") => {
+                CurrentTaskVar::PcpuHot { offset: sym.addr.0, member: vm.member("pcpu_hot.current_task")?.offset }
+            }
             _ => CurrentTaskVar::CurrentTask { offset: vm.symbol("current_task")?.addr.0 },
         })
     }

@@ -117,9 +117,8 @@ pub(crate) async fn read_tasks<T: Target>(
         .iter()
         .zip(replies.chunks(FIELDS))
         .map(|(&task, f)| {
-            let get = |i: usize| {
-                f[i].as_deref().ok_or_else(|| KernelError::Corrupt(format!("task {task} is unreadable")))
-            };
+            let get =
+                |i: usize| f[i].as_deref().ok_or_else(|| KernelError::Corrupt(format!("task {task} is unreadable")));
             Ok(TaskInfo {
                 task,
                 pid: int(get(0)?) as i32,
@@ -199,7 +198,11 @@ pub(crate) async fn all_tasks<T: Target>(
 }
 
 /// Reads a task's pid only (the tracer's confirmation read).
-pub(crate) async fn read_pid<T: Target>(target: &mut T, layout: &KernelLayout, task: TaskRef) -> Result<i32, KernelError> {
+pub(crate) async fn read_pid<T: Target>(
+    target: &mut T,
+    layout: &KernelLayout,
+    task: TaskRef,
+) -> Result<i32, KernelError> {
     let b = target.read_memory(task.0 + layout.pid, 4).await?;
     Ok(i32::from_le_bytes(le_array(&b)?))
 }

@@ -215,7 +215,8 @@ fn check_guest(opts: BootOptions) {
 
         // The task list.
         let tasks = kernel.tasks(&mut s).await.expect("tasks");
-        let by_pid: HashMap<i32, &ktrace_kernel::TaskInfo> = tasks.iter().filter(|t| t.pid > 0).map(|t| (t.pid, t)).collect();
+        let by_pid: HashMap<i32, &ktrace_kernel::TaskInfo> =
+            tasks.iter().filter(|t| t.pid > 0).map(|t| (t.pid, t)).collect();
         let names = || tasks.iter().map(|t| format!("{} {}", t.pid, t.comm)).collect::<Vec<_>>().join(", ");
         assert_eq!(by_pid.get(&1).map(|t| t.comm.as_str()), Some("init"), "pid 1: {}", names());
         assert!(!by_pid[&1].is_kthread(), "init is a kernel thread?");
@@ -254,11 +255,8 @@ fn check_guest(opts: BootOptions) {
             let got = (t.pid, t.tgid, t.state.raw, t.state.exit, t.flags, t.comm.as_str());
             assert_eq!(got, (g.pid, g.tgid, g.state, g.exit_state, g.flags, g.comm.as_str()), "task 0x{:x}", g.task);
         }
-        let extra: Vec<String> = tasks
-            .iter()
-            .filter(|t| !gdb_tasks.iter().any(|g| g.task == t.task.0))
-            .map(|t| t.comm.clone())
-            .collect();
+        let extra: Vec<String> =
+            tasks.iter().filter(|t| !gdb_tasks.iter().any(|g| g.task == t.task.0)).map(|t| t.comm.clone()).collect();
         let idle: Vec<String> = (1..cpus).map(|c| format!("swapper/{c}")).collect();
         assert_eq!(extra, idle, "ktrace lists tasks gdb's walk does not have");
         assert_eq!(tasks.len(), gdb_tasks.len() + cpus as usize - 1);
@@ -283,7 +281,10 @@ fn check_guest(opts: BootOptions) {
         assert!(info.banner.starts_with(&format!("Linux version {} ", guest.release())), "{}", info.banner);
         assert_eq!(info.slide, kernel.slide());
         assert_eq!(info.cpus.iter().map(|c| c.percpu_base).collect::<Vec<_>>(), bases);
-        assert_eq!(info.cpus.iter().map(|c| c.current.task.0).collect::<Vec<_>>(), oracle.iter().map(|o| o.task).collect::<Vec<_>>());
+        assert_eq!(
+            info.cpus.iter().map(|c| c.current.task.0).collect::<Vec<_>>(),
+            oracle.iter().map(|o| o.task).collect::<Vec<_>>()
+        );
         eprintln!("{} tasks; ktrace checks took {:.1} s", tasks.len(), t2.elapsed().as_secs_f64());
 
         s.detach().await.expect("detach");

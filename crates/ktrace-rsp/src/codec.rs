@@ -106,9 +106,7 @@ impl Decoder {
                 State::Idle => {
                     let ev = match b {
                         b'$' | b'%' => {
-                            self.state = State::Body {
-                                notification: b == b'%',
-                            };
+                            self.state = State::Body { notification: b == b'%' };
                             self.body.clear();
                             self.sum = 0;
                             self.oversized = false;
@@ -144,9 +142,7 @@ impl Decoder {
                         self.body.clear();
                         self.sum = 0;
                         self.oversized = false;
-                        return Ok(Some(Event::Malformed {
-                            reason: "packet restarted before its end".into(),
-                        }));
+                        return Ok(Some(Event::Malformed { reason: "packet restarted before its end".into() }));
                     } else {
                         self.sum = self.sum.wrapping_add(b);
                         if self.body.len() < self.max_packet {
@@ -168,19 +164,13 @@ impl Decoder {
                     let body = std::mem::take(&mut self.body);
                     if self.oversized {
                         return Ok(Some(Event::Malformed {
-                            reason: format!(
-                                "packet larger than {} bytes discarded",
-                                self.max_packet
-                            ),
+                            reason: format!("packet larger than {} bytes discarded", self.max_packet),
                         }));
                     }
                     let want = (hi << 4) | lo;
                     if want != self.sum {
                         return Ok(Some(Event::Malformed {
-                            reason: format!(
-                                "bad checksum: got {want:02x}, computed {:02x}",
-                                self.sum
-                            ),
+                            reason: format!("bad checksum: got {want:02x}, computed {:02x}", self.sum),
                         }));
                     }
                     return Ok(Some(match decode_body(&body, self.max_packet) {
@@ -196,9 +186,7 @@ impl Decoder {
 
     fn take_garbage(&mut self) -> Event {
         let n = std::mem::take(&mut self.garbage);
-        Event::Malformed {
-            reason: format!("{n} garbage byte(s) outside a packet"),
-        }
+        Event::Malformed { reason: format!("{n} garbage byte(s) outside a packet") }
     }
 
     fn bad_sum_char(&mut self, b: u8) -> Event {
@@ -207,9 +195,7 @@ impl Decoder {
         if b == b'$' || b == b'%' || b == b'+' || b == b'-' || b == 0x03 {
             self.input.push_front(b);
         }
-        Event::Malformed {
-            reason: format!("non-hex checksum character {b:#04x}"),
-        }
+        Event::Malformed { reason: format!("non-hex checksum character {b:#04x}") }
     }
 }
 
@@ -333,14 +319,7 @@ mod tests {
         let mut d = Decoder::default();
         d.feed(b"-\x03");
         d.feed(&encode_notification(b"Stop:T05"));
-        assert_eq!(
-            all(&mut d),
-            vec![
-                Event::Nack,
-                Event::Interrupt,
-                Event::Notification(b"Stop:T05".to_vec())
-            ]
-        );
+        assert_eq!(all(&mut d), vec![Event::Nack, Event::Interrupt, Event::Notification(b"Stop:T05".to_vec())]);
     }
 
     #[test]

@@ -74,9 +74,6 @@ impl RspError {
             s.truncate(cut);
             s.push_str("...");
         }
-        RspError::UnexpectedReply {
-            request: request.to_string(),
-            reply: s,
-        }
+        RspError::UnexpectedReply { request: request.to_string(), reply: s }
     }
 }

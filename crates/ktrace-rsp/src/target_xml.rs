@@ -131,9 +131,7 @@ fn scan(
             rest = body.find("-->").map(|e| &body[e + 3..]).unwrap_or("");
             continue;
         }
-        let gt = rest
-            .find('>')
-            .ok_or_else(|| RspError::TargetXml("unterminated tag".into()))?;
+        let gt = rest.find('>').ok_or_else(|| RspError::TargetXml("unterminated tag".into()))?;
         let tag = &rest[..gt];
         rest = &rest[gt + 1..];
         let name = tag.split(|c: char| c.is_ascii_whitespace() || c == '/').next().unwrap_or("");
@@ -143,28 +141,22 @@ fn scan(
                 map.architecture = Some(rest[..end].trim().to_string());
             }
             "xi:include" | "include" => {
-                let href = attr(tag, "href")
-                    .ok_or_else(|| RspError::TargetXml("xi:include without href".into()))?;
+                let href = attr(tag, "href").ok_or_else(|| RspError::TargetXml("xi:include without href".into()))?;
                 budget.includes += 1;
                 if budget.includes > MAX_INCLUDES {
-                    return Err(RspError::TargetXml(format!(
-                        "more than {MAX_INCLUDES} xi:includes"
-                    )));
+                    return Err(RspError::TargetXml(format!("more than {MAX_INCLUDES} xi:includes")));
                 }
                 let doc = fetch(&href)?;
                 budget.take(doc.len())?;
                 scan(&doc, fetch, map, out, next, depth + 1, budget)?;
             }
             "reg" => {
-                let rname = attr(tag, "name")
-                    .ok_or_else(|| RspError::TargetXml("reg without name".into()))?;
+                let rname = attr(tag, "name").ok_or_else(|| RspError::TargetXml("reg without name".into()))?;
                 let bitsize = attr(tag, "bitsize")
                     .and_then(|b| b.parse().ok())
                     .ok_or_else(|| RspError::TargetXml(format!("reg {rname}: bad bitsize")))?;
                 let regnum = match attr(tag, "regnum") {
-                    Some(n) => n
-                        .parse()
-                        .map_err(|_| RspError::TargetXml(format!("reg {rname}: bad regnum")))?,
+                    Some(n) => n.parse().map_err(|_| RspError::TargetXml(format!("reg {rname}: bad regnum")))?,
                     None => *next,
                 };
                 *next = regnum + 1;

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use ktrace_rsp::{BreakpointKind, ClientConfig, Resume, Session, StopReply, StopReason, StubAddr, ThreadOp};
+use ktrace_rsp::{BreakpointKind, ClientConfig, Resume, Session, StopReason, StopReply, StubAddr, ThreadOp};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

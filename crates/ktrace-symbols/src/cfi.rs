@@ -11,9 +11,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use gimli::{
-    BaseAddresses, CommonInformationEntry, DebugFrame, LittleEndian, UnwindContext, UnwindSection,
-};
+use gimli::{BaseAddresses, CommonInformationEntry, DebugFrame, LittleEndian, UnwindContext, UnwindSection};
 use object::{Object, ObjectSection};
 
 use crate::elf::ElfImage;
@@ -80,14 +78,11 @@ impl CfiIndex {
     /// Reads and indexes `.debug_frame`; `Ok(None)` if there is none.
     /// Errors are plain messages (the caller wraps them in a [`SymbolError`]).
     pub(crate) fn parse(image: &ElfImage) -> Result<Option<CfiIndex>, String> {
-        let file = object::read::elf::ElfFile64::<object::Endianness>::parse(image.data)
-            .map_err(|e| e.to_string())?;
+        let file = object::read::elf::ElfFile64::<object::Endianness>::parse(image.data).map_err(|e| e.to_string())?;
         let Some(sec) = file.section_by_name(".debug_frame") else {
             return Ok(None);
         };
-        let data = sec
-            .uncompressed_data()
-            .map_err(|e| format!("cannot decompress it: {e}"))?;
+        let data = sec.uncompressed_data().map_err(|e| format!("cannot decompress it: {e}"))?;
         if data.is_empty() {
             return Ok(None);
         }
@@ -96,12 +91,7 @@ impl CfiIndex {
         let text = image.section(".text").map_or(0, |s| s.addr);
         let bases = BaseAddresses::default().set_text(text);
         let fdes = index_fdes(&data, &bases)?;
-        Ok(Some(CfiIndex {
-            data,
-            bases,
-            fdes,
-            ctx: Mutex::new(Box::new(UnwindContext::new())),
-        }))
+        Ok(Some(CfiIndex { data, bases, fdes, ctx: Mutex::new(Box::new(UnwindContext::new())) }))
     }
 
     fn section(&self) -> DebugFrame<Slice<'_>> {
@@ -120,12 +110,7 @@ impl CfiIndex {
     fn fde_offset(&self, addr: u64) -> Option<usize> {
         let i = self.fdes.partition_point(|&(start, _, _)| start <= addr);
         // FDEs do not overlap in practice; look back over empty ones anyway.
-        self.fdes[..i]
-            .iter()
-            .rev()
-            .take(4)
-            .find(|&&(s, e, _)| s <= addr && addr < e)
-            .map(|&(_, _, o)| o)
+        self.fdes[..i].iter().rev().take(4).find(|&&(s, e, _)| s <= addr && addr < e).map(|&(_, _, o)| o)
     }
 
     /// The unwind row at `addr`, `None` if no FDE covers it.
@@ -136,11 +121,7 @@ impl CfiIndex {
         let section = self.section();
         let err = |e| SymbolError::dwarf(format!("evaluating .debug_frame at {addr}"), e);
         let fde = section
-            .fde_from_offset(
-                &self.bases,
-                gimli::DebugFrameOffset(off),
-                DebugFrame::cie_from_offset,
-            )
+            .fde_from_offset(&self.bases, gimli::DebugFrameOffset(off), DebugFrame::cie_from_offset)
             .map_err(err)?;
         let mut ctx = self.ctx.lock().unwrap_or_else(|e| e.into_inner());
         let row = match fde.unwind_info_for_address(&section, &self.bases, &mut ctx, addr.0) {
@@ -156,13 +137,9 @@ impl CfiIndex {
     #[cfg(test)]
     pub(crate) fn row_linear(&self, addr: KernelAddr) -> Option<CfiRow> {
         let section = self.section();
-        let fde = section
-            .fde_for_address(&self.bases, addr.0, DebugFrame::cie_from_offset)
-            .ok()?;
+        let fde = section.fde_for_address(&self.bases, addr.0, DebugFrame::cie_from_offset).ok()?;
         let mut ctx = UnwindContext::new();
-        let row = fde
-            .unwind_info_for_address(&section, &self.bases, &mut ctx, addr.0)
-            .ok()?;
+        let row = fde.unwind_info_for_address(&section, &self.bases, &mut ctx, addr.0).ok()?;
         Some(convert(row, fde.cie().return_address_register()))
     }
 }
@@ -198,10 +175,7 @@ fn index_fdes(data: &[u8], bases: &BaseAddresses) -> Result<Vec<(u64, u64, usize
 
 fn convert(row: &gimli::UnwindTableRow<usize>, ra: gimli::Register) -> CfiRow {
     let cfa = match *row.cfa() {
-        gimli::CfaRule::RegisterAndOffset { register, offset } => CfaRule::RegOffset {
-            reg: register.0,
-            offset,
-        },
+        gimli::CfaRule::RegisterAndOffset { register, offset } => CfaRule::RegOffset { reg: register.0, offset },
         gimli::CfaRule::Expression(_) => CfaRule::Unsupported,
     };
     let rule = |r: gimli::Register, default: RegRule| match row.register(r) {
@@ -213,11 +187,7 @@ fn convert(row: &gimli::UnwindTableRow<usize>, ra: gimli::Register) -> CfiRow {
     };
     // A register without a rule: rbp is callee-saved (same value); a
     // return address column without a rule cannot be recovered.
-    CfiRow {
-        cfa,
-        rip: rule(ra, RegRule::Undefined),
-        rbp: rule(gimli::Register(DWARF_RBP), RegRule::SameValue),
-    }
+    CfiRow { cfa, rip: rule(ra, RegRule::Undefined), rbp: rule(gimli::Register(DWARF_RBP), RegRule::SameValue) }
 }
 
 #[cfg(test)]
@@ -268,37 +238,19 @@ mod tests {
     fn function_entries_and_prologues() {
         let Some(vm) = vmlinux() else { return };
         let t = Instant::now();
-        let entry = vm
-            .cfi(KernelAddr(sym(vm, "_raw_spin_lock")))
-            .unwrap()
-            .expect("an FDE for _raw_spin_lock");
+        let entry = vm.cfi(KernelAddr(sym(vm, "_raw_spin_lock"))).unwrap().expect("an FDE for _raw_spin_lock");
         eprintln!("first cfi() (index build + lookup): {:?}", t.elapsed());
-        assert_eq!(
-            entry.cfa,
-            CfaRule::RegOffset {
-                reg: DWARF_RSP,
-                offset: 8
-            }
-        );
+        assert_eq!(entry.cfa, CfaRule::RegOffset { reg: DWARF_RSP, offset: 8 });
         assert_eq!(entry.rip, RegRule::Offset(-8));
         assert_eq!(entry.rbp, RegRule::SameValue);
         // __schedule: push %rbp; mov %rsp,%rbp (readelf: +1 rsp+16 rbp c-16, +4 rbp+16).
         let s = sym(vm, "__schedule");
         let row = |off| vm.cfi(KernelAddr(s + off)).unwrap().unwrap();
-        assert_eq!(
-            row(0).cfa,
-            CfaRule::RegOffset {
-                reg: DWARF_RSP,
-                offset: 8
-            }
-        );
+        assert_eq!(row(0).cfa, CfaRule::RegOffset { reg: DWARF_RSP, offset: 8 });
         assert_eq!(
             row(1),
             CfiRow {
-                cfa: CfaRule::RegOffset {
-                    reg: DWARF_RSP,
-                    offset: 16
-                },
+                cfa: CfaRule::RegOffset { reg: DWARF_RSP, offset: 16 },
                 rip: RegRule::Offset(-8),
                 rbp: RegRule::Offset(-16)
             }
@@ -306,10 +258,7 @@ mod tests {
         assert_eq!(
             row(0x20),
             CfiRow {
-                cfa: CfaRule::RegOffset {
-                    reg: DWARF_RBP,
-                    offset: 16
-                },
+                cfa: CfaRule::RegOffset { reg: DWARF_RBP, offset: 16 },
                 rip: RegRule::Offset(-8),
                 rbp: RegRule::Offset(-16)
             }
@@ -324,12 +273,8 @@ mod tests {
         let Some(vm) = vmlinux() else { return };
         let idx = vm.cfi_index().unwrap().expect(".debug_frame");
         assert!(idx.len() > 10_000, "only {} FDEs", idx.len());
-        let addrs: Vec<KernelAddr> = idx
-            .fdes
-            .iter()
-            .step_by(idx.fdes.len() / 200)
-            .map(|&(s, e, _)| KernelAddr(s + (e - s) / 2))
-            .collect();
+        let addrs: Vec<KernelAddr> =
+            idx.fdes.iter().step_by(idx.fdes.len() / 200).map(|&(s, e, _)| KernelAddr(s + (e - s) / 2)).collect();
         let t = Instant::now();
         for &a in &addrs {
             assert!(vm.cfi(a).unwrap().is_some(), "no row at {a}");
@@ -341,9 +286,7 @@ mod tests {
             assert_eq!(idx.row_linear(a), vm.cfi(a).unwrap(), "at {a}");
         }
         let linear = t.elapsed() / few.len() as u32;
-        eprintln!(
-            "cfi() per lookup: indexed {indexed:?}, gimli fde_for_address (linear) {linear:?}"
-        );
+        eprintln!("cfi() per lookup: indexed {indexed:?}, gimli fde_for_address (linear) {linear:?}");
         // Generous for a busy debug build; a release lookup takes microseconds.
         assert!(indexed.as_millis() < 20, "cfi() lookup took {indexed:?}");
     }
@@ -363,10 +306,7 @@ mod tests {
             "r13" => 13,
             other => panic!("unexpected CFA register {other}"),
         };
-        CfaRule::RegOffset {
-            reg,
-            offset: off.trim_start_matches('+').parse().unwrap(),
-        }
+        CfaRule::RegOffset { reg, offset: off.trim_start_matches('+').parse().unwrap() }
     }
 
     fn readelf_reg(s: Option<&str>, default: RegRule) -> Vec<RegRule> {
@@ -383,10 +323,7 @@ mod tests {
     #[test]
     fn agrees_with_readelf_and_orc() {
         let Some(vm) = vmlinux() else { return };
-        let out = match std::process::Command::new("readelf")
-            .arg("--debug-dump=frames-interp")
-            .arg(vm.path())
-            .output()
+        let out = match std::process::Command::new("readelf").arg("--debug-dump=frames-interp").arg(vm.path()).output()
         {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
             other if ci() => panic!("readelf failed: {other:?}"),
@@ -396,8 +333,7 @@ mod tests {
             }
         };
         let orc = vm.orc().unwrap();
-        let (mut in_fde, mut cols, mut checked, mut orc_checked) =
-            (false, Vec::<String>::new(), 0, 0);
+        let (mut in_fde, mut cols, mut checked, mut orc_checked) = (false, Vec::<String>::new(), 0, 0);
         for (n, line) in out.lines().enumerate() {
             let words: Vec<&str> = line.split_whitespace().collect();
             if words.get(3) == Some(&"FDE") {
@@ -420,42 +356,23 @@ mod tests {
                 continue;
             };
             let col = |name: &str| cols.iter().position(|c| c == name).map(|i| words[i]);
-            let row = vm
-                .cfi(KernelAddr(loc))
-                .unwrap()
-                .unwrap_or_else(|| panic!("no row at {loc:x} ({line})"));
+            let row = vm.cfi(KernelAddr(loc)).unwrap().unwrap_or_else(|| panic!("no row at {loc:x} ({line})"));
             assert_eq!(row.cfa, readelf_cfa(words[1]), "CFA at {loc:x}: {line}");
-            assert!(
-                readelf_reg(col("ra"), RegRule::Undefined).contains(&row.rip),
-                "ra at {loc:x}: {line} vs {row:?}"
-            );
+            assert!(readelf_reg(col("ra"), RegRule::Undefined).contains(&row.rip), "ra at {loc:x}: {line} vs {row:?}");
             assert!(
                 readelf_reg(col("rbp"), RegRule::SameValue).contains(&row.rbp),
                 "rbp at {loc:x}: {line} vs {row:?}"
             );
             checked += 1;
             // ORC (generated by objtool from the code) must agree on rsp-based call frames.
-            if let (
-                Some(o),
-                CfaRule::RegOffset {
-                    reg: DWARF_RSP,
-                    offset,
-                },
-            ) = (orc.lookup(KernelAddr(loc)), row.cfa)
-            {
+            if let (Some(o), CfaRule::RegOffset { reg: DWARF_RSP, offset }) = (orc.lookup(KernelAddr(loc)), row.cfa) {
                 if o.kind == OrcType::Call && o.sp_reg == OrcReg::Sp {
-                    assert_eq!(
-                        o.sp_offset as i64, offset,
-                        "ORC {o:?} vs CFI {row:?} at {loc:x}"
-                    );
+                    assert_eq!(o.sp_offset as i64, offset, "ORC {o:?} vs CFI {row:?} at {loc:x}");
                     orc_checked += 1;
                 }
             }
         }
         eprintln!("{checked} readelf rows checked, {orc_checked} of them against ORC");
-        assert!(
-            checked > 10_000 && orc_checked > 1_000,
-            "{checked} rows, {orc_checked} ORC"
-        );
+        assert!(checked > 10_000 && orc_checked > 1_000, "{checked} rows, {orc_checked} ORC");
     }
 }

@@ -170,11 +170,8 @@ impl DwarfInfo {
     }
 
     fn parse_unit(&self, offset: usize) -> Result<Unit, SymbolError> {
-        let header = self
-            .dwarf
-            .debug_info
-            .header_from_offset(DebugInfoOffset(offset))
-            .map_err(derr("reading a unit header"))?;
+        let header =
+            self.dwarf.debug_info.header_from_offset(DebugInfoOffset(offset)).map_err(derr("reading a unit header"))?;
         self.dwarf.unit(header).map_err(derr("parsing a compilation unit"))
     }
 
@@ -248,7 +245,8 @@ impl DwarfInfo {
     ) -> Result<Option<DieRef>, SymbolError> {
         let first = self.search_order(anchors);
         // `unit_offsets` is only computed if the anchors do not have it.
-        let rest = std::iter::once(()).flat_map(|()| self.unit_offsets().iter().copied()).filter(|u| !first.contains(u));
+        let rest =
+            std::iter::once(()).flat_map(|()| self.unit_offsets().iter().copied()).filter(|u| !first.contains(u));
         for u in first.iter().copied().chain(rest) {
             let hit = self.scan_top_level(u, |unit, e| pred(unit, e).then(|| e.offset()))?;
             if let Some(off) = hit {

@@ -42,15 +42,10 @@ impl ElfImage {
             });
         }
         if data.get(4) != Some(&2) {
-            return Err(SymbolError::NotVmlinux {
-                path: path.to_owned(),
-                reason: "it is a 32-bit ELF file".into(),
-            });
+            return Err(SymbolError::NotVmlinux { path: path.to_owned(), reason: "it is a 32-bit ELF file".into() });
         }
-        let file = ElfFile64::<object::Endianness>::parse(data).map_err(|e| SymbolError::NotElf {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let file = ElfFile64::<object::Endianness>::parse(data)
+            .map_err(|e| SymbolError::NotElf { path: path.to_owned(), reason: e.to_string() })?;
         if file.architecture() != object::Architecture::X86_64 {
             return Err(SymbolError::NotVmlinux {
                 path: path.to_owned(),
@@ -72,11 +67,7 @@ impl ElfImage {
                 object::SectionFlags::Elf { sh_flags, .. } => sh_flags.0,
                 _ => 0,
             };
-            let data = if s.kind() == SectionKind::UninitializedData {
-                &[][..]
-            } else {
-                s.data().unwrap_or(&[])
-            };
+            let data = if s.kind() == SectionKind::UninitializedData { &[][..] } else { s.data().unwrap_or(&[]) };
             sections.push(Section {
                 name: s.name().unwrap_or(""),
                 index: s.index().0,

@@ -133,7 +133,11 @@ impl DwarfInfo {
                     }
                 }
                 let t = self.type_name_depth(inner, depth + 1)?;
-                if t.ends_with('*') { format!("{t}*") } else { format!("{t} *") }
+                if t.ends_with('*') {
+                    format!("{t}*")
+                } else {
+                    format!("{t} *")
+                }
             }
             gimli::DW_TAG_const_type => format!("const {}", self.type_name_depth(inner, depth + 1)?),
             gimli::DW_TAG_volatile_type => format!("volatile {}", self.type_name_depth(inner, depth + 1)?),
@@ -158,7 +162,12 @@ impl DwarfInfo {
 
     /// Find member `name` directly in struct/union `s` or inside its
     /// anonymous struct/union members. Returns (offset, member type).
-    pub(crate) fn find_member(&self, s: DieRef, name: &str, depth: usize) -> Result<Option<(u64, u64, Option<DieRef>)>, SymbolError> {
+    pub(crate) fn find_member(
+        &self,
+        s: DieRef,
+        name: &str,
+        depth: usize,
+    ) -> Result<Option<(u64, u64, Option<DieRef>)>, SymbolError> {
         if depth > MAX_DEPTH {
             return Ok(None);
         }

@@ -94,7 +94,8 @@ impl Vmlinux {
         })?;
         // SAFETY: the file is mapped read-only; like every tool reading
         // vmlinux files we assume nobody truncates it while it is open.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| SymbolError::Io { path: path.clone(), source: e })?;
+        let map =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| SymbolError::Io { path: path.clone(), source: e })?;
         // Random access: no readahead/fault-around inflating RSS.
         let _ = map.advise(memmap2::Advice::Random);
         // SAFETY: the mapping lives in `_map` until `Vmlinux` is dropped, and
@@ -204,9 +205,9 @@ impl Vmlinux {
 
     /// The `linux_banner` string ("Linux version 6.1.0-56-cloud-amd64 (...) #1 SMP ...").
     pub fn banner(&self) -> Result<String, SymbolError> {
-        let sym = self.lookup_symbol("linux_banner").ok_or_else(|| SymbolError::NoBanner {
-            reason: "the symbol `linux_banner` is missing".into(),
-        })?;
+        let sym = self
+            .lookup_symbol("linux_banner")
+            .ok_or_else(|| SymbolError::NoBanner { reason: "the symbol `linux_banner` is missing".into() })?;
         let len = if sym.size > 0 { sym.size as usize } else { banner::MAX_BANNER };
         let bytes = self
             .image
@@ -370,7 +371,8 @@ impl Vmlinux {
         let mut dw = dwarf::load_dwarf(&self.image, &self.owned).ok_or_else(no_dwarf)?;
         let info: &'static [u8] = gimli::Section::reader(&dw.debug_info).slice();
         let endian = gimli::RunTimeEndian::Little;
-        dw.debug_info = gimli::DebugInfo::from(gimli::EndianSlice::new(info.get(start..end).ok_or_else(no_dwarf)?, endian));
+        dw.debug_info =
+            gimli::DebugInfo::from(gimli::EndianSlice::new(info.get(start..end).ok_or_else(no_dwarf)?, endian));
         dw.debug_aranges = gimli::DebugAranges::from(gimli::EndianSlice::new(&[], endian));
         addr2line::Context::from_dwarf(dw).map_err(|e| SymbolError::dwarf("preparing line lookup", e))
     }

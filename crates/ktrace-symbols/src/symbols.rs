@@ -231,11 +231,7 @@ impl SymbolIndex {
         // `addr`, but only if no sized symbol ends in between.
         let prev = self.by_addr[idx - 1];
         if prev.size == 0 {
-            let sized_same = self.by_addr[..idx]
-                .iter()
-                .rev()
-                .take_while(|e| e.addr == prev.addr)
-                .any(|e| e.size > 0);
+            let sized_same = self.by_addr[..idx].iter().rev().take_while(|e| e.addr == prev.addr).any(|e| e.size > 0);
             if !sized_same {
                 return Some((prev, addr - prev.addr));
             }

@@ -73,14 +73,7 @@ fn symbols_agree_with_nm() {
     let mut checked = 0;
     for s in syms.iter().step_by(step) {
         let all = v.symbols_named(&s.name);
-        assert!(
-            all.iter().any(|x| x.addr == KernelAddr(s.addr)),
-            "{} {:x} {}: ours {:?}",
-            s.kind,
-            s.addr,
-            s.name,
-            all
-        );
+        assert!(all.iter().any(|x| x.addr == KernelAddr(s.addr)), "{} {:x} {}: ours {:?}", s.kind, s.addr, s.name, all);
         if s.kind == 'T' && all.iter().any(|x| x.addr == KernelAddr(s.addr) && x.size > 0) {
             let so = v.symbolize(KernelAddr(s.addr)).unwrap();
             assert_eq!(so.offset, 0, "{} -> {so:?}", s.name);
@@ -162,7 +155,10 @@ fn lines_agree_with_addr2line() {
         // names the unit's primary file instead of the header a DWARF 5
         // line row points at, so files are compared by count only.)
         let ok = inner.is_some_and(|f| f.function.as_deref() == Some(func.as_str()) && f.line == *line);
-        if inner.and_then(|f| f.file.as_deref()).is_some_and(|ff| ff.ends_with(file.trim_start_matches("./")) || file.ends_with(ff)) {
+        if inner
+            .and_then(|f| f.file.as_deref())
+            .is_some_and(|ff| ff.ends_with(file.trim_start_matches("./")) || file.ends_with(ff))
+        {
             same_file += 1;
         }
         if ok {
@@ -209,7 +205,9 @@ fn parse_ptype(text: &str) -> HashMap<String, HashMap<String, (u64, u64)>> {
         };
         // "offset[: bit] | size" or, for union members, just "size".
         let parsed = nums.and_then(|n| match n.split_once('|') {
-            Some((o, s)) => Some((o.split(':').next().unwrap().trim().parse::<u64>().ok(), s.trim().parse::<u64>().ok()?)),
+            Some((o, s)) => {
+                Some((o.split(':').next().unwrap().trim().parse::<u64>().ok(), s.trim().parse::<u64>().ok()?))
+            }
             None => Some((None, n.trim().parse::<u64>().ok()?)),
         });
         if let Some((off, size)) = parsed {

@@ -108,10 +108,9 @@ impl Guest {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| GuestError::Command {
-            command: "qemu-system-x86_64".into(),
-            detail: e.to_string(),
-        })?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| GuestError::Command { command: "qemu-system-x86_64".into(), detail: e.to_string() })?;
         let mut guest = Guest {
             child: Some(child),
             port,
@@ -129,10 +128,8 @@ impl Guest {
         let start = Instant::now();
         loop {
             let console = self.console();
-            let pids: Vec<u32> = console
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("testprog pid ")?.trim().parse().ok())
-                .collect();
+            let pids: Vec<u32> =
+                console.lines().filter_map(|l| l.trim().strip_prefix("testprog pid ")?.trim().parse().ok()).collect();
             // testprog's first read of /dev/urandom blocks until the kernel's
             // CRNG is ready; before that it only waits in try_to_generate_entropy.
             let crng_ready = console.contains("crng init done");
@@ -275,7 +272,6 @@ fn free_port() -> Result<u16, GuestError> {
 }
 
 fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file())
-    })
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()))
 }

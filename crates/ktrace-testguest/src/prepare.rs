@@ -137,21 +137,13 @@ fn download(cache: &Path, package: &str) -> Result<PathBuf, GuestError> {
 
 fn extract(deb: &Path, member: &str, dest: &Path) -> Result<(), GuestError> {
     let tmp = dest.with_extension("part");
-    let script = format!(
-        "dpkg-deb --fsys-tarfile '{}' | tar -xO '{}' > '{}'",
-        deb.display(),
-        member,
-        tmp.display()
-    );
+    let script = format!("dpkg-deb --fsys-tarfile '{}' | tar -xO '{}' > '{}'", deb.display(), member, tmp.display());
     run(Command::new("sh").arg("-c").arg(&script))?;
     fs::rename(&tmp, dest).map_err(io_err(dest))
 }
 
 fn run(cmd: &mut Command) -> Result<(), GuestError> {
-    let out = cmd.output().map_err(|e| GuestError::Command {
-        command: format!("{cmd:?}"),
-        detail: e.to_string(),
-    })?;
+    let out = cmd.output().map_err(|e| GuestError::Command { command: format!("{cmd:?}"), detail: e.to_string() })?;
     if out.status.success() {
         Ok(())
     } else {
@@ -233,10 +225,8 @@ mod cpio {
         }
         fn entry(&mut self, name: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) {
             self.ino += 1;
-            let fields = [
-                self.ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, rdev.0, rdev.1,
-                name.len() as u32 + 1, 0,
-            ];
+            let fields =
+                [self.ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
             self.out.extend_from_slice(b"070701");
             for f in fields {
                 self.out.extend_from_slice(format!("{f:08x}").as_bytes());

@@ -140,9 +140,11 @@ impl std::fmt::Debug for FaultProxy {
 impl FaultProxy {
     /// Listens on `127.0.0.1:0`, forwarding to `upstream` (`host:port`).
     pub fn start(upstream: &str, config: FaultConfig) -> io::Result<FaultProxy> {
-        let upstream: SocketAddr = upstream
-            .parse()
-            .or_else(|_| std::net::ToSocketAddrs::to_socket_addrs(upstream)?.next().ok_or_else(|| io::Error::from(io::ErrorKind::NotFound)))?;
+        let upstream: SocketAddr = upstream.parse().or_else(|_| {
+            std::net::ToSocketAddrs::to_socket_addrs(upstream)?
+                .next()
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        })?;
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -156,7 +158,8 @@ impl FaultProxy {
             sockets: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
-        let acceptor = thread::Builder::new().name("fault-proxy-accept".into()).spawn(move || accept_loop(listener, s))?;
+        let acceptor =
+            thread::Builder::new().name("fault-proxy-accept".into()).spawn(move || accept_loop(listener, s))?;
         Ok(FaultProxy { shared, addr, acceptor: Some(acceptor) })
     }
 
@@ -413,7 +416,8 @@ mod tests {
     fn corrupts_payload_bytes_only() {
         let (up, _h) = echo_server();
         let faults = Faults { corrupt_one_in: Some(1), max_faults: Some(2), ..Faults::default() };
-        let p = FaultProxy::start(&up.to_string(), FaultConfig { to_client: faults, ..FaultConfig::default() }).unwrap();
+        let p =
+            FaultProxy::start(&up.to_string(), FaultConfig { to_client: faults, ..FaultConfig::default() }).unwrap();
         let mut c = TcpStream::connect(p.addr()).unwrap();
         c.write_all(b"+$abcd#00+").unwrap();
         let got = read_exact_timeout(&mut c, 10);
@@ -431,7 +435,10 @@ mod tests {
         let mut c = TcpStream::connect(p.addr()).unwrap();
         c.write_all(b"abc").unwrap();
         assert_eq!(read_exact_timeout(&mut c, 4), b"abcc");
-        p.set_faults(Direction::ClientToStub, Faults { drop_one_in: Some(1), max_faults: Some(2), ..Faults::default() });
+        p.set_faults(
+            Direction::ClientToStub,
+            Faults { drop_one_in: Some(1), max_faults: Some(2), ..Faults::default() },
+        );
         c.write_all(b"xyz").unwrap();
         assert_eq!(read_exact_timeout(&mut c, 2), b"yz");
     }
@@ -440,7 +447,8 @@ mod tests {
     fn cut_after_and_cut_now() {
         let (up, _h) = echo_server();
         let faults = Faults { cut_after: Some(3), ..Faults::default() };
-        let p = FaultProxy::start(&up.to_string(), FaultConfig { to_client: faults, ..FaultConfig::default() }).unwrap();
+        let p =
+            FaultProxy::start(&up.to_string(), FaultConfig { to_client: faults, ..FaultConfig::default() }).unwrap();
         let mut c = TcpStream::connect(p.addr()).unwrap();
         c.write_all(b"hello").unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -477,7 +485,8 @@ mod tests {
     fn split_and_delay_keep_the_bytes() {
         let (up, _h) = echo_server();
         let faults = Faults { split: true, delay: Some(Duration::from_millis(5)), ..Faults::default() };
-        let p = FaultProxy::start(&up.to_string(), FaultConfig { to_client: faults, ..FaultConfig::default() }).unwrap();
+        let p =
+            FaultProxy::start(&up.to_string(), FaultConfig { to_client: faults, ..FaultConfig::default() }).unwrap();
         let mut c = TcpStream::connect(p.addr()).unwrap();
         c.write_all(b"$T05thread:01;#07").unwrap();
         assert_eq!(read_exact_timeout(&mut c, 17), b"$T05thread:01;#07");

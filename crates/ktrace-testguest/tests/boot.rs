@@ -13,8 +13,7 @@ fn guest_boots_runs_testprog_and_is_killed_on_drop() {
     let pid = guest.qemu_pid().expect("qemu pid");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     drop(guest);
-    let gone = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_or(true, |s| s.contains("State:\tZ"));
+    let gone = std::fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |s| s.contains("State:\tZ"));
     assert!(gone, "qemu {pid} outlived its Guest");
 }
 

@@ -171,11 +171,8 @@ impl Tracer {
         if cfg.breakpoints.is_empty() {
             return Err(TraceError::Config("no breakpoint given (--break LOCATION)".into()));
         }
-        let locations: Vec<Location> = cfg
-            .breakpoints
-            .iter()
-            .map(|spec| location::resolve(&vmlinux, spec))
-            .collect::<Result<_, _>>()?;
+        let locations: Vec<Location> =
+            cfg.breakpoints.iter().map(|spec| location::resolve(&vmlinux, spec)).collect::<Result<_, _>>()?;
         let unwinder = Unwinder::new(&vmlinux)?.with_max_frames(cfg.max_frames);
         let (session, _initial_stop) = Session::connect(addr, cfg.client.clone()).await?;
         let mut session = Some(session);
@@ -246,21 +243,31 @@ impl Tracer {
         Ok((kernel, glayout, target_task))
     }
 
-    async fn find_pid(slot: &mut Option<Session>, kernel: &Kernel, pid: i32, wait: bool) -> Result<Option<TaskRef>, TraceError> {
+    async fn find_pid(
+        slot: &mut Option<Session>,
+        kernel: &Kernel,
+        pid: i32,
+        wait: bool,
+    ) -> Result<Option<TaskRef>, TraceError> {
         let session = slot.as_mut().ok_or_else(gone)?;
         match kernel.find_task_by_pid(session, pid).await {
             Ok(t) => Ok(Some(t.task)),
             // `run` waits for it (cancellably) before inserting breakpoints.
             Err(ktrace_kernel::KernelError::NoSuchTask(_)) if wait => Ok(None),
-            Err(ktrace_kernel::KernelError::NoSuchTask(_)) => Err(TraceError::NoSuchTask(format!(
-                "no task with pid {pid} in the guest (use --wait to wait for it)"
-            ))),
+            Err(ktrace_kernel::KernelError::NoSuchTask(_)) => {
+                Err(TraceError::NoSuchTask(format!("no task with pid {pid} in the guest (use --wait to wait for it)")))
+            }
             Err(e) => Err(e.into()),
         }
     }
 
     /// Lets the guest run in short slices until the `--pid` task exists.
-    async fn wait_for_pid(&mut self, mut session: Session, pid: i32, cancel: &CancellationToken) -> Result<Option<Session>, (TraceError, Option<Session>)> {
+    async fn wait_for_pid(
+        &mut self,
+        mut session: Session,
+        pid: i32,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Session>, (TraceError, Option<Session>)> {
         loop {
             match self.kernel.find_task_by_pid(&mut session, pid).await {
                 Ok(t) => {
@@ -313,7 +320,11 @@ impl Tracer {
     /// Inserts the breakpoints, resumes the guest and evaluates every stop
     /// until `--count`, `--duration`, `cancel`, or the sink says stop. Every
     /// way out removes the breakpoints and detaches, leaving the guest running.
-    pub async fn run<S: HitSink + ?Sized>(mut self, sink: &mut S, cancel: CancellationToken) -> Result<Summary, TraceFailure> {
+    pub async fn run<S: HitSink + ?Sized>(
+        mut self,
+        sink: &mut S,
+        cancel: CancellationToken,
+    ) -> Result<Summary, TraceFailure> {
         let start = Instant::now();
         let mut stats = Stats { seen: 0, matched: 0, start };
         let result = self.run_loop(sink, &cancel, &mut stats).await;
@@ -507,7 +518,12 @@ impl Tracer {
                         self.cfg.filter.matches_task(&info).then_some(info)
                     } else {
                         // The task exited and its task_struct was reused: look again.
-                        self.target_task = self.kernel.find_task_by_pid(session, self.cfg.filter.pid.unwrap_or(-1)).await.ok().map(|t| t.task);
+                        self.target_task = self
+                            .kernel
+                            .find_task_by_pid(session, self.cfg.filter.pid.unwrap_or(-1))
+                            .await
+                            .ok()
+                            .map(|t| t.task);
                         None
                     }
                 }
@@ -552,7 +568,13 @@ impl Tracer {
     }
 
     /// Gets the stopped CPU past breakpoint `bp`, returning how to resume.
-    async fn past_breakpoint(&mut self, session: &mut Session, bp: usize, thread: ThreadId, rip: u64) -> Result<Step, TraceError> {
+    async fn past_breakpoint(
+        &mut self,
+        session: &mut Session,
+        bp: usize,
+        thread: ThreadId,
+        rip: u64,
+    ) -> Result<Step, TraceError> {
         match self.armed[bp].past {
             Past::Skip(n) => Ok(Step::Resume(Some(rip + u64::from(n)))),
             Past::Step { probed } => {

@@ -164,10 +164,15 @@ fn dwarf_reg(regs: &Regs, reg: u16) -> Option<u64> {
 /// One unwind step with a `.debug_frame` row: the caller's registers,
 /// `Ok(None)` when the return address is undefined (the outermost frame),
 /// or why the step is impossible.
-async fn cfi_step<T: Target>(row: &CfiRow, state: &Regs, stack: &mut StackReader<'_, T>) -> Result<Option<Regs>, String> {
+async fn cfi_step<T: Target>(
+    row: &CfiRow,
+    state: &Regs,
+    stack: &mut StackReader<'_, T>,
+) -> Result<Option<Regs>, String> {
     let cfa = match row.cfa {
         CfaRule::RegOffset { reg, offset } => {
-            let base = dwarf_reg(state, reg).ok_or_else(|| format!("the CFA is based on unsupported register {reg}"))?;
+            let base =
+                dwarf_reg(state, reg).ok_or_else(|| format!("the CFA is based on unsupported register {reg}"))?;
             base.wrapping_add(offset as u64)
         }
         CfaRule::Unsupported => return Err("the CFA is a DWARF expression".into()),
@@ -448,10 +453,16 @@ mod tests {
         assert!(step(&mut t, expr, regs).await.unwrap_err().contains("expression"));
         assert!(step(&mut t, row(3, 8, RegRule::SameValue), regs).await.unwrap_err().contains("register 3"));
         // A CFA at or below sp would loop.
-        assert!(step(&mut t, row(ktrace_symbols::DWARF_RSP, 0, RegRule::SameValue), regs).await.unwrap_err().contains("backwards"));
+        assert!(step(&mut t, row(ktrace_symbols::DWARF_RSP, 0, RegRule::SameValue), regs)
+            .await
+            .unwrap_err()
+            .contains("backwards"));
         // Unmapped stack.
         let regs = Regs { sp: 0xffff_c900_1000_0000, ..regs };
-        assert!(step(&mut t, row(ktrace_symbols::DWARF_RSP, 8, RegRule::SameValue), regs).await.unwrap_err().contains("unreadable"));
+        assert!(step(&mut t, row(ktrace_symbols::DWARF_RSP, 8, RegRule::SameValue), regs)
+            .await
+            .unwrap_err()
+            .contains("unreadable"));
     }
 
     /// The real vmlinux, or `None` (skip) when missing outside `CI=true`.
@@ -503,10 +514,7 @@ mod tests {
         let got: Vec<_> = bt.frames.iter().map(|f| (f.kind, f.function.as_deref(), f.offset)).collect();
         assert_eq!(
             got,
-            [
-                (FrameKind::Stopped, Some("fixup_vdso_exception"), 4),
-                (FrameKind::CallCfi, Some("_raw_spin_lock"), 1),
-            ],
+            [(FrameKind::Stopped, Some("fixup_vdso_exception"), 4), (FrameKind::CallCfi, Some("_raw_spin_lock"), 1),],
             "{bt:?}"
         );
         assert_eq!(bt.truncated, None);
@@ -514,7 +522,8 @@ mod tests {
 
     #[test]
     fn orc_usability() {
-        let e = |sp_reg, kind| OrcEntry { sp_offset: 8, bp_offset: 0, sp_reg, bp_reg: OrcReg::Undefined, kind, end: false };
+        let e =
+            |sp_reg, kind| OrcEntry { sp_offset: 8, bp_offset: 0, sp_reg, bp_reg: OrcReg::Undefined, kind, end: false };
         assert!(orc_usable(&e(OrcReg::Sp, OrcType::Call)));
         assert!(orc_usable(&e(OrcReg::SpIndirect, OrcType::Regs)));
         assert!(!orc_usable(&e(OrcReg::Undefined, OrcType::Call)));

@@ -88,12 +88,13 @@ fn ktrace_backtrace_matches_gdb_bt_at_the_same_stop() {
     let comparable: Vec<&String> = theirs.iter().take_while(|n| n.as_str() != "??").collect();
     assert!(comparable.len() >= 3, "GDB showed too little to compare:\n{gdb_out}");
     for (i, name) in comparable.iter().enumerate() {
-        assert_eq!(
-            ours.get(i),
-            Some(*name),
-            "frame #{i} differs\nktrace: {ours:?}\ngdb:    {theirs:?}\n{gdb_out}"
-        );
+        assert_eq!(ours.get(i), Some(*name), "frame #{i} differs\nktrace: {ours:?}\ngdb:    {theirs:?}\n{gdb_out}");
     }
-    eprintln!("agreed on {} frames; GDB stopped at {:?}; ktrace went on to {} frames", comparable.len(), theirs.get(comparable.len()), ours.len());
+    eprintln!(
+        "agreed on {} frames; GDB stopped at {:?}; ktrace went on to {} frames",
+        comparable.len(),
+        theirs.get(comparable.len()),
+        ours.len()
+    );
     assert!(guest.is_running(std::time::Duration::from_secs(30)), "GDB's detach should leave the guest running");
 }

@@ -125,7 +125,8 @@ impl Running {
 
     /// Sends a signal (`INT`, `TERM`, …) to ktrace with kill(1).
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("running kill");
+        let st =
+            Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("running kill");
         assert!(st.success(), "kill -{sig} {} failed", self.pid());
     }
 
@@ -151,7 +152,12 @@ impl Running {
             thread::sleep(Duration::from_millis(50));
         };
         let elapsed = self.started.elapsed();
-        Output { status, stdout: self.out.join().unwrap_or_default(), stderr: self.err.join().unwrap_or_default(), elapsed }
+        Output {
+            status,
+            stdout: self.out.join().unwrap_or_default(),
+            stderr: self.err.join().unwrap_or_default(),
+            elapsed,
+        }
     }
 }
 
@@ -262,9 +268,26 @@ pub fn guest() -> Option<GuestLock> {
 /// Asserts that the guest runs (a new heartbeat) and that a fresh, direct
 /// `ktrace attach --count 3` gets hits and releases it again.
 pub fn assert_guest_healthy(guest: &Guest) {
-    assert!(guest.is_running(Duration::from_secs(60)), "the guest is not running; console tail:\n{}", tail(&guest.console(), 2000));
+    assert!(
+        guest.is_running(Duration::from_secs(60)),
+        "the guest is not running; console tail:\n{}",
+        tail(&guest.console(), 2000)
+    );
     let out = run(
-        &["attach", &guest.addr(), "--vmlinux", path(guest.vmlinux()), "--break", HOT, "--count", "3", "--json", "--no-backtrace", "--timeout", "10"],
+        &[
+            "attach",
+            &guest.addr(),
+            "--vmlinux",
+            path(guest.vmlinux()),
+            "--break",
+            HOT,
+            "--count",
+            "3",
+            "--json",
+            "--no-backtrace",
+            "--timeout",
+            "10",
+        ],
         LIMIT,
     );
     out.assert_no_panic();

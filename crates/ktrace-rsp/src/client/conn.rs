@@ -12,11 +12,7 @@ const WIRE: &str = "ktrace_rsp::wire";
 const MAX_RETRANSMIT: u32 = 5;
 
 pub(crate) fn name_of(payload: &[u8]) -> String {
-    let end = payload
-        .iter()
-        .position(|&b| b == b',' || b == b':' || b == b';')
-        .unwrap_or(payload.len())
-        .min(24);
+    let end = payload.iter().position(|&b| b == b',' || b == b':' || b == b';').unwrap_or(payload.len()).min(24);
     String::from_utf8_lossy(&payload[..end]).into_owned()
 }
 
@@ -85,9 +81,7 @@ impl Conn {
 
     pub(crate) async fn flush_timeout(&mut self, request: &str) -> Result<(), RspError> {
         let d = self.timeout;
-        tokio::time::timeout(d, self.flush())
-            .await
-            .map_err(|_| RspError::Timeout { request: request.into() })?
+        tokio::time::timeout(d, self.flush()).await.map_err(|_| RspError::Timeout { request: request.into() })?
     }
 
     fn try_flush(&mut self) {
@@ -147,9 +141,7 @@ impl Conn {
                         return Err(RspError::Protocol(DAMAGED_BATCH.into()));
                     }
                     if self.unacked.len() > 1 {
-                        return Err(RspError::Protocol(
-                            "the stub rejected a packet inside a pipelined batch".into(),
-                        ));
+                        return Err(RspError::Protocol("the stub rejected a packet inside a pipelined batch".into()));
                     }
                     self.retransmits += 1;
                     if self.retransmits > MAX_RETRANSMIT {
@@ -200,11 +192,7 @@ impl Conn {
     /// the stub only retransmits its latest reply. The connection is then
     /// drained until quiet, and a window of idempotent reads and writes is
     /// sent again one request at a time; any other window fails.
-    pub(crate) async fn pipeline(
-        &mut self,
-        reqs: &[Vec<u8>],
-        depth: usize,
-    ) -> Result<Vec<Vec<u8>>, RspError> {
+    pub(crate) async fn pipeline(&mut self, reqs: &[Vec<u8>], depth: usize) -> Result<Vec<Vec<u8>>, RspError> {
         let mut replies = Vec::with_capacity(reqs.len());
         for window in reqs.chunks(depth.max(1)) {
             if window.len() == 1 {

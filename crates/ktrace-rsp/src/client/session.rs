@@ -52,14 +52,12 @@ impl Inner {
         match action {
             Resume::Continue => (None, resume::continue_request(None)),
             Resume::Step => (None, resume::step_request(None)),
-            Resume::ContinueThread(t) => (
-                Some(thread::set_thread_request(ThreadOp::Continue, t)),
-                resume::continue_request(None),
-            ),
-            Resume::StepThread(t) => (
-                Some(thread::set_thread_request(ThreadOp::Continue, t)),
-                resume::step_request(None),
-            ),
+            Resume::ContinueThread(t) => {
+                (Some(thread::set_thread_request(ThreadOp::Continue, t)), resume::continue_request(None))
+            }
+            Resume::StepThread(t) => {
+                (Some(thread::set_thread_request(ThreadOp::Continue, t)), resume::step_request(None))
+            }
         }
     }
 
@@ -114,7 +112,10 @@ impl Drop for Session {
 
 fn per_item(e: RspError) -> Result<RspError, RspError> {
     match e {
-        RspError::Stub { .. } | RspError::StubMessage { .. } | RspError::UnexpectedReply { .. } | RspError::Unsupported { .. } => Ok(e),
+        RspError::Stub { .. }
+        | RspError::StubMessage { .. }
+        | RspError::UnexpectedReply { .. }
+        | RspError::Unsupported { .. } => Ok(e),
         fatal => Err(fatal),
     }
 }
@@ -265,7 +266,10 @@ impl Session {
     /// Read several ranges in one pipelined batch. Stub errors (e.g. `E14`
     /// for unmapped memory) are reported per item; transport errors fail the
     /// whole batch.
-    pub async fn read_memory_many(&mut self, reqs: &[(u64, usize)]) -> Result<Vec<Result<Vec<u8>, RspError>>, RspError> {
+    pub async fn read_memory_many(
+        &mut self,
+        reqs: &[(u64, usize)],
+    ) -> Result<Vec<Result<Vec<u8>, RspError>>, RspError> {
         let chunk = self.chunk();
         let mut pkts = Vec::new();
         let mut owner = Vec::new();
@@ -294,7 +298,8 @@ impl Session {
 
     /// Write memory with `M` packets (pipelined when split).
     pub async fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), RspError> {
-        let max = (self.i().caps.packet_size.unwrap_or(4096).saturating_sub(40) / 2).clamp(1, self.i().cfg.max_memory_chunk);
+        let max =
+            (self.i().caps.packet_size.unwrap_or(4096).saturating_sub(40) / 2).clamp(1, self.i().cfg.max_memory_chunk);
         let pkts: Vec<Vec<u8>> = data
             .chunks(max)
             .enumerate()
@@ -423,7 +428,12 @@ impl Session {
     /// running target, which QEMU takes as an interrupt (a spurious `T02`
     /// stop). To move the PC and continue in one packet, use
     /// [`Session::continue_at`].
-    pub async fn write_register_and_resume(mut self, regnum: u32, value: &[u8], action: Resume) -> Result<RunningSession, RspError> {
+    pub async fn write_register_and_resume(
+        mut self,
+        regnum: u32,
+        value: &[u8],
+        action: Resume,
+    ) -> Result<RunningSession, RspError> {
         if self.i().conn.ack_mode {
             self.write_register(regnum, value).await?;
             return self.resume(action).await;

@@ -24,15 +24,10 @@ use nom::IResult;
 /// stub error; return the reply otherwise.
 pub fn check_reply<'a>(request: &str, reply: &'a [u8]) -> Result<&'a [u8], RspError> {
     if reply.is_empty() {
-        return Err(RspError::Unsupported {
-            request: request.to_string(),
-        });
+        return Err(RspError::Unsupported { request: request.to_string() });
     }
     if let Some(code) = parse_error(reply) {
-        return Err(RspError::Stub {
-            code,
-            request: request.to_string(),
-        });
+        return Err(RspError::Stub { code, request: request.to_string() });
     }
     if let Some(msg) = reply.strip_prefix(b"E.") {
         return Err(RspError::StubMessage {
@@ -77,23 +72,16 @@ pub fn from_hex(hex: &[u8]) -> Option<Vec<u8>> {
     if hex.len() % 2 != 0 {
         return None;
     }
-    hex.chunks(2)
-        .map(|c| Some(hex_digit(c[0])? << 4 | hex_digit(c[1])?))
-        .collect()
+    hex.chunks(2).map(|c| Some(hex_digit(c[0])? << 4 | hex_digit(c[1])?)).collect()
 }
 
 /// nom: a non-empty hex number (at most 16 digits).
 pub(crate) fn hex_u64(i: &[u8]) -> IResult<&[u8], u64> {
     let (rest, digits) = nom::bytes::complete::take_while1(|c: u8| c.is_ascii_hexdigit())(i)?;
     if digits.len() > 16 {
-        return Err(nom::Err::Error(nom::error::Error::new(
-            i,
-            nom::error::ErrorKind::TooLarge,
-        )));
+        return Err(nom::Err::Error(nom::error::Error::new(i, nom::error::ErrorKind::TooLarge)));
     }
-    let v = digits
-        .iter()
-        .fold(0u64, |a, &d| (a << 4) | hex_digit(d).unwrap_or(0) as u64);
+    let v = digits.iter().fold(0u64, |a, &d| (a << 4) | hex_digit(d).unwrap_or(0) as u64);
     Ok((rest, v))
 }
 

@@ -38,9 +38,7 @@ pub fn parse_rcmd_reply(reply: &[u8]) -> Result<RcmdReply, RspError> {
     if let Some(o) = parse_console_output(r) {
         return Ok(RcmdReply::Output(o));
     }
-    from_hex(r)
-        .map(RcmdReply::FinalOutput)
-        .ok_or_else(|| RspError::unexpected("qRcmd", r))
+    from_hex(r).map(RcmdReply::FinalOutput).ok_or_else(|| RspError::unexpected("qRcmd", r))
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@ use super::vcont::VContSupport;
 use crate::RspError;
 
 /// The features this client advertises.
-pub const CLIENT_FEATURES: &str =
-    "multiprocess+;swbreak+;hwbreak+;vContSupported+;qXfer:features:read+";
+pub const CLIENT_FEATURES: &str = "multiprocess+;swbreak+;hwbreak+;vContSupported+;qXfer:features:read+";
 
 /// `qSupported:<features>`.
 pub fn qsupported_request(features: &str) -> Vec<u8> {
@@ -63,10 +62,8 @@ pub fn parse_qsupported(reply: &[u8]) -> Result<Capabilities, RspError> {
         let on = val == "+";
         match name {
             "PacketSize" => {
-                caps.packet_size = Some(
-                    usize::from_str_radix(val, 16)
-                        .map_err(|_| RspError::unexpected("qSupported", r))?,
-                )
+                caps.packet_size =
+                    Some(usize::from_str_radix(val, 16).map_err(|_| RspError::unexpected("qSupported", r))?)
             }
             "qXfer:features:read" => caps.xfer_features_read = on,
             "multiprocess" => caps.multiprocess = on,
@@ -96,7 +93,8 @@ mod tests {
 
     #[test]
     fn valid_full_qsupported() {
-        let c = parse_qsupported(b"PacketSize=47ff;QStartNoAckMode+;swbreak+;hwbreak+;qXfer:libraries:read-;foo?").unwrap();
+        let c =
+            parse_qsupported(b"PacketSize=47ff;QStartNoAckMode+;swbreak+;hwbreak+;qXfer:libraries:read-;foo?").unwrap();
         assert!(c.no_ack_mode && c.swbreak && c.hwbreak);
         assert_eq!(c.feature("foo"), Some("?"));
         assert_eq!(c.feature("qXfer:libraries:read"), Some("-"));

@@ -35,7 +35,10 @@ mod tests {
 
     #[test]
     fn valid_register_reply() {
-        assert_eq!(parse_registers("p", b"23d00381ffffffff").unwrap(), vec![0x23, 0xd0, 0x03, 0x81, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            parse_registers("p", b"23d00381ffffffff").unwrap(),
+            vec![0x23, 0xd0, 0x03, 0x81, 0xff, 0xff, 0xff, 0xff]
+        );
         assert_eq!(parse_registers("p", b"xxxx").unwrap(), vec![0, 0]);
     }
 

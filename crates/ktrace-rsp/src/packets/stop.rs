@@ -1,7 +1,7 @@
 //! `?` and stop replies (`T`, `S`, `W`, `X`).
 
-use super::{check_reply, from_hex, hex_byte, hex_u64};
 use super::thread::{thread_id, ThreadId};
+use super::{check_reply, from_hex, hex_byte, hex_u64};
 use crate::RspError;
 
 /// `?`: ask why the target stopped. In QEMU this also removes all
@@ -87,21 +87,13 @@ pub fn parse_stop_reply(reply: &[u8]) -> Result<StopReply, RspError> {
     let (kind, rest) = p.split_first().ok_or_else(|| bad(p))?;
     let (rest, sig) = hex_byte(rest).map_err(|_| bad(p))?;
     match kind {
-        b'S' if rest.is_empty() => Ok(StopReply::Signal {
-            signal: sig,
-            thread: None,
-            core: None,
-            reason: None,
-            registers: Vec::new(),
-        }),
+        b'S' if rest.is_empty() => {
+            Ok(StopReply::Signal { signal: sig, thread: None, core: None, reason: None, registers: Vec::new() })
+        }
         b'W' | b'X' => {
             let pid = match rest {
                 b"" => None,
-                r => Some(
-                    r.strip_prefix(b";process:")
-                        .and_then(hex_all)
-                        .ok_or_else(|| bad(p))?,
-                ),
+                r => Some(r.strip_prefix(b";process:").and_then(hex_all).ok_or_else(|| bad(p))?),
             };
             Ok(if *kind == b'W' {
                 StopReply::Exited { status: sig, pid }
@@ -177,9 +169,18 @@ mod tests {
         assert_eq!(registers, vec![(6, vec![1, 0, 0, 0, 0, 0, 0, 0])]);
         let r = parse_stop_reply(b"T05watch:ffffffff82a079c0;").unwrap();
         assert!(matches!(r, StopReply::Signal { reason: Some(StopReason::Watch(0xffffffff82a079c0)), .. }));
-        assert!(matches!(parse_stop_reply(b"T05hwbreak:;").unwrap(), StopReply::Signal { reason: Some(StopReason::HwBreak), .. }));
-        assert!(matches!(parse_stop_reply(b"T05awatch:10;").unwrap(), StopReply::Signal { reason: Some(StopReason::AccessWatch(16)), .. }));
-        assert!(matches!(parse_stop_reply(b"T05rwatch:10;").unwrap(), StopReply::Signal { reason: Some(StopReason::ReadWatch(16)), .. }));
+        assert!(matches!(
+            parse_stop_reply(b"T05hwbreak:;").unwrap(),
+            StopReply::Signal { reason: Some(StopReason::HwBreak), .. }
+        ));
+        assert!(matches!(
+            parse_stop_reply(b"T05awatch:10;").unwrap(),
+            StopReply::Signal { reason: Some(StopReason::AccessWatch(16)), .. }
+        ));
+        assert!(matches!(
+            parse_stop_reply(b"T05rwatch:10;").unwrap(),
+            StopReply::Signal { reason: Some(StopReason::ReadWatch(16)), .. }
+        ));
     }
 
     #[test]
@@ -191,7 +192,8 @@ mod tests {
 
     #[test]
     fn invalid_stop_replies() {
-        for bad in [&b"T"[..], b"T5", b"Q05", b"T05thread:zz;", b"T05core:x;", b"T0501:abc;", b"W00;pid:1", b"S05junk"] {
+        for bad in [&b"T"[..], b"T5", b"Q05", b"T05thread:zz;", b"T05core:x;", b"T0501:abc;", b"W00;pid:1", b"S05junk"]
+        {
             assert!(parse_stop_reply(bad).is_err(), "{:?}", bad);
         }
         assert!(matches!(parse_stop_reply(b""), Err(RspError::Unsupported { .. })));

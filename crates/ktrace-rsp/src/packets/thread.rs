@@ -71,11 +71,7 @@ impl FromStr for ThreadId {
 }
 
 fn id(i: &[u8]) -> IResult<&[u8], Id> {
-    alt((
-        value(Id::All, tag("-1")),
-        map(hex_u64, |n| if n == 0 { Id::Any } else { Id::Id(n) }),
-    ))
-    .parse(i)
+    alt((value(Id::All, tag("-1")), map(hex_u64, |n| if n == 0 { Id::Any } else { Id::Id(n) }))).parse(i)
 }
 
 /// nom parser for a thread id.
@@ -120,11 +116,7 @@ pub fn parse_thread_info(reply: &[u8]) -> Result<Option<Vec<ThreadId>>, RspError
     if r == b"l" {
         return Ok(None);
     }
-    parse_all(
-        "qfThreadInfo",
-        r,
-        map(preceded(tag("m"), separated_list1(tag(","), thread_id)), Some),
-    )
+    parse_all("qfThreadInfo", r, map(preceded(tag("m"), separated_list1(tag(","), thread_id)), Some))
 }
 
 /// `qThreadExtraInfo,<tid>`.
@@ -174,10 +166,7 @@ mod tests {
         for s in ["p1.2", "2", "-1", "0", "p1.-1", "p-1.-1", "pa.1f"] {
             assert_eq!(s.parse::<ThreadId>().unwrap().to_string(), s);
         }
-        assert_eq!(
-            "p01.02".parse::<ThreadId>().unwrap(),
-            ThreadId { pid: Some(Id::Id(1)), tid: Id::Id(2) }
-        );
+        assert_eq!("p01.02".parse::<ThreadId>().unwrap(), ThreadId { pid: Some(Id::Id(1)), tid: Id::Id(2) });
         assert_eq!("0".parse::<ThreadId>().unwrap(), ThreadId::ANY);
         assert!("p".parse::<ThreadId>().is_err());
         assert!("x1".parse::<ThreadId>().is_err());
@@ -199,10 +188,7 @@ mod tests {
 
     #[test]
     fn valid_extra_info_hex() {
-        assert_eq!(
-            parse_thread_extra_info(b"4350552330205b68616c746564205d").unwrap(),
-            "CPU#0 [halted ]"
-        );
+        assert_eq!(parse_thread_extra_info(b"4350552330205b68616c746564205d").unwrap(), "CPU#0 [halted ]");
     }
 
     #[test]

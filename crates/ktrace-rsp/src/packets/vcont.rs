@@ -27,9 +27,7 @@ pub struct VContSupport {
 /// Parse a `vCont?` reply (`vCont;c;C;s;S`).
 pub fn parse_vcont_support(reply: &[u8]) -> Result<VContSupport, RspError> {
     let r = check_reply("vCont?", reply)?;
-    let rest = r
-        .strip_prefix(b"vCont")
-        .ok_or_else(|| RspError::unexpected("vCont?", r))?;
+    let rest = r.strip_prefix(b"vCont").ok_or_else(|| RspError::unexpected("vCont?", r))?;
     let mut s = VContSupport::default();
     for a in rest.split(|&b| b == b';').filter(|a| !a.is_empty()) {
         match a {
