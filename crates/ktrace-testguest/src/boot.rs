@@ -238,8 +238,7 @@ impl Guest {
 
     /// Keeps QEMU running after this value is dropped; returns its pid.
     pub fn leak(mut self) -> u32 {
-        let pid = self.child.take().map(|c| c.id()).unwrap_or(0);
-        pid
+        self.child.take().map(|c| c.id()).unwrap_or(0)
     }
 
     /// Kills QEMU now.

@@ -267,7 +267,7 @@ impl Tracer {
         mut session: Session,
         pid: i32,
         cancel: &CancellationToken,
-    ) -> Result<Option<Session>, (TraceError, Option<Session>)> {
+    ) -> Result<Option<Session>, Failed> {
         loop {
             match self.kernel.find_task_by_pid(&mut session, pid).await {
                 Ok(t) => {
@@ -355,7 +355,7 @@ impl Tracer {
         sink: &mut S,
         cancel: &CancellationToken,
         stats: &mut Stats,
-    ) -> Result<(EndReason, Session), (TraceError, Option<Session>)> {
+    ) -> Result<(EndReason, Session), Failed> {
         let Some(mut session) = self.session.take() else { return Err((gone(), None)) };
         if let (Some(pid), None) = (self.cfg.filter.pid, self.target_task) {
             session = match self.wait_for_pid(session, pid, cancel).await? {
@@ -603,6 +603,10 @@ impl Tracer {
         Ok(Step::Resume(None))
     }
 }
+
+/// An error inside the loop, with the session when it is still usable (to
+/// remove breakpoints and detach).
+type Failed = (TraceError, Option<Session>);
 
 enum Step {
     /// Resume; with `Some(pc)` continue at that address (`c ADDR`).
