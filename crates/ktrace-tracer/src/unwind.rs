@@ -95,12 +95,15 @@ struct PtRegs {
     r13: u64,
 }
 
+/// A pc's symbol, offset and source frames, cached per (link pc, is return address).
+type Symbolized = (Option<String>, u64, Vec<SourceFrame>);
+
 /// Unwinds kernel stacks. Built once per vmlinux; caches symbolized pcs.
 #[derive(Debug)]
 pub struct Unwinder {
     pt: PtRegs,
     max_frames: usize,
-    symbolized: HashMap<(u64, bool), (Option<String>, u64, Vec<SourceFrame>)>,
+    symbolized: HashMap<(u64, bool), Symbolized>,
 }
 
 const PAGE: u64 = 2048;
