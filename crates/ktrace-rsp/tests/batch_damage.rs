@@ -2,93 +2,34 @@
 //! replies onto the wrong requests. The fake stub behaves like QEMU 7.2:
 //! replies come in order, and a NAK retransmits only the latest reply.
 
+mod common;
+
+use common::{fake, Fake};
 use ktrace_rsp::codec::encode_packet;
 use ktrace_rsp::{ClientConfig, Session, StubAddr};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-struct Fake {
-    s: TcpStream,
-    last: Vec<u8>,
-}
-
-impl Fake {
-    fn byte(&mut self) -> Option<u8> {
-        let mut b = [0u8];
-        match self.s.read(&mut b) {
-            Ok(1) => Some(b[0]),
-            _ => None,
-        }
-    }
-    /// Next request payload; a `-` before it retransmits the latest reply.
-    fn read_packet(&mut self) -> Vec<u8> {
-        loop {
-            match self.byte().expect("client closed") {
-                b'$' => break,
-                b'-' => {
-                    let last = self.last.clone();
-                    self.s.write_all(&last).unwrap();
-                }
-                _ => {}
-            }
-        }
-        let mut p = Vec::new();
-        loop {
-            let b = self.byte().unwrap();
-            if b == b'#' {
-                break;
-            }
-            p.push(b);
-        }
-        self.byte();
-        self.byte();
-        self.s.write_all(b"+").unwrap();
-        p
-    }
-    fn send_raw(&mut self, frame: &[u8]) {
-        self.s.write_all(frame).unwrap();
-        self.last = frame.to_vec();
-    }
-    fn send(&mut self, payload: &[u8]) {
-        self.send_raw(&encode_packet(payload));
-    }
-    fn handshake(&mut self) {
-        let q = self.read_packet();
-        assert!(q.starts_with(b"qSupported:"));
-        self.send(b"PacketSize=1000;vContSupported+;multiprocess+");
-        assert_eq!(self.read_packet(), b"?");
-        self.send(b"T05thread:p01.01;");
-        assert_eq!(self.read_packet(), b"vCont?");
-        self.send(b"vCont;c;C;s;S");
-    }
-    /// The reply QEMU would give: memory at `m ADDR,LEN` is the address's
-    /// low byte repeated.
-    fn answer(&mut self, req: &[u8]) {
-        let text = String::from_utf8_lossy(req).into_owned();
-        if let Some(rest) = text.strip_prefix('m') {
-            let (a, l) = rest.split_once(',').unwrap();
-            let a = u64::from_str_radix(a, 16).unwrap();
-            let l = usize::from_str_radix(l, 16).unwrap();
-            self.send(format!("{:02x}", a & 0xff).repeat(l).as_bytes());
-        } else {
-            self.send(b"OK");
-        }
+/// The reply QEMU would give: memory at `m ADDR,LEN` is the address's
+/// low byte repeated.
+fn answer(f: &mut Fake, req: &[u8]) {
+    let text = String::from_utf8_lossy(req).into_owned();
+    if let Some(rest) = text.strip_prefix('m') {
+        let (a, l) = rest.split_once(',').unwrap();
+        let a = u64::from_str_radix(a, 16).unwrap();
+        let l = usize::from_str_radix(l, 16).unwrap();
+        f.send(format!("{:02x}", a & 0xff).repeat(l).as_bytes());
+    } else {
+        f.send(b"OK");
     }
 }
 
-fn fake(script: impl FnOnce(&mut Fake) + Send + 'static) -> (StubAddr, JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = StubAddr::Tcp(l.local_addr().unwrap().to_string());
-    let h = std::thread::spawn(move || {
-        let (s, _) = l.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut f = Fake { s, last: Vec::new() };
-        f.handshake();
-        script(&mut f);
-    });
-    (addr, h)
+/// The fake, already past QEMU's handshake.
+fn fake_qemu(script: impl FnOnce(&mut Fake) + Send + 'static) -> (StubAddr, JoinHandle<()>) {
+    fake(move |f| {
+        f.handshake("1000", false);
+        script(f);
+    })
 }
 
 fn cfg() -> ClientConfig {
@@ -104,20 +45,20 @@ fn corrupt(frame: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn damaged_reply_in_a_batch_of_reads_is_retried_not_shifted() {
     let reqs: Vec<Vec<u8>> = ["m1011,2", "m1022,2", "m1033,2"].iter().map(|s| s.as_bytes().to_vec()).collect();
-    let (addr, h) = fake(|f| {
+    let (addr, h) = fake_qemu(|f| {
         let batch: Vec<Vec<u8>> = (0..3).map(|_| f.read_packet()).collect();
         // The first reply arrives damaged, the others intact.
         let first = encode_packet(b"1111");
         f.send_raw(&corrupt(&first));
-        f.answer(&batch[1]);
-        f.answer(&batch[2]);
+        answer(f, &batch[1]);
+        answer(f, &batch[2]);
         // Whatever the client does now, answer like QEMU.
         while let Ok(req) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.read_packet())) {
             if req == b"D" || req.starts_with(b"D;") {
                 f.send(b"OK");
                 break;
             }
-            f.answer(&req);
+            answer(f, &req);
         }
     });
     let (mut s, _) = Session::connect(&addr, cfg()).await.unwrap();
@@ -133,7 +74,7 @@ async fn damaged_reply_in_a_batch_of_reads_is_retried_not_shifted() {
 #[tokio::test]
 async fn damaged_reply_in_a_batch_with_side_effects_fails() {
     let reqs: Vec<Vec<u8>> = ["Z0,1000,1", "m1022,2"].iter().map(|s| s.as_bytes().to_vec()).collect();
-    let (addr, h) = fake(|f| {
+    let (addr, h) = fake_qemu(|f| {
         let _batch: Vec<Vec<u8>> = (0..2).map(|_| f.read_packet()).collect();
         f.send_raw(&corrupt(&encode_packet(b"OK")));
         f.send(b"2222");
@@ -143,7 +84,7 @@ async fn damaged_reply_in_a_batch_with_side_effects_fails() {
                 f.send(b"OK");
                 break;
             }
-            f.answer(&req);
+            answer(f, &req);
         }
     });
     let (mut s, _) = Session::connect(&addr, cfg()).await.unwrap();

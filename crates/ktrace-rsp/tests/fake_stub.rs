@@ -1,76 +1,11 @@
 //! Fault cases against a hand-written, scripted fake stub.
 
-use ktrace_rsp::codec::encode_packet;
-use ktrace_rsp::{ClientConfig, RspError, Session, StopReply, StubAddr};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::thread::JoinHandle;
+mod common;
+
+use common::fake;
+use ktrace_rsp::{ClientConfig, RspError, Session, StopReply};
+use std::io::Write;
 use std::time::Duration;
-
-struct Fake {
-    s: TcpStream,
-}
-
-impl Fake {
-    fn byte(&mut self) -> Option<u8> {
-        let mut b = [0u8];
-        match self.s.read(&mut b) {
-            Ok(1) => Some(b[0]),
-            _ => None,
-        }
-    }
-    /// Next packet payload (acks and other bytes skipped); `ack` chooses
-    /// what to answer.
-    fn read_packet_with(&mut self, ack: &[u8]) -> Vec<u8> {
-        while self.byte().expect("client closed") != b'$' {}
-        let mut p = Vec::new();
-        loop {
-            let b = self.byte().unwrap();
-            if b == b'#' {
-                break;
-            }
-            p.push(b);
-        }
-        self.byte();
-        self.byte();
-        self.s.write_all(ack).unwrap();
-        p
-    }
-    fn read_packet(&mut self) -> Vec<u8> {
-        self.read_packet_with(b"+")
-    }
-    fn send(&mut self, payload: &[u8]) {
-        self.s.write_all(&encode_packet(payload)).unwrap();
-    }
-    fn expect(&mut self, want: &[u8]) {
-        let got = self.read_packet();
-        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
-    }
-    /// qSupported, ?, vCont? like QEMU 7.2 (ack mode, no target.xml).
-    fn handshake(&mut self, packet_size: &str, unsolicited: bool) {
-        if unsolicited {
-            self.send(b"T02thread:01;");
-        }
-        let q = self.read_packet();
-        assert!(q.starts_with(b"qSupported:"));
-        self.send(format!("PacketSize={packet_size};vContSupported+;multiprocess+").as_bytes());
-        self.expect(b"?");
-        self.send(b"T05thread:p01.01;");
-        self.expect(b"vCont?");
-        self.send(b"vCont;c;C;s;S");
-    }
-}
-
-fn fake(script: impl FnOnce(&mut Fake) + Send + 'static) -> (StubAddr, JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = StubAddr::Tcp(l.local_addr().unwrap().to_string());
-    let h = std::thread::spawn(move || {
-        let (s, _) = l.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        script(&mut Fake { s });
-    });
-    (addr, h)
-}
 
 fn cfg() -> ClientConfig {
     ClientConfig { timeout: Duration::from_millis(500), ..ClientConfig::default() }
