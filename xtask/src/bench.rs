@@ -277,26 +277,16 @@ impl Bench {
 
     fn run(mut self) -> Result<()> {
         let image = crate::guest::prepare_verbose()?;
-        crate::run(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).current_dir(&self.root).args([
-                "build",
-                "--quiet",
-                "--release",
-                "-p",
-                "ktrace",
-            ]),
-        )?;
-        crate::run(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).current_dir(&self.root).args([
-                "build",
-                "--quiet",
-                "--release",
-                "-p",
-                "ktrace-rsp",
-                "--example",
-                "rtt",
-            ]),
-        )?;
+        crate::run(crate::cargo().current_dir(&self.root).args(["build", "--quiet", "--release", "-p", "ktrace"]))?;
+        crate::run(crate::cargo().current_dir(&self.root).args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "ktrace-rsp",
+            "--example",
+            "rtt",
+        ]))?;
         let lx_dir = match lx_scripts() {
             Ok(dir) => Some(dir),
             Err(e) => {

@@ -24,12 +24,7 @@ pub fn run_soak(args: &[&str]) -> Result<()> {
         }
     }
     let image = prepare_verbose()?;
-    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-        "build",
-        "--release",
-        "-p",
-        "ktrace",
-    ]))?;
+    run(crate::cargo().args(["build", "--release", "-p", "ktrace"]))?;
     let guest = Guest::boot(&image, &BootOptions::default())?;
     eprintln!("soak: guest on port {}, testprog pid {}, {minutes} minutes", guest.port(), guest.testprog_pid());
 

@@ -4,8 +4,9 @@ use ktrace_rsp::{Id, Session, ThreadId, ThreadOp};
 
 use crate::{CpuId, KernelError, Target};
 
-/// QEMU numbers its gdb threads from 1: thread N is CPU N-1.
-fn cpu_of(tid: &ThreadId) -> Option<CpuId> {
+/// The CPU a gdb thread stands for: QEMU numbers its threads from 1, so
+/// thread N is CPU N-1.
+pub fn cpu_of_thread(tid: &ThreadId) -> Option<CpuId> {
     match tid.tid {
         Id::Id(n) if n >= 1 => Some(CpuId(n as u32 - 1)),
         _ => None,
@@ -24,7 +25,7 @@ impl Target for Session {
 
     async fn cpus(&mut self) -> Result<Vec<CpuId>, KernelError> {
         let threads = self.threads().await.map_err(KernelError::target)?;
-        let mut cpus: Vec<CpuId> = threads.iter().filter_map(cpu_of).collect();
+        let mut cpus: Vec<CpuId> = threads.iter().filter_map(cpu_of_thread).collect();
         cpus.sort();
         Ok(cpus)
     }
@@ -33,7 +34,7 @@ impl Target for Session {
         let threads = self.threads().await.map_err(KernelError::target)?;
         let tid = threads
             .into_iter()
-            .find(|t| cpu_of(t) == Some(cpu))
+            .find(|t| cpu_of_thread(t) == Some(cpu))
             .ok_or_else(|| KernelError::Corrupt(format!("the stub has no thread for CPU {cpu}")))?;
         self.set_thread(ThreadOp::General, tid).await.map_err(KernelError::target)?;
         self.read_register_u64(name).await.map_err(KernelError::target)

@@ -86,7 +86,8 @@ pub fn decode_comm(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-fn int(bytes: &[u8]) -> u64 {
+/// A little-endian integer of up to 8 bytes (shorter reads are zero-extended).
+pub fn le_u64(bytes: &[u8]) -> u64 {
     let mut buf = [0u8; 8];
     let n = bytes.len().min(8);
     buf[..n].copy_from_slice(&bytes[..n]);
@@ -121,15 +122,15 @@ pub(crate) async fn read_tasks<T: Target>(
                 |i: usize| f[i].as_deref().ok_or_else(|| KernelError::Corrupt(format!("task {task} is unreadable")));
             Ok(TaskInfo {
                 task,
-                pid: int(get(0)?) as i32,
-                tgid: int(get(1)?) as i32,
+                pid: le_u64(get(0)?) as i32,
+                tgid: le_u64(get(1)?) as i32,
                 comm: decode_comm(get(2)?),
                 state: TaskState {
-                    raw: int(get(3)?),
-                    exit: if layout.exit_state.is_some() { int(get(4)?) } else { 0 },
+                    raw: le_u64(get(3)?),
+                    exit: if layout.exit_state.is_some() { le_u64(get(4)?) } else { 0 },
                 },
-                flags: int(get(5)?) as u32,
-                parent: TaskRef(int(get(6)?)),
+                flags: le_u64(get(5)?) as u32,
+                parent: TaskRef(le_u64(get(6)?)),
             })
         })
         .collect()

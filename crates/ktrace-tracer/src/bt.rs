@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ktrace_kernel::{CpuId, Kernel, TaskInfo};
+use ktrace_kernel::{cpu_of_thread, CpuId, Kernel, TaskInfo};
 use ktrace_rsp::{ClientConfig, Session, StubAddr, ThreadOp};
 use ktrace_symbols::Vmlinux;
 use serde::Serialize;
@@ -58,7 +58,8 @@ pub async fn backtrace_cpus(
     let glayout = GLayout::new(session.register_map())?;
     let threads = session.threads().await?;
     let mut out = Vec::new();
-    for (cpu, tid) in (0..).map(CpuId).zip(threads) {
+    for tid in threads {
+        let Some(cpu) = cpu_of_thread(&tid) else { continue };
         session.set_thread(ThreadOp::General, tid).await?;
         let regs = glayout.decode(&session.read_registers().await?);
         let task = kernel.current_task(session, cpu).await?;

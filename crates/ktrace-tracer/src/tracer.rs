@@ -4,9 +4,9 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ktrace_kernel::{CpuId, Kernel, TaskInfo, TaskRef};
+use ktrace_kernel::{cpu_of_thread, le_u64, Kernel, TaskInfo, TaskRef};
 use ktrace_rsp::packets::{memory, registers};
-use ktrace_rsp::{BreakpointKind, ClientConfig, Id, Resume, RspError, Session, StopReply, StubAddr, ThreadId};
+use ktrace_rsp::{BreakpointKind, ClientConfig, Resume, RspError, Session, StopReply, StubAddr, ThreadId};
 use ktrace_symbols::Vmlinux;
 use tokio_util::sync::CancellationToken;
 
@@ -154,13 +154,6 @@ pub struct Tracer {
     target_task: Option<TaskRef>,
     inserted: Vec<u64>,
     cancelled_while_waiting: bool,
-}
-
-fn cpu_of(tid: &ThreadId) -> Option<CpuId> {
-    match tid.tid {
-        Id::Id(n) if n >= 1 => Some(CpuId(n as u32 - 1)),
-        _ => None,
-    }
 }
 
 impl Tracer {
@@ -477,7 +470,8 @@ impl Tracer {
             Some(t) => t,
             None => session.current_thread().await?,
         };
-        let cpu = cpu_of(&thread).ok_or_else(|| TraceError::GuestGone(format!("stop on unknown thread {thread:?}")))?;
+        let cpu = cpu_of_thread(&thread)
+            .ok_or_else(|| TraceError::GuestGone(format!("stop on unknown thread {thread:?}")))?;
         let wants_task = self.cfg.filter.matches_cpu(cpu);
         // One round trip: RIP, the CPU's current-task pointer and, for --pid,
         // the target task's pid, tgid and comm (confirmed only on a match).
@@ -636,13 +630,6 @@ fn guest_gone(e: RspError) -> TraceError {
         RspError::Closed => TraceError::GuestGone("the gdb stub closed the connection (QEMU exited?)".into()),
         other => other.into(),
     }
-}
-
-fn le_u64(bytes: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = bytes.len().min(8);
-    b[..n].copy_from_slice(&bytes[..n]);
-    u64::from_le_bytes(b)
 }
 
 /// Length of a run of instructions that do nothing (ftrace's `nop5`,
