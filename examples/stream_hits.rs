@@ -1,14 +1,12 @@
-//! Embedding the tracer: run it in a background task and consume its hits as
-//! a stream (a channel), with cancellation from the consumer side.
+//! Embedding the tracer: it runs in a background task and its hits arrive
+//! as a stream; the consumer cancels it when it has seen enough.
 //!
 //! cargo run -p ktrace-examples --example stream_hits -- :1234 ./vmlinux _raw_spin_lock 10
 
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use ktrace_symbols::Vmlinux;
-use ktrace_tracer::{CancellationToken, Hit, TraceConfig, Tracer};
-use tokio::sync::mpsc;
+use ktrace_tracer::{CancellationToken, TraceConfig, Tracer};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,24 +15,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let wanted: usize = rest.get(1).and_then(|n| n.parse().ok()).unwrap_or(10);
 
     let vmlinux = Arc::new(Vmlinux::open(vmlinux)?);
-    let cfg = TraceConfig { breakpoints: vec![symbol], ..TraceConfig::default() };
+    let cfg = TraceConfig::new().breakpoint(symbol);
     let tracer = Tracer::attach(&addr.parse()?, vmlinux, cfg).await?;
 
-    let (tx, mut hits) = mpsc::unbounded_channel::<Hit>();
     let cancel = CancellationToken::new();
-    let stop = cancel.clone();
-    let trace = tokio::spawn(async move {
-        let mut sink = move |hit: Hit| {
-            if tx.send(hit).is_err() {
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        };
-        tracer.run(&mut sink, stop).await
-    });
-
+    let mut hits = tracer.stream(cancel.clone());
     let mut seen = 0;
-    while let Some(hit) = hits.recv().await {
+    while let Some(hit) = hits.next().await {
         let caller =
             hit.backtrace.as_ref().and_then(|bt| bt.frames.get(1)).and_then(|f| f.function.clone()).unwrap_or_default();
         println!("{:>4} cpu {} {:>6} {:<16} called from {caller}", hit.seq, hit.cpu, hit.pid, hit.comm);
@@ -43,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             cancel.cancel();
         }
     }
-    let summary = trace.await??;
+    let summary = hits.finish().await?;
     eprintln!("{} hits, guest released: {}", summary.matched, summary.guest_released);
     Ok(())
 }

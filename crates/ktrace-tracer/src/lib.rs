@@ -28,5 +28,5 @@ pub use filter::{glob_match, Filter};
 pub use hit::{parse_duration, EndReason, Hit, StackCounts, Summary};
 pub use location::{resolve as resolve_location, Location};
 pub use tokio_util::sync::CancellationToken;
-pub use tracer::{HitSink, ResumeMode, TraceConfig, TraceFailure, Tracer};
+pub use tracer::{HitSink, HitStream, ResumeMode, TraceConfig, TraceFailure, Tracer};
 pub use unwind::{Backtrace, Frame, FrameKind, Regs, Unwinder};

@@ -74,6 +74,107 @@ impl Default for TraceConfig {
     }
 }
 
+impl TraceConfig {
+    /// An empty configuration (no breakpoint yet; backtraces on), to build on:
+    /// `TraceConfig::new().breakpoint("_raw_spin_lock").pid(2297).count(10)`.
+    pub fn new() -> TraceConfig {
+        TraceConfig::default()
+    }
+
+    /// Adds a breakpoint location.
+    pub fn breakpoint(mut self, spec: impl Into<String>) -> Self {
+        self.breakpoints.push(spec.into());
+        self
+    }
+
+    /// Uses hardware breakpoints.
+    pub fn hardware(mut self, yes: bool) -> Self {
+        self.hardware = yes;
+        self
+    }
+
+    /// Only hits in this thread.
+    pub fn pid(mut self, pid: i32) -> Self {
+        self.filter.pid = Some(pid);
+        self
+    }
+
+    /// Only hits in this process.
+    pub fn tgid(mut self, tgid: i32) -> Self {
+        self.filter.tgid = Some(tgid);
+        self
+    }
+
+    /// Only hits whose comm matches (exact or glob).
+    pub fn comm(mut self, comm: impl Into<String>) -> Self {
+        self.filter.comm = Some(comm.into());
+        self
+    }
+
+    /// Only hits on this CPU (may be given several times).
+    pub fn cpu(mut self, cpu: u32) -> Self {
+        self.filter.cpus.push(ktrace_kernel::CpuId(cpu));
+        self
+    }
+
+    /// Stops after `n` matched hits.
+    pub fn count(mut self, n: u64) -> Self {
+        self.count = Some(n);
+        self
+    }
+
+    /// Stops after this long.
+    pub fn duration(mut self, d: Duration) -> Self {
+        self.duration = Some(d);
+        self
+    }
+
+    /// Captures (or not) a backtrace per matched hit.
+    pub fn backtrace(mut self, yes: bool) -> Self {
+        self.backtrace = yes;
+        self
+    }
+
+    /// Waits for the filtered task to appear instead of failing.
+    pub fn wait_for_task(mut self, yes: bool) -> Self {
+        self.wait_for_task = yes;
+        self
+    }
+}
+
+/// The hits of a trace running in a background task, as a stream.
+/// See [`Tracer::stream`].
+pub struct HitStream {
+    hits: tokio::sync::mpsc::UnboundedReceiver<Hit>,
+    task: tokio::task::JoinHandle<Result<Summary, TraceFailure>>,
+}
+
+impl HitStream {
+    /// The next hit, or `None` once the trace has ended.
+    pub async fn next(&mut self) -> Option<Hit> {
+        self.hits.recv().await
+    }
+
+    /// Waits for the trace to end (cancel it first to end it now) and
+    /// returns its summary. Hits not yet taken are dropped.
+    pub async fn finish(self) -> Result<Summary, TraceFailure> {
+        drop(self.hits);
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => Err(TraceFailure {
+                error: TraceError::GuestGone(format!("the trace task failed: {join}")),
+                summary: Summary {
+                    seen: 0,
+                    matched: 0,
+                    elapsed: Duration::ZERO,
+                    end: EndReason::Error,
+                    guest_released: false,
+                },
+            }),
+        }
+    }
+}
+
 /// Receives the hits of a trace, and progress while it runs.
 pub trait HitSink {
     /// A matched hit. Return `ControlFlow::Break(())` to end the trace.
@@ -308,6 +409,21 @@ impl Tracer {
         } else {
             BreakpointKind::Software
         }
+    }
+
+    /// Runs the trace in a background tokio task and returns its hits as a
+    /// stream; `cancel` ends it (breakpoints removed, guest running). The
+    /// channel is unbounded: a consumer that stops reading should cancel.
+    pub fn stream(self, cancel: CancellationToken) -> HitStream {
+        let (tx, hits) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut sink = move |hit: Hit| match tx.send(hit) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            };
+            self.run(&mut sink, cancel).await
+        });
+        HitStream { hits, task }
     }
 
     /// Inserts the breakpoints, resumes the guest and evaluates every stop
