@@ -14,19 +14,23 @@
 #![deny(missing_docs)]
 
 mod bt;
+mod config;
 mod error;
 mod filter;
 mod hit;
 mod location;
 mod regs;
+mod stream;
 mod tracer;
 mod unwind;
 
 pub use bt::{backtrace_all_cpus, backtrace_cpus, CpuBacktrace};
+pub use config::{ResumeMode, TraceConfig};
 pub use error::TraceError;
 pub use filter::{glob_match, Filter};
 pub use hit::{parse_duration, EndReason, Hit, StackCounts, Summary};
 pub use location::{resolve as resolve_location, Location};
+pub use stream::HitStream;
 pub use tokio_util::sync::CancellationToken;
-pub use tracer::{HitSink, HitStream, ResumeMode, TraceConfig, TraceFailure, Tracer};
+pub use tracer::{HitSink, TraceFailure, Tracer};
 pub use unwind::{Backtrace, Frame, FrameKind, Regs, Unwinder};

@@ -6,174 +6,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ktrace_kernel::{cpu_of_thread, le_u64, Kernel, TaskInfo, TaskRef};
 use ktrace_rsp::packets::{memory, registers};
-use ktrace_rsp::{BreakpointKind, ClientConfig, Resume, RspError, Session, StopReply, StubAddr, ThreadId};
+use ktrace_rsp::{BreakpointKind, Resume, RspError, Session, StopReply, StubAddr, ThreadId};
 use ktrace_symbols::Vmlinux;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{ResumeMode, TraceConfig};
 use crate::filter::Filter;
 use crate::hit::{EndReason, Hit, Summary};
 use crate::location::{self, Location};
 use crate::regs::GLayout;
+use crate::stream::HitStream;
 use crate::unwind::Unwinder;
 use crate::TraceError;
-
-/// How the tracer gets a CPU past the breakpoint it stopped on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ResumeMode {
-    /// Probe: skip the instruction by moving RIP when it is a NOP (the ftrace
-    /// `nop5` at function entry, `endbr64`), else single-step over it with the
-    /// breakpoint in place, falling back to remove/step/reinsert if the stub
-    /// reports the same breakpoint again.
-    #[default]
-    Auto,
-    /// Always single-step with the breakpoint in place.
-    Step,
-    /// Always remove, single-step, reinsert.
-    RemoveStepReinsert,
-}
-
-/// What to trace and how.
-#[derive(Clone, Debug)]
-pub struct TraceConfig {
-    /// Breakpoint locations (`symbol`, `symbol+off`, `0xaddr` (link-time), `file.c:line`).
-    pub breakpoints: Vec<String>,
-    /// Use hardware breakpoints (`Z1`).
-    pub hardware: bool,
-    /// Which hits to report.
-    pub filter: Filter,
-    /// Stop after this many matched hits.
-    pub count: Option<u64>,
-    /// Stop after this long.
-    pub duration: Option<Duration>,
-    /// Capture a backtrace for each matched hit.
-    pub backtrace: bool,
-    /// The most frames per backtrace.
-    pub max_frames: usize,
-    /// How to get past a breakpoint.
-    pub resume: ResumeMode,
-    /// Wait for a `--pid`/`--tgid`/`--comm` task to appear instead of failing.
-    pub wait_for_task: bool,
-    /// The RSP client settings.
-    pub client: ClientConfig,
-}
-
-impl Default for TraceConfig {
-    fn default() -> Self {
-        TraceConfig {
-            breakpoints: Vec::new(),
-            hardware: false,
-            filter: Filter::default(),
-            count: None,
-            duration: None,
-            backtrace: true,
-            max_frames: 64,
-            resume: ResumeMode::Auto,
-            wait_for_task: false,
-            client: ClientConfig::default(),
-        }
-    }
-}
-
-impl TraceConfig {
-    /// An empty configuration (no breakpoint yet; backtraces on), to build on:
-    /// `TraceConfig::new().breakpoint("_raw_spin_lock").pid(2297).count(10)`.
-    pub fn new() -> TraceConfig {
-        TraceConfig::default()
-    }
-
-    /// Adds a breakpoint location.
-    pub fn breakpoint(mut self, spec: impl Into<String>) -> Self {
-        self.breakpoints.push(spec.into());
-        self
-    }
-
-    /// Uses hardware breakpoints.
-    pub fn hardware(mut self, yes: bool) -> Self {
-        self.hardware = yes;
-        self
-    }
-
-    /// Only hits in this thread.
-    pub fn pid(mut self, pid: i32) -> Self {
-        self.filter.pid = Some(pid);
-        self
-    }
-
-    /// Only hits in this process.
-    pub fn tgid(mut self, tgid: i32) -> Self {
-        self.filter.tgid = Some(tgid);
-        self
-    }
-
-    /// Only hits whose comm matches (exact or glob).
-    pub fn comm(mut self, comm: impl Into<String>) -> Self {
-        self.filter.comm = Some(comm.into());
-        self
-    }
-
-    /// Only hits on this CPU (may be given several times).
-    pub fn cpu(mut self, cpu: u32) -> Self {
-        self.filter.cpus.push(ktrace_kernel::CpuId(cpu));
-        self
-    }
-
-    /// Stops after `n` matched hits.
-    pub fn count(mut self, n: u64) -> Self {
-        self.count = Some(n);
-        self
-    }
-
-    /// Stops after this long.
-    pub fn duration(mut self, d: Duration) -> Self {
-        self.duration = Some(d);
-        self
-    }
-
-    /// Captures (or not) a backtrace per matched hit.
-    pub fn backtrace(mut self, yes: bool) -> Self {
-        self.backtrace = yes;
-        self
-    }
-
-    /// Waits for the filtered task to appear instead of failing.
-    pub fn wait_for_task(mut self, yes: bool) -> Self {
-        self.wait_for_task = yes;
-        self
-    }
-}
-
-/// The hits of a trace running in a background task, as a stream.
-/// See [`Tracer::stream`].
-pub struct HitStream {
-    hits: tokio::sync::mpsc::UnboundedReceiver<Hit>,
-    task: tokio::task::JoinHandle<Result<Summary, TraceFailure>>,
-}
-
-impl HitStream {
-    /// The next hit, or `None` once the trace has ended.
-    pub async fn next(&mut self) -> Option<Hit> {
-        self.hits.recv().await
-    }
-
-    /// Waits for the trace to end (cancel it first to end it now) and
-    /// returns its summary. Hits not yet taken are dropped.
-    pub async fn finish(self) -> Result<Summary, TraceFailure> {
-        drop(self.hits);
-        match self.task.await {
-            Ok(result) => result,
-            Err(join) => Err(TraceFailure {
-                error: TraceError::GuestGone(format!("the trace task failed: {join}")),
-                summary: Summary {
-                    seen: 0,
-                    matched: 0,
-                    elapsed: Duration::ZERO,
-                    end: EndReason::Error,
-                    guest_released: false,
-                },
-            }),
-        }
-    }
-}
 
 /// Receives the hits of a trace, and progress while it runs.
 pub trait HitSink {
