@@ -54,7 +54,7 @@ pub(crate) fn cargo() -> Command {
 
 fn test(extra: &[&str]) -> Result<()> {
     guest::prepare_verbose()?;
-    run(cargo().args(["test", "--workspace", "--all-targets"]).args(extra))?;
+    run(cargo().args(["test", "--workspace", "--all-targets", "--no-fail-fast"]).args(extra))?;
     run(cargo().args(["test", "--workspace", "--doc"]))
 }
 

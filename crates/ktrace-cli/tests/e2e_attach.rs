@@ -128,10 +128,11 @@ fn attach_filters_breakpoints_and_backtraces_on_the_real_guest() {
     for path in ["ksys_read", "ksys_write"] {
         assert!(reaches_syscall_entry(&several, path), "no backtrace from {path} reaching entry_SYSCALL_64");
     }
-    let line = by_pid
+    // The line of ksys_read's entry, as the hits at `--break ksys_read` give it.
+    let line = several
         .iter()
-        .flat_map(|h| h["backtrace"]["frames"].as_array().cloned().unwrap_or_default())
-        .flat_map(|f| f["source"].as_array().cloned().unwrap_or_default())
+        .filter(|h| h["breakpoint"] == "ksys_read")
+        .flat_map(|h| h["backtrace"]["frames"][0]["source"].as_array().cloned().unwrap_or_default())
         .find(|s| s["function"] == "ksys_read" && s["line"].is_u64())
         .map(|s| format!("read_write.c:{}", s["line"]))
         .expect("a ksys_read frame with a line");
