@@ -95,6 +95,9 @@ struct PtRegs {
     r13: u64,
 }
 
+/// The most pcs whose symbolization is cached (a few MB).
+const MAX_SYMBOLIZED: usize = 16_384;
+
 /// A pc's symbol, offset and source frames, cached per (link pc, is return address).
 type Symbolized = (Option<String>, u64, Vec<SourceFrame>);
 
@@ -379,6 +382,10 @@ impl Unwinder {
         }
         let vm = kernel.vmlinux();
         let link = kernel.link(pc);
+        if self.symbolized.len() >= MAX_SYMBOLIZED && !self.symbolized.contains_key(&(link.0, ret)) {
+            // A long trace over a wide part of the kernel: keep memory bounded.
+            self.symbolized.clear();
+        }
         let (function, offset, source) = self
             .symbolized
             .entry((link.0, ret))
