@@ -171,44 +171,26 @@ impl DwarfInfo {
         if depth > MAX_DEPTH {
             return Ok(None);
         }
-        let unit = self.unit(s.unit)?;
-        let err = |e| SymbolError::dwarf("reading struct members", e);
-        let mut tree = unit.entries_tree(Some(s.off)).map_err(err)?;
-        let root = tree.root().map_err(err)?;
-        let mut ch = root.children();
         let mut anon = Vec::new();
-        while let Some(c) = ch.next().map_err(err)? {
-            let e = c.entry();
-            if e.tag() != gimli::DW_TAG_member {
-                continue;
-            }
-            let mname = self.name_of(&unit, e);
-            let (off, bit_size) = member_location(e);
-            let ty = self.type_of(s, e);
-            match mname {
+        for m in self.members(s)? {
+            match m.name {
                 Some(n) if n == name.as_bytes() => {
-                    let size = match bit_size {
+                    let size = match m.bits {
                         Some((bit_off, bits)) => (bit_off % 8 + bits).div_ceil(8),
-                        None => match ty {
+                        None => match m.ty {
                             Some(t) => self.size_of(t)?,
                             None => 0,
                         },
                     };
-                    return Ok(Some((off, size, ty)));
+                    return Ok(Some((m.offset, size, m.ty)));
                 }
-                None => {
-                    if let Some(t) = ty {
-                        anon.push((off, t));
-                    }
-                }
+                None => anon.extend(m.ty.map(|t| (m.offset, t))),
                 _ => {}
             }
         }
-        drop(tree);
         for (off, t) in anon {
             let inner = self.strip(t)?;
-            let (_, e) = self.entry(inner)?;
-            if matches!(e.tag(), gimli::DW_TAG_structure_type | gimli::DW_TAG_union_type) {
+            if self.is_aggregate(inner)? {
                 if let Some((o, size, ty)) = self.find_member(inner, name, depth + 1)? {
                     return Ok(Some((off + o, size, ty)));
                 }
@@ -222,23 +204,13 @@ impl DwarfInfo {
         if depth > 4 {
             return Ok(());
         }
-        let unit = self.unit(s.unit)?;
-        let err = |e| SymbolError::dwarf("reading struct members", e);
-        let mut tree = unit.entries_tree(Some(s.off)).map_err(err)?;
-        let root = tree.root().map_err(err)?;
-        let mut ch = root.children();
         let mut anon = Vec::new();
-        while let Some(c) = ch.next().map_err(err)? {
-            let e = c.entry();
-            if e.tag() != gimli::DW_TAG_member {
-                continue;
-            }
-            match self.name_of(&unit, e) {
+        for m in self.members(s)? {
+            match m.name {
                 Some(n) => out.push(String::from_utf8_lossy(n).into_owned()),
-                None => anon.extend(self.type_of(s, e)),
+                None => anon.extend(m.ty),
             }
         }
-        drop(tree);
         for t in anon {
             let inner = self.strip(t)?;
             self.member_names(inner, depth + 1, out)?;
@@ -246,11 +218,42 @@ impl DwarfInfo {
         Ok(())
     }
 
+    /// The direct `DW_TAG_member` children of the struct or union `s`.
+    fn members(&self, s: DieRef) -> Result<Vec<Member>, SymbolError> {
+        let unit = self.unit(s.unit)?;
+        let err = |e| SymbolError::dwarf("reading struct members", e);
+        let mut tree = unit.entries_tree(Some(s.off)).map_err(err)?;
+        let root = tree.root().map_err(err)?;
+        let mut ch = root.children();
+        let mut out = Vec::new();
+        while let Some(c) = ch.next().map_err(err)? {
+            let e = c.entry();
+            if e.tag() != gimli::DW_TAG_member {
+                continue;
+            }
+            let (offset, bits) = member_location(e);
+            out.push(Member { name: self.name_of(&unit, e), offset, bits, ty: self.type_of(s, e) });
+        }
+        Ok(out)
+    }
+
     /// Whether `d` (after stripping typedefs) is a struct or union.
     pub(crate) fn is_aggregate(&self, d: DieRef) -> Result<bool, SymbolError> {
         let (_, e) = self.entry(d)?;
         Ok(matches!(e.tag(), gimli::DW_TAG_structure_type | gimli::DW_TAG_union_type))
     }
+}
+
+/// One member of a struct or union, as DWARF describes it.
+struct Member {
+    /// `None` for an anonymous struct or union member.
+    name: Option<&'static [u8]>,
+    /// Byte offset in the containing type.
+    offset: u64,
+    /// (bit offset, bit size) for bit fields.
+    bits: Option<(u64, u64)>,
+    /// The member's type.
+    ty: Option<DieRef>,
 }
 
 /// Byte offset of a member, plus (bit offset, bit size) for bit fields.
