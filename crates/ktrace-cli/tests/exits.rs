@@ -15,24 +15,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use ktrace_testguest::Guest;
 
-fn attach_args(guest: &Guest) -> Vec<String> {
-    [
-        "attach",
-        &guest.addr(),
-        "--vmlinux",
-        path(guest.vmlinux()),
-        "--break",
-        HOT,
-        "--json",
-        "--no-backtrace",
-        "--timeout",
-        "10",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -146,7 +128,13 @@ fn read_packet(s: &mut TcpStream, limit: Duration) -> String {
 fn crash_with_breakpoint(guest: &Guest, addr: u64) {
     let mut s = TcpStream::connect(guest.addr()).expect("connecting to the stub");
     s.write_all(format!("+{}", packet(&format!("Z0,{addr:x},1"))).as_bytes()).unwrap();
-    let reply = read_packet(&mut s, Duration::from_secs(20));
+    // QEMU may first send the stop reply of the connect (`T02…`): read on
+    // until the Z0's OK.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut reply = String::new();
+    while !reply.contains("$OK#9a") && Instant::now() < deadline {
+        reply.push_str(&read_packet(&mut s, Duration::from_secs(5)));
+    }
     assert!(reply.contains("$OK#9a"), "Z0 reply: {reply:?}");
     drop(s);
 }

@@ -273,28 +273,25 @@ pub fn assert_guest_healthy(guest: &Guest) {
         "the guest is not running; console tail:\n{}",
         tail(&guest.console(), 2000)
     );
-    let out = run(
-        &[
-            "attach",
-            &guest.addr(),
-            "--vmlinux",
-            path(guest.vmlinux()),
-            "--break",
-            HOT,
-            "--count",
-            "3",
-            "--json",
-            "--no-backtrace",
-            "--timeout",
-            "10",
-        ],
-        LIMIT,
-    );
+    let mut args = attach_args(guest);
+    args.extend(["--count".to_string(), "3".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&args, LIMIT);
     out.assert_no_panic();
     assert_eq!(out.code(), Some(0), "a fresh attach failed:\n{}", out.dump());
     assert_eq!(out.json_lines().len(), 3, "{}", out.dump());
     assert!(out.summary().is_some_and(|s| s.contains("breakpoints removed, guest running")), "{}", out.dump());
     assert!(guest.is_running(Duration::from_secs(60)), "the guest is not running after the fresh attach");
+}
+
+/// `ktrace attach` on the hot breakpoint with JSON output, no backtraces and
+/// a 10 s request timeout; callers add bounds and filters.
+pub fn attach_args(guest: &Guest) -> Vec<String> {
+    ["attach", &guest.addr(), "--vmlinux", path(guest.vmlinux()), "--break", HOT, "--json", "--no-backtrace"]
+        .iter()
+        .chain(&["--timeout", "10"])
+        .map(|s| s.to_string())
+        .collect()
 }
 
 pub fn path(p: &std::path::Path) -> &str {
