@@ -6,17 +6,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// The guest's vmlinux, prepared like every e2e test does (fails under CI
-/// when it cannot be prepared, skips elsewhere).
 fn vmlinux() -> Option<std::path::PathBuf> {
-    match ktrace_testguest::prepare(&mut |_| {}) {
-        Ok(image) => Some(image.vmlinux),
-        Err(e) if ktrace_testguest::in_ci() => panic!("cannot prepare the guest image: {e}"),
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            None
-        }
-    }
+    ktrace_testguest::test_vmlinux()
 }
 
 fn ktrace_json(args: &[&str], vmlinux: &std::path::Path) -> Vec<Value> {

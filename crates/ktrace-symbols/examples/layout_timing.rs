@@ -17,9 +17,7 @@ fn vm_hwm() -> String {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let default =
-        format!("{}/.cache/ktrace/guest/6.1.0-56-cloud-amd64/vmlinux", std::env::var("HOME").unwrap_or_default());
-    let path = args.next().unwrap_or(default);
+    let path = args.next().or_else(|| std::env::var("KTRACE_VMLINUX").ok()).unwrap_or_else(|| "vmlinux".into());
     let mode = args.next().unwrap_or_else(|| "layout".into());
     let t0 = Instant::now();
     let v = Vmlinux::open(&path)?;

@@ -194,7 +194,6 @@ fn convert(row: &gimli::UnwindTableRow<usize>, ra: gimli::Register) -> CfiRow {
 mod tests {
     //! Against the real Debian vmlinux (skipped with a message when it is
     //! missing, unless `CI=true`), checked with `readelf` and the ORC tables.
-    use std::path::PathBuf;
     use std::sync::OnceLock;
     use std::time::Instant;
 
@@ -207,27 +206,8 @@ mod tests {
 
     fn vmlinux() -> Option<&'static Vmlinux> {
         static VM: OnceLock<Option<Vmlinux>> = OnceLock::new();
-        VM.get_or_init(|| {
-            let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
-            let candidates: Vec<PathBuf> = match std::env::var_os("KTRACE_VMLINUX") {
-                Some(p) => vec![PathBuf::from(p)],
-                None => ["6.1.0-56", "6.1.0-56-cloud-amd64"]
-                    .iter()
-                    .map(|d| home.join(".cache/ktrace/guest").join(d).join("vmlinux"))
-                    .collect(),
-            };
-            match candidates.iter().find(|p| p.exists()) {
-                Some(p) => Some(Vmlinux::open(p).expect("the vmlinux opens")),
-                None if ci() => {
-                    panic!("no vmlinux at {candidates:?} and CI=true; set KTRACE_VMLINUX")
-                }
-                None => {
-                    eprintln!("skipping: no vmlinux at {candidates:?} (set KTRACE_VMLINUX)");
-                    None
-                }
-            }
-        })
-        .as_ref()
+        VM.get_or_init(|| ktrace_testguest::test_vmlinux().map(|p| Vmlinux::open(p).expect("the vmlinux opens")))
+            .as_ref()
     }
 
     fn sym(vm: &Vmlinux, name: &str) -> u64 {

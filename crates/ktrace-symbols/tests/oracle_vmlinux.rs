@@ -1,9 +1,9 @@
 //! Checks ktrace-symbols against `nm`, `addr2line` and `gdb` on a real
 //! Debian vmlinux with full DWARF.
 //!
-//! The file comes from `KTRACE_VMLINUX`, or defaults to
-//! `~/.cache/ktrace/guest/6.1.0-56-cloud-amd64/vmlinux`. If it is missing
-//! the test is skipped, unless `CI=true`, where it fails.
+//! The file comes from `KTRACE_VMLINUX`, or is the test guest's (see
+//! `ktrace_testguest::test_vmlinux`). If it cannot be had the test is
+//! skipped, unless `CI=true`, where it fails.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -14,19 +14,7 @@ use std::time::Instant;
 use ktrace_symbols::{KernelAddr, Vmlinux};
 
 fn vmlinux_path() -> Option<PathBuf> {
-    let p = match std::env::var_os("KTRACE_VMLINUX") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/ktrace/guest/6.1.0-56-cloud-amd64/vmlinux"),
-    };
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("vmlinux {} is missing and CI=true; set KTRACE_VMLINUX or fetch the Debian -dbg vmlinux", p.display());
-    }
-    eprintln!("skipping: vmlinux {} not found (set KTRACE_VMLINUX)", p.display());
-    None
+    ktrace_testguest::test_vmlinux()
 }
 
 fn tool_output(cmd: &mut Command) -> Option<String> {

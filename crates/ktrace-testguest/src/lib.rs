@@ -43,6 +43,25 @@ pub fn test_guest(opts: BootOptions) -> Option<Guest> {
     }
 }
 
+/// The debug vmlinux tests compare against: `$KTRACE_VMLINUX`, else the test
+/// guest's (prepared, or reused from the cache).
+///
+/// Returns `None`, after printing why, when it cannot be had outside CI;
+/// under `CI=true` it panics, so the test fails rather than skips.
+pub fn test_vmlinux() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("KTRACE_VMLINUX") {
+        return Some(p.into());
+    }
+    match prepare(&mut |_| {}) {
+        Ok(image) => Some(image.vmlinux),
+        Err(err) if in_ci() => panic!("the test guest's vmlinux could not be prepared (CI=true): {err}"),
+        Err(err) => {
+            eprintln!("skipping: the test guest's vmlinux could not be prepared: {err}");
+            None
+        }
+    }
+}
+
 /// True when running under CI (`CI=true`), where e2e tests must not skip.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
