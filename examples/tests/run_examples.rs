@@ -1,5 +1,5 @@
 //! The examples run against the real guest and do what they say.
-//! (`cargo test --all-targets` builds them next to this test.)
+//! They must be built first (`cargo build --examples`; `cargo xtask test` does it).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,7 +10,11 @@ fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let path = dir.join("examples").join(name);
-    assert!(path.exists(), "{} is not built (run with --all-targets or --examples)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built (run `cargo build --examples` first; `cargo xtask test` does)",
+        path.display()
+    );
     path
 }
 

@@ -54,6 +54,8 @@ pub(crate) fn cargo() -> Command {
 
 fn test(extra: &[&str]) -> Result<()> {
     guest::prepare_verbose()?;
+    // The examples' own binaries (not their test harnesses) for examples/tests.
+    run(cargo().args(["build", "--workspace", "--examples"]))?;
     run(cargo().args(["test", "--workspace", "--all-targets", "--no-fail-fast"]).args(extra))?;
     run(cargo().args(["test", "--workspace", "--doc"]))
 }
