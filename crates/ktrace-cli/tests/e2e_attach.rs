@@ -181,3 +181,29 @@ fn attach_summarises_stacks_and_writes_folded_and_flamegraph() {
     assert!(svg.contains("<svg") && svg.contains("_raw_spin_lock"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn ps_and_info_show_the_guest_and_leave_it_running() {
+    let Some(guest) = test_guest(BootOptions { smp: 2, ..BootOptions::default() }) else { return };
+    let run = |cmd: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ktrace"))
+            .args([cmd, &guest.addr(), "--json", "--vmlinux"])
+            .arg(guest.vmlinux())
+            .output()
+            .expect("run ktrace");
+        assert!(out.status.success(), "ktrace {cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tasks: Vec<Value> = run("ps").lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let has = |pid: i64, comm: &str| tasks.iter().any(|t| t["pid"] == pid && t["comm"] == comm);
+    assert!(has(i64::from(guest.testprog_pid()), "testprog"), "testprog missing from ps");
+    assert!(has(1, "init"));
+    for cpu in 0..2 {
+        assert!(has(0, &format!("swapper/{cpu}")), "swapper/{cpu} missing from ps");
+    }
+    let info: Value = serde_json::from_str(&run("info")).expect("info json");
+    assert_eq!(info["release"], guest.release());
+    assert_eq!(info["cpus"].as_array().map(Vec::len), Some(2));
+    assert_ne!(info["slide"], 0, "the guest booted with KASLR");
+    assert!(guest.is_running(Duration::from_secs(20)), "ps/info left the guest stopped");
+}
