@@ -823,7 +823,8 @@ fn time_v(cmd: &Command, out_dir: &Path) -> Result<StartupSample> {
 }
 
 /// `ktrace: 2853 hits seen, 798 matched in 5.00s (…)` → (hits, matched, seconds).
-fn parse_summary(line: &str) -> Option<(f64, f64, f64)> {
+/// (hits seen, matched, seconds) from ktrace's summary line on stderr.
+pub(crate) fn parse_summary(line: &str) -> Option<(f64, f64, f64)> {
     let rest = line.split("ktrace:").nth(1)?.trim();
     let words: Vec<&str> = rest.split_whitespace().collect();
     let hits = words.first()?.parse().ok()?;

@@ -79,10 +79,7 @@ pub fn run_soak(args: &[&str]) -> Result<()> {
     let stderr = err_reader.join().map_err(|_| anyhow::anyhow!("stderr reader panicked"))?;
     let matched = stderr
         .lines()
-        .find_map(|l| {
-            let rest = l.split_once(" hits seen, ")?.1;
-            rest.split_whitespace().next()?.parse::<u64>().ok()
-        })
+        .find_map(|l| crate::bench::parse_summary(l).map(|(_, matched, _)| matched as u64))
         .with_context(|| format!("no summary line from ktrace:\n{stderr}"))?;
     let written = lines.load(Ordering::Relaxed);
 
