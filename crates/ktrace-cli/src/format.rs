@@ -89,7 +89,7 @@ pub fn backtrace(bt: &Backtrace) -> String {
             n += 1;
         }
     }
-    if let Some(why) = &bt.truncated {
+    if let Some(why) = &bt.stopped {
         let _ = writeln!(out, "    (backtrace stopped: {why})");
     }
     out

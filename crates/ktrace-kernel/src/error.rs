@@ -21,6 +21,20 @@ pub enum KernelError {
         /// What the guest has (at link address, or the best found), or why it could not be read.
         guest: String,
     },
+    /// Reading a kernel object from the guest failed.
+    #[error(
+        "cannot read {what} at 0x{addr:x}: {source}\n  \
+         the guest has nothing mapped there: the vmlinux may not be the one the guest booted, or ktrace's view of this kernel's layout is wrong"
+    )]
+    Read {
+        /// What was being read ("CPU 1's current task pointer").
+        what: String,
+        /// The guest address.
+        addr: u64,
+        /// Why the read failed.
+        #[source]
+        source: Box<KernelError>,
+    },
     /// A kernel data structure did not make sense.
     #[error("corrupt kernel data: {0}")]
     Corrupt(String),
@@ -30,6 +44,21 @@ pub enum KernelError {
 }
 
 impl KernelError {
+    /// Says which object was being read at `addr` when a target read failed;
+    /// other errors are returned unchanged.
+    pub fn reading(self, what: impl Into<String>, addr: u64) -> KernelError {
+        match self {
+            KernelError::Target(_) => KernelError::Read { what: what.into(), addr, source: Box::new(self) },
+            other => other,
+        }
+    }
+
+    /// Whether the error is about what the user gave (the vmlinux, a pid or
+    /// name) rather than a failure while reading the guest.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, KernelError::Symbols(_) | KernelError::BannerMismatch { .. } | KernelError::NoSuchTask(_))
+    }
+
     /// Wraps a target error.
     pub fn target<E: std::error::Error + Send + Sync + 'static>(err: E) -> KernelError {
         KernelError::Target(Box::new(err))

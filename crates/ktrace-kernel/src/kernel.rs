@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ktrace_symbols::{KernelAddr, Vmlinux};
 use serde::Serialize;
 
-use crate::layout::KernelLayout;
+use crate::layout::{KernelLayout, PercpuOffset};
 use crate::task::{self, TaskInfo, TaskRef};
 use crate::{kaslr, CpuId, KernelError, Target};
 
@@ -18,7 +18,10 @@ pub struct Kernel {
     slide: u64,
     release: String,
     percpu_bases: Vec<u64>,
-    rq_idle: Option<(u64, u64)>,
+    /// Per-CPU offset of the current-task pointer.
+    current_task: PercpuOffset,
+    /// Per-CPU offset of `runqueues.idle`, where the kernel has them.
+    rq_idle: Option<PercpuOffset>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -87,17 +90,21 @@ impl Kernel {
         let release = vmlinux.release()?;
         let cpus = target.cpus().await?;
         let table = layout.per_cpu_offset.0.wrapping_add(slide);
-        let raw = target.read_memory(table, 8 * cpus.len()).await?;
+        let raw = target
+            .read_memory(table, 8 * cpus.len())
+            .await
+            .map_err(|e| e.reading(format!("__per_cpu_offset[0..{}]", cpus.len()), table))?;
         let percpu_bases: Vec<u64> =
             raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
         if percpu_bases.len() != cpus.len() {
             return Err(KernelError::Corrupt("short read of __per_cpu_offset".into()));
         }
+        let current_task = layout.current_task.percpu_offset(layout.percpu, slide);
         let rq_idle = match (vmlinux.lookup_symbol("runqueues"), vmlinux.member("rq.idle")) {
-            (Some(sym), Ok(m)) if sym.is_percpu() => Some((sym.addr.0, m.offset)),
+            (Some(sym), Ok(m)) if sym.is_percpu() => Some(layout.percpu.offset_of(sym.addr, slide).plus(m.offset)),
             _ => None,
         };
-        Ok(Kernel { vmlinux, layout, slide, release, percpu_bases, rq_idle })
+        Ok(Kernel { vmlinux, layout, slide, release, percpu_bases, current_task, rq_idle })
     }
 
     /// The vmlinux.
@@ -140,14 +147,19 @@ impl Kernel {
         self.percpu_bases.get(cpu.0 as usize).copied()
     }
 
+    /// The per-CPU offset of the per-CPU symbol at link address `sym`.
+    pub fn percpu_offset(&self, sym: KernelAddr) -> PercpuOffset {
+        self.layout.percpu.offset_of(sym, self.slide)
+    }
+
     /// The runtime address of a per-CPU variable's instance on `cpu`.
-    pub fn percpu_addr(&self, cpu: CpuId, percpu_offset: u64) -> Option<u64> {
-        Some(self.percpu_base(cpu)?.wrapping_add(percpu_offset))
+    pub fn percpu_addr(&self, cpu: CpuId, offset: PercpuOffset) -> Option<u64> {
+        Some(self.percpu_base(cpu)?.wrapping_add(offset.0))
     }
 
     /// Where `cpu`'s current-task pointer lives: one 8-byte read gives the current task.
     pub fn current_task_slot(&self, cpu: CpuId) -> Option<u64> {
-        self.percpu_addr(cpu, self.layout.current_task.percpu_offset())
+        self.percpu_addr(cpu, self.current_task)
     }
 
     /// The per-CPU base as the CPU's registers give it: `gs_base` in kernel
@@ -168,7 +180,9 @@ impl Kernel {
     /// The task running on `cpu`.
     pub async fn current_task<T: Target>(&self, target: &mut T, cpu: CpuId) -> Result<TaskRef, KernelError> {
         let slot = self.current_task_slot(cpu).ok_or_else(|| KernelError::Corrupt(format!("no CPU {cpu}")))?;
-        Ok(TaskRef(target.read_u64(slot).await?))
+        let task =
+            target.read_u64(slot).await.map_err(|e| e.reading(format!("CPU {cpu}'s current task pointer"), slot))?;
+        Ok(TaskRef(task))
     }
 
     /// Reads one task's fields.
@@ -191,13 +205,17 @@ impl Kernel {
     pub async fn tasks<T: Target>(&self, target: &mut T) -> Result<Vec<TaskInfo>, KernelError> {
         let init = TaskRef(self.runtime(self.layout.init_task));
         let mut refs = task::all_tasks(target, &self.layout, init).await?;
-        if let Some((runqueues, idle)) = self.rq_idle {
+        if let Some(rq_idle) = self.rq_idle {
             // After swapper/0 (init_task), in CPU order, skipping CPUs whose
             // idle task is missing or already listed.
             let mut at = 1;
             for cpu in 1..self.cpu_count() as u32 {
-                if let Some(slot) = self.percpu_addr(CpuId(cpu), runqueues + idle) {
-                    let t = TaskRef(target.read_u64(slot).await?);
+                if let Some(slot) = self.percpu_addr(CpuId(cpu), rq_idle) {
+                    let t = target
+                        .read_u64(slot)
+                        .await
+                        .map_err(|e| e.reading(format!("CPU {cpu}'s idle task pointer"), slot))?;
+                    let t = TaskRef(t);
                     if t.0 != 0 && !refs.contains(&t) {
                         refs.insert(at, t);
                         at += 1;
@@ -268,7 +286,7 @@ mod fixture_tests {
     //! address for `__per_cpu_offset`) and given to `attach_with_layout`.
 
     use super::*;
-    use crate::layout::{CurrentTaskVar, ThreadList};
+    use crate::layout::{CurrentTaskVar, PercpuSection, ThreadList};
     use crate::synthetic::SyntheticTarget;
 
     const SLIDE: u64 = 14 * (2 << 20);
@@ -291,6 +309,7 @@ mod fixture_tests {
         let state = vm.member("task_struct.__state").expect("__state");
         KernelLayout {
             current_task: CurrentTaskVar::from_vmlinux(vm).expect("current task var"),
+            percpu: PercpuSection::from_vmlinux(vm).expect("per-CPU section"),
             per_cpu_offset: PER_CPU_OFFSET,
             init_task: vm.symbol("init_task").expect("init_task").addr,
             pid: off("task_struct.pid"),
@@ -333,7 +352,7 @@ mod fixture_tests {
         let init = l.init_task.0 + SLIDE;
         for (base, current) in BASES.into_iter().zip([init, USER_TASK]) {
             let mut area = vec![0u8; 0x100];
-            let slot = l.current_task.percpu_offset() as usize;
+            let slot = l.current_task.percpu_offset(l.percpu, SLIDE).0 as usize;
             area[slot..slot + 8].copy_from_slice(&current.to_le_bytes());
             t.map(base, &area);
         }
@@ -360,7 +379,7 @@ mod fixture_tests {
         let member = vm.member("pcpu_hot.current_task").expect("member").offset;
         assert_eq!(
             CurrentTaskVar::from_vmlinux(&vm).expect("var"),
-            CurrentTaskVar::PcpuHot { offset: pcpu_hot, member }
+            CurrentTaskVar::PcpuHot { symbol: KernelAddr(pcpu_hot), member }
         );
         assert_eq!(pcpu_hot, 0x20, "per-CPU symbols are offsets into the area");
     }
@@ -405,7 +424,7 @@ mod fixture_tests {
         let mut k = block_on(Kernel::attach_with_layout(&mut t, vm.clone(), l.clone())).expect("attach");
         assert_eq!(k.rq_idle, None, "the fixture has no runqueues");
         let (rq, idle) = (0x40, 0x18);
-        k.rq_idle = Some((rq, idle));
+        k.rq_idle = Some(PercpuOffset(rq + idle));
         let idle1 = 0xffff_8880_0400_0000;
         task(&mut t, &l, idle1, 0, "swapper/1", l.init_task.0 + SLIDE);
         t.write_u64(BASES[1] + rq + idle, idle1);

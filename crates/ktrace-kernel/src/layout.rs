@@ -1,43 +1,108 @@
 //! Offsets the kernel crate reads, found once in the vmlinux.
 
 use ktrace_symbols::{KernelAddr, Vmlinux};
+use serde::Serialize;
 
 use crate::KernelError;
+
+/// Where a per-CPU variable sits inside each CPU's per-CPU area: the value
+/// added to `__per_cpu_offset[cpu]` to reach that CPU's instance. Not a kernel
+/// address (see [`PercpuSection::offset_of`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+pub struct PercpuOffset(pub u64);
+
+impl PercpuOffset {
+    /// The offset of a member `bytes` into the variable.
+    pub fn plus(self, bytes: u64) -> PercpuOffset {
+        PercpuOffset(self.0.wrapping_add(bytes))
+    }
+}
+
+/// How the per-CPU section (`.data..percpu`) is linked, read from its
+/// section header.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+pub enum PercpuSection {
+    /// Linked at address 0 (x86-64 up to Linux 6.x): a per-CPU symbol's
+    /// address is its offset, whatever the KASLR slide.
+    ZeroBased,
+    /// Linked among the kernel's other sections (Linux 7.x): the kernel adds
+    /// `__per_cpu_offset[cpu]` to the symbol's runtime (slid) address.
+    Linked {
+        /// The section's link address.
+        start: KernelAddr,
+    },
+}
+
+impl PercpuSection {
+    /// From the vmlinux's section table.
+    pub fn from_vmlinux(vm: &Vmlinux) -> Result<PercpuSection, KernelError> {
+        match vm.percpu_section_range() {
+            Some((0, _)) => Ok(PercpuSection::ZeroBased),
+            Some((start, _)) => Ok(PercpuSection::Linked { start: KernelAddr(start) }),
+            None => Err(KernelError::Symbols(ktrace_symbols::SymbolError::UnknownSymbol {
+                name: ".data..percpu (the per-CPU section)".into(),
+                suggestions: Vec::new(),
+            })),
+        }
+    }
+
+    /// The per-CPU offset of the per-CPU symbol at link address `sym`, in a
+    /// kernel slid by `slide`.
+    pub fn offset_of(self, sym: KernelAddr, slide: u64) -> PercpuOffset {
+        match self {
+            PercpuSection::ZeroBased => PercpuOffset(sym.0),
+            PercpuSection::Linked { .. } => PercpuOffset(sym.0.wrapping_add(slide)),
+        }
+    }
+}
 
 /// Where the per-CPU pointer to the current task lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CurrentTaskVar {
-    /// `DEFINE_PER_CPU(struct task_struct *, current_task)` (up to 6.1).
+    /// `DEFINE_PER_CPU(struct task_struct *, current_task)` (up to 6.1, and
+    /// again from 6.15).
     CurrentTask {
-        /// Offset of `current_task` in the per-CPU area.
-        offset: u64,
+        /// Link address of `current_task` (in the per-CPU section).
+        symbol: KernelAddr,
     },
-    /// `pcpu_hot.current_task` (6.2 and later).
+    /// `pcpu_hot.current_task` (6.2 to 6.14).
     PcpuHot {
-        /// Offset of `pcpu_hot` in the per-CPU area.
-        offset: u64,
+        /// Link address of `pcpu_hot` (in the per-CPU section).
+        symbol: KernelAddr,
         /// Offset of `current_task` inside `struct pcpu_hot`.
         member: u64,
     },
 }
 
 impl CurrentTaskVar {
-    /// `pcpu_hot.current_task` where the vmlinux has it, else `current_task`.
+    /// Chosen from the symbol table first: a per-CPU `current_task` where the
+    /// vmlinux has one, else `pcpu_hot` (whose member offset DWARF gives).
     pub fn from_vmlinux(vm: &Vmlinux) -> Result<CurrentTaskVar, KernelError> {
-        Ok(match vm.lookup_symbol("pcpu_hot") {
-            Some(sym) if vm.has_member("pcpu_hot.current_task") => {
-                CurrentTaskVar::PcpuHot { offset: sym.addr.0, member: vm.member("pcpu_hot.current_task")?.offset }
+        if let Some(sym) = vm.lookup_symbol("current_task").filter(|s| s.is_percpu()) {
+            return Ok(CurrentTaskVar::CurrentTask { symbol: sym.addr });
+        }
+        match vm.lookup_symbol("pcpu_hot").filter(|s| s.is_percpu()) {
+            Some(sym) => {
+                Ok(CurrentTaskVar::PcpuHot { symbol: sym.addr, member: vm.member("pcpu_hot.current_task")?.offset })
             }
-            _ => CurrentTaskVar::CurrentTask { offset: vm.symbol("current_task")?.addr.0 },
-        })
+            None => Err(KernelError::Symbols(ktrace_symbols::SymbolError::UnknownSymbol {
+                name: "current_task (or pcpu_hot), the per-CPU current task pointer".into(),
+                suggestions: Vec::new(),
+            })),
+        }
     }
 
-    /// Offset of the current-task pointer inside a CPU's per-CPU area.
-    pub fn percpu_offset(self) -> u64 {
+    /// Link address of the current-task pointer in the per-CPU section.
+    pub fn link_addr(self) -> KernelAddr {
         match self {
-            CurrentTaskVar::CurrentTask { offset } => offset,
-            CurrentTaskVar::PcpuHot { offset, member } => offset + member,
+            CurrentTaskVar::CurrentTask { symbol } => symbol,
+            CurrentTaskVar::PcpuHot { symbol, member } => KernelAddr(symbol.0 + member),
         }
+    }
+
+    /// The per-CPU offset of the current-task pointer.
+    pub fn percpu_offset(self, section: PercpuSection, slide: u64) -> PercpuOffset {
+        section.offset_of(self.link_addr(), slide)
     }
 }
 
@@ -46,6 +111,8 @@ impl CurrentTaskVar {
 pub struct KernelLayout {
     /// How to find the current task.
     pub current_task: CurrentTaskVar,
+    /// How per-CPU addresses are formed.
+    pub percpu: PercpuSection,
     /// Link address of `__per_cpu_offset`.
     pub per_cpu_offset: KernelAddr,
     /// Link address of `init_task`.
@@ -95,6 +162,7 @@ impl KernelLayout {
     pub fn from_vmlinux(vm: &Vmlinux) -> Result<KernelLayout, KernelError> {
         let off = |path: &str| vm.member(path).map(|m| m.offset);
         let current_task = CurrentTaskVar::from_vmlinux(vm)?;
+        let percpu = PercpuSection::from_vmlinux(vm)?;
         let state = match vm.member("task_struct.__state") {
             Ok(m) => (m.offset, m.size),
             Err(_) => {
@@ -113,6 +181,7 @@ impl KernelLayout {
         };
         Ok(KernelLayout {
             current_task,
+            percpu,
             per_cpu_offset: vm.symbol("__per_cpu_offset")?.addr,
             init_task: vm.symbol("init_task")?.addr,
             pid: off("task_struct.pid")?,
@@ -133,9 +202,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn current_task_slot_in_both_layouts() {
-        assert_eq!(CurrentTaskVar::CurrentTask { offset: 0x1fb80 }.percpu_offset(), 0x1fb80);
-        assert_eq!(CurrentTaskVar::PcpuHot { offset: 0x32000, member: 0 }.percpu_offset(), 0x32000);
-        assert_eq!(CurrentTaskVar::PcpuHot { offset: 0x32000, member: 0x10 }.percpu_offset(), 0x32010);
+    fn current_task_offset_in_both_variables_and_both_sections() {
+        let zero = PercpuSection::ZeroBased;
+        let slide = 0x1c00_0000;
+        let var = CurrentTaskVar::CurrentTask { symbol: KernelAddr(0x1fb80) };
+        assert_eq!(var.percpu_offset(zero, slide), PercpuOffset(0x1fb80));
+        let var = CurrentTaskVar::PcpuHot { symbol: KernelAddr(0x32000), member: 0x10 };
+        assert_eq!(var.percpu_offset(zero, slide), PercpuOffset(0x32010));
+        // A section linked at its own address: the symbol's slid address.
+        let linked = PercpuSection::Linked { start: KernelAddr(0xffff_ffff_83cc_4000) };
+        let var = CurrentTaskVar::CurrentTask { symbol: KernelAddr(0xffff_ffff_83cc_5000) };
+        assert_eq!(var.percpu_offset(linked, 0), PercpuOffset(0xffff_ffff_83cc_5000));
+        assert_eq!(var.percpu_offset(linked, slide), PercpuOffset(0xffff_ffff_9fcc_5000));
+        assert_eq!(PercpuOffset(0x10).plus(8), PercpuOffset(0x18));
     }
 }

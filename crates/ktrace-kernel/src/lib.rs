@@ -26,7 +26,7 @@ mod task;
 
 pub use error::KernelError;
 pub use kernel::{CpuState, Kernel, KernelInfo};
-pub use layout::{CurrentTaskVar, KernelLayout};
+pub use layout::{CurrentTaskVar, KernelLayout, PercpuOffset, PercpuSection};
 pub use rsp_target::cpu_of_thread;
 pub use target::{CpuId, Target};
 pub use task::{decode_comm, le_u64, TaskInfo, TaskRef, TaskState, MAX_TASKS};

@@ -252,7 +252,8 @@ mod list_tests {
 
     fn layout() -> KernelLayout {
         KernelLayout {
-            current_task: CurrentTaskVar::CurrentTask { offset: 0x1fb80 },
+            current_task: CurrentTaskVar::CurrentTask { symbol: ktrace_symbols::KernelAddr(0x1fb80) },
+            percpu: crate::layout::PercpuSection::ZeroBased,
             per_cpu_offset: KernelAddr(0xffff_ffff_8239_eb60),
             init_task: KernelAddr(0xffff_ffff_8000_0000),
             pid: 0x10,

@@ -8,8 +8,10 @@ use object::{Object, ObjectSection, SectionKind};
 
 use crate::SymbolError;
 
-/// Name of the section that holds the per-CPU variable template; its
-/// addresses are offsets (the section is linked at address 0).
+/// Name of the section that holds the per-CPU variable template. Up to Linux
+/// 6.x it is linked at address 0, so its symbols' addresses are offsets into
+/// each CPU's area; newer kernels link it among the others (the per-CPU offset
+/// is then computed from the section's runtime address, see ktrace-kernel).
 pub(crate) const PERCPU_SECTION: &str = ".data..percpu";
 
 /// One section of the file.
@@ -96,9 +98,9 @@ impl ElfImage {
         self.section(PERCPU_SECTION)
     }
 
-    /// Bytes of the file image at link-time address `addr`. Kernel
-    /// (high-half) addresses are looked up first; the zero-based per-CPU
-    /// section is used only when nothing else matches.
+    /// Bytes of the file image at link-time address `addr`. Other sections
+    /// are looked up first; the per-CPU section only when nothing else
+    /// matches (where it is linked at 0 it overlaps no kernel address).
     pub(crate) fn bytes_at(&self, addr: u64, len: usize) -> Option<&'static [u8]> {
         let hit = |s: &&Section| {
             s.alloc

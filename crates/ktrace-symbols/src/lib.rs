@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 mod banner;
+mod btf;
 mod cfi;
 mod dwarf;
 mod elf;
@@ -28,7 +29,7 @@ pub use cfi::{CfaRule, CfiRow, RegRule, DWARF_RBP, DWARF_RSP};
 pub use error::SymbolError;
 pub use layout::MemberLayout;
 pub use lines::SourceFrame;
-pub use orc::{OrcEntry, OrcReg, OrcTable, OrcType};
+pub use orc::{OrcEntry, OrcFormat, OrcReg, OrcSelfCheck, OrcTable, OrcType, ORC_ENTRY_SIZE, ORC_HEADER_SIZE};
 pub use symbols::{Symbol, SymbolKind, SymbolOffset};
 
 use dwarf::{DieRef, DwarfInfo, OwnedSections, R};
@@ -66,6 +67,7 @@ pub struct Vmlinux {
     /// addr2line contexts, one per compilation unit (keyed by unit offset).
     addr2line: Mutex<HashMap<usize, addr2line::Context<R>>>,
     orc: OnceLock<Result<Option<OrcTable>, String>>,
+    btf: OnceLock<Option<btf::BtfTypeNames>>,
     cfi: OnceLock<Result<Option<cfi::CfiIndex>, String>>,
     image: ElfImage,
     path: PathBuf,
@@ -77,6 +79,9 @@ pub struct Vmlinux {
 /// variable's type first (fast path), e.g. task_struct via `init_task`.
 /// How many per-unit addr2line contexts are kept.
 const MAX_LINE_CONTEXTS: usize = 32;
+
+/// How many functions [`Vmlinux::orc`] checks the ORC tables against.
+const ORC_SELF_CHECK_SAMPLE: usize = 512;
 
 const TYPE_ANCHOR_VARS: &[(&str, &str)] = &[("task_struct", "init_task")];
 
@@ -112,6 +117,7 @@ impl Vmlinux {
             dwarf: OnceLock::new(),
             addr2line: Mutex::default(),
             orc: OnceLock::new(),
+            btf: OnceLock::new(),
             cfi: OnceLock::new(),
             image,
             path,
@@ -197,6 +203,14 @@ impl Vmlinux {
         self.image.bytes_at(addr.0, len)
     }
 
+    /// Whether the link-time address `addr` is in one of the vmlinux's
+    /// code sections (`.text`, `.init.text`, ...).
+    pub fn is_code(&self, addr: KernelAddr) -> bool {
+        self.image.sections.iter().any(|s| {
+            s.alloc && s.kind == object::SectionKind::Text && addr.0 >= s.addr && addr.0 < s.addr.saturating_add(s.size)
+        })
+    }
+
     /// The `[start, end)` of the per-CPU section (`.data..percpu`), whose
     /// symbols' addresses are offsets into each CPU's area.
     pub fn percpu_section_range(&self) -> Option<(u64, u64)> {
@@ -240,8 +254,18 @@ impl Vmlinux {
         dwarf::anchor_functions().iter().filter_map(|n| self.lookup_symbol(n)).map(|s| s.addr.0).collect()
     }
 
+    /// The type names of `.BTF`, if the file has a well-formed one.
+    fn btf(&self) -> Option<&btf::BtfTypeNames> {
+        self.btf.get_or_init(|| self.image.section(".BTF").and_then(|s| btf::BtfTypeNames::parse(s.data))).as_ref()
+    }
+
     fn find_type(&self, name: &str) -> Result<(&DwarfInfo, DieRef), SymbolError> {
         let d = self.dwarf(&format!("the layout of `{name}`"))?;
+        // A type the kernel does not have is answered from BTF's names, not
+        // by a scan of all of .debug_info.
+        if self.btf().is_some_and(|b| !b.has_type(name)) {
+            return Err(SymbolError::UnknownType { name: name.trim().to_owned() });
+        }
         let bare = name.trim().strip_prefix("struct ").unwrap_or(name.trim());
         // Fast path: take the type of a variable known to have it.
         if let Some((_, var)) = TYPE_ANCHOR_VARS.iter().find(|(t, _)| *t == bare) {
@@ -321,6 +345,10 @@ impl Vmlinux {
     /// `"struct task_struct"`, `"current_task"` → `"struct task_struct *"`.
     pub fn variable_type(&self, name: &str) -> Result<String, SymbolError> {
         let d = self.dwarf(&format!("the type of `{name}`"))?;
+        // Every global or per-CPU variable is in the symbol table.
+        if self.lookup_symbol(name).is_none() {
+            return Err(SymbolError::UnknownVariable { name: name.to_owned() });
+        }
         match d.find_variable_type(name, &self.anchors())? {
             Some(t) => d.type_name(Some(t)),
             None => Err(SymbolError::UnknownVariable { name: name.to_owned() }),
@@ -384,12 +412,38 @@ impl Vmlinux {
         lines::line_addresses(&d.dwarf, file, line)
     }
 
-    /// The ORC unwind table, parsed on first use.
+    /// The ORC unwind table, parsed on first use in the format its
+    /// `.orc_header` names, and checked against the symbol table (see
+    /// [`OrcTable::self_check`]): tables that fail the check are an error,
+    /// so that no backtrace is built from a misread format.
     pub fn orc(&self) -> Result<&OrcTable, SymbolError> {
-        match self.orc.get_or_init(|| OrcTable::parse(&self.image).map_err(|e| e.to_string())) {
+        let parsed = self.orc.get_or_init(|| {
+            let table = OrcTable::parse(&self.image).map_err(|e| e.to_string())?;
+            if let Some(t) = &table {
+                let check = t.self_check(&self.text_function_starts(), ORC_SELF_CHECK_SAMPLE);
+                if !check.ok() {
+                    return Err(format!(
+                        "the ORC tables fail ktrace's self-check: only {} of {} sampled C functions start with a call frame (CFA = SP + 8) when read as {:?}; this kernel's ORC format is one ktrace does not know",
+                        check.passed,
+                        check.sampled,
+                        t.format()
+                    ));
+                }
+            }
+            Ok(table)
+        });
+        match parsed {
             Ok(Some(t)) => Ok(t),
             Ok(None) => Err(SymbolError::NoOrc { path: self.path.clone() }),
             Err(reason) => Err(SymbolError::BadOrc { reason: reason.clone() }),
+        }
+    }
+
+    /// Start addresses of the sized functions in `.text`.
+    fn text_function_starts(&self) -> Vec<u64> {
+        match (self.index(), self.image.section(".text")) {
+            (Ok(idx), Some(text)) => idx.text_function_starts((text.addr, text.addr + text.size)),
+            _ => Vec::new(),
         }
     }
 

@@ -17,8 +17,10 @@ pub enum SymbolKind {
     ReadOnlyData,
     /// Zero-initialised data (NOBITS).
     Bss,
-    /// A per-CPU variable: its address is an offset into each CPU's per-CPU
-    /// area (add `__per_cpu_offset[cpu]`), not a kernel virtual address.
+    /// A per-CPU variable (in `.data..percpu`): one instance per CPU, in
+    /// each CPU's per-CPU area. Where the section is linked at 0 its address
+    /// is an offset into that area; elsewhere it is a kernel address of the
+    /// section's template (see `Vmlinux::percpu_section_range`).
     PerCpu,
     /// An absolute symbol (a constant, not in any section).
     Absolute,
@@ -31,7 +33,8 @@ pub enum SymbolKind {
 pub struct Symbol {
     /// The symbol name.
     pub name: String,
-    /// Its link-time address (for per-CPU symbols: the per-CPU offset).
+    /// Its link-time address (for per-CPU symbols: its address in the per-CPU
+    /// section, which is an offset where that section is linked at 0).
     pub addr: KernelAddr,
     /// Its size in bytes as recorded in the symbol table (0 if unknown).
     pub size: u64,
@@ -40,7 +43,7 @@ pub struct Symbol {
 }
 
 impl Symbol {
-    /// Whether this is a per-CPU variable (its address is an offset).
+    /// Whether this is a per-CPU variable (in the per-CPU section).
     pub fn is_percpu(&self) -> bool {
         self.kind == SymbolKind::PerCpu
     }
@@ -204,6 +207,19 @@ impl SymbolIndex {
             push(n, &mut out);
         }
         out
+    }
+
+    /// Start addresses of sized functions in `.text` (ordinary C code; not
+    /// entry or init text), sorted.
+    pub(crate) fn text_function_starts(&self, text: (u64, u64)) -> Vec<u64> {
+        let mut starts: Vec<u64> = self
+            .by_addr
+            .iter()
+            .filter(|e| e.func && e.size >= 16 && e.addr >= text.0 && e.addr < text.1)
+            .map(|e| e.addr)
+            .collect();
+        starts.dedup();
+        starts
     }
 
     /// The symbol containing `addr`, preferring functions.

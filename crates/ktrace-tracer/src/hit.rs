@@ -185,7 +185,7 @@ mod tests {
             task: TaskRef(0),
             breakpoint: "x".into(),
             pc: 0,
-            backtrace: Some(Backtrace { frames, truncated: None }),
+            backtrace: Some(Backtrace { frames, stopped: None }),
         }
     }
 

@@ -33,4 +33,4 @@ pub use location::{resolve as resolve_location, Location};
 pub use stream::HitStream;
 pub use tokio_util::sync::CancellationToken;
 pub use tracer::{HitSink, TraceFailure, Tracer};
-pub use unwind::{Backtrace, Frame, FrameKind, Regs, Unwinder};
+pub use unwind::{Backtrace, Frame, FrameKind, Regs, StopReason, Unwinder};

@@ -78,10 +78,112 @@ pub struct Frame {
 pub struct Backtrace {
     /// Frames, innermost first.
     pub frames: Vec<Frame>,
-    /// Why unwinding stopped, when it was not the natural end of the stack.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub truncated: Option<String>,
+    /// Why unwinding stopped, when it was not the natural end of the stack
+    /// (in JSON: the reason as text).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_text")]
+    pub stopped: Option<StopReason>,
 }
+
+fn as_text<S: serde::Serializer>(why: &Option<StopReason>, s: S) -> Result<S::Ok, S::Error> {
+    match why {
+        Some(why) => s.collect_str(why),
+        None => s.serialize_none(),
+    }
+}
+
+/// Why a backtrace ended before a real stack bottom. Each is a state the
+/// unwinder cannot get past without guessing, so it stops and says so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The frame limit was reached.
+    MaxFrames(usize),
+    /// The vmlinux's ORC tables are unusable (missing, or in a format that
+    /// failed the self-check), so only the stopped frame is shown.
+    NoOrcTables(String),
+    /// Neither ORC nor DWARF CFI covers this pc.
+    NoUnwindData {
+        /// The pc (runtime).
+        pc: u64,
+    },
+    /// An ORC entry this unwinder cannot evaluate.
+    UnsupportedOrc {
+        /// The pc (runtime).
+        pc: u64,
+        /// The entry, for the report.
+        entry: OrcEntry,
+    },
+    /// A DWARF CFI rule this unwinder cannot evaluate.
+    UnsupportedCfi {
+        /// The pc (runtime).
+        pc: u64,
+        /// What is unsupported.
+        why: String,
+    },
+    /// A stack word could not be read.
+    UnreadableStack {
+        /// What was being read.
+        what: &'static str,
+        /// Its address.
+        addr: u64,
+    },
+    /// The next frame's stack pointer is not above this one's, on the same stack.
+    StackWentBackwards {
+        /// This frame's stack pointer.
+        sp: u64,
+        /// The caller's stack pointer (CFA).
+        cfa: u64,
+    },
+    /// The stack pointer is not a kernel address.
+    BadStackPointer {
+        /// The stack pointer.
+        sp: u64,
+    },
+    /// A call frame's return address is a user-space address: only a
+    /// `pt_regs` frame can lead out of the kernel.
+    UserReturnAddress {
+        /// The return address.
+        pc: u64,
+    },
+    /// The pc is a kernel address outside the vmlinux's code.
+    OutsideKernelText {
+        /// The pc.
+        pc: u64,
+    },
+    /// The same frame came back: the unwind would loop.
+    Loop {
+        /// The repeated pc.
+        pc: u64,
+    },
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::MaxFrames(n) => write!(f, "stopped after {n} frames"),
+            StopReason::NoOrcTables(why) => write!(f, "backtraces are off: {why}"),
+            StopReason::NoUnwindData { pc } => write!(f, "no ORC or DWARF CFI data for 0x{pc:x}"),
+            StopReason::UnsupportedOrc { pc, entry } => write!(f, "unsupported ORC entry {entry:?} at 0x{pc:x}"),
+            StopReason::UnsupportedCfi { pc, why } => write!(f, "DWARF CFI at 0x{pc:x}: {why}"),
+            StopReason::UnreadableStack { what, addr } => write!(f, "unreadable {what} at 0x{addr:x}"),
+            StopReason::StackWentBackwards { sp, cfa } => {
+                write!(f, "stack pointer went backwards (0x{cfa:x} after 0x{sp:x}, on the same stack)")
+            }
+            StopReason::BadStackPointer { sp } => write!(f, "stack pointer 0x{sp:x} is not a kernel address"),
+            StopReason::UserReturnAddress { pc } => {
+                write!(f, "return address 0x{pc:x} is not in the kernel, and no pt_regs frame leads there")
+            }
+            StopReason::OutsideKernelText { pc } => {
+                let module = if (MODULES_START..MODULES_END).contains(pc) { " (module code)" } else { "" };
+                write!(f, "pc 0x{pc:x} is outside the vmlinux's code{module}")
+            }
+            StopReason::Loop { pc } => write!(f, "the unwind loops (frame 0x{pc:x} again)"),
+        }
+    }
+}
+
+/// Where x86-64 maps module code (`MODULES_VADDR` .. `MODULES_END`).
+const MODULES_START: u64 = 0xffff_ffff_a000_0000;
+const MODULES_END: u64 = 0xffff_ffff_ff00_0000;
 
 /// Offsets in `struct pt_regs`.
 #[derive(Clone, Copy, Debug)]
@@ -106,6 +208,9 @@ type Symbolized = (Option<String>, u64, Vec<SourceFrame>);
 pub struct Unwinder {
     pt: PtRegs,
     max_frames: usize,
+    /// The size (and alignment) of a task stack: SPs in one such block are
+    /// on the same stack.
+    stack_block: u64,
     symbolized: HashMap<(u64, bool), Symbolized>,
 }
 
@@ -132,25 +237,15 @@ impl<T: Target> StackReader<'_, T> {
         let off = (addr - base) as usize;
         Some(u64::from_le_bytes(chunk[off..off + 8].try_into().ok()?))
     }
+
+    /// A stack word, or the reason to stop.
+    async fn word(&mut self, what: &'static str, addr: u64) -> Result<u64, StopReason> {
+        self.u64(addr).await.ok_or(StopReason::UnreadableStack { what, addr })
+    }
 }
 
 fn is_kernel(addr: u64) -> bool {
     addr >= 0xffff_8000_0000_0000
-}
-
-/// Whether the unwinder understands an ORC entry (others fall back to CFI).
-fn orc_usable(o: &OrcEntry) -> bool {
-    matches!(
-        o.sp_reg,
-        OrcReg::Sp
-            | OrcReg::Bp
-            | OrcReg::SpIndirect
-            | OrcReg::BpIndirect
-            | OrcReg::Di
-            | OrcReg::Dx
-            | OrcReg::R10
-            | OrcReg::R13
-    ) && !matches!(o.kind, OrcType::Other(_))
 }
 
 /// The value of DWARF x86-64 register `reg` in `regs`, for the registers
@@ -167,44 +262,70 @@ fn dwarf_reg(regs: &Regs, reg: u16) -> Option<u64> {
     })
 }
 
+/// The caller's frame as one unwind step found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Caller {
+    regs: Regs,
+    kind: FrameKind,
+    /// Where the `pt_regs` were, for interrupted and user frames.
+    regs_at: Option<u64>,
+    /// The pc is a return address (look it up at pc - 1), not an
+    /// interrupted instruction.
+    return_address: bool,
+}
+
+/// What one unwind step says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Step {
+    /// The caller's frame.
+    Next(Caller),
+    /// The natural bottom of the stack.
+    End,
+    /// The unwind cannot go on.
+    Stop(StopReason),
+}
+
 /// One unwind step with a `.debug_frame` row: the caller's registers,
-/// `Ok(None)` when the return address is undefined (the outermost frame),
-/// or why the step is impossible.
-async fn cfi_step<T: Target>(
-    row: &CfiRow,
-    state: &Regs,
-    stack: &mut StackReader<'_, T>,
-) -> Result<Option<Regs>, String> {
+/// [`Step::End`] when the return address is undefined (the outermost frame).
+async fn cfi_step<T: Target>(row: &CfiRow, state: &Regs, stack: &mut StackReader<'_, T>) -> Step {
+    let unsupported = |why: String| Step::Stop(StopReason::UnsupportedCfi { pc: state.ip, why });
     let cfa = match row.cfa {
-        CfaRule::RegOffset { reg, offset } => {
-            let base =
-                dwarf_reg(state, reg).ok_or_else(|| format!("the CFA is based on unsupported register {reg}"))?;
-            base.wrapping_add(offset as u64)
-        }
-        CfaRule::Unsupported => return Err("the CFA is a DWARF expression".into()),
+        CfaRule::RegOffset { reg, offset } => match dwarf_reg(state, reg) {
+            Some(base) => base.wrapping_add(offset as u64),
+            None => return unsupported(format!("the CFA is based on unsupported register {reg}")),
+        },
+        CfaRule::Unsupported => return unsupported("the CFA is a DWARF expression".into()),
     };
     let ra_at = match row.rip {
         RegRule::Offset(o) => cfa.wrapping_add(o as u64),
-        RegRule::Undefined => return Ok(None),
-        other => return Err(format!("unsupported return address rule {other:?}")),
+        RegRule::Undefined => return Step::End,
+        other => return unsupported(format!("unsupported return address rule {other:?}")),
     };
-    if cfa <= state.sp {
-        return Err("stack pointer went backwards".into());
-    }
-    let ip = stack.u64(ra_at).await.ok_or_else(|| format!("unreadable stack at 0x{ra_at:x}"))?;
+    let ip = match stack.word("return address", ra_at).await {
+        Ok(ip) => ip,
+        Err(why) => return Step::Stop(why),
+    };
     let mut next = Regs { ip, sp: cfa, ..*state };
     if let RegRule::Offset(o) = row.rbp {
-        let at = cfa.wrapping_add(o as u64);
-        next.bp = stack.u64(at).await.ok_or_else(|| format!("unreadable saved rbp at 0x{at:x}"))?;
+        match stack.word("saved rbp", cfa.wrapping_add(o as u64)).await {
+            Ok(bp) => next.bp = bp,
+            Err(why) => return Step::Stop(why),
+        }
     }
     // SameValue keeps rbp; Undefined/Unsupported leave it as it was (best effort).
-    Ok(Some(next))
+    Step::Next(Caller { regs: next, kind: FrameKind::CallCfi, regs_at: None, return_address: true })
 }
 
 impl Unwinder {
-    /// Prepares an unwinder (reads the `pt_regs` layout from DWARF).
+    /// Prepares an unwinder (reads the `pt_regs` layout and the stack size
+    /// from the vmlinux).
     pub fn new(vm: &Vmlinux) -> Result<Unwinder, KernelError> {
         let off = |m: &str| vm.member(&format!("pt_regs.{m}")).map(|l| l.offset);
+        // THREAD_SIZE is the size of init's stack.
+        let stack_block = match (vm.lookup_symbol("init_stack"), vm.lookup_symbol("__end_init_stack")) {
+            (Some(a), Some(b)) if b.addr.0 > a.addr.0 && (b.addr.0 - a.addr.0).is_power_of_two() => b.addr.0 - a.addr.0,
+            _ => 16 << 10,
+        };
         Ok(Unwinder {
             pt: PtRegs {
                 ip: off("ip")?,
@@ -216,6 +337,7 @@ impl Unwinder {
                 r13: off("r13")?,
             },
             max_frames: 64,
+            stack_block,
             symbolized: HashMap::new(),
         })
     }
@@ -230,150 +352,178 @@ impl Unwinder {
     pub async fn unwind<T: Target>(&mut self, kernel: &Kernel, target: &mut T, regs: Regs) -> Backtrace {
         let mut stack = StackReader { target, chunks: HashMap::new() };
         let mut frames = Vec::new();
-        let mut state = regs;
         // A CPU stopped in user mode has no kernel stack to walk.
-        let mut kind = if is_kernel(state.ip) { FrameKind::Stopped } else { FrameKind::User };
-        let mut regs_at = None;
-        // The last pt_regs seen, for ORC entries based on DI/DX/R10/R13.
-        let mut truncated = None;
-        loop {
-            let is_return_address = matches!(kind, FrameKind::Call | FrameKind::CallCfi);
-            frames.push(self.frame(kernel, state.ip, kind, regs_at, is_return_address));
-            if kind == FrameKind::User {
-                break;
+        let first_kind = if is_kernel(regs.ip) { FrameKind::Stopped } else { FrameKind::User };
+        let mut frame = Caller { regs, kind: first_kind, regs_at: None, return_address: false };
+        let mut seen = std::collections::HashSet::new();
+        let stopped = loop {
+            frames.push(self.frame(kernel, frame.regs.ip, frame.kind, frame.regs_at, frame.return_address));
+            if frame.kind == FrameKind::User {
+                break None;
+            }
+            if let Err(why) = self.check_frame(kernel, &frame.regs) {
+                break Some(why);
             }
             if frames.len() >= self.max_frames {
-                truncated = Some(format!("stopped after {} frames", self.max_frames));
-                break;
+                break Some(StopReason::MaxFrames(self.max_frames));
             }
-            let lookup = kernel.link(if is_return_address { state.ip - 1 } else { state.ip });
-            let orc = kernel.vmlinux().orc().ok().and_then(|t| t.lookup(lookup));
-            if orc.is_some_and(|o| o.end) {
-                break;
+            if !seen.insert((frame.regs.ip, frame.regs.sp)) {
+                break Some(StopReason::Loop { pc: frame.regs.ip });
             }
-            let Some(orc) = orc.filter(orc_usable) else {
-                // No (usable) ORC data here: try the DWARF CFI.
-                let row = kernel.vmlinux().cfi(lookup);
-                match row {
-                    Ok(Some(row)) => match cfi_step(&row, &state, &mut stack).await {
-                        Ok(Some(next)) => {
-                            if next.ip == 0 {
-                                break;
-                            }
-                            if !is_kernel(next.ip) {
-                                truncated = Some(format!("return address 0x{:x} is not in the kernel", next.ip));
-                                break;
-                            }
-                            state = next;
-                            kind = FrameKind::CallCfi;
-                            regs_at = None;
-                            continue;
-                        }
-                        // The CFI marks the outermost frame.
-                        Ok(None) => {}
-                        Err(why) => truncated = Some(format!("DWARF CFI at 0x{:x}: {why}", state.ip)),
-                    },
-                    Ok(None) | Err(_) => match orc {
-                        None => truncated = Some(format!("no ORC or DWARF CFI data for 0x{:x}", state.ip)),
-                        // As before: an undefined sp_reg ends the stack; other unknowns say why.
-                        Some(o) if o.sp_reg == OrcReg::Undefined => {}
-                        Some(o) => truncated = Some(format!("unsupported ORC entry {o:?} at 0x{:x}", state.ip)),
-                    },
-                }
-                break;
+            let caller = match self.step(kernel, &mut stack, &frame).await {
+                Step::Next(caller) => caller,
+                Step::End => break None,
+                Step::Stop(why) => break Some(why),
             };
-            let (base, indirect) = match orc.sp_reg {
-                OrcReg::Sp => (state.sp.wrapping_add(orc.sp_offset as i64 as u64), false),
-                OrcReg::Bp => (state.bp.wrapping_add(orc.sp_offset as i64 as u64), false),
-                OrcReg::SpIndirect => (state.sp, true),
-                OrcReg::BpIndirect => (state.bp.wrapping_add(orc.sp_offset as i64 as u64), true),
-                OrcReg::Di => (state.di.wrapping_add(orc.sp_offset as i64 as u64), false),
-                OrcReg::Dx => (state.dx.wrapping_add(orc.sp_offset as i64 as u64), false),
-                OrcReg::R10 => (state.r10.wrapping_add(orc.sp_offset as i64 as u64), false),
-                OrcReg::R13 => (state.r13.wrapping_add(orc.sp_offset as i64 as u64), false),
-                // Excluded by `orc_usable`.
-                _ => unreachable!("unusable ORC entry {orc:?}"),
-            };
-            let mut cfa = base;
-            if indirect {
-                let Some(v) = stack.u64(base).await else {
-                    truncated = Some(format!("unreadable stack at 0x{base:x}"));
-                    break;
-                };
-                cfa = v;
-                if orc.sp_reg == OrcReg::SpIndirect {
-                    cfa = cfa.wrapping_add(orc.sp_offset as i64 as u64);
-                }
+            if let Err(why) = self.check_caller(&frame.regs, &caller) {
+                break Some(why);
             }
-            let mut next = state;
-            match orc.kind {
-                OrcType::Call => {
-                    let Some(ip) = stack.u64(cfa.wrapping_sub(8)).await else {
-                        truncated = Some(format!("unreadable stack at 0x{:x}", cfa - 8));
-                        break;
-                    };
-                    if cfa <= state.sp {
-                        truncated = Some("stack pointer went backwards".into());
-                        break;
-                    }
-                    next.ip = ip;
-                    next.sp = cfa;
-                    kind = FrameKind::Call;
-                    regs_at = None;
-                }
-                OrcType::Regs | OrcType::RegsPartial => {
-                    // REGS: cfa points at a full pt_regs. REGS_PARTIAL: at the IRET frame inside one.
-                    let regs = if orc.kind == OrcType::Regs { cfa } else { cfa.wrapping_sub(self.pt.ip) };
-                    let (Some(ip), Some(sp)) = (stack.u64(regs + self.pt.ip).await, stack.u64(regs + self.pt.sp).await)
-                    else {
-                        truncated = Some(format!("unreadable pt_regs at 0x{regs:x}"));
-                        break;
-                    };
-                    next.ip = ip;
-                    next.sp = sp;
-                    if orc.kind == OrcType::Regs {
-                        for (field, off) in [
-                            (&mut next.bp, self.pt.bp),
-                            (&mut next.di, self.pt.di),
-                            (&mut next.dx, self.pt.dx),
-                            (&mut next.r10, self.pt.r10),
-                            (&mut next.r13, self.pt.r13),
-                        ] {
-                            if let Some(v) = stack.u64(regs + off).await {
-                                *field = v;
-                            }
-                        }
-                    }
-                    kind = if is_kernel(ip) { FrameKind::Interrupted } else { FrameKind::User };
-                    regs_at = Some(regs);
-                }
-                OrcType::Other(_) => unreachable!("unusable ORC entry {orc:?}"),
+            if caller.regs.ip == 0 {
+                break None;
             }
-            match orc.bp_reg {
-                OrcReg::PrevSp => match stack.u64(cfa.wrapping_add(orc.bp_offset as i64 as u64)).await {
-                    Some(bp) => next.bp = bp,
-                    None => {
-                        truncated = Some("unreadable saved rbp".into());
-                        break;
-                    }
-                },
-                OrcReg::Bp => {
-                    if let Some(bp) = stack.u64(state.bp.wrapping_add(orc.bp_offset as i64 as u64)).await {
-                        next.bp = bp;
-                    }
-                }
-                _ => {}
-            }
-            if next.ip == 0 {
-                break;
-            }
-            if kind != FrameKind::User && !is_kernel(next.ip) {
-                truncated = Some(format!("return address 0x{:x} is not in the kernel", next.ip));
-                break;
-            }
-            state = next;
+            frame = caller;
+        };
+        Backtrace { frames, stopped }
+    }
+
+    /// A frame the unwinder is about to step from must be in kernel code on
+    /// a kernel stack.
+    fn check_frame(&self, kernel: &Kernel, regs: &Regs) -> Result<(), StopReason> {
+        if !is_kernel(regs.sp) {
+            return Err(StopReason::BadStackPointer { sp: regs.sp });
         }
-        Backtrace { frames, truncated }
+        if !kernel.vmlinux().is_code(kernel.link(regs.ip)) {
+            return Err(StopReason::OutsideKernelText { pc: regs.ip });
+        }
+        Ok(())
+    }
+
+    /// The caller a step found must make sense: a call frame returns to the
+    /// kernel, and the stack grows towards the caller unless the step
+    /// switched stacks (from an IRQ or exception stack to the task's).
+    fn check_caller(&self, callee: &Regs, caller: &Caller) -> Result<(), StopReason> {
+        if caller.kind == FrameKind::User {
+            return Ok(());
+        }
+        if !is_kernel(caller.regs.ip) && caller.regs.ip != 0 {
+            return Err(StopReason::UserReturnAddress { pc: caller.regs.ip });
+        }
+        let same_stack = callee.sp / self.stack_block == caller.regs.sp / self.stack_block;
+        if caller.kind != FrameKind::Interrupted && same_stack && caller.regs.sp <= callee.sp {
+            return Err(StopReason::StackWentBackwards { sp: callee.sp, cfa: caller.regs.sp });
+        }
+        Ok(())
+    }
+
+    /// One step: ORC where it covers the pc, else the DWARF CFI.
+    async fn step<T: Target>(&self, kernel: &Kernel, stack: &mut StackReader<'_, T>, frame: &Caller) -> Step {
+        let state = &frame.regs;
+        let lookup = kernel.link(if frame.return_address { state.ip - 1 } else { state.ip });
+        let orc = match kernel.vmlinux().orc() {
+            Ok(t) => t.lookup(lookup),
+            Err(e) => return Step::Stop(StopReason::NoOrcTables(e.to_string())),
+        };
+        match orc {
+            Some(o) if o.kind == OrcType::EndOfStack => Step::End,
+            Some(o) if orc_usable(&o) => self.orc_step(&o, state, stack).await,
+            // No (usable) ORC data here: try the DWARF CFI.
+            _ => match kernel.vmlinux().cfi(lookup) {
+                Ok(Some(row)) => cfi_step(&row, state, stack).await,
+                Ok(None) | Err(_) => match orc {
+                    Some(o) if o.kind != OrcType::Undefined => {
+                        Step::Stop(StopReason::UnsupportedOrc { pc: state.ip, entry: o })
+                    }
+                    _ => Step::Stop(StopReason::NoUnwindData { pc: state.ip }),
+                },
+            },
+        }
+    }
+
+    /// One step with an ORC entry (call frame or `pt_regs`).
+    async fn orc_step<T: Target>(&self, orc: &OrcEntry, state: &Regs, stack: &mut StackReader<'_, T>) -> Step {
+        let off = orc.sp_offset as i64 as u64;
+        let (base, indirect) = match orc.sp_reg {
+            OrcReg::Sp => (state.sp.wrapping_add(off), false),
+            OrcReg::Bp => (state.bp.wrapping_add(off), false),
+            OrcReg::SpIndirect => (state.sp, true),
+            OrcReg::BpIndirect => (state.bp.wrapping_add(off), true),
+            OrcReg::Di => (state.di.wrapping_add(off), false),
+            OrcReg::Dx => (state.dx.wrapping_add(off), false),
+            OrcReg::R10 => (state.r10.wrapping_add(off), false),
+            OrcReg::R13 => (state.r13.wrapping_add(off), false),
+            _ => return Step::Stop(StopReason::UnsupportedOrc { pc: state.ip, entry: *orc }),
+        };
+        let mut cfa = base;
+        if indirect {
+            cfa = match stack.word("saved stack pointer", base).await {
+                Ok(v) => v,
+                Err(why) => return Step::Stop(why),
+            };
+            if orc.sp_reg == OrcReg::SpIndirect {
+                cfa = cfa.wrapping_add(off);
+            }
+        }
+        let mut caller = match orc.kind {
+            OrcType::Call => match stack.word("return address", cfa.wrapping_sub(8)).await {
+                Ok(ip) => Caller {
+                    regs: Regs { ip, sp: cfa, ..*state },
+                    kind: FrameKind::Call,
+                    regs_at: None,
+                    return_address: true,
+                },
+                Err(why) => return Step::Stop(why),
+            },
+            OrcType::Regs | OrcType::RegsPartial => match self.pt_regs_step(orc, cfa, state, stack).await {
+                Ok(caller) => caller,
+                Err(why) => return Step::Stop(why),
+            },
+            _ => return Step::Stop(StopReason::UnsupportedOrc { pc: state.ip, entry: *orc }),
+        };
+        match orc.bp_reg {
+            OrcReg::PrevSp => match stack.word("saved rbp", cfa.wrapping_add(orc.bp_offset as i64 as u64)).await {
+                Ok(bp) => caller.regs.bp = bp,
+                Err(why) => return Step::Stop(why),
+            },
+            OrcReg::Bp => {
+                if let Some(bp) = stack.u64(state.bp.wrapping_add(orc.bp_offset as i64 as u64)).await {
+                    caller.regs.bp = bp;
+                }
+            }
+            _ => {}
+        }
+        Step::Next(caller)
+    }
+
+    /// The interrupted context from a `pt_regs` (REGS: `cfa` points at a
+    /// full `pt_regs`; REGS_PARTIAL: at the IRET frame inside one).
+    async fn pt_regs_step<T: Target>(
+        &self,
+        orc: &OrcEntry,
+        cfa: u64,
+        state: &Regs,
+        stack: &mut StackReader<'_, T>,
+    ) -> Result<Caller, StopReason> {
+        let at = if orc.kind == OrcType::Regs { cfa } else { cfa.wrapping_sub(self.pt.ip) };
+        let ip = stack.word("pt_regs", at + self.pt.ip).await?;
+        let sp = stack.word("pt_regs", at + self.pt.sp).await?;
+        let mut regs = Regs { ip, sp, ..*state };
+        if orc.kind == OrcType::Regs {
+            for (field, off) in [
+                (&mut regs.bp, self.pt.bp),
+                (&mut regs.di, self.pt.di),
+                (&mut regs.dx, self.pt.dx),
+                (&mut regs.r10, self.pt.r10),
+                (&mut regs.r13, self.pt.r13),
+            ] {
+                if let Some(v) = stack.u64(at + off).await {
+                    *field = v;
+                }
+            }
+        }
+        let kind = if is_kernel(ip) { FrameKind::Interrupted } else { FrameKind::User };
+        // A signal frame's pc is the interrupted instruction; otherwise
+        // (e.g. a pt_regs built by a call) a return address.
+        Ok(Caller { regs, kind, regs_at: Some(at), return_address: !orc.signal })
     }
 
     fn frame(&mut self, kernel: &Kernel, pc: u64, kind: FrameKind, regs_at: Option<u64>, ret: bool) -> Frame {
@@ -390,14 +540,33 @@ impl Unwinder {
             .symbolized
             .entry((link.0, ret))
             .or_insert_with(|| {
-                let sym = vm.symbolize(link);
-                let line_addr = if ret { KernelAddr(link.0 - 1) } else { link };
-                let source = vm.frames(line_addr).unwrap_or_default();
-                (sym.as_ref().map(|s| s.name.to_string()), sym.map_or(0, |s| s.offset), source)
+                // A return address right after a call to a noreturn function
+                // is the first byte past the caller: name it (and its line)
+                // from pc - 1, as the kernel, GDB and drgn do.
+                let at = if ret { KernelAddr(link.0 - 1) } else { link };
+                let sym = vm.symbolize(at);
+                let source = vm.frames(at).unwrap_or_default();
+                let offset = sym.as_ref().map_or(0, |s| s.offset + u64::from(ret));
+                (sym.map(|s| s.name), offset, source)
             })
             .clone();
         Frame { pc, kind, function, offset, regs_at, source }
     }
+}
+
+/// Whether the unwinder understands an ORC entry (others fall back to CFI).
+fn orc_usable(o: &OrcEntry) -> bool {
+    matches!(
+        o.sp_reg,
+        OrcReg::Sp
+            | OrcReg::Bp
+            | OrcReg::SpIndirect
+            | OrcReg::BpIndirect
+            | OrcReg::Di
+            | OrcReg::Dx
+            | OrcReg::R10
+            | OrcReg::R13
+    ) && matches!(o.kind, OrcType::Call | OrcType::Regs | OrcType::RegsPartial)
 }
 
 #[cfg(test)]
@@ -416,7 +585,61 @@ mod tests {
 
     async fn step(t: &mut SyntheticTarget, row: CfiRow, regs: Regs) -> Result<Option<Regs>, String> {
         let mut stack = StackReader { target: t, chunks: HashMap::new() };
-        cfi_step(&row, &regs, &mut stack).await
+        match cfi_step(&row, &regs, &mut stack).await {
+            Step::Next(caller) => {
+                unwinder().check_caller(&regs, &caller).map_err(|e| e.to_string())?;
+                Ok(Some(caller.regs))
+            }
+            Step::End => Ok(None),
+            Step::Stop(why) => Err(why.to_string()),
+        }
+    }
+
+    /// An unwinder without a vmlinux (only its checks are used).
+    fn unwinder() -> Unwinder {
+        let pt = PtRegs { ip: 0x80, sp: 0x98, bp: 0x20, di: 0x70, dx: 0x60, r10: 0x38, r13: 0x10 };
+        Unwinder { pt, max_frames: 64, stack_block: 16 << 10, symbolized: HashMap::new() }
+    }
+
+    fn caller(sp: u64, kind: FrameKind) -> Caller {
+        Caller { regs: Regs { ip: CALLER, sp, ..Regs::default() }, kind, regs_at: None, return_address: true }
+    }
+
+    #[test]
+    fn the_stack_may_go_down_only_when_it_switches() {
+        let u = unwinder();
+        // An IRQ stack above the task stack: leaving it goes down, to another 16 KiB block.
+        let irq_sp = 0xffff_c900_0000_7f00;
+        let task_sp = 0xffff_c900_0000_2e00;
+        let callee = Regs { ip: CALLER, sp: irq_sp, ..Regs::default() };
+        assert_eq!(u.check_caller(&callee, &caller(task_sp, FrameKind::Call)), Ok(()));
+        // Within one stack it must go up.
+        let low = irq_sp - 0x100;
+        assert_eq!(
+            u.check_caller(&callee, &caller(low, FrameKind::Call)),
+            Err(StopReason::StackWentBackwards { sp: irq_sp, cfa: low })
+        );
+        assert_eq!(u.check_caller(&callee, &caller(irq_sp + 8, FrameKind::CallCfi)), Ok(()));
+        // A pt_regs frame may point anywhere; a call frame may not return to user space.
+        assert_eq!(u.check_caller(&callee, &caller(low, FrameKind::Interrupted)), Ok(()));
+        let mut user = caller(irq_sp + 8, FrameKind::Call);
+        user.regs.ip = 0x246;
+        assert_eq!(u.check_caller(&callee, &user), Err(StopReason::UserReturnAddress { pc: 0x246 }));
+        user.kind = FrameKind::User;
+        assert_eq!(u.check_caller(&callee, &user), Ok(()));
+    }
+
+    #[test]
+    fn stop_reasons_say_why() {
+        let r = StopReason::OutsideKernelText { pc: 0xffff_ffff_c012_3456 };
+        assert_eq!(r.to_string(), "pc 0xffffffffc0123456 is outside the vmlinux's code (module code)");
+        let r = StopReason::UserReturnAddress { pc: 0x246 };
+        assert!(r.to_string().contains("no pt_regs frame"), "{r}");
+        let bt = Backtrace { frames: Vec::new(), stopped: Some(StopReason::Loop { pc: 0x10 }) };
+        let json = serde_json::to_value(&bt).unwrap();
+        assert_eq!(json["stopped"], "the unwind loops (frame 0x10 again)");
+        let bt = Backtrace { frames: Vec::new(), stopped: None };
+        assert!(serde_json::to_value(&bt).unwrap().get("stopped").is_none());
     }
 
     fn row(reg: u16, offset: i64, rbp: RegRule) -> CfiRow {
@@ -462,7 +685,7 @@ mod tests {
         let expr = CfiRow { cfa: CfaRule::Unsupported, rip: RegRule::Offset(-8), rbp: RegRule::SameValue };
         assert!(step(&mut t, expr, regs).await.unwrap_err().contains("expression"));
         assert!(step(&mut t, row(3, 8, RegRule::SameValue), regs).await.unwrap_err().contains("register 3"));
-        // A CFA at or below sp would loop.
+        // A CFA at or below sp on the same stack would loop.
         assert!(step(&mut t, row(ktrace_symbols::DWARF_RSP, 0, RegRule::SameValue), regs)
             .await
             .unwrap_err()
@@ -475,24 +698,10 @@ mod tests {
             .contains("unreadable"));
     }
 
-    /// The real vmlinux, or `None` (skip) when missing outside `CI=true`.
+    /// The test guest's vmlinux (or `KTRACE_VMLINUX`); `None` (skip) outside CI.
     fn real_vmlinux() -> Option<std::sync::Arc<Vmlinux>> {
-        let home = std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
-        let candidates: Vec<std::path::PathBuf> = match std::env::var_os("KTRACE_VMLINUX") {
-            Some(p) => vec![p.into()],
-            None => ["6.1.0-56", "6.1.0-56-cloud-amd64"]
-                .iter()
-                .map(|d| home.join(".cache/ktrace/guest").join(d).join("vmlinux"))
-                .collect(),
-        };
-        match candidates.iter().find(|p| p.exists()) {
-            Some(p) => Some(std::sync::Arc::new(Vmlinux::open(p).expect("vmlinux opens"))),
-            None if std::env::var("CI").as_deref() == Ok("true") => panic!("no vmlinux at {candidates:?} and CI=true"),
-            None => {
-                eprintln!("skipping: no vmlinux at {candidates:?} (set KTRACE_VMLINUX)");
-                None
-            }
-        }
+        let path = ktrace_testguest::test_vmlinux()?;
+        Some(std::sync::Arc::new(Vmlinux::open(&path).expect("vmlinux opens")))
     }
 
     /// A whole unwind over synthetic memory: the stopped pc is in
@@ -506,7 +715,7 @@ mod tests {
         let stopped = sym("fixup_vdso_exception") + 4;
         let orc = vm.orc().unwrap();
         let o = orc.lookup(KernelAddr(stopped)).unwrap();
-        if orc_usable(&o) || o.end {
+        if orc_usable(&o) || o.kind == OrcType::EndOfStack {
             panic!("fixup_vdso_exception has usable ORC now ({o:?}); pick another function for this test");
         }
         let caller = sym("_raw_spin_lock") + 1; // ORC at its entry: CFA = sp + 8
@@ -527,17 +736,25 @@ mod tests {
             [(FrameKind::Stopped, Some("fixup_vdso_exception"), 4), (FrameKind::CallCfi, Some("_raw_spin_lock"), 1),],
             "{bt:?}"
         );
-        assert_eq!(bt.truncated, None);
+        assert_eq!(bt.stopped, None);
     }
 
     #[test]
     fn orc_usability() {
-        let e =
-            |sp_reg, kind| OrcEntry { sp_offset: 8, bp_offset: 0, sp_reg, bp_reg: OrcReg::Undefined, kind, end: false };
+        let e = |sp_reg, kind| OrcEntry {
+            sp_offset: 8,
+            bp_offset: 0,
+            sp_reg,
+            bp_reg: OrcReg::Undefined,
+            kind,
+            signal: false,
+        };
         assert!(orc_usable(&e(OrcReg::Sp, OrcType::Call)));
         assert!(orc_usable(&e(OrcReg::SpIndirect, OrcType::Regs)));
         assert!(!orc_usable(&e(OrcReg::Undefined, OrcType::Call)));
         assert!(!orc_usable(&e(OrcReg::Other(12), OrcType::Call)));
-        assert!(!orc_usable(&e(OrcReg::Sp, OrcType::Other(3))));
+        assert!(!orc_usable(&e(OrcReg::Sp, OrcType::Other(7))));
+        assert!(!orc_usable(&e(OrcReg::Sp, OrcType::Undefined)));
+        assert!(!orc_usable(&e(OrcReg::Ax, OrcType::Call)));
     }
 }
