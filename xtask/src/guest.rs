@@ -4,25 +4,44 @@ use std::fs;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use ktrace_testguest::{cache_dir, prepare, BootOptions, Guest, GuestImage};
+use ktrace_testguest::{cache_dir, prepare, BootOptions, Guest, GuestImage, KernelSeries};
+
+const USAGE: &str = "usage: cargo xtask guest prepare [--kernel 6.1|6.12|7|all] \
+                     | boot [--kernel 6.1|6.12|7] [--smp N] [--kaslr|--nokaslr] [--port P] [--testprogs N] [--kvm] \
+                     | stop";
 
 pub fn run(args: &[&str]) -> Result<()> {
     match args {
-        ["prepare"] => {
-            let image = prepare_verbose()?;
-            println!("kernel   {}", image.bzimage.display());
-            println!("vmlinux  {}", image.vmlinux.display());
-            println!("initrd   {}", image.initramfs.display());
+        ["prepare", rest @ ..] => {
+            let kernels = match rest {
+                [] | ["--kernel", "all"] => KernelSeries::ALL.to_vec(),
+                ["--kernel", k] => vec![k.parse()?],
+                _ => bail!("{USAGE}"),
+            };
+            for series in kernels {
+                let image = prepare_series_verbose(series)?;
+                println!("{series:<5} release  {}", image.release());
+                println!("      kernel   {}", image.bzimage.display());
+                println!("      vmlinux  {}", image.vmlinux.display());
+                println!("      initrd   {}", image.initramfs.display());
+            }
             Ok(())
         }
         ["boot", rest @ ..] => boot(rest),
         ["stop"] => stop(),
-        _ => bail!("usage: cargo xtask guest prepare | boot [--smp N] [--kaslr|--nokaslr] [--port P] [--testprogs N] [--kvm] | stop"),
+        _ => bail!("{USAGE}"),
     }
 }
 
+/// Prepares the default (6.1) guest, saying what it does.
 pub fn prepare_verbose() -> Result<GuestImage> {
-    prepare(&mut |step| eprintln!("guest: {step}")).context("preparing the test guest")
+    prepare_series_verbose(KernelSeries::default())
+}
+
+/// Prepares the guest of `series`, saying what it does.
+pub fn prepare_series_verbose(series: KernelSeries) -> Result<GuestImage> {
+    prepare(series, &mut |step| eprintln!("guest {series}: {step}"))
+        .with_context(|| format!("preparing the {series} test guest"))
 }
 
 fn boot(args: &[&str]) -> Result<()> {
@@ -31,6 +50,7 @@ fn boot(args: &[&str]) -> Result<()> {
     while let Some(&arg) = it.next() {
         let mut value = || it.next().copied().with_context(|| format!("{arg} needs a value"));
         match arg {
+            "--kernel" => opts.kernel = value()?.parse()?,
             "--smp" => opts.smp = value()?.parse().context("--smp")?,
             "--port" => opts.port = Some(value()?.parse().context("--port")?),
             "--testprogs" => opts.testprogs = value()?.parse().context("--testprogs")?,
@@ -42,11 +62,12 @@ fn boot(args: &[&str]) -> Result<()> {
                 }
                 opts.kvm = true;
             }
-            other => bail!("unknown option {other}"),
+            other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
-    let image = prepare_verbose()?;
+    let image = prepare_series_verbose(opts.kernel)?;
     let guest = Guest::boot(&image, &opts)?;
+    let (release, boot_time) = (guest.release().to_string(), guest.boot_time());
     let (port, pids, vmlinux, log) = (
         guest.port(),
         guest.testprog_pids().to_vec(),
@@ -58,6 +79,7 @@ fn boot(args: &[&str]) -> Result<()> {
     let mut text = fs::read_to_string(&registry).unwrap_or_default();
     text.push_str(&format!("{qemu} {port}\n"));
     fs::write(&registry, text)?;
+    println!("kernel        {} ({release}), ready in {:.1} s", opts.kernel, boot_time.as_secs_f64());
     println!("qemu pid      {qemu}");
     println!("gdb port      {port}");
     println!("testprog pid  {}", pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));

@@ -1,11 +1,14 @@
 //! ktrace's automation: `cargo xtask <command>`.
 //!
-//! - `guest prepare|boot|stop`: the real QEMU test guest.
-//! - `test`: prepares the guest and runs the whole test suite, e2e included.
+//! - `guest prepare|boot|stop`: the real QEMU test guests (kernels 6.1, 6.12, 7.x).
+//! - `test`: prepares every guest and runs the whole test suite, e2e included.
 //! - `demo`: boots the guest and traces testprog with `ktrace attach`.
-//! - `bench`: ktrace against GDB on the same guest, side by side.
+//! - `bench`: ktrace against GDB on the same guest, side by side; `bench
+//!   kernels`: attach-to-first-hit time and peak RSS on each kernel.
+//! - `soak`: trace for minutes, checking that RSS stays flat and no hit is lost.
 
 mod bench;
+mod bench_kernels;
 mod guest;
 mod soak;
 
@@ -21,17 +24,28 @@ fn main() -> Result<()> {
         ["test", rest @ ..] => test(rest),
         ["demo", rest @ ..] => demo(rest),
         ["soak", rest @ ..] => soak::run_soak(rest),
+        ["bench", "kernels", rest @ ..] => {
+            let reps = match rest {
+                [] => 5,
+                ["--reps", n] => n.parse().context("--reps")?,
+                _ => bail!("usage: cargo xtask bench kernels [--reps N]"),
+            };
+            print!("{}", bench_kernels::run(reps)?);
+            Ok(())
+        }
         ["bench", rest @ ..] => bench::run(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
-                 guest prepare                         fetch the kernel, build the initramfs (cached)\n  \
-                 guest boot [--smp N] [--kaslr|--nokaslr] [--port P] [--testprogs N]\n  \
-                 guest stop                            stop the guests `guest boot` started\n  \
-                 test [cargo test args]                prepare the guest, run every test\n  \
-                 demo                                  boot the guest and trace testprog\n  \
-                 soak [--minutes N]                    trace for N minutes (default 10): RSS flat, no hit lost"
+                 guest prepare [--kernel 6.1|6.12|7|all]  fetch the kernels (default all), build the initramfs (cached)\n  \
+                 guest boot [--kernel 6.1|6.12|7] [--smp N] [--kaslr|--nokaslr] [--port P] [--testprogs N] [--kvm]\n  \
+                 guest stop                               stop the guests `guest boot` started\n  \
+                 test [cargo test args]                   prepare every guest, run every test\n  \
+                 demo                                     boot the 6.1 guest and trace testprog\n  \
+                 bench [--rounds N] [--seconds S]         ktrace against GDB and a bare RSP loop, side by side\n  \
+                 bench kernels [--reps N]                 attach-to-first-hit time and peak RSS on each kernel\n  \
+                 soak [--minutes N]                       trace for N minutes (default 10): RSS flat, no hit lost"
             );
             bail!("unknown or missing command")
         }
@@ -53,7 +67,9 @@ pub(crate) fn cargo() -> Command {
 }
 
 fn test(extra: &[&str]) -> Result<()> {
-    guest::prepare_verbose()?;
+    for series in ktrace_testguest::KernelSeries::ALL {
+        guest::prepare_series_verbose(series)?;
+    }
     // The examples' own binaries (not their test harnesses) for examples/tests.
     run(cargo().args(["build", "--workspace", "--examples"]))?;
     run(cargo().args(["test", "--workspace", "--all-targets", "--no-fail-fast"]).args(extra))?;

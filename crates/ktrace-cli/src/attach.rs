@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use ktrace_kernel::CpuId;
 use ktrace_tracer::{CancellationToken, Filter, Hit, HitSink, ResumeMode, StackCounts, TraceConfig, Tracer};
 
-use crate::inspect::{explain, TargetArgs};
+use crate::inspect::{explain, warn_if_no_backtraces, TargetArgs};
 use crate::symcmd::open_vmlinux;
 use crate::{format, UsageError};
 
@@ -158,6 +158,9 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
     // Signals first: Ctrl-C or SIGTERM at any point after this ends cleanly.
     let cancel = CancellationToken::new();
     spawn_signal_handlers(cancel.clone())?;
+    if !args.no_backtrace {
+        warn_if_no_backtraces(&vm);
+    }
     let tracer = Tracer::attach(&stub, vm, cfg).await.map_err(|e| explain(&args.target.addr, e))?;
     let kernel = tracer.kernel();
     let places: Vec<String> = tracer.locations().iter().map(|l| l.spec.clone()).collect();

@@ -50,6 +50,8 @@ pub fn explain(addr: &str, err: TraceError) -> anyhow::Error {
             Err(e) => anyhow::Error::from(KernelError::Target(e)),
         },
         TraceError::GuestGone(_) => anyhow::Error::from(err),
+        // Reading kernel data failed: not the user's doing (exit 1).
+        TraceError::Kernel(e) if !e.is_usage() => anyhow::Error::from(e),
         other => UsageError(other.to_string()).into(),
     }
 }
@@ -158,6 +160,7 @@ pub async fn info(args: TargetArgs) -> Result<ExitCode> {
 
 pub async fn bt(args: TargetArgs) -> Result<ExitCode> {
     let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
+    warn_if_no_backtraces(&vm);
     let stub = args.stub()?;
     let (kernel, cpus) =
         ktrace_tracer::backtrace_all_cpus(&stub, vm, args.client(), 64).await.map_err(|e| explain(&args.addr, e))?;
@@ -173,4 +176,12 @@ pub async fn bt(args: TargetArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says once, on stderr, when the vmlinux's ORC tables cannot be used, so
+/// that backtraces are off (the rest of ktrace keeps working).
+pub fn warn_if_no_backtraces(vm: &ktrace_symbols::Vmlinux) {
+    if let Err(e @ ktrace_symbols::SymbolError::BadOrc { .. }) = vm.orc() {
+        eprintln!("ktrace: warning: backtraces are off: {e}");
+    }
 }

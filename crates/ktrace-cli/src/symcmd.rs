@@ -84,7 +84,11 @@ pub fn sym(args: SymArgs) -> Result<ExitCode> {
                        "kind": format!("{:?}", sym.kind), "percpu": sym.is_percpu()})
             );
         } else {
-            let percpu = if sym.is_percpu() { " (per-CPU offset)" } else { "" };
+            let percpu = match vm.percpu_section_range() {
+                Some((0, _)) if sym.is_percpu() => " (per-CPU: an offset into each CPU's area)",
+                _ if sym.is_percpu() => " (per-CPU: the template's address; add the slide and __per_cpu_offset[cpu])",
+                _ => "",
+            };
             println!("{name}  0x{:016x}  size 0x{:x}  {:?}{percpu}", addr.0, sym.size, sym.kind);
         }
     }

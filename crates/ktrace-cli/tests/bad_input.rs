@@ -134,7 +134,7 @@ fn vmlinux_without_dwarf() {
 #[test]
 fn unknown_symbol_suggests_close_names() {
     // The real vmlinux, but no guest: symbols are resolved before connecting.
-    let image = match ktrace_testguest::prepare(&mut |_| {}) {
+    let image = match ktrace_testguest::prepare(ktrace_testguest::KernelSeries::V6_1, &mut |_| {}) {
         Ok(i) => i,
         Err(e) if ktrace_testguest::in_ci() => panic!("guest image: {e}"),
         Err(e) => {

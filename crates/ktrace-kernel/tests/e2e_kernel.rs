@@ -133,6 +133,7 @@ fn gdb_oracle(guest: &Guest, cpus: u32) -> Option<(Vec<OracleCpu>, Vec<OracleTas
         exit: GdbExit::LeavePaused,
         timeout: Duration::from_secs(180),
         script: Some(task_walk_script(cpus)),
+        ..GdbOptions::default()
     };
     let start = Instant::now();
     let out = match gdb_batch_with(guest.vmlinux(), guest.port(), &cmds, &opts) {

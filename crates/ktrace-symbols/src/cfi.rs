@@ -201,7 +201,7 @@ mod tests {
     use crate::{OrcReg, OrcType, Vmlinux};
 
     fn ci() -> bool {
-        std::env::var("CI").as_deref() == Ok("true")
+        ktrace_testguest::in_ci()
     }
 
     fn vmlinux() -> Option<&'static Vmlinux> {

@@ -8,10 +8,16 @@ use std::time::{Duration, Instant};
 
 use crate::error::{io_err, GuestError};
 use crate::prepare::{cache_dir, GuestImage};
+use crate::prereq::which;
+use crate::series::KernelSeries;
 
 /// How to boot the guest.
 #[derive(Clone, Debug)]
 pub struct BootOptions {
+    /// The kernel series [`crate::test_guest`] prepares and boots (6.1 by
+    /// default). [`Guest::boot`] boots the image it is given and records that
+    /// image's series here.
+    pub kernel: KernelSeries,
     /// Number of vCPUs.
     pub smp: u32,
     /// Boot with KASLR (the Debian default) or with `nokaslr`.
@@ -28,11 +34,15 @@ pub struct BootOptions {
     pub daemon: bool,
     /// How long to wait for the testprogs to start.
     pub timeout: Duration,
+    /// Also serve QMP on a unix socket ([`Guest::qmp_socket`]), to pause the
+    /// VM and dump its memory.
+    pub qmp: bool,
 }
 
 impl Default for BootOptions {
     fn default() -> Self {
         BootOptions {
+            kernel: KernelSeries::default(),
             smp: 2,
             kaslr: true,
             port: None,
@@ -41,6 +51,7 @@ impl Default for BootOptions {
             kvm: false,
             daemon: false,
             timeout: Duration::from_secs(240),
+            qmp: false,
         }
     }
 }
@@ -55,6 +66,8 @@ pub struct Guest {
     testprog_pids: Vec<u32>,
     release: String,
     options: BootOptions,
+    boot_time: Duration,
+    qmp_socket: Option<PathBuf>,
 }
 
 impl Guest {
@@ -90,8 +103,15 @@ impl Guest {
             .arg("-initrd")
             .arg(&image.initramfs)
             .args(["-append", &append])
-            .args(["-gdb", &format!("tcp:127.0.0.1:{port}")])
-            .arg("-serial")
+            .args(["-gdb", &format!("tcp:127.0.0.1:{port}")]);
+        // Unique per boot: a socket of an earlier QEMU on the same port is never reused.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let qmp_socket = opts.qmp.then(|| run_dir.join(format!("qmp-{port}-{}-{nanos}.sock", std::process::id())));
+        if let Some(sock) = &qmp_socket {
+            let _ = fs::remove_file(sock);
+            cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", sock.display()));
+        }
+        cmd.arg("-serial")
             .arg(format!("file:{}", log.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -108,6 +128,7 @@ impl Guest {
                 Ok(())
             });
         }
+        let started = Instant::now();
         let child = cmd
             .spawn()
             .map_err(|e| GuestError::Command { command: "qemu-system-x86_64".into(), detail: e.to_string() })?;
@@ -118,9 +139,12 @@ impl Guest {
             log,
             testprog_pids: Vec::new(),
             release: String::new(),
-            options: opts.clone(),
+            options: BootOptions { kernel: image.series, ..opts.clone() },
+            boot_time: Duration::ZERO,
+            qmp_socket,
         };
         guest.wait_ready(&stderr_path)?;
+        guest.boot_time = started.elapsed();
         Ok(guest)
     }
 
@@ -182,7 +206,17 @@ impl Guest {
         &self.image
     }
 
-    /// The options it was booted with.
+    /// The kernel series it runs.
+    pub fn kernel(&self) -> KernelSeries {
+        self.image.series
+    }
+
+    /// How long it took from starting QEMU until the guest was ready.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// The options it was booted with (`kernel` is the image's series).
     pub fn options(&self) -> &BootOptions {
         &self.options
     }
@@ -205,6 +239,11 @@ impl Guest {
     /// The pid of the QEMU process.
     pub fn qemu_pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The QMP socket, when booted with [`BootOptions::qmp`].
+    pub fn qmp_socket(&self) -> Option<&Path> {
+        self.qmp_socket.as_deref()
     }
 
     /// The path of the serial console log.
@@ -257,6 +296,9 @@ impl Guest {
 impl Drop for Guest {
     fn drop(&mut self) {
         self.stop();
+        if let Some(sock) = &self.qmp_socket {
+            let _ = fs::remove_file(sock);
+        }
     }
 }
 
@@ -268,9 +310,4 @@ fn tail(text: &str, n: usize) -> String {
 fn free_port() -> Result<u16, GuestError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("127.0.0.1:0"))?;
     listener.local_addr().map(|a| a.port()).map_err(io_err("127.0.0.1:0"))
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()))
 }

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GuestError {
-    /// A tool the guest needs is missing; the message says how to get it.
-    #[error("{tool} is not installed; run: {install}")]
+    /// Something the guest needs is missing; the message says how to get it.
+    #[error("missing {tool}; run: {install}")]
     MissingTool {
-        /// The missing program.
+        /// What is missing (several things, comma-separated, when several are).
         tool: String,
-        /// The command that installs it.
+        /// The command that installs it (one command for all of them).
         install: String,
     },
     /// An external command failed.

@@ -41,11 +41,14 @@ pub struct GdbOptions {
     /// that `while … end` and `if … end` blocks work. An error stops the
     /// rest of the script (not the session: the exit command still runs).
     pub script: Option<String>,
+    /// The KASLR slide: the vmlinux is loaded with `symbol-file -o SLIDE`
+    /// instead of at its link addresses.
+    pub symbol_offset: Option<u64>,
 }
 
 impl Default for GdbOptions {
     fn default() -> Self {
-        GdbOptions { exit: GdbExit::Detach, timeout: Duration::from_secs(120), script: None }
+        GdbOptions { exit: GdbExit::Detach, timeout: Duration::from_secs(120), script: None, symbol_offset: None }
     }
 }
 
@@ -81,8 +84,11 @@ pub fn gdb_batch_with(vmlinux: &Path, port: u16, commands: &[String], opts: &Gdb
         .arg("-iex")
         .arg(format!("set index-cache directory {}", index_dir.display()))
         .args(["-ex", "set pagination off", "-ex", "set confirm off"])
-        .args(["-ex", "set width 0", "-ex", "set print pretty off"])
-        .args(["-ex", &format!("target remote 127.0.0.1:{port}")]);
+        .args(["-ex", "set width 0", "-ex", "set print pretty off"]);
+    if let Some(slide) = opts.symbol_offset {
+        cmd.arg("-ex").arg(format!("symbol-file -o 0x{slide:x} {}", vmlinux.display()));
+    }
+    cmd.args(["-ex", &format!("target remote 127.0.0.1:{port}")]);
     for c in commands {
         cmd.arg("-ex").arg(c);
     }
@@ -95,7 +101,10 @@ pub fn gdb_batch_with(vmlinux: &Path, port: u16, commands: &[String], opts: &Gdb
         GdbExit::Detach => "detach",
         GdbExit::LeavePaused => "disconnect",
     });
-    cmd.arg(vmlinux).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+    if opts.symbol_offset.is_none() {
+        cmd.arg(vmlinux);
+    }
+    cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
     let command_line = format!("gdb -nx -batch … target remote 127.0.0.1:{port} ({} commands)", commands.len());
     let mut child = cmd.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {

@@ -1,21 +1,29 @@
-//! Fetching the Debian kernel and building the initramfs, cached.
+//! Fetching each series' Debian kernel and building the initramfs, cached.
 
+use std::collections::HashMap;
 use std::fs;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, OnceLock};
 
+use crate::apt::{compare_versions, find_deb, run, Apt, Resolved, FLAVOUR, META_PACKAGE};
+use crate::deb::{self, Entry};
 use crate::error::{io_err, GuestError};
+use crate::prereq;
+use crate::series::KernelSeries;
 
-const META_PACKAGE: &str = "linux-image-cloud-amd64-dbg";
 const TESTPROG_C: &str = include_str!("../assets/testprog.c");
 const INIT_SH: &str = include_str!("../assets/init");
 
 /// Everything needed to boot the test guest and to debug it.
 #[derive(Clone, Debug)]
 pub struct GuestImage {
-    /// The kernel ABI, e.g. `6.1.0-56`.
+    /// The kernel series this image belongs to.
+    pub series: KernelSeries,
+    /// The kernel ABI: `6.1.0-56`, `6.12.117+deb13`, `7.3.4+deb13`.
     pub abi: String,
-    /// The compressed kernel (`vmlinuz-<abi>-cloud-amd64`).
+    /// The compressed kernel (bzImage).
     pub bzimage: PathBuf,
     /// The debug vmlinux with full DWARF.
     pub vmlinux: PathBuf,
@@ -24,14 +32,21 @@ pub struct GuestImage {
 }
 
 impl GuestImage {
-    /// The kernel release string `uname -r` prints in the guest.
+    /// The kernel release string `uname -r` prints in the guest
+    /// (`6.1.0-56-cloud-amd64`, `7.3.4+deb13-cloud-amd64`).
     pub fn release(&self) -> String {
-        format!("{}-cloud-amd64", self.abi)
+        release_of(&self.abi)
     }
 }
 
+fn release_of(abi: &str) -> String {
+    format!("{abi}-{FLAVOUR}")
+}
+
 /// Where the guest is cached: `$KTRACE_CACHE_DIR`, else `$XDG_CACHE_HOME/ktrace`,
-/// else `~/.cache/ktrace`.
+/// else `~/.cache/ktrace`. Holds `apt/` (the private apt root), `debs/` (the
+/// downloaded packages), `guest/<abi>/{bzImage,vmlinux,initramfs.cpio}` and
+/// `run/` (console logs of booted guests).
 pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("KTRACE_CACHE_DIR") {
         return PathBuf::from(dir);
@@ -43,114 +58,249 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from(home).join(".cache").join("ktrace")
 }
 
-/// Prepares the guest image, skipping whatever is already cached. `progress`
-/// receives one line per step that does real work.
-pub fn prepare(progress: &mut dyn FnMut(&str)) -> Result<GuestImage, GuestError> {
+/// Prepares the guest image of `series`, skipping whatever is already cached.
+/// `progress` receives one line per step that does real work.
+///
+/// The series resolves to its newest ABI through `linux-image-cloud-amd64-dbg`
+/// in a private apt root (`cache_dir()/apt`, lists refreshed once a day);
+/// `KTRACE_GUEST_ABI_6_1`, `KTRACE_GUEST_ABI_6_12` or `KTRACE_GUEST_ABI_7`
+/// pins it instead. Without network the newest cached ABI of the series is used.
+/// Every prerequisite is checked first, and one error names all missing ones.
+pub fn prepare(series: KernelSeries, progress: &mut dyn FnMut(&str)) -> Result<GuestImage, GuestError> {
+    static PREPARED: OnceLock<Mutex<HashMap<KernelSeries, GuestImage>>> = OnceLock::new();
+    let prepared = PREPARED.get_or_init(Default::default);
+    if let Some(image) = prepared.lock().unwrap_or_else(|e| e.into_inner()).get(&series) {
+        if [&image.bzimage, &image.vmlinux, &image.initramfs].iter().all(|p| p.is_file()) {
+            return Ok(image.clone());
+        }
+    }
+    prereq::check()?;
     let cache = cache_dir();
-    let abi = resolve_abi(&cache)?;
-    let dir = cache.join("guest").join(&abi);
+    fs::create_dir_all(&cache).map_err(io_err(&cache))?;
+    // One preparation at a time, across threads and processes.
+    let _lock = FileLock::acquire(&cache.join("prepare.lock"))?;
+    let apt = Apt::new(&cache);
+    let resolved = resolve(&apt, &cache, series, progress)?;
+    let dir = cache.join("guest").join(&resolved.abi);
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let image = GuestImage {
+        series,
         bzimage: dir.join("bzImage"),
         vmlinux: dir.join("vmlinux"),
         initramfs: dir.join("initramfs.cpio"),
-        abi,
+        abi: resolved.abi.clone(),
     };
-    let flavour = format!("{}-cloud-amd64", image.abi);
-    if !image.vmlinux.exists() {
-        progress(&format!("fetching linux-image-{flavour}-dbg (about 280 MB)"));
-        let deb = download(&cache, &format!("linux-image-{flavour}-dbg"))?;
-        extract(&deb, &format!("./usr/lib/debug/boot/vmlinux-{flavour}"), &image.vmlinux)?;
+    let fetch = Fetch { apt: &apt, debs: cache.join("debs"), version: resolved.version.as_deref() };
+    if !image.vmlinux.is_file() {
+        fetch.vmlinux(&image.release(), &image.vmlinux, progress)?;
     }
-    if !image.bzimage.exists() {
-        progress(&format!("fetching linux-image-{flavour}"));
-        let deb = download(&cache, &format!("linux-image-{flavour}"))?;
-        extract(&deb, &format!("./boot/vmlinuz-{flavour}"), &image.bzimage)?;
+    if !image.bzimage.is_file() {
+        fetch.bzimage(&image.release(), &image.bzimage, progress)?;
     }
     build_initramfs(&dir, &image.initramfs, progress)?;
+    prepared.lock().unwrap_or_else(|e| e.into_inner()).insert(series, image.clone());
     Ok(image)
 }
 
-/// Resolves the kernel ABI through the meta-package, so a Debian point
-/// release does not break the build; falls back to the newest cached one.
-fn resolve_abi(cache: &Path) -> Result<String, GuestError> {
-    if let Ok(abi) = std::env::var("KTRACE_GUEST_ABI") {
-        return Ok(abi);
+/// Resolves `series` to an ABI: pinned by the environment, else the newest
+/// through the meta-package (refreshing stale lists, and once more when the
+/// series is not found), else the newest cached one.
+fn resolve(
+    apt: &Apt,
+    cache: &Path,
+    series: KernelSeries,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Resolved, GuestError> {
+    if let Ok(abi) = std::env::var(series.abi_env_var()) {
+        if !series.contains(&abi) {
+            return Err(GuestError::Command {
+                command: format!("{}={abi}", series.abi_env_var()),
+                detail: format!("{abi} is no ABI of the {series} series"),
+            });
+        }
+        return Ok(Resolved { abi, version: None });
     }
-    let from_apt = Command::new("apt-cache")
-        .args(["depends", META_PACKAGE])
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .and_then(|out| parse_abi(&String::from_utf8_lossy(&out.stdout)));
-    if let Some(abi) = from_apt {
-        return Ok(abi);
+    let mut err = match apt.update_if_stale(progress) {
+        Ok(updated) => match apt.resolve(series) {
+            Ok(r) => return Ok(r),
+            Err(_) if !updated => match apt.update(progress).and_then(|()| apt.resolve(series)) {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    if let Some(abi) = newest_cached_abi(cache, series) {
+        progress(&format!("using the cached {series} kernel {abi} ({err})"));
+        return Ok(Resolved { abi, version: None });
     }
-    newest_cached_abi(cache).ok_or_else(|| GuestError::MissingTool {
-        tool: format!("the Debian package index for {META_PACKAGE}"),
-        install: "apt-get update (as root, on Debian 12), then retry".into(),
+    if let GuestError::Command { detail, .. } = &mut err {
+        detail.push_str(&format!("; and no {series} kernel is cached"));
+    }
+    Err(GuestError::MissingTool {
+        tool: format!("the Debian package index for {META_PACKAGE} ({err})"),
+        install: "network access to deb.debian.org, then retry".into(),
     })
 }
 
-fn parse_abi(depends: &str) -> Option<String> {
-    depends.lines().find_map(|line| {
-        let pkg = line.trim().strip_prefix("Depends: linux-image-")?;
-        Some(pkg.strip_suffix("-cloud-amd64-dbg")?.to_string())
-    })
-}
-
-fn newest_cached_abi(cache: &Path) -> Option<String> {
-    let mut abis: Vec<String> = fs::read_dir(cache.join("guest"))
+fn newest_cached_abi(cache: &Path, series: KernelSeries) -> Option<String> {
+    fs::read_dir(cache.join("guest"))
         .ok()?
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("vmlinux").exists() && e.path().join("bzImage").exists())
+        .filter(|e| e.path().join("vmlinux").is_file() && e.path().join("bzImage").is_file())
         .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    abis.sort_by_key(|abi| abi.split(['.', '-']).map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>());
-    abis.pop()
+        .filter(|abi| series.contains(abi))
+        .max_by(|a, b| compare_versions(a, b))
 }
 
-fn download(cache: &Path, package: &str) -> Result<PathBuf, GuestError> {
-    let debs = cache.join("debs");
-    fs::create_dir_all(&debs).map_err(io_err(&debs))?;
-    let find = || -> Option<PathBuf> {
-        fs::read_dir(&debs).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-        })
-    };
-    if let Some(deb) = find() {
-        return Ok(deb);
+/// Downloads and opens the packages of one resolved ABI.
+struct Fetch<'a> {
+    apt: &'a Apt,
+    debs: PathBuf,
+    /// The Debian version of the kernel packages, when resolved through apt.
+    version: Option<&'a str>,
+}
+
+impl Fetch<'_> {
+    /// The debug vmlinux from `linux-image-<release>-dbg`: `usr/lib/debug/boot/vmlinux-<release>`,
+    /// which is the file on 6.1 and 6.12 and a symlink into `usr/lib/debug/lib/modules/` on 7.x.
+    fn vmlinux(&self, release: &str, dest: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), GuestError> {
+        let package = format!("linux-image-{release}-dbg");
+        let (deb, entries) = self.open(&package, self.version, progress)?;
+        let candidates = [
+            format!("./usr/lib/debug/boot/vmlinux-{release}"),
+            format!("./usr/lib/debug/lib/modules/{release}/vmlinux"),
+        ];
+        let entry = find_member(&deb, &entries, &candidates)?;
+        progress(&format!("extracting vmlinux ({}) from {package}", human(entry.size)));
+        deb::extract(&deb, entry, dest)?;
+        check_magic(dest, 0, b"\x7fELF", "an ELF vmlinux")
     }
-    run(Command::new("apt-get").arg("download").arg(package).current_dir(&debs)).map_err(|err| {
-        GuestError::MissingTool {
-            tool: format!("{package} ({err})"),
-            install: format!("apt-get update && cd {} && apt-get download {package}", debs.display()),
+
+    /// The bzImage: `boot/vmlinuz-<release>` in `linux-image-<release>` (6.1,
+    /// 6.12), or, when that package only depends on the kernel (7.x), in the
+    /// `linux-binary-<release>` it depends on (`usr/lib/modules/<release>/vmlinuz`).
+    fn bzimage(&self, release: &str, dest: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), GuestError> {
+        let candidates = [
+            format!("./boot/vmlinuz-{release}"),
+            format!("./usr/lib/modules/{release}/vmlinuz"),
+            format!("./lib/modules/{release}/vmlinuz"),
+        ];
+        let image_pkg = format!("linux-image-{release}");
+        let (mut deb, mut entries) = self.open(&image_pkg, self.version, progress)?;
+        if !candidates.iter().any(|c| deb::resolve(&entries, c).is_ok()) {
+            let depends = deb::control_field(&deb, "Depends")?;
+            let Some((binary, version)) = binary_dependency(&depends, release) else {
+                return Err(GuestError::Command {
+                    command: format!("dpkg-deb -c {}", deb.display()),
+                    detail: format!("{image_pkg} has no vmlinuz and depends on no linux-binary-{release}"),
+                });
+            };
+            (deb, entries) = self.open(&binary, version.as_deref().or(self.version), progress)?;
         }
-    })?;
-    find().ok_or_else(|| GuestError::Command {
-        command: format!("apt-get download {package}"),
-        detail: "no .deb appeared".into(),
+        let entry = find_member(&deb, &entries, &candidates)?;
+        deb::extract(&deb, entry, dest)?;
+        check_magic(dest, 0x202, b"HdrS", "a bzImage")
+    }
+
+    /// The deb of `package` (downloaded unless cached) and its listing. A
+    /// cached deb whose size differs from the index's, or that does not list
+    /// (a truncated download), is fetched again.
+    fn open(
+        &self,
+        package: &str,
+        version: Option<&str>,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(PathBuf, Vec<Entry>), GuestError> {
+        fs::create_dir_all(&self.debs).map_err(io_err(&self.debs))?;
+        let expected = version.and_then(|v| self.apt.size_of(package, v));
+        if let Some((_, deb)) = find_deb(&self.debs, package, version) {
+            let size = fs::metadata(&deb).map_or(0, |m| m.len());
+            if let Some(expected) = expected.filter(|&e| e != size) {
+                progress(&format!("discarding {} ({size} bytes, the index says {expected})", deb.display()));
+                fs::remove_file(&deb).map_err(io_err(&deb))?;
+            } else {
+                match deb::list(&deb) {
+                    Ok(entries) => return Ok((deb, entries)),
+                    Err(err) => {
+                        progress(&format!("discarding {}: {err}", deb.display()));
+                        fs::remove_file(&deb).map_err(io_err(&deb))?;
+                    }
+                }
+            }
+        }
+        let size = expected.map(|s| format!(" ({})", human(s))).unwrap_or_default();
+        progress(&format!("downloading {package} {}{size}", version.unwrap_or("")));
+        let deb = self.apt.download(package, version, &self.debs)?;
+        let entries = deb::list(&deb)?;
+        Ok((deb, entries))
+    }
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MB", bytes >> 20)
+    } else {
+        format!("{} kB", bytes.div_ceil(1024))
+    }
+}
+
+/// The first of `candidates` that is (or links to) a regular file.
+fn find_member<'a>(deb: &Path, entries: &'a [Entry], candidates: &[String]) -> Result<&'a Entry, GuestError> {
+    let mut why = Vec::new();
+    for c in candidates {
+        match deb::resolve(entries, c) {
+            Ok(entry) => return Ok(entry),
+            Err(e) => why.push(e),
+        }
+    }
+    Err(GuestError::Command { command: format!("dpkg-deb -c {}", deb.display()), detail: why.join("; ") })
+}
+
+/// `linux-binary-<release>` and its pinned version from a `Depends` field.
+fn binary_dependency(depends: &str, release: &str) -> Option<(String, Option<String>)> {
+    let want = format!("linux-binary-{release}");
+    depends.split([',', '|']).find_map(|dep| {
+        let (name, pin) = dep.trim().split_once('(').map_or((dep.trim(), None), |(n, p)| (n.trim(), Some(p)));
+        (name == want).then(|| {
+            let version =
+                pin.and_then(|p| p.trim_end_matches(')').trim().strip_prefix('=')).map(|v| v.trim().to_string());
+            (name.to_string(), version)
+        })
     })
 }
 
-fn extract(deb: &Path, member: &str, dest: &Path) -> Result<(), GuestError> {
-    let tmp = dest.with_extension("part");
-    let script = format!("dpkg-deb --fsys-tarfile '{}' | tar -xO '{}' > '{}'", deb.display(), member, tmp.display());
-    run(Command::new("sh").arg("-c").arg(&script))?;
-    fs::rename(&tmp, dest).map_err(io_err(dest))
+/// Checks `magic` at `offset` of the extracted `path`; removes it if wrong.
+fn check_magic(path: &Path, offset: usize, magic: &[u8], what: &str) -> Result<(), GuestError> {
+    use std::io::Read;
+    let mut head = vec![0; offset + magic.len()];
+    let ok = fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head[offset..] == *magic;
+    if ok {
+        return Ok(());
+    }
+    let _ = fs::remove_file(path);
+    Err(GuestError::Command { command: format!("extracting {}", path.display()), detail: format!("not {what}") })
 }
 
-fn run(cmd: &mut Command) -> Result<(), GuestError> {
-    let out = cmd.output().map_err(|e| GuestError::Command { command: format!("{cmd:?}"), detail: e.to_string() })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(GuestError::Command {
-            command: format!("{cmd:?}"),
-            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
-        })
+/// An exclusive `flock` on a file, released when dropped.
+struct FileLock {
+    _file: fs::File,
+}
+
+impl FileLock {
+    fn acquire(path: &Path) -> Result<FileLock, GuestError> {
+        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(io_err(path))?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(FileLock { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(GuestError::Io { path: path.to_path_buf(), source: err });
+            }
+        }
     }
 }
 
@@ -161,26 +311,13 @@ fn build_initramfs(dir: &Path, dest: &Path, progress: &mut dyn FnMut(&str)) -> R
         return Ok(());
     }
     progress("building the initramfs (busybox + testprog)");
+    // prereq::check has seen a static /bin/busybox.
     let busybox = Path::new("/bin/busybox");
-    let busybox_bytes = fs::read(busybox).map_err(|_| GuestError::MissingTool {
-        tool: "busybox-static".into(),
-        install: "apt-get install -y busybox-static".into(),
-    })?;
-    if busybox_bytes.windows(8).take(4096).any(|w| w == b"ld-linux") {
-        return Err(GuestError::MissingTool {
-            tool: "a static busybox (/bin/busybox is dynamically linked)".into(),
-            install: "apt-get install -y busybox-static".into(),
-        });
-    }
+    let busybox_bytes = fs::read(busybox).map_err(io_err(busybox))?;
     let src = dir.join("testprog.c");
     let bin = dir.join("testprog");
     fs::write(&src, TESTPROG_C).map_err(io_err(&src))?;
-    run(Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&bin).arg(&src)).map_err(|err| {
-        GuestError::MissingTool {
-            tool: format!("gcc with a static libc ({err})"),
-            install: "apt-get install -y gcc libc6-dev".into(),
-        }
-    })?;
+    run(Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&bin).arg(&src))?;
     let testprog = fs::read(&bin).map_err(io_err(&bin))?;
 
     let mut cpio = crate::prepare::cpio::Writer::default();
@@ -250,14 +387,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn valid_abi_from_apt_cache_depends() {
-        let out = "linux-image-cloud-amd64-dbg\n  Depends: linux-image-6.1.0-56-cloud-amd64-dbg\n";
-        assert_eq!(parse_abi(out).as_deref(), Some("6.1.0-56"));
+    fn valid_binary_dependency_of_a_7x_image_package() {
+        let depends = "dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, \
+            linux-base-7.3.4+deb13-cloud-amd64 (= 7.3.4-1~bpo13+1), \
+            linux-binary-7.3.4+deb13-cloud-amd64 (= 7.3.4-1~bpo13+1), \
+            linux-modules-7.3.4+deb13-cloud-amd64 (= 7.3.4-1~bpo13+1)";
+        assert_eq!(
+            binary_dependency(depends, "7.3.4+deb13-cloud-amd64"),
+            Some(("linux-binary-7.3.4+deb13-cloud-amd64".into(), Some("7.3.4-1~bpo13+1".into())))
+        );
+        assert_eq!(
+            binary_dependency("linux-binary-7.1+deb13-cloud-amd64", "7.1+deb13-cloud-amd64"),
+            Some(("linux-binary-7.1+deb13-cloud-amd64".into(), None))
+        );
     }
 
     #[test]
-    fn invalid_abi_without_depends_line() {
-        assert_eq!(parse_abi("linux-image-cloud-amd64-dbg\n"), None);
+    fn invalid_binary_dependency_is_none_for_6x_image_packages() {
+        let depends = "kmod, initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool";
+        assert_eq!(binary_dependency(depends, "6.12.117+deb13-cloud-amd64"), None);
+        assert_eq!(binary_dependency("linux-binary-7.2+deb13-cloud-amd64", "7.3+deb13-cloud-amd64"), None);
+    }
+
+    #[test]
+    fn valid_release_strings_of_each_series() {
+        assert_eq!(release_of("6.1.0-56"), "6.1.0-56-cloud-amd64");
+        assert_eq!(release_of("6.12.117+deb13"), "6.12.117+deb13-cloud-amd64");
+        assert_eq!(release_of("7.3.4+deb13"), "7.3.4+deb13-cloud-amd64");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ktrace_testguest::{test_guest, BootOptions};
+use ktrace_testguest::{test_guest, test_guest_on, BootOptions, KernelSeries};
 
 #[test]
 fn guest_boots_runs_testprog_and_is_killed_on_drop() {
@@ -24,4 +24,18 @@ fn guest_starts_several_testprogs_when_asked() {
     let pids = guest.testprog_pids();
     assert_eq!(pids.len(), 2);
     assert_ne!(pids[0], pids[1]);
+}
+
+#[test]
+fn every_kernel_series_boots_and_reports_its_release() {
+    for series in KernelSeries::ALL {
+        let opts = BootOptions { smp: 1, ..BootOptions::default() };
+        let Some(guest) = test_guest_on(series, opts) else { return };
+        assert_eq!(guest.kernel(), series);
+        assert_eq!(guest.options().kernel, series);
+        assert_eq!(guest.release(), guest.image().release());
+        assert!(series.contains(guest.release()), "{series}: {}", guest.release());
+        assert!(guest.testprog_pid() > 1);
+        assert!(guest.boot_time() > Duration::ZERO);
+    }
 }

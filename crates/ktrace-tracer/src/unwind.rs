@@ -421,6 +421,8 @@ impl Unwinder {
         let lookup = kernel.link(if frame.return_address { state.ip - 1 } else { state.ip });
         let orc = match kernel.vmlinux().orc() {
             Ok(t) => t.lookup(lookup),
+            // No tables at all: the DWARF CFI may still cover the code.
+            Err(ktrace_symbols::SymbolError::NoOrc { .. }) => None,
             Err(e) => return Step::Stop(StopReason::NoOrcTables(e.to_string())),
         };
         match orc {

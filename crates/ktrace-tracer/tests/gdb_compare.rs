@@ -3,15 +3,17 @@
 //!
 //! ktrace stops the guest at `_raw_spin_lock`, unwinds, and disconnects
 //! without detaching: QEMU keeps the VM paused, so GDB then sees exactly the
-//! same state. The guest boots with `nokaslr` because GDB cannot relocate
-//! the vmlinux by itself.
+//! same state. Each kernel of the test bed boots with KASLR on; GDB loads the
+//! vmlinux at the slide ktrace found (`symbol-file -o SLIDE`), and the slide
+//! itself is checked by GDB reading `linux_banner` there.
 
 use std::sync::Arc;
 
 use ktrace_kernel::Kernel;
 use ktrace_rsp::{BreakpointKind, ClientConfig, Id, Resume, Session, StopReply};
 use ktrace_symbols::Vmlinux;
-use ktrace_testguest::{test_guest, BootOptions};
+use ktrace_testguest::gdb::{gdb_batch_with, GdbOptions};
+use ktrace_testguest::{test_guest_on, BootOptions, KernelSeries};
 use ktrace_tracer::{backtrace_cpus, FrameKind, Unwinder};
 
 /// Function names innermost first, inlined frames expanded as GDB shows them.
@@ -70,18 +72,36 @@ fn gdb_names(out: &str, is_tail_call: impl Fn(u64) -> bool) -> Vec<String> {
 }
 
 #[test]
-fn ktrace_backtrace_matches_gdb_bt_at_the_same_stop() {
-    let opts = BootOptions { kaslr: false, smp: 2, ..BootOptions::default() };
-    let Some(guest) = test_guest(opts) else { return };
+fn kernel_6_1_backtrace_matches_gdb() {
+    backtrace_matches_gdb_bt_at_the_same_stop(KernelSeries::V6_1);
+}
+
+#[test]
+fn kernel_6_12_backtrace_matches_gdb() {
+    backtrace_matches_gdb_bt_at_the_same_stop(KernelSeries::V6_12);
+}
+
+#[test]
+fn kernel_7_backtrace_matches_gdb() {
+    backtrace_matches_gdb_bt_at_the_same_stop(KernelSeries::V7);
+}
+
+/// One guest at a time (TCG on 2 cores).
+static ONE_GUEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn backtrace_matches_gdb_bt_at_the_same_stop(series: KernelSeries) {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = BootOptions { kaslr: true, smp: 2, ..BootOptions::default() };
+    let Some(guest) = test_guest_on(series, opts) else { return };
     let vmlinux = Arc::new(Vmlinux::open(guest.vmlinux()).expect("vmlinux"));
     let bp = vmlinux.symbol("_raw_spin_lock").expect("symbol").addr.0;
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let (cpu_thread, ktrace_bt) = rt.block_on(async {
+    let (cpu_thread, ktrace_bt, slide) = rt.block_on(async {
         let addr = guest.addr().parse().expect("addr");
         let (mut session, _) = Session::connect(&addr, ClientConfig::default()).await.expect("connect");
         let kernel = Kernel::attach(&mut session, vmlinux.clone()).await.expect("kernel");
-        assert_eq!(kernel.slide(), 0, "nokaslr guest");
+        let bp = kernel.runtime(ktrace_symbols::KernelAddr(bp));
         session.insert_breakpoint(BreakpointKind::Software, bp, 1).await.expect("Z0");
         let mut running = session.resume(Resume::Continue).await.expect("resume");
         let stop = running.wait_stop().await.expect("stop");
@@ -96,15 +116,22 @@ fn ktrace_backtrace_matches_gdb_bt_at_the_same_stop() {
         let cpus = backtrace_cpus(&mut session, &kernel, &mut unwinder).await.expect("bt");
         // Leave the VM paused at this very stop for GDB.
         session.disconnect();
-        (n, cpus[(n - 1) as usize].backtrace.clone())
+        (n, cpus[(n - 1) as usize].backtrace.clone(), kernel.slide())
     });
     let ours = ktrace_names(&ktrace_bt);
     assert_eq!(ours.first().map(String::as_str), Some("_raw_spin_lock"));
 
-    let commands = [format!("thread {cpu_thread}"), "bt 40".to_string()];
-    let gdb_out = ktrace_testguest::gdb::gdb_batch(guest.vmlinux(), guest.port(), &commands).expect("gdb");
-    let theirs =
-        gdb_names(&gdb_out, |pc| vmlinux.section_bytes_at(ktrace_symbols::KernelAddr(pc - 5), 1) == Some(&[0xe9][..]));
+    let commands =
+        ["printf \"banner: %s\", linux_banner".to_string(), format!("thread {cpu_thread}"), "bt 40".to_string()];
+    let opts = GdbOptions { symbol_offset: Some(slide), ..GdbOptions::default() };
+    let gdb_out = gdb_batch_with(guest.vmlinux(), guest.port(), &commands, &opts).expect("gdb");
+    assert!(
+        gdb_out.contains(&format!("banner: Linux version {} ", guest.release())),
+        "GDB, at ktrace's slide 0x{slide:x}, does not read the banner:\n{gdb_out}"
+    );
+    let theirs = gdb_names(&gdb_out, |pc| {
+        vmlinux.section_bytes_at(ktrace_symbols::KernelAddr(pc.wrapping_sub(slide) - 5), 1) == Some(&[0xe9][..])
+    });
     assert!(theirs.len() >= 3, "GDB showed too little to compare:\n{gdb_out}");
     for (i, name) in theirs.iter().enumerate() {
         assert_eq!(ours.get(i), Some(name), "frame #{i} differs\nktrace: {ours:?}\ngdb:    {theirs:?}\n{gdb_out}");
