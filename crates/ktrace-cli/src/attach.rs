@@ -151,6 +151,7 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         },
         wait_for_task: args.wait,
         client: args.target.client(),
+        release: args.target.release(),
     };
     if want_stacks && args.no_backtrace {
         return Err(UsageError("--stacks/--folded/--flamegraph need backtraces; drop --no-backtrace".into()).into());
@@ -211,7 +212,11 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         summary.seen_rate(),
         summary.matched_rate(),
         summary.end,
-        if summary.guest_released { "breakpoints removed, guest running" } else { "guest NOT released" }
+        match (summary.guest_released, args.target.leave_stopped) {
+            (true, false) => "breakpoints removed, guest running",
+            (true, true) => "breakpoints removed, guest left paused (--leave-stopped)",
+            (false, _) => "guest NOT released",
+        }
     );
     if let Some(error) = error {
         return Err(anyhow::Error::from(error).context("tracing stopped"));

@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use ktrace_symbols::short_source_path;
 use ktrace_tracer::{Backtrace, FrameKind, Hit};
 
 /// `error: cause: cause`, each cause once.
@@ -19,26 +20,8 @@ pub fn error_chain(err: &anyhow::Error) -> String {
     out
 }
 
-/// The path inside the kernel tree: drops build-directory prefixes such as
-/// `debian/build/build_amd64_none_cloud-amd64/` or `/build/…/linux-6.1.192/`.
-pub fn short_path(path: &str) -> &str {
-    const TOP: &[&str] = &[
-        "arch", "block", "certs", "crypto", "drivers", "fs", "include", "init", "io_uring", "ipc", "kernel", "lib",
-        "mm", "net", "samples", "security", "sound", "virt",
-    ];
-    let mut start = 0;
-    for (i, _) in path.match_indices('/') {
-        let rest = &path[i + 1..];
-        if TOP.iter().any(|t| rest.starts_with(t) && rest[t.len()..].starts_with('/')) {
-            start = i + 1;
-            break;
-        }
-    }
-    &path[start..]
-}
-
 fn location(file: Option<&str>, line: Option<u32>) -> String {
-    let file = file.map(short_path);
+    let file = file.map(short_source_path);
     match (file, line) {
         (Some(f), Some(l)) => format!(" at {f}:{l}"),
         (Some(f), None) => format!(" at {f}"),
@@ -106,23 +89,4 @@ pub fn hit_header(hit: &Hit) -> String {
 /// A state column like `ps`.
 pub fn state(letter: char) -> String {
     letter.to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn build_prefixes_are_dropped() {
-        assert_eq!(
-            short_path("debian/build/build_amd64_none_cloud-amd64/kernel/locking/spinlock.c"),
-            "kernel/locking/spinlock.c"
-        );
-        assert_eq!(
-            short_path("/build/reproducible-path/linux-6.1.192/arch/x86/entry/entry_64.S"),
-            "arch/x86/entry/entry_64.S"
-        );
-        assert_eq!(short_path("kernel/sched/core.c"), "kernel/sched/core.c");
-        assert_eq!(short_path("foo.c"), "foo.c");
-    }
 }

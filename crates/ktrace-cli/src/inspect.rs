@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use ktrace_kernel::{Kernel, KernelError};
 use ktrace_rsp::{ClientConfig, RspError, Session, StubAddr};
-use ktrace_tracer::TraceError;
+use ktrace_tracer::{GuestRelease, TraceError};
 
 use crate::symcmd::open_vmlinux;
 use crate::{format, UsageError, VmlinuxArg};
@@ -26,6 +26,10 @@ pub struct TargetArgs {
     /// Timeout for each request to the stub, in seconds.
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     pub timeout: f64,
+    /// Leave the guest paused when done (close without detaching; QEMU's
+    /// detach would resume it). ktrace's breakpoints are removed first.
+    #[arg(long)]
+    pub leave_stopped: bool,
 }
 
 impl TargetArgs {
@@ -33,6 +37,15 @@ impl TargetArgs {
         self.addr.parse().map_err(|e| {
             UsageError(format!("{}: not a stub address (use :PORT, HOST:PORT or unix:PATH): {e}", self.addr)).into()
         })
+    }
+
+    /// How to let go of the guest at the end.
+    pub fn release(&self) -> GuestRelease {
+        if self.leave_stopped {
+            GuestRelease::LeaveStopped
+        } else {
+            GuestRelease::Resume
+        }
     }
 
     pub fn client(&self) -> ClientConfig {
@@ -88,8 +101,8 @@ async fn attach(args: &TargetArgs) -> Result<(Session, Kernel)> {
     }
 }
 
-async fn finish<T>(session: Session, result: Result<T, KernelError>) -> Result<T> {
-    let detached = session.detach().await;
+async fn finish<T>(session: Session, release: GuestRelease, result: Result<T, KernelError>) -> Result<T> {
+    let detached = release.release(session).await;
     let value = result?;
     detached.context("detaching (the guest may still be paused)")?;
     Ok(value)
@@ -103,7 +116,7 @@ pub async fn ps(args: TargetArgs) -> Result<ExitCode> {
         Ok((tasks, cpus))
     }
     .await;
-    let (tasks, cpus) = finish(session, result).await?;
+    let (tasks, cpus) = finish(session, args.release(), result).await?;
     let cpu_of = |t: &ktrace_kernel::TaskInfo| cpus.iter().find(|c| c.current.task == t.task).map(|c| c.cpu);
     if args.json {
         for t in &tasks {
@@ -136,7 +149,7 @@ pub async fn ps(args: TargetArgs) -> Result<ExitCode> {
 pub async fn info(args: TargetArgs) -> Result<ExitCode> {
     let (mut session, kernel) = attach(&args).await?;
     let result = kernel.info(&mut session).await;
-    let info = finish(session, result).await?;
+    let info = finish(session, args.release(), result).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
@@ -162,8 +175,9 @@ pub async fn bt(args: TargetArgs) -> Result<ExitCode> {
     let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
     warn_if_no_backtraces(&vm);
     let stub = args.stub()?;
-    let (kernel, cpus) =
-        ktrace_tracer::backtrace_all_cpus(&stub, vm, args.client(), 64).await.map_err(|e| explain(&args.addr, e))?;
+    let (kernel, cpus) = ktrace_tracer::backtrace_all_cpus(&stub, vm, args.client(), 64, args.release())
+        .await
+        .map_err(|e| explain(&args.addr, e))?;
     if args.json {
         for c in &cpus {
             println!("{}", serde_json::to_string(c)?);

@@ -78,8 +78,14 @@ fn drgn_pcs(cpu: &Value) -> Vec<u64> {
     pcs
 }
 
+/// An address as ktrace's JSON writes it (`"0x…"`).
+fn hex(v: &Value) -> u64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("{v} is not a \"0x…\" string"));
+    u64::from_str_radix(s.strip_prefix("0x").expect("0x prefix"), 16).expect("hex")
+}
+
 fn ktrace_pcs(bt: &Value) -> Vec<u64> {
-    bt["frames"].as_array().expect("frames").iter().map(|f| f["pc"].as_u64().expect("pc")).collect()
+    bt["frames"].as_array().expect("frames").iter().map(|f| hex(&f["pc"])).collect()
 }
 
 /// A real stack bottom: user space entered through entry code, an idle
@@ -112,9 +118,11 @@ fn check_kernel(series: KernelSeries, smp: u32) {
     assert_eq!(info["cpus"].as_array().expect("cpus").len(), smp as usize);
     if let Some(drgn) = &drgn {
         assert_eq!(drgn["release"], guest.release());
-        assert_eq!(info["slide"], drgn["kernel_offset"], "KASLR slide: ktrace vs the kernel's KERNELOFFSET");
+        let kernel_offset = format!("0x{:x}", drgn["kernel_offset"].as_u64().unwrap());
+        assert_eq!(info["slide"], kernel_offset.as_str(), "KASLR slide: ktrace vs the kernel's KERNELOFFSET");
         for (ours, theirs) in info["cpus"].as_array().unwrap().iter().zip(drgn["cpus"].as_array().unwrap()) {
-            assert_eq!(ours["current"]["task"], theirs["task"], "CPU {} current task", theirs["cpu"]);
+            let task = format!("0x{:x}", theirs["task"].as_u64().unwrap());
+            assert_eq!(ours["current"]["task"], task.as_str(), "CPU {} current task", theirs["cpu"]);
             assert_eq!(ours["current"]["pid"], theirs["pid"]);
             assert_eq!(ours["current"]["comm"], theirs["comm"]);
         }
@@ -139,8 +147,7 @@ fn check_kernel(series: KernelSeries, smp: u32) {
         // among them), which drgn's for_each_task does not.
         let drgn_tasks: std::collections::BTreeSet<String> =
             theirs.iter().map(|t| format!("0x{:x}", t["task"].as_u64().unwrap())).collect();
-        let extra: Vec<&&Value> =
-            ours.iter().filter(|(k, _)| !drgn_tasks.contains(*k)).map(|(_, t)| t).collect();
+        let extra: Vec<&&Value> = ours.iter().filter(|(k, _)| !drgn_tasks.contains(*k)).map(|(_, t)| t).collect();
         assert!(
             extra.len() == smp as usize && extra.iter().all(|t| t["pid"] == 0),
             "tasks only ktrace lists (expected the {smp} idle tasks): {extra:?}"

@@ -95,7 +95,10 @@ fn runtime_addr(guest: &Guest, sym: &str) -> u64 {
     let info = run(&["info", &guest.addr(), "--vmlinux", vm, "--json", "--timeout", "10"], LIMIT);
     assert_eq!(info.code(), Some(0), "{}", info.dump());
     let v: serde_json::Value = serde_json::from_str(info.stdout.trim()).expect("info --json");
-    let slide = v["slide"].as_u64().unwrap_or_else(|| panic!("no slide in {v}"));
+    let slide = v["slide"]
+        .as_str()
+        .and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| panic!("no slide in {v}"));
     let s = run(&["sym", "--vmlinux", vm, sym], LIMIT);
     assert_eq!(s.code(), Some(0), "{}", s.dump());
     let hex = s.stdout.split_whitespace().find(|w| w.starts_with("0x")).expect("address in sym output");

@@ -41,6 +41,7 @@ pub struct CpuState {
     /// The CPU.
     pub cpu: CpuId,
     /// Its per-CPU base (`__per_cpu_offset[cpu]`).
+    #[serde(serialize_with = "ktrace_symbols::hex::serialize")]
     pub percpu_base: u64,
     /// Its current task.
     pub current: TaskInfo,
@@ -54,6 +55,7 @@ pub struct KernelInfo {
     /// The full `linux_banner`.
     pub banner: String,
     /// The KASLR slide (0 with `nokaslr`).
+    #[serde(serialize_with = "ktrace_symbols::hex::serialize")]
     pub slide: u64,
     /// The CPUs and what each runs.
     pub cpus: Vec<CpuState>,

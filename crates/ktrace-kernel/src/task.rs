@@ -13,7 +13,7 @@ pub const MAX_TASKS: usize = 65_536;
 
 /// The runtime address of a `task_struct`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize)]
-pub struct TaskRef(pub u64);
+pub struct TaskRef(#[serde(serialize_with = "ktrace_symbols::hex::serialize")] pub u64);
 
 impl std::fmt::Display for TaskRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -16,6 +16,7 @@ mod elf;
 mod error;
 #[cfg(test)]
 mod fixture_tests;
+pub mod hex;
 mod layout;
 mod lines;
 mod orc;
@@ -28,7 +29,7 @@ use std::sync::{Mutex, OnceLock};
 pub use cfi::{CfaRule, CfiRow, RegRule, DWARF_RBP, DWARF_RSP};
 pub use error::SymbolError;
 pub use layout::MemberLayout;
-pub use lines::SourceFrame;
+pub use lines::{short_source_path, SourceFrame};
 pub use orc::{OrcEntry, OrcFormat, OrcReg, OrcSelfCheck, OrcTable, OrcType, ORC_ENTRY_SIZE, ORC_HEADER_SIZE};
 pub use symbols::{Symbol, SymbolKind, SymbolOffset};
 
@@ -36,9 +37,10 @@ use dwarf::{DieRef, DwarfInfo, OwnedSections, R};
 use elf::ElfImage;
 use symbols::SymbolIndex;
 
-/// A kernel address (link-time virtual address, or a per-CPU offset).
+/// A kernel address (link-time virtual address, or a per-CPU offset). In
+/// JSON a `"0x…"` string.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize)]
-pub struct KernelAddr(pub u64);
+pub struct KernelAddr(#[serde(serialize_with = "hex::serialize")] pub u64);
 
 impl std::fmt::Display for KernelAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

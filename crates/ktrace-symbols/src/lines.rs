@@ -10,7 +10,10 @@ use crate::{KernelAddr, SymbolError};
 
 /// One source-level frame at an address: the innermost (inlined) function
 /// comes first, the real (out-of-line) function last.
-#[derive(Clone, PartialEq, Eq, Hash, Debug, serde::Serialize)]
+///
+/// In JSON, `file` is the short path (`fs/file.c`, as text output shows it)
+/// and `build_path` the path as the compiler recorded it.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct SourceFrame {
     /// The function name, if known.
     pub function: Option<String>,
@@ -21,6 +24,38 @@ pub struct SourceFrame {
     pub line: Option<u32>,
     /// Whether this function was inlined into the next frame.
     pub inlined: bool,
+}
+
+impl serde::Serialize for SourceFrame {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("SourceFrame", 5)?;
+        st.serialize_field("function", &self.function)?;
+        st.serialize_field("file", &self.file.as_deref().map(short_source_path))?;
+        st.serialize_field("build_path", &self.file)?;
+        st.serialize_field("line", &self.line)?;
+        st.serialize_field("inlined", &self.inlined)?;
+        st.end()
+    }
+}
+
+/// A source path relative to the top of the kernel tree: the build prefix
+/// (`debian/build/build_amd64_none_cloud-amd64/`, `/build/…/linux-6.1.192/`)
+/// is dropped before the first top-level directory of the kernel source.
+pub fn short_source_path(path: &str) -> &str {
+    const TOP: &[&str] = &[
+        "arch", "block", "certs", "crypto", "drivers", "fs", "include", "init", "io_uring", "ipc", "kernel", "lib",
+        "mm", "net", "rust", "samples", "security", "sound", "virt",
+    ];
+    let mut start = 0;
+    for (i, _) in path.match_indices('/') {
+        let rest = &path[i + 1..];
+        if TOP.iter().any(|t| rest.starts_with(t) && rest[t.len()..].starts_with('/')) {
+            start = i + 1;
+            break;
+        }
+    }
+    &path[start..]
 }
 
 /// Run addr2line's frame lookup.
@@ -162,5 +197,33 @@ mod tests {
         assert!(!path_matches("debian/build/kernel/sched/score.c", "core.c"));
         assert!(path_matches("core.c", "./core.c"));
         assert_eq!(normalise("a/./b/../c.c"), "a/c.c");
+    }
+
+    #[test]
+    fn build_prefixes_are_dropped_from_source_paths() {
+        assert_eq!(
+            short_source_path("debian/build/build_amd64_none_cloud-amd64/kernel/locking/spinlock.c"),
+            "kernel/locking/spinlock.c"
+        );
+        assert_eq!(
+            short_source_path("/build/reproducible-path/linux-6.1.192/arch/x86/entry/entry_64.S"),
+            "arch/x86/entry/entry_64.S"
+        );
+        assert_eq!(short_source_path("kernel/sched/core.c"), "kernel/sched/core.c");
+        assert_eq!(short_source_path("foo.c"), "foo.c");
+    }
+
+    #[test]
+    fn json_has_the_short_path_and_the_build_path() {
+        let f = SourceFrame {
+            function: Some("fget".into()),
+            file: Some("debian/build/build_amd64_none_cloud-amd64/fs/file.c".into()),
+            line: Some(1040),
+            inlined: false,
+        };
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(v["file"], "fs/file.c");
+        assert_eq!(v["build_path"], "debian/build/build_amd64_none_cloud-amd64/fs/file.c");
+        assert_eq!(v["line"], 1040);
     }
 }

@@ -22,17 +22,19 @@ pub struct CpuBacktrace {
     pub backtrace: Backtrace,
 }
 
-/// Stops the guest once, unwinds every CPU, detaches (the guest runs on).
+/// Stops the guest once, unwinds every CPU, and lets go of it as `release`
+/// says (detach: the guest runs on).
 pub async fn backtrace_all_cpus(
     addr: &StubAddr,
     vmlinux: Arc<Vmlinux>,
     client: ClientConfig,
     max_frames: usize,
+    release: crate::GuestRelease,
 ) -> Result<(Kernel, Vec<CpuBacktrace>), TraceError> {
     let mut unwinder = Unwinder::new(&vmlinux)?.with_max_frames(max_frames);
     let (mut session, _) = Session::connect(addr, client).await?;
     let result = collect(&mut session, vmlinux, &mut unwinder).await;
-    let detached = session.detach().await;
+    let detached = release.release(session).await;
     let out = result?;
     detached?;
     Ok(out)

@@ -21,6 +21,31 @@ pub enum ResumeMode {
     RemoveStepReinsert,
 }
 
+/// How ktrace lets go of the guest when it is done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GuestRelease {
+    /// Detach: QEMU removes every breakpoint and resumes the VM, also one
+    /// that was paused before ktrace came.
+    #[default]
+    Resume,
+    /// Remove ktrace's breakpoints, then close the connection without
+    /// detaching: QEMU leaves the VM paused (`--leave-stopped`).
+    LeaveStopped,
+}
+
+impl GuestRelease {
+    /// Lets go of `session` this way.
+    pub async fn release(self, session: ktrace_rsp::Session) -> Result<(), ktrace_rsp::RspError> {
+        match self {
+            GuestRelease::Resume => session.detach().await,
+            GuestRelease::LeaveStopped => {
+                session.disconnect();
+                Ok(())
+            }
+        }
+    }
+}
+
 /// What to trace and how.
 #[derive(Clone, Debug)]
 pub struct TraceConfig {
@@ -44,6 +69,8 @@ pub struct TraceConfig {
     pub wait_for_task: bool,
     /// The RSP client settings.
     pub client: ClientConfig,
+    /// Resume the guest at the end, or leave it paused.
+    pub release: GuestRelease,
 }
 
 impl Default for TraceConfig {
@@ -58,6 +85,7 @@ impl Default for TraceConfig {
             max_frames: 64,
             resume: ResumeMode::Auto,
             wait_for_task: false,
+            release: GuestRelease::Resume,
             client: ClientConfig::default(),
         }
     }

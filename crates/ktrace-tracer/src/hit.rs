@@ -31,6 +31,7 @@ pub struct Hit {
     /// The `--break` location that fired, as the user wrote it.
     pub breakpoint: String,
     /// Runtime address of the breakpoint.
+    #[serde(serialize_with = "ktrace_symbols::hex::serialize")]
     pub pc: u64,
     /// The backtrace, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]

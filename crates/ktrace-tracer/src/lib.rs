@@ -25,7 +25,7 @@ mod tracer;
 mod unwind;
 
 pub use bt::{backtrace_all_cpus, backtrace_cpus, CpuBacktrace};
-pub use config::{ResumeMode, TraceConfig};
+pub use config::{GuestRelease, ResumeMode, TraceConfig};
 pub use error::TraceError;
 pub use filter::{glob_match, Filter};
 pub use hit::{parse_duration, EndReason, Hit, StackCounts, Summary};

@@ -292,7 +292,7 @@ impl Tracer {
             for addr in std::mem::take(&mut self.inserted) {
                 let _ = session.remove_breakpoint(kind, addr, 1).await;
             }
-            released = session.detach().await.is_ok();
+            released = self.cfg.release.release(session).await.is_ok();
         }
         let summary = Summary { seen: stats.seen, matched: stats.matched, elapsed, end, guest_released: released };
         match error {

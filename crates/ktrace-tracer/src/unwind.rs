@@ -59,6 +59,7 @@ pub enum FrameKind {
 #[derive(Clone, Debug, Serialize)]
 pub struct Frame {
     /// Runtime program counter.
+    #[serde(serialize_with = "ktrace_symbols::hex::serialize")]
     pub pc: u64,
     /// How the frame was reached.
     pub kind: FrameKind,
@@ -67,7 +68,7 @@ pub struct Frame {
     /// Offset of the pc in that symbol.
     pub offset: u64,
     /// Where the `pt_regs` were found for [`FrameKind::Interrupted`] and [`FrameKind::User`].
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ktrace_symbols::hex::option")]
     pub regs_at: Option<u64>,
     /// Source locations, innermost inlined function first.
     pub source: Vec<SourceFrame>,
