@@ -121,10 +121,7 @@ pub async fn ps(args: TargetArgs) -> Result<ExitCode> {
     if args.json {
         for t in &tasks {
             let mut v = serde_json::to_value(t)?;
-            v["state"] = serde_json::json!(t.state.letter().to_string());
             v["cpu"] = serde_json::json!(cpu_of(t).map(|c| c.0));
-            v["task"] = serde_json::json!(format!("0x{:x}", t.task.0));
-            v["parent"] = serde_json::json!(format!("0x{:x}", t.parent.0));
             println!("{v}");
         }
     } else {

@@ -114,6 +114,7 @@ fn check_kernel(series: KernelSeries, smp: u32) {
     // info: release, CPUs and current tasks, against drgn.
     let drgn = pause_and_ask_drgn(&guest, &mut qmp);
     let info: Value = serde_json::from_str(&ktrace_json(&guest, &["info"])).expect("info JSON");
+    common::json_schema::check("info", &info);
     assert_eq!(info["release"], guest.release());
     assert_eq!(info["cpus"].as_array().expect("cpus").len(), smp as usize);
     if let Some(drgn) = &drgn {
@@ -133,6 +134,7 @@ fn check_kernel(series: KernelSeries, smp: u32) {
     let ps: Vec<Value> =
         ktrace_json(&guest, &["ps"]).lines().map(|l| serde_json::from_str(l).expect("ps JSON")).collect();
     assert!(ps.iter().any(|t| t["pid"] == testprog && t["comm"] == "testprog"), "testprog in ps");
+    ps.iter().for_each(|t| common::json_schema::check("task", t));
     if let Some(drgn) = &drgn {
         let ours: BTreeMap<String, &Value> = ps.iter().map(|t| (t["task"].as_str().unwrap().to_string(), t)).collect();
         let theirs = drgn["tasks"].as_array().unwrap();
@@ -159,6 +161,7 @@ fn check_kernel(series: KernelSeries, smp: u32) {
     let bts: Vec<Value> =
         ktrace_json(&guest, &["bt"]).lines().map(|l| serde_json::from_str(l).expect("bt JSON")).collect();
     assert_eq!(bts.len(), smp as usize);
+    bts.iter().for_each(|bt| common::json_schema::check("cpu_backtrace", bt));
     for bt in &bts {
         let b = &bt["backtrace"];
         assert!(reaches_stack_bottom(b), "CPU {} does not reach a stack bottom: {b}", bt["cpu"]);
@@ -200,6 +203,7 @@ fn check_kernel(series: KernelSeries, smp: u32) {
             String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("hit JSON")).collect();
         assert_eq!(hits.len(), 20, "{stderr}");
         for h in &hits {
+            common::json_schema::check("hit", h);
             assert_eq!(h["pid"], testprog, "{filter:?}: {h}");
             assert_eq!(h["comm"], "testprog");
             let b = &h["backtrace"];
@@ -223,13 +227,28 @@ fn check_kernel(series: KernelSeries, smp: u32) {
         .output()
         .expect("sym");
     let sym: Value = serde_json::from_slice(&sym.stdout).expect("sym JSON");
+    common::json_schema::check("sym_name", &sym);
     assert_eq!(sym["address"], format!("0x{:x}", nm_address(guest.vmlinux(), "_raw_spin_lock")));
     let layout = Command::new(env!("CARGO_BIN_EXE_ktrace"))
-        .args(["layout", "task_struct.pid", "--vmlinux"])
+        .args(["layout", "task_struct.pid", "task_struct", "--json", "--vmlinux"])
         .arg(guest.vmlinux())
         .output()
         .expect("layout");
-    assert!(layout.status.success() && String::from_utf8_lossy(&layout.stdout).contains("size 4"));
+    let layout: Vec<Value> = String::from_utf8_lossy(&layout.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("layout JSON"))
+        .collect();
+    common::json_schema::check("layout_member", &layout[0]);
+    common::json_schema::check("layout_type", &layout[1]);
+    assert_eq!(layout[0]["size"], 4);
+    let sym = Command::new(env!("CARGO_BIN_EXE_ktrace"))
+        .args(["sym", &sym["address"].as_str().unwrap().to_string(), "--json", "--vmlinux"])
+        .arg(guest.vmlinux())
+        .output()
+        .expect("sym address");
+    let sym: Value = serde_json::from_slice(&sym.stdout).expect("sym address JSON");
+    common::json_schema::check("sym_address", &sym);
+    assert_eq!(sym["symbol"], "_raw_spin_lock");
     assert!(guest.is_running(std::time::Duration::from_secs(60)), "the guest runs at the end");
 }
 

@@ -21,13 +21,19 @@ impl std::fmt::Display for TaskRef {
     }
 }
 
-/// A task's scheduling state, as `ps` shows it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+/// A task's scheduling state, as `ps` shows it (in JSON: its letter).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct TaskState {
     /// The raw `__state`.
     pub raw: u64,
     /// The raw `exit_state`.
     pub exit: u64,
+}
+
+impl Serialize for TaskState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.letter())
+    }
 }
 
 impl TaskState {

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use ktrace_testguest::{test_guest, BootOptions, Guest};
 
+pub mod json_schema;
+
 /// Where the guest is hit constantly (the testprog reads /dev/urandom in a loop).
 pub const HOT: &str = "ksys_read";
 
