@@ -277,7 +277,7 @@ impl Bench {
 
     fn run(mut self) -> Result<()> {
         let image = crate::guest::prepare_verbose()?;
-        crate::run(crate::cargo().current_dir(&self.root).args(["build", "--quiet", "--release", "-p", "ktrace"]))?;
+        crate::run(crate::cargo().current_dir(&self.root).args(["build", "--quiet", "--release", "-p", "ktrace-cli"]))?;
         crate::run(crate::cargo().current_dir(&self.root).args([
             "build",
             "--quiet",

@@ -56,7 +56,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 /// Boots each kernel in turn and times ktrace on it; prints a Markdown table.
 pub fn run(reps: usize) -> Result<String> {
-    crate::run(crate::cargo().args(["build", "--release", "-p", "ktrace"]))?;
+    crate::run(crate::cargo().args(["build", "--release", "-p", "ktrace-cli"]))?;
     let ktrace = Path::new("target/release/ktrace").canonicalize().context("target/release/ktrace")?;
     let mut table = String::from(
         "Attach to first hit of `_raw_spin_lock`, and `bt`, per kernel (KASLR on, 2 vCPUs, TCG; median wall time, peak RSS)\n\n\

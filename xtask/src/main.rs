@@ -78,7 +78,7 @@ fn test(extra: &[&str]) -> Result<()> {
 
 fn demo(_args: &[&str]) -> Result<()> {
     let image = guest::prepare_verbose()?;
-    run(cargo().args(["build", "--release", "-p", "ktrace"]))?;
+    run(cargo().args(["build", "--release", "-p", "ktrace-cli"]))?;
     eprintln!("booting the guest (TCG, 2 vCPUs, KASLR on)…");
     let guest = ktrace_testguest::Guest::boot(&image, &ktrace_testguest::BootOptions::default())?;
     eprintln!(

@@ -24,7 +24,7 @@ pub fn run_soak(args: &[&str]) -> Result<()> {
         }
     }
     let image = prepare_verbose()?;
-    run(crate::cargo().args(["build", "--release", "-p", "ktrace"]))?;
+    run(crate::cargo().args(["build", "--release", "-p", "ktrace-cli"]))?;
     let guest = Guest::boot(&image, &BootOptions::default())?;
     eprintln!("soak: guest on port {}, testprog pid {}, {minutes} minutes", guest.port(), guest.testprog_pid());
 

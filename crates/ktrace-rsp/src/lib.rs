@@ -28,6 +28,6 @@ pub use error::RspError;
 pub use packets::breakpoint::BreakpointKind;
 pub use packets::qsupported::Capabilities;
 pub use packets::resume::Resume;
-pub use packets::stop::{StopReason, StopReply};
+pub use packets::stop::{StopReason, StopReply, SIGINT, SIGTRAP};
 pub use packets::thread::{Id, ThreadId, ThreadOp};
 pub use target_xml::{RegisterInfo, RegisterMap};

@@ -77,14 +77,14 @@ pub struct Vmlinux {
     _map: memmap2::Mmap,
 }
 
-/// Type names whose definition is searched for in the unit of a known
-/// variable's type first (fast path), e.g. task_struct via `init_task`.
 /// How many per-unit addr2line contexts are kept.
 const MAX_LINE_CONTEXTS: usize = 32;
 
 /// How many functions [`Vmlinux::orc`] checks the ORC tables against.
 const ORC_SELF_CHECK_SAMPLE: usize = 512;
 
+/// Type names whose definition is searched for in the unit of a known
+/// variable's type first (fast path), e.g. task_struct via `init_task`.
 const TYPE_ANCHOR_VARS: &[(&str, &str)] = &[("task_struct", "init_task")];
 
 impl Vmlinux {

@@ -368,7 +368,7 @@ impl Tracer {
             session = s;
             let thread = match &stop {
                 // Only SIGTRAP is a breakpoint; anything else (an interrupt) just resumes.
-                StopReply::Signal { signal, .. } if *signal != 5 => {
+                StopReply::Signal { signal, .. } if *signal != ktrace_rsp::SIGTRAP => {
                     resume = None;
                     continue;
                 }

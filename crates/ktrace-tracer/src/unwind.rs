@@ -26,7 +26,7 @@ pub struct Regs {
     pub sp: u64,
     /// Frame pointer.
     pub bp: u64,
-    /// `rdi`, `rdx`, `r10`, `r13`: ORC may base the CFA on them in entry code.
+    /// `rdi` (ORC may base the CFA on `rdi`, `rdx`, `r10` or `r13` in entry code).
     pub di: u64,
     /// `rdx`.
     pub dx: u64,

@@ -71,7 +71,7 @@ impl Inner {
         Ok(pkt)
     }
 
-    /// Wait for a stop reply, keeping `O` output. `timeout` = None: forever.
+    /// Wait for a stop reply, keeping `O` output. `timeout` false: wait forever.
     pub(crate) async fn wait_stop(&mut self, timeout: bool) -> Result<StopReply, RspError> {
         loop {
             let p = if timeout {

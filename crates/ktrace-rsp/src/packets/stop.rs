@@ -4,6 +4,11 @@ use super::thread::{thread_id, ThreadId};
 use super::{check_reply, from_hex, hex_byte, hex_u64};
 use crate::RspError;
 
+/// GDB's signal number for a breakpoint or single-step stop.
+pub const SIGTRAP: u8 = 5;
+/// GDB's signal number for an interrupt (`0x03` sent by the client).
+pub const SIGINT: u8 = 2;
+
 /// `?`: ask why the target stopped. In QEMU this also removes all
 /// breakpoints.
 pub const QUERY_HALT_REASON: &[u8] = b"?";
