@@ -55,8 +55,9 @@ pub fn backtrace(bt: &Backtrace) -> String {
             _ => {}
         }
         let func = f.function.as_deref().unwrap_or("??");
+        let module = f.module.as_deref().map(|m| format!(" [{m}]")).unwrap_or_default();
         if f.source.is_empty() {
-            let _ = writeln!(out, "#{n:<3} 0x{:016x} in {func}+0x{:x}", f.pc, f.offset);
+            let _ = writeln!(out, "#{n:<3} 0x{:016x} in {func}+0x{:x}{module}", f.pc, f.offset);
             n += 1;
             continue;
         }

@@ -168,6 +168,23 @@ pub async fn info(args: TargetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn lsmod(args: TargetArgs) -> Result<ExitCode> {
+    let (mut session, kernel) = attach(&args).await?;
+    let result = kernel.module_list(&mut session).await;
+    let modules = finish(session, args.release(), result).await?;
+    if args.json {
+        for m in &modules {
+            println!("{}", serde_json::to_string(m)?);
+        }
+    } else {
+        println!("{:<24} {:>9}  {:<9} {:<18}  MODULE", "NAME", "SIZE", "STATE", "BASE");
+        for m in &modules {
+            println!("{:<24} {:>9}  {:<9} 0x{:016x}  0x{:x}", m.name, m.size, m.state, m.base, m.module);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn bt(args: TargetArgs) -> Result<ExitCode> {
     let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
     warn_if_no_backtraces(&vm);

@@ -31,6 +31,8 @@ enum Command {
     Ps(inspect::TargetArgs),
     /// Kernel release, KASLR slide, CPUs and what each runs.
     Info(inspect::TargetArgs),
+    /// List the loaded kernel modules: name, size, state, base (like `lsmod`/`lx-lsmod`).
+    Lsmod(inspect::TargetArgs),
     /// Look up symbols by name or address in the vmlinux.
     Sym(symcmd::SymArgs),
     /// Print offsets and sizes of struct members (`task_struct.pid`).
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
             Command::Bt(args) => inspect::bt(args).await,
             Command::Ps(args) => inspect::ps(args).await,
             Command::Info(args) => inspect::info(args).await,
+            Command::Lsmod(args) => inspect::lsmod(args).await,
             Command::Sym(args) => symcmd::sym(args),
             Command::Layout(args) => symcmd::layout(args),
         }

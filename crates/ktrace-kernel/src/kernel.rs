@@ -22,6 +22,8 @@ pub struct Kernel {
     current_task: PercpuOffset,
     /// Per-CPU offset of `runqueues.idle`, where the kernel has them.
     rq_idle: Option<PercpuOffset>,
+    /// `struct module`'s layout, found on first use.
+    module_layout: Arc<std::sync::OnceLock<Result<crate::ModuleLayout, String>>>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -106,7 +108,16 @@ impl Kernel {
             (Some(sym), Ok(m)) if sym.is_percpu() => Some(layout.percpu.offset_of(sym.addr, slide).plus(m.offset)),
             _ => None,
         };
-        Ok(Kernel { vmlinux, layout, slide, release, percpu_bases, current_task, rq_idle })
+        Ok(Kernel {
+            vmlinux,
+            layout,
+            slide,
+            release,
+            percpu_bases,
+            current_task,
+            rq_idle,
+            module_layout: Arc::default(),
+        })
     }
 
     /// The vmlinux.
@@ -226,6 +237,29 @@ impl Kernel {
             }
         }
         self.task_infos(target, &refs).await
+    }
+
+    /// The loaded modules: list, kallsyms and ORC tables, read from guest
+    /// memory (the `struct module` layout from DWARF, found on first use).
+    pub async fn modules<T: Target>(&self, target: &mut T) -> Result<crate::Modules, KernelError> {
+        let layout = self.module_layout()?;
+        let format = self.vmlinux.orc().ok().map(|t| t.format());
+        crate::read_modules(target, layout, self.slide, format).await
+    }
+
+    /// The loaded modules' names, states and regions only (for `lsmod`).
+    pub async fn module_list<T: Target>(&self, target: &mut T) -> Result<Vec<crate::ModuleInfo>, KernelError> {
+        crate::read_module_list(target, self.module_layout()?, self.slide).await
+    }
+
+    fn module_layout(&self) -> Result<&crate::ModuleLayout, KernelError> {
+        match self
+            .module_layout
+            .get_or_init(|| crate::ModuleLayout::from_vmlinux(&self.vmlinux).map_err(|e| e.to_string()))
+        {
+            Ok(l) => Ok(l),
+            Err(why) => Err(KernelError::Corrupt(format!("the vmlinux does not describe kernel modules: {why}"))),
+        }
     }
 
     /// The task with this pid.

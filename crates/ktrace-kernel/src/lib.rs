@@ -19,6 +19,7 @@ mod error;
 mod kaslr;
 mod kernel;
 mod layout;
+mod module;
 mod rsp_target;
 pub mod synthetic;
 mod target;
@@ -27,6 +28,10 @@ mod task;
 pub use error::KernelError;
 pub use kernel::{CpuState, Kernel, KernelInfo};
 pub use layout::{CurrentTaskVar, KernelLayout, PercpuOffset, PercpuSection};
+pub use module::{
+    read_module_list, read_module_orc, read_module_symbols, read_modules, LoadedModule, ModuleInfo, ModuleLayout,
+    ModuleRegion, ModuleSymbol, Modules, RegionLayout, MAX_MODULES,
+};
 pub use rsp_target::cpu_of_thread;
 pub use target::{CpuId, Target};
 pub use task::{decode_comm, le_u64, TaskInfo, TaskRef, TaskState, MAX_TASKS};

@@ -237,6 +237,35 @@ impl DwarfInfo {
         Ok(out)
     }
 
+    /// The enumerators (name, value) of the enumeration type `e`.
+    pub(crate) fn enumerators(&self, e: DieRef) -> Result<Vec<(String, i64)>, SymbolError> {
+        let unit = self.unit(e.unit)?;
+        let err = |err| SymbolError::dwarf("reading enumerators", err);
+        let mut tree = unit.entries_tree(Some(e.off)).map_err(err)?;
+        let root = tree.root().map_err(err)?;
+        let mut ch = root.children();
+        let mut out = Vec::new();
+        while let Some(c) = ch.next().map_err(err)? {
+            let entry = c.entry();
+            if entry.tag() != gimli::DW_TAG_enumerator {
+                continue;
+            }
+            let value = match entry.attr_value(gimli::DW_AT_const_value) {
+                Some(AttributeValue::Sdata(v)) => v,
+                Some(AttributeValue::Udata(v)) => v as i64,
+                Some(AttributeValue::Data1(v)) => i64::from(v),
+                Some(AttributeValue::Data2(v)) => i64::from(v),
+                Some(AttributeValue::Data4(v)) => i64::from(v),
+                Some(AttributeValue::Data8(v)) => v as i64,
+                _ => continue,
+            };
+            if let Some(name) = self.name_of(&unit, entry) {
+                out.push((String::from_utf8_lossy(name).into_owned(), value));
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether `d` (after stripping typedefs) is a struct or union.
     pub(crate) fn is_aggregate(&self, d: DieRef) -> Result<bool, SymbolError> {
         let (_, e) = self.entry(d)?;

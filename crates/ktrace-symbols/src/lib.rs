@@ -337,6 +337,13 @@ impl Vmlinux {
         self.member(path).is_ok()
     }
 
+    /// The enumerators of an enumeration type (`"enum module_state"`), in
+    /// declaration order.
+    pub fn enumerators(&self, name: &str) -> Result<Vec<(String, i64)>, SymbolError> {
+        let (d, t) = self.find_type(name)?;
+        d.enumerators(d.strip(t)?)
+    }
+
     /// Size in bytes of a type: `"task_struct"`, `"struct task_struct"`, `"pt_regs"`.
     pub fn type_size(&self, name: &str) -> Result<u64, SymbolError> {
         let (d, t) = self.find_type(name)?;

@@ -170,6 +170,7 @@ mod tests {
                 pc: 0xffff_ffff_8100_0000,
                 kind: FrameKind::Call,
                 function: Some(f.to_string()),
+                module: None,
                 offset: 0,
                 regs_at: None,
                 source: vec![SourceFrame { function: Some(f.to_string()), file: None, line: None, inlined: false }],

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use ktrace_kernel::{Kernel, KernelError, Target};
+use ktrace_kernel::{Kernel, KernelError, Modules, Target};
 use ktrace_symbols::{CfaRule, CfiRow, KernelAddr, OrcEntry, OrcReg, OrcType, RegRule, SourceFrame, Vmlinux};
 use serde::Serialize;
 
@@ -63,8 +63,11 @@ pub struct Frame {
     pub pc: u64,
     /// How the frame was reached.
     pub kind: FrameKind,
-    /// `symbol` containing the pc (link-time symbol table).
+    /// `symbol` containing the pc (the vmlinux's symbol table, or a module's kallsyms).
     pub function: Option<String>,
+    /// The module whose code this is (absent for the vmlinux).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
     /// Offset of the pc in that symbol.
     pub offset: u64,
     /// Where the `pt_regs` were found for [`FrameKind::Interrupted`] and [`FrameKind::User`].
@@ -174,8 +177,11 @@ impl std::fmt::Display for StopReason {
                 write!(f, "return address 0x{pc:x} is not in the kernel, and no pt_regs frame leads there")
             }
             StopReason::OutsideKernelText { pc } => {
-                let module = if (MODULES_START..MODULES_END).contains(pc) { " (module code)" } else { "" };
-                write!(f, "pc 0x{pc:x} is outside the vmlinux's code{module}")
+                if (MODULES_START..MODULES_END).contains(pc) {
+                    write!(f, "pc 0x{pc:x} is in the module area but in no loaded module's code (BPF or freed code?)")
+                } else {
+                    write!(f, "pc 0x{pc:x} is outside the kernel's code")
+                }
             }
             StopReason::Loop { pc } => write!(f, "the unwind loops (frame 0x{pc:x} again)"),
         }
@@ -213,6 +219,10 @@ pub struct Unwinder {
     /// on the same stack.
     stack_block: u64,
     symbolized: HashMap<(u64, bool), Symbolized>,
+    /// The loaded modules, once a pc outside the vmlinux needed them.
+    modules: Option<Modules>,
+    /// When the module list was last read.
+    modules_read_at: Option<std::time::Instant>,
 }
 
 const PAGE: u64 = 2048;
@@ -340,6 +350,8 @@ impl Unwinder {
             max_frames: 64,
             stack_block,
             symbolized: HashMap::new(),
+            modules: None,
+            modules_read_at: None,
         })
     }
 
@@ -358,11 +370,20 @@ impl Unwinder {
         let mut frame = Caller { regs, kind: first_kind, regs_at: None, return_address: false };
         let mut seen = std::collections::HashSet::new();
         let stopped = loop {
-            frames.push(self.frame(kernel, frame.regs.ip, frame.kind, frame.regs_at, frame.return_address));
+            let pc = frame.regs.ip;
+            let in_vmlinux = kernel.vmlinux().is_code(kernel.link(pc));
+            let in_module =
+                frame.kind != FrameKind::User && !in_vmlinux && self.know_module(kernel, stack.target, pc).await;
+            let shown = match in_module {
+                true => self.module_frame(pc, frame.kind, frame.regs_at, frame.return_address),
+                false => None,
+            };
+            frames
+                .push(shown.unwrap_or_else(|| self.frame(kernel, pc, frame.kind, frame.regs_at, frame.return_address)));
             if frame.kind == FrameKind::User {
                 break None;
             }
-            if let Err(why) = self.check_frame(kernel, &frame.regs) {
+            if let Err(why) = self.check_frame(&frame.regs, in_vmlinux || in_module) {
                 break Some(why);
             }
             if frames.len() >= self.max_frames {
@@ -389,11 +410,11 @@ impl Unwinder {
 
     /// A frame the unwinder is about to step from must be in kernel code on
     /// a kernel stack.
-    fn check_frame(&self, kernel: &Kernel, regs: &Regs) -> Result<(), StopReason> {
+    fn check_frame(&self, regs: &Regs, in_code: bool) -> Result<(), StopReason> {
         if !is_kernel(regs.sp) {
             return Err(StopReason::BadStackPointer { sp: regs.sp });
         }
-        if !kernel.vmlinux().is_code(kernel.link(regs.ip)) {
+        if !in_code {
             return Err(StopReason::OutsideKernelText { pc: regs.ip });
         }
         Ok(())
@@ -416,10 +437,22 @@ impl Unwinder {
         Ok(())
     }
 
-    /// One step: ORC where it covers the pc, else the DWARF CFI.
+    /// One step: ORC where it covers the pc, else the DWARF CFI (for
+    /// module code: the module's ORC table, read from guest memory).
     async fn step<T: Target>(&self, kernel: &Kernel, stack: &mut StackReader<'_, T>, frame: &Caller) -> Step {
         let state = &frame.regs;
-        let lookup = kernel.link(if frame.return_address { state.ip - 1 } else { state.ip });
+        let at = if frame.return_address { state.ip - 1 } else { state.ip };
+        if let Some(module) = self.modules.as_ref().and_then(|m| m.by_code_addr(state.ip)) {
+            return match module.orc.as_ref().and_then(|t| t.lookup(KernelAddr(at))) {
+                Some(o) if o.kind == OrcType::EndOfStack => Step::End,
+                Some(o) if orc_usable(&o) => self.orc_step(&o, state, stack).await,
+                Some(o) if o.kind != OrcType::Undefined => {
+                    Step::Stop(StopReason::UnsupportedOrc { pc: state.ip, entry: o })
+                }
+                _ => Step::Stop(StopReason::NoUnwindData { pc: state.ip }),
+            };
+        }
+        let lookup = kernel.link(at);
         let orc = match kernel.vmlinux().orc() {
             Ok(t) => t.lookup(lookup),
             // No tables at all: the DWARF CFI may still cover the code.
@@ -531,7 +564,7 @@ impl Unwinder {
 
     fn frame(&mut self, kernel: &Kernel, pc: u64, kind: FrameKind, regs_at: Option<u64>, ret: bool) -> Frame {
         if kind == FrameKind::User {
-            return Frame { pc, kind, function: None, offset: 0, regs_at, source: Vec::new() };
+            return Frame { pc, kind, function: None, module: None, offset: 0, regs_at, source: Vec::new() };
         }
         let vm = kernel.vmlinux();
         let link = kernel.link(pc);
@@ -553,7 +586,37 @@ impl Unwinder {
                 (sym.map(|s| s.name), offset, source)
             })
             .clone();
-        Frame { pc, kind, function, offset, regs_at, source }
+        Frame { pc, kind, function, module: None, offset, regs_at, source }
+    }
+
+    /// A frame in module code, named from the module's kallsyms.
+    fn module_frame(&self, pc: u64, kind: FrameKind, regs_at: Option<u64>, ret: bool) -> Option<Frame> {
+        let module = self.modules.as_ref()?.by_code_addr(pc)?;
+        let at = if ret { pc - 1 } else { pc };
+        let (function, offset) = match module.symbolize(at) {
+            Some((sym, off)) => (Some(sym.name.clone()), off + u64::from(ret)),
+            None => (None, 0),
+        };
+        Some(Frame { pc, kind, function, module: Some(module.info.name.clone()), offset, regs_at, source: Vec::new() })
+    }
+
+    /// Makes sure the module holding `pc` is known: the module list is read
+    /// on the first pc outside the vmlinux, and read again (at most once a
+    /// second) when a pc falls in no known module, since modules load while
+    /// tracing. Returns whether a module holds `pc`.
+    async fn know_module<T: Target>(&mut self, kernel: &Kernel, target: &mut T, pc: u64) -> bool {
+        let known = |m: &Option<Modules>| m.as_ref().is_some_and(|m| m.by_code_addr(pc).is_some());
+        if known(&self.modules) || !(MODULES_START..MODULES_END).contains(&pc) {
+            return known(&self.modules);
+        }
+        if self.modules_read_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+            return false;
+        }
+        self.modules_read_at = Some(std::time::Instant::now());
+        if let Ok(m) = kernel.modules(target).await {
+            self.modules = Some(m);
+        }
+        known(&self.modules)
     }
 }
 
@@ -601,7 +664,14 @@ mod tests {
     /// An unwinder without a vmlinux (only its checks are used).
     fn unwinder() -> Unwinder {
         let pt = PtRegs { ip: 0x80, sp: 0x98, bp: 0x20, di: 0x70, dx: 0x60, r10: 0x38, r13: 0x10 };
-        Unwinder { pt, max_frames: 64, stack_block: 16 << 10, symbolized: HashMap::new() }
+        Unwinder {
+            pt,
+            max_frames: 64,
+            stack_block: 16 << 10,
+            symbolized: HashMap::new(),
+            modules: None,
+            modules_read_at: None,
+        }
     }
 
     fn caller(sp: u64, kind: FrameKind) -> Caller {
@@ -635,7 +705,9 @@ mod tests {
     #[test]
     fn stop_reasons_say_why() {
         let r = StopReason::OutsideKernelText { pc: 0xffff_ffff_c012_3456 };
-        assert_eq!(r.to_string(), "pc 0xffffffffc0123456 is outside the vmlinux's code (module code)");
+        assert!(r.to_string().contains("in no loaded module's code"), "{r}");
+        let r = StopReason::OutsideKernelText { pc: 0xffff_8880_0012_3456 };
+        assert_eq!(r.to_string(), "pc 0xffff888000123456 is outside the kernel's code");
         let r = StopReason::UserReturnAddress { pc: 0x246 };
         assert!(r.to_string().contains("no pt_regs frame"), "{r}");
         let bt = Backtrace { frames: Vec::new(), stopped: Some(StopReason::Loop { pc: 0x10 }) };
