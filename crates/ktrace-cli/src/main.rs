@@ -81,7 +81,7 @@ fn main() -> ExitCode {
             Command::Ps(args) => inspect::ps(args).await,
             Command::Info(args) => inspect::info(args).await,
             Command::Lsmod(args) => inspect::lsmod(args).await,
-            Command::Sym(args) => symcmd::sym(args),
+            Command::Sym(args) => symcmd::sym(args).await,
             Command::Layout(args) => symcmd::layout(args),
         }
     });

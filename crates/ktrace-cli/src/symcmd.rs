@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use ktrace_kernel::{Kernel, Modules};
+use ktrace_rsp::{ClientConfig, Session, StubAddr};
 use ktrace_symbols::{KernelAddr, Vmlinux};
 use serde_json::json;
 
@@ -20,6 +22,11 @@ pub struct SymArgs {
     /// One JSON object per answer.
     #[arg(long)]
     json: bool,
+    /// Also look in the modules loaded in this guest (`:1234`): names the
+    /// vmlinux lacks (`brd_submit_bio`, `brd:brd_submit_bio`) and module
+    /// addresses (runtime addresses, as backtraces show them).
+    #[arg(long, value_name = "ADDR")]
+    guest: Option<String>,
 }
 
 /// `ktrace layout`.
@@ -44,9 +51,71 @@ fn parse_addr(text: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-pub fn sym(args: SymArgs) -> Result<ExitCode> {
+/// The modules loaded in the guest at `addr` (one stop, then detach).
+async fn guest_modules(addr: &str, vm: Vmlinux) -> Result<Modules> {
+    let stub: StubAddr = addr.parse().map_err(|e| UsageError(format!("{addr}: not a stub address: {e}")))?;
+    let (mut session, _) = Session::connect(&stub, ClientConfig::default()).await?;
+    let result = async {
+        let kernel = Kernel::attach(&mut session, std::sync::Arc::new(vm)).await?;
+        kernel.modules(&mut session).await
+    }
+    .await;
+    let detached = session.detach().await;
+    let modules = result?;
+    detached?;
+    Ok(modules)
+}
+
+/// A module answer to a `sym` query, if the loaded modules have one.
+fn module_answer(modules: &Modules, query: &str, json: bool) -> Option<String> {
+    if let Some(addr) = parse_addr(query) {
+        let m = modules.by_code_addr(addr)?;
+        let (sym, off) = m.symbolize(addr)?;
+        return Some(if json {
+            json!({"query": query, "address": format!("0x{addr:x}"), "symbol": sym.name, "offset": off,
+                   "size": sym.size, "module": m.info.name, "frames": []})
+            .to_string()
+        } else {
+            format!("0x{addr:016x}  {}+0x{off:x}/0x{:x} [{}]", sym.name, sym.size, m.info.name)
+        });
+    }
+    let (base, off) = match query.split_once('+') {
+        Some((b, o)) => (b, parse_addr(o).or_else(|| o.parse().ok())?),
+        None => (query, 0),
+    };
+    let (m, sym) = modules.resolve(base)?;
+    let addr = sym.addr + off;
+    Some(if json {
+        json!({"query": query, "symbol": sym.name, "address": format!("0x{addr:x}"), "size": sym.size,
+               "kind": if sym.func { "Text" } else { "Data" }, "percpu": false, "module": m.info.name})
+        .to_string()
+    } else {
+        format!(
+            "{query} [{}]  0x{addr:016x}  size 0x{:x}  {}",
+            m.info.name,
+            sym.size,
+            if sym.func { "Text" } else { "Data" }
+        )
+    })
+}
+
+pub async fn sym(args: SymArgs) -> Result<ExitCode> {
     let vm = open_vmlinux(&args.vmlinux)?;
+    let modules = match &args.guest {
+        Some(addr) => Some(guest_modules(addr, open_vmlinux(&args.vmlinux)?).await?),
+        None => None,
+    };
     for name in &args.names {
+        if let Some(answer) = modules.as_ref().and_then(|m| {
+            let in_vmlinux = match parse_addr(name) {
+                Some(a) => vm.symbolize(KernelAddr(a)).is_some(),
+                None => vm.resolve(name).is_ok(),
+            };
+            (!in_vmlinux).then(|| module_answer(m, name, args.json)).flatten()
+        }) {
+            println!("{answer}");
+            continue;
+        }
         if let Some(addr) = parse_addr(name) {
             let addr = KernelAddr(addr);
             let sym = vm.symbolize(addr);

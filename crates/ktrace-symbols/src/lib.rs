@@ -194,6 +194,11 @@ impl Vmlinux {
     /// preferred over other symbols at the same place; per-CPU symbols are
     /// never returned (their addresses are offsets).
     pub fn symbolize(&self, addr: KernelAddr) -> Option<SymbolOffset> {
+        // Outside the image (module space, the direct map…) no symbol holds it,
+        // however close an assembly label without a size may be.
+        if !self.image.sections.iter().any(|s| s.alloc && addr.0 >= s.addr && addr.0 < s.addr.saturating_add(s.size)) {
+            return None;
+        }
         let (e, offset) = self.index().ok()?.containing(addr.0)?;
         Some(SymbolOffset { name: e.name.to_owned(), offset, size: e.size })
     }

@@ -62,6 +62,20 @@ struct Armed {
     past: Past,
 }
 
+/// The breakpoints of every resolved location, at runtime addresses.
+fn armed_for(kernel: &Kernel, locations: &[Location]) -> Vec<Armed> {
+    let mut armed = Vec::new();
+    for (spec, loc) in locations.iter().enumerate() {
+        for &a in &loc.addrs {
+            armed.push(Armed { addr: kernel.runtime(a), spec, past: Past::Reinsert });
+        }
+        if let Some((_, addr)) = loc.module.as_ref().and_then(|m| m.found.as_ref()) {
+            armed.push(Armed { addr: *addr, spec, past: Past::Reinsert });
+        }
+    }
+    armed
+}
+
 /// A connected tracer: the stub, the kernel matched to the vmlinux, and the
 /// resolved breakpoints (not yet inserted). See [`Tracer::run`].
 ///
@@ -115,16 +129,26 @@ impl Tracer {
         let (session, _initial_stop) = Session::connect(addr, cfg.client.clone()).await?;
         let mut session = Some(session);
         let prepared = Self::prepare(&mut session, vmlinux, &cfg).await;
+        let mut locations = locations;
+        let prepared = match prepared {
+            Ok(p) if locations.iter().any(|l| !l.is_resolved()) => {
+                // Functions the vmlinux lacks: look in the loaded modules.
+                let session = session.as_mut().ok_or_else(gone)?;
+                match p.0.modules(session).await {
+                    Ok(modules) => match location::resolve_in_modules(&mut locations, &modules) {
+                        Ok(()) => Ok(p),
+                        // `run` waits for the module to load.
+                        Err(_) if cfg.wait_for_task => Ok(p),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e.into()),
+                }
+            }
+            other => other,
+        };
         match prepared {
             Ok((kernel, glayout, target_task)) => {
-                let armed = locations
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(spec, loc)| {
-                        let kernel = &kernel;
-                        loc.addrs.iter().map(move |&a| Armed { addr: kernel.runtime(a), spec, past: Past::Reinsert })
-                    })
-                    .collect();
+                let armed = armed_for(&kernel, &locations);
                 Ok(Tracer {
                     session,
                     kernel,
@@ -232,6 +256,36 @@ impl Tracer {
         }
     }
 
+    /// Lets the guest run in short slices until every module location is in
+    /// a loaded module (`--wait`), reading the module list again each time.
+    async fn wait_for_modules(
+        &mut self,
+        mut session: Session,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Session>, Failed> {
+        loop {
+            let modules = self.kernel.modules(&mut session).await.map_err(|e| (e.into(), None))?;
+            if location::resolve_in_modules(&mut self.locations, &modules).is_ok() {
+                self.armed = armed_for(&self.kernel, &self.locations);
+                return Ok(Some(session));
+            }
+            if cancel.is_cancelled() {
+                self.cancelled_while_waiting = true;
+                return Ok(Some(session));
+            }
+            let running = session.resume(Resume::Continue).await.map_err(|e| (e.into(), None))?;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = cancel.cancelled() => { self.cancelled_while_waiting = true; }
+            }
+            let (s, _) = running.interrupt().await.map_err(|e| (e.into(), None))?;
+            session = s;
+            if self.cancelled_while_waiting {
+                return Ok(Some(session));
+            }
+        }
+    }
+
     /// The kernel as matched at attach (release, slide, CPUs).
     pub fn kernel(&self) -> &Kernel {
         &self.kernel
@@ -312,6 +366,13 @@ impl Tracer {
         let Some(mut session) = self.session.take() else { return Err((gone(), None)) };
         if let (Some(pid), None) = (self.cfg.filter.pid, self.target_task) {
             session = match self.wait_for_pid(session, pid, cancel).await? {
+                Some(s) if self.cancelled_while_waiting => return Ok((EndReason::Cancelled, s)),
+                Some(s) => s,
+                None => return Err((gone(), None)),
+            };
+        }
+        if self.locations.iter().any(|l| !l.is_resolved()) {
+            session = match self.wait_for_modules(session, cancel).await? {
                 Some(s) if self.cancelled_while_waiting => return Ok((EndReason::Cancelled, s)),
                 Some(s) => s,
                 None => return Err((gone(), None)),
