@@ -153,7 +153,7 @@ pub struct ModuleInfo {
     pub module: u64,
     /// Its name.
     pub name: String,
-    /// `Live`, `Coming`, `Going` or `Unformed` (from `enum module_state`).
+    /// `Live`, `Loading`, `Unloading` (as `/proc/modules`) or `Unformed`.
     pub state: String,
     /// Where its code starts (what `/proc/modules` shows).
     #[serde(serialize_with = "ktrace_symbols::hex::serialize")]
@@ -310,11 +310,18 @@ async fn read_module<T: Target>(target: &mut T, layout: &ModuleLayout, module: u
     Ok(ModuleInfo { module, name, state, base, size, regions })
 }
 
-/// `MODULE_STATE_LIVE` → `Live`, as `/proc/modules` prints it.
+/// The state as `/proc/modules` prints it: `MODULE_STATE_LIVE` → `Live`,
+/// `COMING` → `Loading`, `GOING` → `Unloading` (others: capitalized).
 fn state_name(enumerator: &str) -> String {
     let s = enumerator.strip_prefix("MODULE_STATE_").unwrap_or(enumerator).to_ascii_lowercase();
-    let mut c = s.chars();
-    c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+    match s.as_str() {
+        "coming" => "Loading".into(),
+        "going" => "Unloading".into(),
+        _ => {
+            let mut c = s.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        }
+    }
 }
 
 /// Reads a module's kallsyms (`mod->kallsyms`): its symbols, sorted by address.
@@ -487,7 +494,7 @@ mod tests {
         t.write_u64(M1 + 0x140, 0xffff_ffff_c030_0000).write_u64(M1 + 0x148, 0x1000);
         let mods = block_on(read_module_list(&mut t, &mem_layout(), 0)).expect("list");
         assert_eq!(mods.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["brd", "loop"]);
-        assert_eq!((mods[0].state.as_str(), mods[1].state.as_str()), ("Live", "Coming"));
+        assert_eq!((mods[0].state.as_str(), mods[1].state.as_str()), ("Live", "Loading"));
         assert_eq!((mods[0].base, mods[0].size), (0xffff_ffff_c020_0000, 0x4000));
         assert_eq!(mods[0].regions.len(), 2);
         assert!(mods[0].contains_code(0xffff_ffff_c020_0010));
@@ -564,5 +571,6 @@ mod tests {
     fn state_names_as_proc_modules_prints_them() {
         assert_eq!(state_name("MODULE_STATE_LIVE"), "Live");
         assert_eq!(state_name("MODULE_STATE_UNFORMED"), "Unformed");
+        assert_eq!(state_name("MODULE_STATE_GOING"), "Unloading");
     }
 }
