@@ -24,6 +24,11 @@ pub fn run(args: &[&str]) -> Result<()> {
                 println!("      kernel   {}", image.bzimage.display());
                 println!("      vmlinux  {}", image.vmlinux.display());
                 println!("      initrd   {}", image.initramfs.display());
+                println!(
+                    "      modules  {} (debug files: {})",
+                    image.modules.join(" "),
+                    image.modules_debug_dir.display()
+                );
             }
             Ok(())
         }

@@ -8,8 +8,9 @@ the kernel's own vmcoreinfo text (OSRELEASE=..., KERNELOFFSET=...) is in its
 memory: it is found in the dump and handed to drgn, so drgn learns the KASLR
 slide on its own, not from ktrace.
 
-Prints one JSON object: release, kernel_offset, tasks (pid, tgid, comm,
-state), and per CPU the current task and the backtrace pcs.
+Prints one JSON object: release, kernel_offset, modules (name, struct
+module address, code base), tasks (pid, tgid, comm, state), and per CPU the
+current task and the backtrace pcs.
 """
 
 import json
@@ -18,6 +19,7 @@ import sys
 
 import drgn
 from drgn.helpers.linux.cpumask import for_each_online_cpu
+from drgn.helpers.linux.module import for_each_module
 from drgn.helpers.linux.percpu import per_cpu
 from drgn.helpers.linux.pid import for_each_task
 from drgn.helpers.linux.sched import task_state_to_char
@@ -89,9 +91,17 @@ def main():
                 "error": error,
             }
         )
+    modules = []
+    for mod in for_each_module(prog):
+        try:
+            base = int(mod.mem[0].base.value_())  # MOD_TEXT (6.4 and later)
+        except AttributeError:
+            base = int(mod.core_layout.base.value_())
+        modules.append({"name": mod.name.string_().decode(), "address": int(mod.value_()), "base": base})
     json.dump(
         {
             "release": fields.get("OSRELEASE"),
+            "modules": modules,
             "kernel_offset": int(fields.get("KERNELOFFSET", "0"), 16),
             "tasks": tasks,
             "cpus": cpus,

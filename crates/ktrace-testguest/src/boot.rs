@@ -56,6 +56,41 @@ impl Default for BootOptions {
     }
 }
 
+/// One module of the guest as its init printed it from `/proc/modules`, as
+/// root, on the console (`ktrace-guest module brd 16384 0 - Live 0xffffffffc0…`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleModule {
+    /// The module's name: `brd`.
+    pub name: String,
+    /// The size of its core layout in bytes.
+    pub size: u64,
+    /// The address of its core layout (its `.text`): the real address, since
+    /// root reads it.
+    pub base: u64,
+    /// `Live`, `Loading` or `Unloading`.
+    pub state: String,
+}
+
+/// Parses the `ktrace-guest module …` lines of a console log. A line a
+/// kernel message broke into, or that lacks a field, is skipped.
+pub(crate) fn parse_console_modules(console: &str) -> Vec<ConsoleModule> {
+    const PREFIX: &str = "ktrace-guest module ";
+    console
+        .lines()
+        .filter_map(|line| {
+            let rest = &line[line.find(PREFIX)? + PREFIX.len()..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let [name, size, _refcount, _deps, state, base, ..] = fields[..] else { return None };
+            Some(ConsoleModule {
+                name: name.to_string(),
+                size: size.parse().ok()?,
+                base: u64::from_str_radix(base.strip_prefix("0x")?, 16).ok()?,
+                state: state.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// A running guest. Dropping it kills QEMU.
 #[derive(Debug)]
 pub struct Guest {
@@ -157,7 +192,19 @@ impl Guest {
             // testprog's first read of /dev/urandom blocks until the kernel's
             // CRNG is ready; before that it only waits in try_to_generate_entropy.
             let crng_ready = console.contains("crng init done");
-            if console.contains("ktrace-guest ready") && crng_ready && pids.len() as u32 >= self.options.testprogs {
+            // Once the CRNG is ready the kernel patches its code (the static
+            // key `crng_is_ready`, with int3 and IPIs). A 7.x guest paused
+            // (QMP stop, a gdb stub connect) in the middle of that was once
+            // seen to die of "Oops: int3" in urandom_read_iter, so tests start
+            // only after a heartbeat that follows the CRNG message.
+            let settled = console.find("crng init done").is_some_and(|at| {
+                console[at..].lines().skip(1).filter(|l| l.contains("ktrace-guest tick")).count() >= 2
+            });
+            if console.contains("ktrace-guest ready")
+                && crng_ready
+                && settled
+                && pids.len() as u32 >= self.options.testprogs
+            {
                 self.testprog_pids = pids;
                 self.release = console
                     .lines()
@@ -199,6 +246,18 @@ impl Guest {
     /// The debug vmlinux matching the guest kernel.
     pub fn vmlinux(&self) -> &Path {
         &self.image.vmlinux
+    }
+
+    /// The debug files of the guest's modules, laid out like Debian's
+    /// `/usr/lib/debug/lib/modules/<release>/` (ktrace's `--modules DIR`).
+    pub fn modules_debug_dir(&self) -> &Path {
+        &self.image.modules_debug_dir
+    }
+
+    /// The modules loaded in the guest, as its init printed them from
+    /// `/proc/modules` after loading [`GuestImage::modules`].
+    pub fn modules_from_console(&self) -> Vec<ConsoleModule> {
+        parse_console_modules(&self.console())
     }
 
     /// The image this guest booted.
@@ -310,4 +369,43 @@ fn tail(text: &str, n: usize) -> String {
 fn free_port() -> Result<u16, GuestError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("127.0.0.1:0"))?;
     listener.local_addr().map(|a| a.port()).map_err(io_err("127.0.0.1:0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_console_module_lines_parse() {
+        let console = "\
+[    1.234567] brd: module loaded
+ktrace-guest release 6.1.0-56-cloud-amd64
+ktrace-guest module brd 16384 0 - Live 0xffffffffc0400000
+ktrace-guest module vfat 24576 0 fat, Live 0xffffffffc0410000 (E)
+ktrace-guest dd started
+";
+        let modules = parse_console_modules(console);
+        assert_eq!(
+            modules[0],
+            ConsoleModule { name: "brd".into(), size: 16384, base: 0xffff_ffff_c040_0000, state: "Live".into() }
+        );
+        assert_eq!((modules[1].name.as_str(), modules[1].base), ("vfat", 0xffff_ffff_c041_0000));
+        assert_eq!(modules.len(), 2);
+        // A kernel message on the same line before it does not hide it.
+        let mixed = "[    2.0] random: crng init donektrace-guest module brd 16384 0 - Live 0xffffffffc0400000\n";
+        assert_eq!(parse_console_modules(mixed)[0].name, "brd");
+    }
+
+    #[test]
+    fn invalid_console_module_lines_are_skipped() {
+        let console = "\
+ktrace-guest module brd 16384 0 - Live
+ktrace-guest module brd 16384 0 - Live 0x[    3.1] oops
+ktrace-guest module brd big 0 - Live 0xffffffffc0400000
+ktrace-guest module brd 16384 0 - Live ffffffffc0400000
+ktrace-guest modules 1
+";
+        assert_eq!(parse_console_modules(console), []);
+        assert_eq!(parse_console_modules(""), []);
+    }
 }

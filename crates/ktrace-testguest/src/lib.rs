@@ -5,8 +5,11 @@
 //! its newest ABI through the meta-package `linux-image-cloud-amd64-dbg` in a
 //! private apt root (the machine's apt configuration is not touched).
 //! [`prepare`] downloads the kernel and its debug `vmlinux` with
-//! `apt-get download`, and builds a busybox initramfs whose init starts the
-//! `testprog` loop and prints `testprog pid N` on the serial console.
+//! `apt-get download`, and builds a busybox initramfs whose init loads the
+//! `brd` module of the same kernel (its debug file is extracted beside, see
+//! [`GuestImage::modules_debug_dir`]), prints the module list, starts a `dd`
+//! loop reading `/dev/ram0` and the `testprog` loop, and prints
+//! `testprog pid N` on the serial console.
 //! Everything is cached outside the source tree (see [`cache_dir`]) and reused.
 //!
 //! [`Guest::boot`] starts `qemu-system-x86_64` (TCG) with a gdb stub on a free
@@ -26,13 +29,14 @@ mod boot;
 mod deb;
 mod error;
 pub mod gdb;
+mod module;
 mod prepare;
 mod prereq;
 pub mod proxy;
 mod qmp;
 mod series;
 
-pub use boot::{BootOptions, Guest};
+pub use boot::{BootOptions, ConsoleModule, Guest};
 pub use error::GuestError;
 pub use prepare::{cache_dir, prepare, GuestImage};
 pub use proxy::{FaultConfig, FaultProxy, Faults};

@@ -31,6 +31,7 @@ const PREREQS: &[Prereq] = &[
     Prereq { package: "gcc", what: "gcc", present: || which("gcc").is_some() },
     Prereq { package: "libc6-dev", what: "a static libc (libc.a)", present: static_libc },
     Prereq { package: "dpkg", what: "dpkg-deb", present: || which("dpkg-deb").is_some() },
+    Prereq { package: "xz-utils", what: "xz", present: || which("xz").is_some() },
     Prereq {
         package: "apt",
         what: "apt-get and apt-cache",

@@ -26,8 +26,11 @@ fn guest_starts_several_testprogs_when_asked() {
     assert_ne!(pids[0], pids[1]);
 }
 
+/// One boot per series (they are slow under TCG) checks the release and the
+/// modules: `brd` is loaded at a kernel address, its debug file is there, and
+/// the dd loop through it runs.
 #[test]
-fn every_kernel_series_boots_and_reports_its_release() {
+fn every_kernel_series_boots_reports_its_release_and_loads_brd() {
     for series in KernelSeries::ALL {
         let opts = BootOptions { smp: 1, ..BootOptions::default() };
         let Some(guest) = test_guest_on(series, opts) else { return };
@@ -37,5 +40,28 @@ fn every_kernel_series_boots_and_reports_its_release() {
         assert!(series.contains(guest.release()), "{series}: {}", guest.release());
         assert!(guest.testprog_pid() > 1);
         assert!(guest.boot_time() > Duration::ZERO);
+
+        assert_eq!(guest.image().modules, ["brd"], "{series}");
+        let modules = guest.modules_from_console();
+        let Some(brd) = modules.iter().find(|m| m.name == "brd") else {
+            panic!("{series}: brd is not in the guest's module list:\n{}", guest.console());
+        };
+        assert_eq!(brd.state, "Live", "{series}: {brd:?}");
+        assert!(brd.base >= 0xffff_ffff_8000_0000, "{series}: brd at {:#x}, no kernel address", brd.base);
+        assert!(brd.size > 0, "{series}: {brd:?}");
+        let debug = guest.modules_debug_dir().join("kernel/drivers/block/brd.ko");
+        assert!(debug.is_file(), "{series}: no {}", debug.display());
+        let console = guest.console();
+        assert!(console.contains("ktrace-guest dd started"), "{series}: no dd loop:\n{console}");
+        assert!(!console.contains("ktrace-guest insmod"), "{series}: insmod failed:\n{console}");
+        for bad in ["Oops", "BUG:", "Call Trace:", "Kernel panic"] {
+            assert!(!console.contains(bad), "{series}: {bad} on the console:\n{console}");
+        }
+        eprintln!(
+            "{series}: ready in {:.1} s, brd at {:#x} ({} bytes)",
+            guest.boot_time().as_secs_f64(),
+            brd.base,
+            brd.size
+        );
     }
 }
