@@ -11,17 +11,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 
-use ktrace_testguest::{in_ci, test_guest_on, BootOptions, Guest, KernelSeries, Qmp};
+use common::oracles::{hex, pause_and_ask_drgn};
+use ktrace_testguest::{test_guest_on, BootOptions, Guest, KernelSeries, Qmp};
 use serde_json::Value;
 
 /// One guest at a time: they are CPU-bound under TCG on a 2-core machine.
 static ONE_GUEST: Mutex<()> = Mutex::new(());
-
-const DRGN_ORACLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../ktrace-testguest/assets/drgn_oracle.py");
 
 fn ktrace_json(guest: &Guest, args: &[&str]) -> String {
     let out = common::ktrace()
@@ -36,25 +35,6 @@ fn ktrace_json(guest: &Guest, args: &[&str]) -> String {
     assert!(out.status.success(), "ktrace {args:?} failed ({}): {stderr}", out.status);
     assert!(!stderr.contains("warning"), "ktrace {args:?} warned: {stderr}");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Pauses the guest, dumps its memory and runs drgn on the dump; the guest
-/// stays paused for the next ktrace command to read the same state.
-fn pause_and_ask_drgn(guest: &Guest, qmp: &mut Qmp) -> Option<Value> {
-    qmp.stop().expect("QMP stop");
-    let dump: PathBuf = std::env::temp_dir().join(format!("ktrace-e2e-dump-{}.elf", guest.port()));
-    qmp.dump_guest_memory(&dump).expect("dump-guest-memory");
-    let out = Command::new("python3").arg(DRGN_ORACLE).arg(&dump).arg(guest.vmlinux()).output();
-    let _ = std::fs::remove_file(&dump);
-    match out {
-        Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout).expect("drgn oracle JSON")),
-        Ok(o) if !in_ci() && String::from_utf8_lossy(&o.stderr).contains("No module named 'drgn'") => {
-            eprintln!("skipping the drgn comparison: drgn is not installed (pip install drgn)");
-            None
-        }
-        Ok(o) => panic!("drgn oracle failed: {}", String::from_utf8_lossy(&o.stderr)),
-        Err(e) => panic!("python3: {e}"),
-    }
 }
 
 fn is_kernel(pc: u64) -> bool {
@@ -76,12 +56,6 @@ fn drgn_pcs(cpu: &Value) -> Vec<u64> {
         }
     }
     pcs
-}
-
-/// An address as ktrace's JSON writes it (`"0x…"`).
-fn hex(v: &Value) -> u64 {
-    let s = v.as_str().unwrap_or_else(|| panic!("{v} is not a \"0x…\" string"));
-    u64::from_str_radix(s.strip_prefix("0x").expect("0x prefix"), 16).expect("hex")
 }
 
 fn ktrace_pcs(bt: &Value) -> Vec<u64> {
@@ -242,7 +216,7 @@ fn check_kernel(series: KernelSeries, smp: u32) {
     common::json_schema::check("layout_type", &layout[1]);
     assert_eq!(layout[0]["size"], 4);
     let sym = Command::new(env!("CARGO_BIN_EXE_ktrace"))
-        .args(["sym", &sym["address"].as_str().unwrap().to_string(), "--json", "--vmlinux"])
+        .args(["sym", sym["address"].as_str().unwrap(), "--json", "--vmlinux"])
         .arg(guest.vmlinux())
         .output()
         .expect("sym address");

@@ -220,36 +220,18 @@ impl DwarfInfo {
 
     /// The direct `DW_TAG_member` children of the struct or union `s`.
     fn members(&self, s: DieRef) -> Result<Vec<Member>, SymbolError> {
-        let unit = self.unit(s.unit)?;
-        let err = |e| SymbolError::dwarf("reading struct members", e);
-        let mut tree = unit.entries_tree(Some(s.off)).map_err(err)?;
-        let root = tree.root().map_err(err)?;
-        let mut ch = root.children();
         let mut out = Vec::new();
-        while let Some(c) = ch.next().map_err(err)? {
-            let e = c.entry();
-            if e.tag() != gimli::DW_TAG_member {
-                continue;
-            }
+        self.for_each_child(s, gimli::DW_TAG_member, "reading struct members", |unit, e| {
             let (offset, bits) = member_location(e);
-            out.push(Member { name: self.name_of(&unit, e), offset, bits, ty: self.type_of(s, e) });
-        }
+            out.push(Member { name: self.name_of(unit, e), offset, bits, ty: self.type_of(s, e) });
+        })?;
         Ok(out)
     }
 
     /// The enumerators (name, value) of the enumeration type `e`.
     pub(crate) fn enumerators(&self, e: DieRef) -> Result<Vec<(String, i64)>, SymbolError> {
-        let unit = self.unit(e.unit)?;
-        let err = |err| SymbolError::dwarf("reading enumerators", err);
-        let mut tree = unit.entries_tree(Some(e.off)).map_err(err)?;
-        let root = tree.root().map_err(err)?;
-        let mut ch = root.children();
         let mut out = Vec::new();
-        while let Some(c) = ch.next().map_err(err)? {
-            let entry = c.entry();
-            if entry.tag() != gimli::DW_TAG_enumerator {
-                continue;
-            }
+        self.for_each_child(e, gimli::DW_TAG_enumerator, "reading enumerators", |unit, entry| {
             let value = match entry.attr_value(gimli::DW_AT_const_value) {
                 Some(AttributeValue::Sdata(v)) => v,
                 Some(AttributeValue::Udata(v)) => v as i64,
@@ -257,13 +239,34 @@ impl DwarfInfo {
                 Some(AttributeValue::Data2(v)) => i64::from(v),
                 Some(AttributeValue::Data4(v)) => i64::from(v),
                 Some(AttributeValue::Data8(v)) => v as i64,
-                _ => continue,
+                _ => return,
             };
-            if let Some(name) = self.name_of(&unit, entry) {
+            if let Some(name) = self.name_of(unit, entry) {
                 out.push((String::from_utf8_lossy(name).into_owned(), value));
             }
-        }
+        })?;
         Ok(out)
+    }
+
+    /// Calls `f` on each direct child of `d` tagged `tag`.
+    fn for_each_child(
+        &self,
+        d: DieRef,
+        tag: gimli::DwTag,
+        context: &'static str,
+        mut f: impl FnMut(&crate::dwarf::Unit, &Entry),
+    ) -> Result<(), SymbolError> {
+        let unit = self.unit(d.unit)?;
+        let err = |e| SymbolError::dwarf(context, e);
+        let mut tree = unit.entries_tree(Some(d.off)).map_err(err)?;
+        let root = tree.root().map_err(err)?;
+        let mut ch = root.children();
+        while let Some(c) = ch.next().map_err(err)? {
+            if c.entry().tag() == tag {
+                f(&unit, c.entry());
+            }
+        }
+        Ok(())
     }
 
     /// Whether `d` (after stripping typedefs) is a struct or union.

@@ -72,7 +72,7 @@ fn symbols_agree_with_nm() {
 
 fn symbols_agree_with_nm_in(path: &PathBuf) {
     let Some(syms) = nm(path) else { return };
-    let v = Vmlinux::open(&path).unwrap();
+    let v = Vmlinux::open(path).unwrap();
     let step = (syms.len() / 400).max(1);
     let mut checked = 0;
     for s in syms.iter().step_by(step) {

@@ -223,67 +223,65 @@ impl Tracer {
         }
     }
 
-    /// Lets the guest run in short slices until the `--pid` task exists.
+    /// Lets the guest run in short slices until the `--pid` task exists (or
+    /// the trace is cancelled: `cancelled_while_waiting`).
     async fn wait_for_pid(
         &mut self,
         mut session: Session,
         pid: i32,
         cancel: &CancellationToken,
-    ) -> Result<Option<Session>, Failed> {
+    ) -> Result<Session, Failed> {
         loop {
             match self.kernel.find_task_by_pid(&mut session, pid).await {
                 Ok(t) => {
                     self.target_task = Some(t.task);
-                    return Ok(Some(session));
+                    return Ok(session);
                 }
                 Err(ktrace_kernel::KernelError::NoSuchTask(_)) => {}
                 Err(e) => return Err((e.into(), Some(session))),
             }
-            if cancel.is_cancelled() {
-                self.cancelled_while_waiting = true;
-                return Ok(Some(session));
-            }
-            let running = session.resume(Resume::Continue).await.map_err(|e| (e.into(), None))?;
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = cancel.cancelled() => { self.cancelled_while_waiting = true; }
-            }
-            let (s, _) = running.interrupt().await.map_err(|e| (e.into(), None))?;
-            session = s;
+            session = self.run_a_while(session, Duration::from_millis(250), cancel).await?;
             if self.cancelled_while_waiting {
-                return Ok(Some(session));
+                return Ok(session);
             }
         }
     }
 
     /// Lets the guest run in short slices until every module location is in
     /// a loaded module (`--wait`), reading the module list again each time.
-    async fn wait_for_modules(
-        &mut self,
-        mut session: Session,
-        cancel: &CancellationToken,
-    ) -> Result<Option<Session>, Failed> {
+    async fn wait_for_modules(&mut self, mut session: Session, cancel: &CancellationToken) -> Result<Session, Failed> {
         loop {
             let modules = self.kernel.modules(&mut session).await.map_err(|e| (e.into(), None))?;
             if location::resolve_in_modules(&mut self.locations, &modules).is_ok() {
                 self.armed = armed_for(&self.kernel, &self.locations);
-                return Ok(Some(session));
+                return Ok(session);
             }
-            if cancel.is_cancelled() {
-                self.cancelled_while_waiting = true;
-                return Ok(Some(session));
-            }
-            let running = session.resume(Resume::Continue).await.map_err(|e| (e.into(), None))?;
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = cancel.cancelled() => { self.cancelled_while_waiting = true; }
-            }
-            let (s, _) = running.interrupt().await.map_err(|e| (e.into(), None))?;
-            session = s;
+            session = self.run_a_while(session, Duration::from_millis(500), cancel).await?;
             if self.cancelled_while_waiting {
-                return Ok(Some(session));
+                return Ok(session);
             }
         }
+    }
+
+    /// Resumes the guest for `slice` (less if `cancel` fires: then
+    /// `cancelled_while_waiting` is set) and stops it again.
+    async fn run_a_while(
+        &mut self,
+        session: Session,
+        slice: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Session, Failed> {
+        if cancel.is_cancelled() {
+            self.cancelled_while_waiting = true;
+            return Ok(session);
+        }
+        let running = session.resume(Resume::Continue).await.map_err(|e| (e.into(), None))?;
+        tokio::select! {
+            _ = tokio::time::sleep(slice) => {}
+            _ = cancel.cancelled() => { self.cancelled_while_waiting = true; }
+        }
+        let (session, _) = running.interrupt().await.map_err(|e| (e.into(), None))?;
+        Ok(session)
     }
 
     /// The kernel as matched at attach (release, slide, CPUs).
@@ -365,18 +363,16 @@ impl Tracer {
     ) -> Result<(EndReason, Session), Failed> {
         let Some(mut session) = self.session.take() else { return Err((gone(), None)) };
         if let (Some(pid), None) = (self.cfg.filter.pid, self.target_task) {
-            session = match self.wait_for_pid(session, pid, cancel).await? {
-                Some(s) if self.cancelled_while_waiting => return Ok((EndReason::Cancelled, s)),
-                Some(s) => s,
-                None => return Err((gone(), None)),
-            };
+            session = self.wait_for_pid(session, pid, cancel).await?;
+            if self.cancelled_while_waiting {
+                return Ok((EndReason::Cancelled, session));
+            }
         }
         if self.locations.iter().any(|l| !l.is_resolved()) {
-            session = match self.wait_for_modules(session, cancel).await? {
-                Some(s) if self.cancelled_while_waiting => return Ok((EndReason::Cancelled, s)),
-                Some(s) => s,
-                None => return Err((gone(), None)),
-            };
+            session = self.wait_for_modules(session, cancel).await?;
+            if self.cancelled_while_waiting {
+                return Ok((EndReason::Cancelled, session));
+            }
         }
         if let Err(e) = self.arm(&mut session).await {
             return Err((e, Some(session)));

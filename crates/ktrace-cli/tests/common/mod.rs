@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use ktrace_testguest::{test_guest, BootOptions, Guest};
 
 pub mod json_schema;
+pub mod oracles;
 
 /// Where the guest is hit constantly (the testprog reads /dev/urandom in a loop).
 pub const HOT: &str = "ksys_read";

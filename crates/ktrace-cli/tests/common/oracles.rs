@@ -1,0 +1,42 @@
+//! drgn on a memory dump of the paused guest, and the JSON helpers the
+//! oracle comparisons share.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use ktrace_testguest::{in_ci, Guest, Qmp};
+use serde_json::Value;
+
+const DRGN_ORACLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../ktrace-testguest/assets/drgn_oracle.py");
+
+/// Pauses the guest, dumps its memory and runs drgn on the dump
+/// (`assets/drgn_oracle.py`); the guest stays paused, so the next ktrace
+/// command reads the same state (and its detach resumes the guest).
+/// `None` only outside CI when drgn is not installed.
+pub fn pause_and_ask_drgn(guest: &Guest, qmp: &mut Qmp) -> Option<Value> {
+    qmp.stop().expect("QMP stop");
+    let dump: PathBuf = std::env::temp_dir().join(format!("ktrace-e2e-dump-{}.elf", guest.port()));
+    qmp.dump_guest_memory(&dump).expect("dump-guest-memory");
+    let out = Command::new("python3").arg(DRGN_ORACLE).arg(&dump).arg(guest.vmlinux()).output();
+    let _ = std::fs::remove_file(&dump);
+    match out {
+        Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout).expect("drgn oracle JSON")),
+        Ok(o) if !in_ci() && String::from_utf8_lossy(&o.stderr).contains("No module named 'drgn'") => {
+            eprintln!("skipping the drgn comparison: drgn is not installed (pip install drgn)");
+            None
+        }
+        Ok(o) => panic!("drgn oracle failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("python3: {e}"),
+    }
+}
+
+/// An address as ktrace's JSON writes it (`"0x…"`).
+pub fn hex(v: &Value) -> u64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("{v} is not a \"0x…\" string"));
+    u64::from_str_radix(s.strip_prefix("0x").expect("0x prefix"), 16).expect("hex")
+}
+
+/// Every non-empty line of `text` as JSON.
+pub fn json_lines(text: &str) -> Vec<Value> {
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+}
