@@ -52,6 +52,27 @@ fn main() -> Result<()> {
     }
 }
 
+/// drgn, the oracle the e2e tests compare ktrace with, from PyPI when the
+/// machine's python3 lacks it (as `.ci/run` does).
+fn ensure_drgn() -> Result<()> {
+    let has = |py: &mut Command| py.args(["-c", "import drgn"]).output().is_ok_and(|o| o.status.success());
+    if has(&mut Command::new("python3")) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing drgn (pip install drgn), the oracle of the e2e tests");
+    let pip = |extra: &[&str]| {
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "drgn"])
+            .args(extra)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !pip(&[]) && !pip(&["--break-system-packages"]) {
+        bail!("could not install drgn with pip; run: python3 -m pip install drgn");
+    }
+    Ok(())
+}
+
 /// Runs a command, inheriting stdio, and fails if it fails.
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
@@ -70,6 +91,7 @@ fn test(extra: &[&str]) -> Result<()> {
     for series in ktrace_testguest::KernelSeries::ALL {
         guest::prepare_series_verbose(series)?;
     }
+    ensure_drgn()?;
     // The examples' own binaries (not their test harnesses) for examples/tests.
     run(cargo().args(["build", "--workspace", "--examples"]))?;
     run(cargo().args(["test", "--workspace", "--all-targets", "--no-fail-fast"]).args(extra))?;
