@@ -34,4 +34,18 @@ pub enum TraceError {
     /// The configuration makes no sense.
     #[error("{0}")]
     Config(String),
+    /// The background task running a [`crate::HitStream`] panicked or was aborted.
+    #[error("the trace task failed: {0}")]
+    TaskFailed(String),
+}
+
+/// A trace that failed part-way: the error and what was counted before it.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct TraceFailure {
+    /// What went wrong.
+    #[source]
+    pub error: TraceError,
+    /// The counters up to the failure.
+    pub summary: crate::Summary,
 }

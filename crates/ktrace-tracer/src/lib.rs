@@ -26,11 +26,11 @@ mod unwind;
 
 pub use bt::{backtrace_all_cpus, backtrace_cpus, CpuBacktrace};
 pub use config::{GuestRelease, ResumeMode, TraceConfig};
-pub use error::TraceError;
+pub use error::{TraceError, TraceFailure};
 pub use filter::{glob_match, Filter};
 pub use hit::{parse_duration, EndReason, Hit, StackCounts, Summary};
 pub use location::{resolve as resolve_location, Location};
 pub use stream::HitStream;
 pub use tokio_util::sync::CancellationToken;
-pub use tracer::{HitSink, TraceFailure, Tracer};
+pub use tracer::{HitSink, Tracer};
 pub use unwind::{Backtrace, Frame, FrameKind, Regs, StopReason, Unwinder};

@@ -2,18 +2,44 @@
 
 use std::time::Duration;
 
+use std::ops::ControlFlow;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::hit::{EndReason, Hit, Summary};
-use crate::tracer::TraceFailure;
-use crate::TraceError;
+use crate::{TraceError, TraceFailure, Tracer};
 
 /// The hits of a trace running in a background task, as a stream.
 /// See [`Tracer::stream`].
 pub struct HitStream {
-    pub(crate) hits: tokio::sync::mpsc::UnboundedReceiver<Hit>,
-    pub(crate) task: tokio::task::JoinHandle<Result<Summary, TraceFailure>>,
+    hits: tokio::sync::mpsc::UnboundedReceiver<Hit>,
+    task: tokio::task::JoinHandle<Result<Summary, TraceFailure>>,
+}
+
+impl Tracer {
+    /// Runs the trace in a background tokio task and returns its hits as a
+    /// stream; `cancel` ends it (breakpoints removed, guest running). The
+    /// channel is unbounded: a consumer that stops reading should cancel.
+    pub fn stream(self, cancel: CancellationToken) -> HitStream {
+        HitStream::spawn(self, cancel)
+    }
 }
 
 impl HitStream {
+    /// Runs `tracer` in a background tokio task, its hits sent over an
+    /// unbounded channel (a consumer that stops reading should cancel).
+    fn spawn(tracer: Tracer, cancel: CancellationToken) -> HitStream {
+        let (tx, hits) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut sink = move |hit: Hit| match tx.send(hit) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            };
+            tracer.run(&mut sink, cancel).await
+        });
+        HitStream { hits, task }
+    }
+
     /// The next hit, or `None` once the trace has ended.
     pub async fn next(&mut self) -> Option<Hit> {
         self.hits.recv().await
@@ -26,7 +52,7 @@ impl HitStream {
         match self.task.await {
             Ok(result) => result,
             Err(join) => Err(TraceFailure {
-                error: TraceError::GuestGone(format!("the trace task failed: {join}")),
+                error: TraceError::TaskFailed(join.to_string()),
                 summary: Summary {
                     seen: 0,
                     matched: 0,

@@ -15,9 +15,8 @@ use crate::filter::Filter;
 use crate::hit::{EndReason, Hit, Summary};
 use crate::location::{self, Location};
 use crate::regs::GLayout;
-use crate::stream::HitStream;
 use crate::unwind::Unwinder;
-use crate::TraceError;
+use crate::{TraceError, TraceFailure};
 
 /// Receives the hits of a trace, and progress while it runs.
 pub trait HitSink {
@@ -32,17 +31,6 @@ impl<F: FnMut(Hit) -> ControlFlow<()>> HitSink for F {
     fn hit(&mut self, hit: Hit) -> ControlFlow<()> {
         self(hit)
     }
-}
-
-/// A trace that failed part-way: the error and what was counted before it.
-#[derive(Debug, thiserror::Error)]
-#[error("{error}")]
-pub struct TraceFailure {
-    /// What went wrong.
-    #[source]
-    pub error: TraceError,
-    /// The counters up to the failure.
-    pub summary: Summary,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -305,21 +293,6 @@ impl Tracer {
         } else {
             BreakpointKind::Software
         }
-    }
-
-    /// Runs the trace in a background tokio task and returns its hits as a
-    /// stream; `cancel` ends it (breakpoints removed, guest running). The
-    /// channel is unbounded: a consumer that stops reading should cancel.
-    pub fn stream(self, cancel: CancellationToken) -> HitStream {
-        let (tx, hits) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            let mut sink = move |hit: Hit| match tx.send(hit) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(_) => ControlFlow::Break(()),
-            };
-            self.run(&mut sink, cancel).await
-        });
-        HitStream { hits, task }
     }
 
     /// Inserts the breakpoints, resumes the guest and evaluates every stop
