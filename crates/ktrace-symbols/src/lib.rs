@@ -159,6 +159,13 @@ impl Vmlinux {
         self.index().ok()?.named(name).first().map(|e| e.to_symbol())
     }
 
+    /// A symbol whose name is so close to `name` (Jaro-Winkler ≥ 0.93) that
+    /// `name` is most likely a typo of it.
+    pub fn close_match(&self, name: &str) -> Option<String> {
+        let idx = self.index().ok()?;
+        idx.suggestions(name).into_iter().find(|s| strsim::jaro_winkler(name, s) >= 0.93)
+    }
+
     /// All symbols called `name` (static functions may exist several times), best first.
     pub fn symbols_named(&self, name: &str) -> Vec<Symbol> {
         match self.index() {

@@ -55,12 +55,20 @@ pub fn resolve(vm: &Vmlinux, spec: &str) -> Result<Location, SymbolError> {
     }
     match vm.resolve(spec) {
         Ok(a) => Ok(Location { spec: spec.to_string(), addrs: vec![a], module: None }),
+        // A near miss of a vmlinux name is a typo, said before connecting;
+        // any other unknown name may be a module's.
+        Err(e @ SymbolError::UnknownSymbol { .. }) if vm.close_match(base_name(spec)).is_some() => Err(e),
         Err(e @ SymbolError::UnknownSymbol { .. }) => match module_location(spec, None, spec, e.to_string()) {
             Some(m) => Ok(Location { spec: spec.to_string(), addrs: Vec::new(), module: Some(m) }),
             None => Err(e),
         },
         Err(e) => Err(e),
     }
+}
+
+/// `symbol` of `symbol+off`.
+fn base_name(spec: &str) -> &str {
+    spec.split('+').next().unwrap_or(spec).trim()
 }
 
 /// `symbol` or `symbol+off` in `module` (or any module).
