@@ -63,14 +63,16 @@ fn ktrace_pcs(bt: &Value) -> Vec<u64> {
 }
 
 /// A real stack bottom: user space entered through entry code, an idle
-/// task's start, or a new task's first return.
+/// task's start, a new task's first return, or a CPU caught at the syscall
+/// entry itself (still on the user stack: the ORC data marks it the end).
 fn reaches_stack_bottom(bt: &Value) -> bool {
     let frames = bt["frames"].as_array().expect("frames");
     let Some(last) = frames.last() else { return false };
+    let function = last["function"].as_str().unwrap_or("");
     bt.get("stopped").is_none()
         && (last["kind"] == "user"
-            || ["secondary_startup_64", "ret_from_fork", "ret_from_fork_asm"]
-                .contains(&last["function"].as_str().unwrap_or("")))
+            || ["secondary_startup_64", "ret_from_fork", "ret_from_fork_asm"].contains(&function)
+            || (frames.len() == 1 && function == "entry_SYSCALL_64"))
 }
 
 fn all_kernel_frames_named(bt: &Value) -> bool {

@@ -408,12 +408,9 @@ impl Unwinder {
         Backtrace { frames, stopped }
     }
 
-    /// A frame the unwinder is about to step from must be in kernel code on
-    /// a kernel stack.
+    /// A frame the unwinder is about to step from must be in kernel code
+    /// (its stack is checked by [`Unwinder::step`], past the end of the stack).
     fn check_frame(&self, regs: &Regs, in_code: bool) -> Result<(), StopReason> {
-        if !is_kernel(regs.sp) {
-            return Err(StopReason::BadStackPointer { sp: regs.sp });
-        }
         if !in_code {
             return Err(StopReason::OutsideKernelText { pc: regs.ip });
         }
@@ -442,9 +439,13 @@ impl Unwinder {
     async fn step<T: Target>(&self, kernel: &Kernel, stack: &mut StackReader<'_, T>, frame: &Caller) -> Step {
         let state = &frame.regs;
         let at = if frame.return_address { state.ip - 1 } else { state.ip };
+        // At the bottom of the stack (e.g. a CPU at entry_SYSCALL_64's first
+        // instruction, still on the user stack) SP need not be a kernel address.
+        let bad_sp = || Step::Stop(StopReason::BadStackPointer { sp: state.sp });
         if let Some(module) = self.modules.as_ref().and_then(|m| m.by_code_addr(state.ip)) {
             return match module.orc.as_ref().and_then(|t| t.lookup(KernelAddr(at))) {
                 Some(o) if o.kind == OrcType::EndOfStack => Step::End,
+                _ if !is_kernel(state.sp) => bad_sp(),
                 Some(o) if orc_usable(&o) => self.orc_step(&o, state, stack).await,
                 Some(o) if o.kind != OrcType::Undefined => {
                     Step::Stop(StopReason::UnsupportedOrc { pc: state.ip, entry: o })
@@ -461,6 +462,7 @@ impl Unwinder {
         };
         match orc {
             Some(o) if o.kind == OrcType::EndOfStack => Step::End,
+            _ if !is_kernel(state.sp) => bad_sp(),
             Some(o) if orc_usable(&o) => self.orc_step(&o, state, stack).await,
             // No (usable) ORC data here: try the DWARF CFI.
             _ => match kernel.vmlinux().cfi(lookup) {
@@ -812,6 +814,30 @@ mod tests {
             "{bt:?}"
         );
         assert_eq!(bt.stopped, None);
+    }
+
+    /// A CPU caught on the first instruction of the syscall entry is still on
+    /// the user stack: the ORC entry there ends the stack, so the backtrace
+    /// ends there, without a "bad stack pointer".
+    #[tokio::test]
+    async fn the_syscall_entry_ends_the_stack_even_on_the_user_stack() {
+        let Some(vm) = real_vmlinux() else { return };
+        const SLIDE: u64 = 6 * (2 << 20);
+        let sym = |n: &str| vm.symbol(n).unwrap().addr.0;
+        let mut t = target();
+        t.map(sym("linux_banner") + SLIDE, vm.banner().unwrap().as_bytes());
+        t.map(sym("__per_cpu_offset") + SLIDE, &0xffff_8880_0000_0000u64.to_le_bytes());
+        let kernel = Kernel::attach(&mut t, vm.clone()).await.expect("attach to synthetic memory");
+        let mut u = Unwinder::new(&vm).unwrap();
+        let regs = Regs { ip: sym("entry_SYSCALL_64") + SLIDE, sp: 0x7ffc_c5bd_3b08, ..Regs::default() };
+        let bt = u.unwind(&kernel, &mut t, regs).await;
+        assert_eq!(bt.frames.len(), 1, "{bt:?}");
+        assert_eq!(bt.frames[0].function.as_deref(), Some("entry_SYSCALL_64"));
+        assert_eq!(bt.stopped, None);
+        // Anywhere else a user SP is a reason to stop.
+        let regs = Regs { ip: sym("_raw_spin_lock") + SLIDE, ..regs };
+        let bt = u.unwind(&kernel, &mut t, regs).await;
+        assert_eq!(bt.stopped, Some(StopReason::BadStackPointer { sp: 0x7ffc_c5bd_3b08 }));
     }
 
     #[test]
