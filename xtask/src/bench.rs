@@ -220,10 +220,10 @@ impl Sample {
     }
 }
 
-struct StartupSample {
-    wall: f64,
-    rss_kb: Option<u64>,
-    ok: bool,
+pub(crate) struct StartupSample {
+    pub(crate) wall: f64,
+    pub(crate) rss_kb: Option<u64>,
+    pub(crate) ok: bool,
 }
 
 struct Bench {
@@ -805,7 +805,7 @@ fn run_stdout_to(cmd: &mut Command, sink: &Path, limit: Duration) -> Result<Fini
 }
 
 /// Runs `cmd` under `/usr/bin/time -v`: wall time (ours) and peak RSS.
-fn time_v(cmd: &Command, out_dir: &Path) -> Result<StartupSample> {
+pub(crate) fn time_v(cmd: &Command, out_dir: &Path) -> Result<StartupSample> {
     let report = out_dir.join("time-v.tmp");
     let mut timed = Command::new("/usr/bin/time");
     timed.arg("-v").arg("-o").arg(&report).arg(cmd.get_program()).args(cmd.get_args());
@@ -833,7 +833,7 @@ pub(crate) fn parse_summary(line: &str) -> Option<(f64, f64, f64)> {
     (seconds > 0.0).then_some((hits, matched, seconds))
 }
 
-fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+pub(crate) fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     let mut v: Vec<f64> = values.filter(|v| v.is_finite()).collect();
     if v.is_empty() {
         return None;

@@ -3,56 +3,16 @@
 //! the same for `ktrace bt`. Target: under 0.5 s and 150 MB on every kernel.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
 use anyhow::{Context, Result};
 use ktrace_testguest::{BootOptions, Guest, KernelSeries};
 
+use crate::bench::{median, time_v, StartupSample};
+
 /// Wall-clock and peak RSS targets for attach + first hit.
 const TARGET_SECONDS: f64 = 0.5;
 const TARGET_MB: f64 = 150.0;
-
-/// One timed run.
-struct Run {
-    wall: f64,
-    rss_mb: Option<f64>,
-    ok: bool,
-}
-
-/// Runs `ktrace ARGS` under `/usr/bin/time -v`.
-fn timed(ktrace: &Path, args: &[&str], vmlinux: &Path) -> Result<Run> {
-    let report = std::env::temp_dir().join(format!("ktrace-bench-time-{}.txt", std::process::id()));
-    let start = Instant::now();
-    let status = Command::new("/usr/bin/time")
-        .arg("-v")
-        .arg("-o")
-        .arg(&report)
-        .arg(ktrace)
-        .args(args)
-        .arg("--vmlinux")
-        .arg(vmlinux)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("running /usr/bin/time (apt-get install time)")?;
-    let wall = start.elapsed().as_secs_f64();
-    let text = std::fs::read_to_string(&report).unwrap_or_default();
-    let _ = std::fs::remove_file(&report);
-    let rss_mb = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0);
-    Ok(Run { wall, rss_mb, ok: status.success() })
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    (n > 0).then(|| if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
-}
 
 /// Boots each kernel in turn and times ktrace on it; prints a Markdown table.
 pub fn run(reps: usize) -> Result<String> {
@@ -68,11 +28,14 @@ pub fn run(reps: usize) -> Result<String> {
         let guest = Guest::boot(&image, &BootOptions { kernel: series, ..BootOptions::default() })?;
         let addr = guest.addr();
         let cell = |args: &[&str]| -> Result<(Option<f64>, Option<f64>, bool)> {
-            let runs: Vec<Run> = (0..reps).map(|_| timed(&ktrace, args, &image.vmlinux)).collect::<Result<_>>()?;
+            let mut cmd = Command::new(&ktrace);
+            cmd.args(args).arg("--vmlinux").arg(&image.vmlinux);
+            let runs: Vec<StartupSample> =
+                (0..reps).map(|_| time_v(&cmd, &std::env::temp_dir())).collect::<Result<_>>()?;
             let ok = runs.iter().all(|r| r.ok);
             Ok((
-                median(runs.iter().map(|r| r.wall).collect()),
-                median(runs.iter().filter_map(|r| r.rss_mb).collect()),
+                median(runs.iter().map(|r| r.wall)),
+                median(runs.iter().filter_map(|r| r.rss_kb.map(|kb| kb as f64 / 1024.0))),
                 ok,
             ))
         };
