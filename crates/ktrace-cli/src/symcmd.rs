@@ -1,10 +1,11 @@
 //! `ktrace sym` and `ktrace layout`: questions the vmlinux answers alone.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Args;
-use ktrace_kernel::{Kernel, Modules};
+use ktrace_kernel::{Kernel, Modules, PercpuSection};
 use ktrace_rsp::{ClientConfig, Session, StubAddr};
 use ktrace_symbols::{KernelAddr, Vmlinux};
 use serde_json::json;
@@ -52,11 +53,11 @@ fn parse_addr(text: &str) -> Option<u64> {
 }
 
 /// The modules loaded in the guest at `addr` (one stop, then detach).
-async fn guest_modules(addr: &str, vm: Vmlinux) -> Result<Modules> {
+async fn guest_modules(addr: &str, vm: Arc<Vmlinux>) -> Result<Modules> {
     let stub: StubAddr = addr.parse().map_err(|e| UsageError(format!("{addr}: not a stub address: {e}")))?;
     let (mut session, _) = Session::connect(&stub, ClientConfig::default()).await?;
     let result = async {
-        let kernel = Kernel::attach(&mut session, std::sync::Arc::new(vm)).await?;
+        let kernel = Kernel::attach(&mut session, vm).await?;
         kernel.modules(&mut session).await
     }
     .await;
@@ -100,9 +101,9 @@ fn module_answer(modules: &Modules, query: &str, json: bool) -> Option<String> {
 }
 
 pub async fn sym(args: SymArgs) -> Result<ExitCode> {
-    let vm = open_vmlinux(&args.vmlinux)?;
+    let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
     let modules = match &args.guest {
-        Some(addr) => Some(guest_modules(addr, open_vmlinux(&args.vmlinux)?).await?),
+        Some(addr) => Some(guest_modules(addr, vm.clone()).await?),
         None => None,
     };
     for name in &args.names {
@@ -153,8 +154,8 @@ pub async fn sym(args: SymArgs) -> Result<ExitCode> {
                        "kind": format!("{:?}", sym.kind), "percpu": sym.is_percpu()})
             );
         } else {
-            let percpu = match vm.percpu_section_range() {
-                Some((0, _)) if sym.is_percpu() => " (per-CPU: an offset into each CPU's area)",
+            let percpu = match PercpuSection::from_vmlinux(&vm) {
+                Ok(PercpuSection::ZeroBased) if sym.is_percpu() => " (per-CPU: an offset into each CPU's area)",
                 _ if sym.is_percpu() => " (per-CPU: the template's address; add the slide and __per_cpu_offset[cpu])",
                 _ => "",
             };

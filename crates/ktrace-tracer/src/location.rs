@@ -49,7 +49,7 @@ pub fn resolve(vm: &Vmlinux, spec: &str) -> Result<Location, SymbolError> {
             let addrs = vm.line_addresses(file, line.parse().unwrap_or_default())?;
             return Ok(Location { spec: spec.to_string(), addrs, module: None });
         }
-        if let Some(m) = module_location(spec, Some(file), line, String::new()) {
+        if let Some(m) = module_location(Some(file), line, String::new()) {
             return Ok(Location { spec: spec.to_string(), addrs: Vec::new(), module: Some(m) });
         }
     }
@@ -58,7 +58,7 @@ pub fn resolve(vm: &Vmlinux, spec: &str) -> Result<Location, SymbolError> {
         // A near miss of a vmlinux name is a typo, said before connecting;
         // any other unknown name may be a module's.
         Err(e @ SymbolError::UnknownSymbol { .. }) if vm.close_match(base_name(spec)).is_some() => Err(e),
-        Err(e @ SymbolError::UnknownSymbol { .. }) => match module_location(spec, None, spec, e.to_string()) {
+        Err(e @ SymbolError::UnknownSymbol { .. }) => match module_location(None, spec, e.to_string()) {
             Some(m) => Ok(Location { spec: spec.to_string(), addrs: Vec::new(), module: Some(m) }),
             None => Err(e),
         },
@@ -72,7 +72,7 @@ fn base_name(spec: &str) -> &str {
 }
 
 /// `symbol` or `symbol+off` in `module` (or any module).
-fn module_location(spec: &str, module: Option<&str>, rest: &str, vmlinux_error: String) -> Option<ModuleLocation> {
+fn module_location(module: Option<&str>, rest: &str, vmlinux_error: String) -> Option<ModuleLocation> {
     let (symbol, offset) = match rest.split_once('+') {
         Some((s, o)) => (s.trim(), parse_offset(o)?),
         None => (rest.trim(), 0),
@@ -81,7 +81,6 @@ fn module_location(spec: &str, module: Option<&str>, rest: &str, vmlinux_error: 
     if !ident(symbol) || module.is_some_and(|m| !ident(m)) {
         return None;
     }
-    let _ = spec;
     Some(ModuleLocation {
         module: module.map(str::to_string),
         symbol: symbol.to_string(),
@@ -135,11 +134,11 @@ mod tests {
 
     #[test]
     fn module_specs() {
-        let m = module_location("brd:brd_submit_bio+0x10", Some("brd"), "brd_submit_bio+0x10", String::new()).unwrap();
+        let m = module_location(Some("brd"), "brd_submit_bio+0x10", String::new()).unwrap();
         assert_eq!((m.module.as_deref(), m.symbol.as_str(), m.offset), (Some("brd"), "brd_submit_bio", 16));
-        let m = module_location("brd_do_bvec", None, "brd_do_bvec", "unknown symbol".into()).unwrap();
+        let m = module_location(None, "brd_do_bvec", "unknown symbol".into()).unwrap();
         assert_eq!((m.module, m.symbol.as_str(), m.offset), (None, "brd_do_bvec", 0));
-        assert!(module_location("x", None, "not a symbol!", String::new()).is_none());
-        assert!(module_location("x", None, "f+zz", String::new()).is_none());
+        assert!(module_location(None, "not a symbol!", String::new()).is_none());
+        assert!(module_location(None, "f+zz", String::new()).is_none());
     }
 }
