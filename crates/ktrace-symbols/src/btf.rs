@@ -6,6 +6,8 @@
 
 use std::collections::HashSet;
 
+use crate::TypeKeyword;
+
 /// `struct btf_header` magic.
 const BTF_MAGIC: u16 = 0xeb9f;
 
@@ -84,15 +86,12 @@ impl BtfTypeNames {
     /// Whether a type called `name` (`task_struct`, `struct rq`,
     /// `union thread_union`, `u64`) exists.
     pub(crate) fn has_type(&self, name: &str) -> bool {
-        let name = name.trim();
-        let (kinds, bare): (&[BtfNameKind], &str) = if let Some(n) = name.strip_prefix("struct ") {
-            (&[BtfNameKind::Struct], n.trim())
-        } else if let Some(n) = name.strip_prefix("union ") {
-            (&[BtfNameKind::Union], n.trim())
-        } else if let Some(n) = name.strip_prefix("enum ") {
-            (&[BtfNameKind::Enum], n.trim())
-        } else {
-            (&[BtfNameKind::Struct, BtfNameKind::Union, BtfNameKind::Enum, BtfNameKind::Other], name)
+        let (keyword, bare) = TypeKeyword::split(name);
+        let kinds: &[BtfNameKind] = match keyword {
+            TypeKeyword::Struct => &[BtfNameKind::Struct],
+            TypeKeyword::Union => &[BtfNameKind::Union],
+            TypeKeyword::Enum => &[BtfNameKind::Enum],
+            TypeKeyword::None => &[BtfNameKind::Struct, BtfNameKind::Union, BtfNameKind::Enum, BtfNameKind::Other],
         };
         kinds.iter().any(|&k| self.names.contains(&(k, bare)))
     }

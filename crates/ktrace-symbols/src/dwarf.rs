@@ -8,7 +8,7 @@ use gimli::{AttributeValue, DebugInfoOffset, EndianSlice, RunTimeEndian, UnitOff
 use object::{Object, ObjectSection};
 
 use crate::elf::ElfImage;
-use crate::SymbolError;
+use crate::{SymbolError, TypeKeyword};
 
 /// The gimli reader used throughout: a slice of the mmap'd file.
 pub(crate) type R = EndianSlice<'static, RunTimeEndian>;
@@ -263,23 +263,18 @@ impl DwarfInfo {
         if let Some(r) = self.types.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(*r);
         }
-        let (tags, bare): (&[gimli::DwTag], &str) = if let Some(n) = key.strip_prefix("struct ") {
-            (&[gimli::DW_TAG_structure_type], n.trim())
-        } else if let Some(n) = key.strip_prefix("union ") {
-            (&[gimli::DW_TAG_union_type], n.trim())
-        } else if let Some(n) = key.strip_prefix("enum ") {
-            (&[gimli::DW_TAG_enumeration_type], n.trim())
-        } else {
-            (
-                &[
-                    gimli::DW_TAG_structure_type,
-                    gimli::DW_TAG_union_type,
-                    gimli::DW_TAG_typedef,
-                    gimli::DW_TAG_base_type,
-                    gimli::DW_TAG_enumeration_type,
-                ],
-                key.as_str(),
-            )
+        let (keyword, bare) = TypeKeyword::split(&key);
+        let tags: &[gimli::DwTag] = match keyword {
+            TypeKeyword::Struct => &[gimli::DW_TAG_structure_type],
+            TypeKeyword::Union => &[gimli::DW_TAG_union_type],
+            TypeKeyword::Enum => &[gimli::DW_TAG_enumeration_type],
+            TypeKeyword::None => &[
+                gimli::DW_TAG_structure_type,
+                gimli::DW_TAG_union_type,
+                gimli::DW_TAG_typedef,
+                gimli::DW_TAG_base_type,
+                gimli::DW_TAG_enumeration_type,
+            ],
         };
         let found = self.find_top_level(anchors, |unit, e| {
             tags.contains(&e.tag())
