@@ -93,6 +93,11 @@ impl ElfImage {
         self.sections.iter().find(|s| s.index == index)
     }
 
+    /// The loaded (SHF_ALLOC) section whose address range holds `addr`.
+    pub(crate) fn alloc_section_at(&self, addr: u64) -> Option<&Section> {
+        self.sections.iter().find(|s| s.alloc && addr >= s.addr && addr < s.addr.saturating_add(s.size))
+    }
+
     /// The per-CPU section, if any.
     pub(crate) fn percpu(&self) -> Option<&Section> {
         self.section(PERCPU_SECTION)

@@ -228,9 +228,7 @@ impl Vmlinux {
     pub fn symbolize(&self, addr: KernelAddr) -> Option<SymbolOffset> {
         // Outside the image (module space, the direct map…) no symbol holds it,
         // however close an assembly label without a size may be.
-        if !self.image.sections.iter().any(|s| s.alloc && addr.0 >= s.addr && addr.0 < s.addr.saturating_add(s.size)) {
-            return None;
-        }
+        self.image.alloc_section_at(addr.0)?;
         let (e, offset) = self.index().ok()?.containing(addr.0)?;
         Some(SymbolOffset { name: e.name.to_owned(), offset, size: e.size })
     }
@@ -245,9 +243,7 @@ impl Vmlinux {
     /// Whether the link-time address `addr` is in one of the vmlinux's
     /// code sections (`.text`, `.init.text`, ...).
     pub fn is_code(&self, addr: KernelAddr) -> bool {
-        self.image.sections.iter().any(|s| {
-            s.alloc && s.kind == object::SectionKind::Text && addr.0 >= s.addr && addr.0 < s.addr.saturating_add(s.size)
-        })
+        self.image.alloc_section_at(addr.0).is_some_and(|s| s.kind == object::SectionKind::Text)
     }
 
     /// The `[start, end)` of the per-CPU section (`.data..percpu`), whose
