@@ -113,7 +113,7 @@ impl Tracer {
         }
         let locations: Vec<Location> =
             cfg.breakpoints.iter().map(|spec| location::resolve(&vmlinux, spec)).collect::<Result<_, _>>()?;
-        let unwinder = Unwinder::new(&vmlinux)?.with_max_frames(cfg.max_frames);
+        let mut unwinder = Unwinder::new(&vmlinux)?.with_max_frames(cfg.max_frames);
         let (session, _initial_stop) = Session::connect(addr, cfg.client.clone()).await?;
         let mut session = Some(session);
         let prepared = Self::prepare(&mut session, vmlinux, &cfg).await;
@@ -123,12 +123,17 @@ impl Tracer {
                 // Functions the vmlinux lacks: look in the loaded modules.
                 let session = session.as_mut().ok_or_else(gone)?;
                 match p.0.modules(session).await {
-                    Ok(modules) => match location::resolve_in_modules(&mut locations, &modules) {
-                        Ok(()) => Ok(p),
-                        // `run` waits for the module to load.
-                        Err(_) if cfg.wait_for_task => Ok(p),
-                        Err(e) => Err(e),
-                    },
+                    Ok(modules) => {
+                        let resolved = location::resolve_in_modules(&mut locations, &modules);
+                        // The backtraces of the first hits need not read them again.
+                        unwinder.know_modules(modules);
+                        match resolved {
+                            Ok(()) => Ok(p),
+                            // `run` waits for the module to load.
+                            Err(_) if cfg.wait_for_task => Ok(p),
+                            Err(e) => Err(e),
+                        }
+                    }
                     Err(e) => Err(e.into()),
                 }
             }
@@ -240,7 +245,9 @@ impl Tracer {
     async fn wait_for_modules(&mut self, mut session: Session, cancel: &CancellationToken) -> Result<Session, Failed> {
         loop {
             let modules = self.kernel.modules(&mut session).await.map_err(|e| (e.into(), None))?;
-            if location::resolve_in_modules(&mut self.locations, &modules).is_ok() {
+            let resolved = location::resolve_in_modules(&mut self.locations, &modules).is_ok();
+            self.unwinder.know_modules(modules);
+            if resolved {
                 self.armed = armed_for(&self.kernel, &self.locations);
                 return Ok(session);
             }

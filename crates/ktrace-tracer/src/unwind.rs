@@ -355,6 +355,13 @@ impl Unwinder {
         })
     }
 
+    /// Takes a module list just read (e.g. to resolve breakpoints), so that
+    /// the next backtraces do not read it again.
+    pub fn know_modules(&mut self, modules: Modules) {
+        self.modules = Some(modules);
+        self.modules_read_at = Some(std::time::Instant::now());
+    }
+
     /// Sets the most frames a backtrace may have.
     pub fn with_max_frames(mut self, n: usize) -> Self {
         self.max_frames = n.max(1);
