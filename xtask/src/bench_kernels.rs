@@ -60,8 +60,8 @@ pub fn run(reps: usize) -> Result<String> {
         drop(guest);
     }
     table += &format!(
-        "\n{} of {reps} runs per cell.\n",
-        if all_ok { "All within target;" } else { "NOT all within target;" }
+        "\n{} Medians of {reps} runs per cell.\n",
+        if all_ok { "All within target." } else { "NOT all within target." }
     );
     Ok(table)
 }
