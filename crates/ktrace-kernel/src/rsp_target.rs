@@ -23,6 +23,10 @@ impl Target for Session {
         Ok(replies.into_iter().map(Result::ok).collect())
     }
 
+    async fn write_memory(&mut self, addr: u64, bytes: &[u8]) -> Result<(), KernelError> {
+        Session::write_memory(self, addr, bytes).await.map_err(KernelError::target)
+    }
+
     async fn cpus(&mut self) -> Result<Vec<CpuId>, KernelError> {
         let threads = self.threads().await.map_err(KernelError::target)?;
         let mut cpus: Vec<CpuId> = threads.iter().filter_map(cpu_of_thread).collect();

@@ -249,7 +249,7 @@ mod tests {
 #[cfg(test)]
 mod list_tests {
     use super::*;
-    use crate::layout::{CurrentTaskVar, ThreadList};
+    use crate::layout::ThreadList;
     use crate::synthetic::SyntheticTarget;
     use ktrace_symbols::KernelAddr;
 
@@ -258,7 +258,7 @@ mod list_tests {
 
     fn layout() -> KernelLayout {
         KernelLayout {
-            current_task: CurrentTaskVar::CurrentTask { symbol: ktrace_symbols::KernelAddr(0x1fb80) },
+            current_task: crate::PercpuVar::Own { symbol: ktrace_symbols::KernelAddr(0x1fb80) },
             percpu: crate::layout::PercpuSection::ZeroBased,
             per_cpu_offset: KernelAddr(0xffff_ffff_8239_eb60),
             init_task: KernelAddr(0xffff_ffff_8000_0000),

@@ -21,6 +21,7 @@ mod layout;
 mod lines;
 mod orc;
 mod symbols;
+mod text;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ pub use layout::MemberLayout;
 pub use lines::{short_source_path, SourceFrame};
 pub use orc::{OrcEntry, OrcFormat, OrcReg, OrcSelfCheck, OrcTable, OrcType, ORC_ENTRY_SIZE, ORC_HEADER_SIZE};
 pub use symbols::{Symbol, SymbolKind, SymbolOffset};
+pub use text::FillRun;
 
 use dwarf::{DieRef, DwarfInfo, OwnedSections, R};
 use elf::ElfImage;
