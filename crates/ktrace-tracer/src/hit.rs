@@ -89,6 +89,8 @@ pub struct Summary {
     pub end: EndReason,
     /// Whether breakpoints were removed and the guest left running.
     pub guest_released: bool,
+    /// What `--in-guest` did, when it was asked for.
+    pub in_guest: Option<crate::InGuestReport>,
 }
 
 impl Summary {
