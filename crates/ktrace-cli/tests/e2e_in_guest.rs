@@ -202,6 +202,9 @@ fn killed_while_patched(bed: &mut Bed, site: u64, trampoline: u64) {
             let out = run(&attach(bed, &["--in-guest", "--count", "3"]));
             assert_eq!(out.code(), Some(0), "{}", out.dump());
             assert_eq!(out.json_lines().len(), 3, "{}", out.dump());
+            assert!(out.stderr.contains("restored 1 site(s) a killed ktrace had left patched"), "{}", out.dump());
+            assert!(out.stderr.contains("patched to call the filter"), "{}", out.dump());
+            assert_eq!(out.hits(), Some((3, 3)), "{}", out.dump());
         }
         assert_restored(bed, site, trampoline, cleanup);
     }

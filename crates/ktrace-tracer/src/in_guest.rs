@@ -48,6 +48,8 @@ pub struct InGuestReport {
     pub patched: usize,
     /// Why a function (or the whole trace) uses the stop loop instead.
     pub fallbacks: Vec<String>,
+    /// Sites a killed ktrace had left patched, put back before starting.
+    pub left_behind: usize,
     /// Sites put back to the ftrace NOP at the end.
     pub restored: usize,
     /// Whether the trampoline was erased again (else it stays, harmless,
@@ -108,6 +110,13 @@ pub(crate) async fn install(
         Ok(p) => p,
         Err(r) => return refused(report, r),
     };
+    // A trampoline a killed ktrace left: its sites hold calls, not the
+    // ftrace NOP; put them back before looking at the sites.
+    if let Some(header) = trampoline::left_behind(session, &plan).await? {
+        let region = Region { hit_page: header.hit_page, ..plan.region };
+        let r = trampoline::restore_sites(session, &region, &header).await?;
+        report.left_behind = r.restored.len();
+    }
     // The body reads per-CPU data through %gs as the kernel does: check
     // that %gs's base is the per-CPU base ktrace read from __per_cpu_offset.
     let cpu0 = CpuId(0);

@@ -514,6 +514,12 @@ impl Tracer {
         let mut report = InGuestReport::default();
         let installed = in_guest::install(session, &self.kernel, &self.cfg.filter, self.target_task, &addrs, &mut report)
             .await?;
+        if report.left_behind > 0 {
+            sink.note(&format!(
+                "--in-guest: restored {} site(s) a killed ktrace had left patched; re-using its trampoline",
+                report.left_behind
+            ));
+        }
         for reason in &report.fallbacks {
             sink.note(&format!("--in-guest: {reason}; the stop loop evaluates it instead"));
         }
