@@ -163,6 +163,8 @@ fn on(series: KernelSeries) {
         assert_restored(&mut bed, site, trampoline, &format!("SIG{sig}"));
     }
 
+    left_stopped(&mut bed, site, trampoline);
+    in_a_module(&mut bed);
     killed_while_patched(&mut bed, site, trampoline);
     foreign_site_is_refused(&mut bed, function, site);
     common::assert_guest_healthy(&bed.guest);
@@ -210,6 +212,41 @@ fn killed_while_patched(bed: &mut Bed, site: u64, trampoline: u64) {
     }
     let out = run(&["restore".into(), bed.guest.addr(), "--vmlinux".into(), common::path(bed.guest.vmlinux()).into()]);
     assert!(out.stdout.contains("no ktrace trampoline"), "{}", out.dump());
+}
+
+/// `--leave-stopped`: the sites are restored and the VM stays paused; the
+/// trampoline stays (the guest cannot run a drain) until `ktrace restore`.
+fn left_stopped(bed: &mut Bed, site: u64, trampoline: u64) {
+    let out = run(&attach(bed, &["--in-guest", "--count", "3", "--leave-stopped"]));
+    assert_eq!(out.code(), Some(0), "{}", out.dump());
+    assert!(out.stderr.contains("1 site(s) restored") && out.stderr.contains("left in place"), "{}", out.dump());
+    assert!(!bed.qmp.running().expect("status"), "--leave-stopped resumed the guest");
+    assert_eq!(read_bytes(&mut bed.qmp, site, 5), NOP5, "the ftrace NOP is back");
+    assert_eq!(&read_bytes(&mut bed.qmp, trampoline, 16), b"ktrace:tramp:v1\0", "the trampoline stays, marked");
+    bed.qmp.cont().expect("cont");
+    let out = run(&["restore".into(), bed.guest.addr(), "--vmlinux".into(), common::path(bed.guest.vmlinux()).into()]);
+    assert!(out.stdout.contains("0 site(s) restored") && out.stdout.contains("erased"), "{}", out.dump());
+    assert_restored(bed, site, trampoline, "--leave-stopped, then restore");
+}
+
+/// A module's function (brd, under the test bed's dd loop) with an exact comm.
+fn in_a_module(bed: &mut Bed) {
+    let g = &bed.guest;
+    let args: Vec<String> = ["attach", &g.addr(), "--vmlinux", common::path(g.vmlinux()), "--break", "brd:brd_submit_bio"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--comm", "dd", "--wait", "--in-guest", "--count", "3", "--json", "--timeout", "10"].map(String::from))
+        .collect();
+    let out = run(&args);
+    assert_eq!(out.code(), Some(0), "{}", out.dump());
+    assert!(out.stderr.contains("1 function(s) patched"), "{}", out.dump());
+    assert_eq!(out.hits(), Some((3, 3)), "{}", out.dump());
+    for hit in out.json_lines() {
+        assert_eq!(hit["comm"], "dd", "{hit}");
+        let top = &hit["backtrace"]["frames"][0];
+        assert_eq!((top["function"].as_str(), top["module"].as_str()), (Some("brd_submit_bio"), Some("brd")), "{hit}");
+    }
+    assert!(out.stderr.contains("1 site(s) restored") && out.stderr.contains("erased"), "{}", out.dump());
 }
 
 /// GDB's `x/12i` of the filter body and of the entry the site calls.

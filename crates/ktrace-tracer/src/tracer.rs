@@ -817,6 +817,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_panic_in_the_loop_becomes_a_value() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let caught = rt.block_on(CatchUnwind(Box::pin(async {
+            tokio::task::yield_now().await;
+            panic!("in the loop")
+        })));
+        let panic = caught.expect_err("the panic is caught");
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"in the loop"));
+        assert_eq!(rt.block_on(CatchUnwind(Box::pin(async { 7 }))).ok(), Some(7));
+    }
+
+    #[test]
     fn ftrace_nop_and_endbr_are_skipped() {
         assert_eq!(nop_length(&[0x0f, 0x1f, 0x44, 0x00, 0x00, 0x65, 0xff]), Some(5));
         assert_eq!(nop_length(&[0xf3, 0x0f, 0x1e, 0xfa, 0x0f, 0x1f, 0x44, 0x00, 0x00, 0x55]), Some(9));
