@@ -109,7 +109,8 @@ pub fn run(rounds: usize, seconds: u64) -> Result<String> {
                 let other = read_u64(&mut qmp, syscr)?.saturating_sub(before) as f64 / start.elapsed().as_secs_f64();
                 (None, other)
             } else {
-                let mut child = Command::new(&ktrace).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+                let mut child =
+                    Command::new(&ktrace).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
                 let stderr = child.stderr.take().context("stderr")?;
                 let (tx, rx) = std::sync::mpsc::channel();
                 let reader = std::thread::spawn(move || {
@@ -181,11 +182,8 @@ fn table(samples: &[Sample], rounds: usize, seconds: u64) -> String {
     t
 }
 
-/// A u64 of guest memory through the monitor's `x` (QMP works while ktrace holds the stub).
+/// A u64 of guest memory (QMP works while ktrace holds the stub).
 fn read_u64(qmp: &mut Qmp, addr: u64) -> Result<u64> {
-    let cmd = serde_json::json!({ "command-line": format!("x /1gx 0x{addr:x}") });
-    let text = qmp.execute("human-monitor-command", Some(cmd))?;
-    let text = text.as_str().context("x output")?;
-    let value = text.split(':').nth(1).context("x output")?.trim();
-    Ok(u64::from_str_radix(value.trim_start_matches("0x"), 16)?)
+    let bytes = qmp.read_virtual(addr, 8)?;
+    Ok(u64::from_le_bytes(bytes[..8].try_into()?))
 }

@@ -61,20 +61,7 @@ fn run(args: &[String]) -> common::Output {
 
 /// Reads guest memory with the monitor's `x` (the VM keeps its state).
 fn read_bytes(qmp: &mut Qmp, addr: u64, n: usize) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    while bytes.len() < n {
-        let at = addr + bytes.len() as u64;
-        let chunk = (n - bytes.len()).min(256);
-        let cmd = serde_json::json!({ "command-line": format!("x /{chunk}xb 0x{at:x}") });
-        let text = qmp.execute("human-monitor-command", Some(cmd)).expect("x");
-        let text = text.as_str().expect("text");
-        for line in text.lines() {
-            let data = line.split_once(':').map_or("", |(_, d)| d);
-            bytes.extend(data.split_whitespace().map(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).expect("hex")));
-        }
-    }
-    bytes.truncate(n);
-    bytes
+    qmp.read_virtual(addr, n).expect("reading guest memory through QMP")
 }
 
 /// The function's ftrace site: after `endbr64` where the kernel has one.
@@ -96,7 +83,10 @@ fn trampoline_of(out: &common::Output) -> u64 {
 /// trampoline is padding again, and the guest runs.
 fn assert_restored(bed: &mut Bed, site: u64, trampoline: u64, what: &str) {
     assert_eq!(read_bytes(&mut bed.qmp, site, 5), NOP5, "{what}: the ftrace NOP is not back");
-    assert!(read_bytes(&mut bed.qmp, trampoline, 672).iter().all(|&b| b == 0xcc), "{what}: the trampoline was not erased");
+    assert!(
+        read_bytes(&mut bed.qmp, trampoline, 672).iter().all(|&b| b == 0xcc),
+        "{what}: the trampoline was not erased"
+    );
     assert!(bed.qmp.running().expect("status"), "{what}: the guest is not running");
     assert!(bed.guest.is_running(Duration::from_secs(60)), "{what}: no heartbeat from the guest");
 }
@@ -185,9 +175,13 @@ fn killed_while_patched(bed: &mut Bed, site: u64, trampoline: u64) {
         let _ = running.finish(common::LIMIT);
 
         // Any client's detach resumes the VM; the site still calls the trampoline.
-        let info = run(&["info".into(), bed.guest.addr(), "--vmlinux".into(), common::path(bed.guest.vmlinux()).into()]);
+        let info =
+            run(&["info".into(), bed.guest.addr(), "--vmlinux".into(), common::path(bed.guest.vmlinux()).into()]);
         assert_eq!(info.code(), Some(0), "{}", info.dump());
-        assert!(bed.guest.is_running(Duration::from_secs(60)), "the guest does not run with the trampoline left behind");
+        assert!(
+            bed.guest.is_running(Duration::from_secs(60)),
+            "the guest does not run with the trampoline left behind"
+        );
         let call = read_bytes(&mut bed.qmp, site, 5);
         assert_eq!(call[0], 0xe8, "the site was patched with a call");
         let target = (site + 5).wrapping_add(i32::from_le_bytes(call[1..5].try_into().unwrap()) as i64 as u64);
@@ -197,7 +191,12 @@ fn killed_while_patched(bed: &mut Bed, site: u64, trampoline: u64) {
 
         if cleanup == "restore" {
             gdb_disassembles_the_trampoline(bed, trampoline, target);
-            let out = run(&["restore".into(), bed.guest.addr(), "--vmlinux".into(), common::path(bed.guest.vmlinux()).into()]);
+            let out = run(&[
+                "restore".into(),
+                bed.guest.addr(),
+                "--vmlinux".into(),
+                common::path(bed.guest.vmlinux()).into(),
+            ]);
             assert_eq!(out.code(), Some(0), "{}", out.dump());
             assert!(out.stdout.contains("1 site(s) restored") && out.stdout.contains("erased"), "{}", out.dump());
         } else {
@@ -232,11 +231,14 @@ fn left_stopped(bed: &mut Bed, site: u64, trampoline: u64) {
 /// A module's function (brd, under the test bed's dd loop) with an exact comm.
 fn in_a_module(bed: &mut Bed) {
     let g = &bed.guest;
-    let args: Vec<String> = ["attach", &g.addr(), "--vmlinux", common::path(g.vmlinux()), "--break", "brd:brd_submit_bio"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["--comm", "dd", "--wait", "--in-guest", "--count", "3", "--json", "--timeout", "10"].map(String::from))
-        .collect();
+    let args: Vec<String> =
+        ["attach", &g.addr(), "--vmlinux", common::path(g.vmlinux()), "--break", "brd:brd_submit_bio"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(
+                ["--comm", "dd", "--wait", "--in-guest", "--count", "3", "--json", "--timeout", "10"].map(String::from),
+            )
+            .collect();
     let out = run(&args);
     assert_eq!(out.code(), Some(0), "{}", out.dump());
     assert!(out.stderr.contains("1 function(s) patched"), "{}", out.dump());
@@ -276,8 +278,11 @@ fn foreign_site_is_refused(bed: &mut Bed, function: u64, site: u64) {
     let call = vm.section_bytes_at(ktrace_symbols::KernelAddr(link + (site - function)), 5).expect("bytes").to_vec();
     assert_eq!(call[0], 0xe8, "the file has `call __fentry__` at the site");
     let poke = |bytes: &[u8]| {
-        let cmds: Vec<String> =
-            bytes.iter().enumerate().map(|(i, b)| format!("set *(unsigned char *)0x{:x} = 0x{b:02x}", site + i as u64)).collect();
+        let cmds: Vec<String> = bytes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("set *(unsigned char *)0x{:x} = 0x{b:02x}", site + i as u64))
+            .collect();
         gdb_batch(std::path::Path::new("/bin/true"), bed.guest.port(), &cmds).expect("gdb");
     };
     poke(&call); // __fentry__ is a plain return: harmless while it is there

@@ -90,10 +90,7 @@ mod tests {
         let runs = fill_runs_in(&data, 0x1000, 0xcc, 5);
         assert_eq!(
             runs,
-            vec![
-                FillRun { start: KernelAddr(0x100a), len: 5 },
-                FillRun { start: KernelAddr(0x1013), len: 7 },
-            ]
+            vec![FillRun { start: KernelAddr(0x100a), len: 5 }, FillRun { start: KernelAddr(0x1013), len: 7 },]
         );
         assert_eq!(runs[1].end(), KernelAddr(0x101a));
         assert!(fill_runs_in(&data, 0, 0xcc, 8).is_empty());

@@ -182,7 +182,11 @@ async fn site_of(
 
 /// Puts the ftrace NOPs back (the guest stopped). Call first on every way
 /// out, before the breakpoints go.
-pub(crate) async fn restore_sites(session: &mut Session, ig: &InGuest, report: &mut InGuestReport) -> Result<(), TraceError> {
+pub(crate) async fn restore_sites(
+    session: &mut Session,
+    ig: &InGuest,
+    report: &mut InGuestReport,
+) -> Result<(), TraceError> {
     let mut header = Header { hit_page: ig.plan.region.hit_page, sites: [None; trampoline::SLOTS] };
     for &(slot, site) in &ig.trampoline.sites {
         header.sites[slot] = Some(site);
@@ -296,7 +300,11 @@ async fn restore_in(
 }
 
 /// After a panic lost the session: connects again and restores the sites.
-pub(crate) async fn restore_after_panic(addr: &StubAddr, vmlinux: std::sync::Arc<Vmlinux>, client: ktrace_rsp::ClientConfig) {
+pub(crate) async fn restore_after_panic(
+    addr: &StubAddr,
+    vmlinux: std::sync::Arc<Vmlinux>,
+    client: ktrace_rsp::ClientConfig,
+) {
     if let Ok((mut session, _)) = Session::connect(addr, client).await {
         let _ = restore_in(&mut session, vmlinux).await;
         let _ = session.detach().await;

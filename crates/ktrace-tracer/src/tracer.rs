@@ -509,11 +509,10 @@ impl Tracer {
         session: &mut Session,
         sink: &mut S,
     ) -> Result<(), TraceError> {
-        let addrs: Vec<(u64, &Location)> =
-            self.armed.iter().map(|a| (a.addr, &self.locations[a.spec])).collect();
+        let addrs: Vec<(u64, &Location)> = self.armed.iter().map(|a| (a.addr, &self.locations[a.spec])).collect();
         let mut report = InGuestReport::default();
-        let installed = in_guest::install(session, &self.kernel, &self.cfg.filter, self.target_task, &addrs, &mut report)
-            .await?;
+        let installed =
+            in_guest::install(session, &self.kernel, &self.cfg.filter, self.target_task, &addrs, &mut report).await?;
         if report.left_behind > 0 {
             sink.note(&format!(
                 "--in-guest: restored {} site(s) a killed ktrace had left patched; re-using its trampoline",
@@ -530,8 +529,7 @@ impl Tracer {
             }
             sink.note(&format!(
                 "--in-guest: {} function(s) patched to call the filter at 0x{:x}",
-                report.patched,
-                installed.in_guest.plan.region.base
+                report.patched, installed.in_guest.plan.region.base
             ));
             self.in_guest = Some(installed.in_guest);
         }

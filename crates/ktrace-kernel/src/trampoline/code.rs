@@ -87,7 +87,7 @@ pub fn body(p: BodyParams) -> Code {
     c.emit("push", &[0x50]); // push %rax
     c.emit("push", &[0x51]); // push %rcx
     c.emit_d32("mov", &[0x65, 0x48, 0x8b, 0x04, 0x25], p.current_task); // mov %gs:d32,%rax
-    // The task pointer: (current & mask) == want.
+                                                                        // The task pointer: (current & mask) == want.
     c.emit("mov", &[0x48, 0x89, 0xc1]); // mov %rax,%rcx
     c.emit_rip("and", &[0x48, 0x23, 0x0d], base, at::TARGET_MASK);
     c.emit_rip("cmp", &[0x48, 0x3b, 0x0d], base, at::TARGET);

@@ -192,7 +192,9 @@ pub async fn install<T: Target>(
     if let Some(header) = Header::decode(&live) {
         restore_sites(target, &Region { hit_page: header.hit_page, ..region }, &header).await?;
     } else if let Some(i) = live.iter().position(|&b| b != 0xcc) {
-        return Err(Refusal::PaddingInUse { addr: region.base + i as u64, what: format!("byte {:02x}", live[i]) }.into());
+        return Err(
+            Refusal::PaddingInUse { addr: region.base + i as u64, what: format!("byte {:02x}", live[i]) }.into()
+        );
     }
     check_hit_page(target, region.hit_page).await?;
     let mut stubs = vec![0xcc; SLOTS * layout::HIT_STRIDE as usize];
@@ -237,7 +239,9 @@ async fn check_hit_page<T: Target>(target: &mut T, page: u64) -> Result<(), Kern
             let stub = (off % layout::HIT_STRIDE) as usize;
             let ours = off < SLOTS as u64 * layout::HIT_STRIDE && stub < 2 && b == code::HIT_STUB[stub];
             if b != 0xcc && !ours {
-                return Err(Refusal::PaddingInUse { addr: page + off, what: format!("byte {b:02x} on the hit page") }.into());
+                return Err(
+                    Refusal::PaddingInUse { addr: page + off, what: format!("byte {b:02x} on the hit page") }.into()
+                );
             }
         }
     }
@@ -253,7 +257,11 @@ pub async fn update_filter<T: Target>(target: &mut T, region: &Region, filter: &
 /// Puts the ftrace NOP back at every site the header lists, where the site
 /// still holds ktrace's call, and clears the header's site table. The
 /// trampoline stays (a CPU may still be inside it); see [`erase`].
-pub async fn restore_sites<T: Target>(target: &mut T, region: &Region, header: &Header) -> Result<Restored, KernelError> {
+pub async fn restore_sites<T: Target>(
+    target: &mut T,
+    region: &Region,
+    header: &Header,
+) -> Result<Restored, KernelError> {
     let mut report = Restored::default();
     for (slot, site) in header.sites.iter().enumerate() {
         let Some(site) = *site else { continue };

@@ -30,7 +30,10 @@ pub fn ftrace_site(
         Some((vm, sites, link)) => {
             let i = sites.partition_point(|s| s.0 < link.0);
             let site = sites.get(i).filter(|s| s.0 < link.0 + 16).ok_or_else(|| {
-                refuse("the vmlinux records no ftrace call at its entry (a notrace function, or not a function's start)".into())
+                refuse(
+                    "the vmlinux records no ftrace call at its entry (a notrace function, or not a function's start)"
+                        .into(),
+                )
             })?;
             let offset = (site.0 - link.0) as usize;
             let before = vm.section_bytes_at(link, offset).unwrap_or_default();
