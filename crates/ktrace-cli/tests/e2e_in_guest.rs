@@ -1,9 +1,10 @@
 //! `attach --in-guest` on every kernel of the test bed (6.1, 6.12, 7.x),
 //! KASLR on: the same hits and backtraces as the stop loop, no stop for
 //! another process, every way out puts the ftrace NOP back and erases the
-//! trampoline, a trampoline left by a killed ktrace is harmless and cleaned
-//! up later, a site that is not the ftrace NOP is refused, and the
-//! trampoline's code is what GDB disassembles.
+//! trampoline (after a lost connection, over a new one), a trampoline left
+//! by a killed ktrace is harmless and cleaned up later, a site that is not
+//! the ftrace NOP is refused, and the trampoline's code is what GDB
+//! disassembles.
 //!
 //! Guest memory is read through QMP (`x` in the human monitor) while no
 //! debugger is attached, and written through GDB.
@@ -15,6 +16,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ktrace_testguest::gdb::gdb_batch;
+use ktrace_testguest::proxy::{FaultConfig, FaultProxy};
 use ktrace_testguest::{test_guest_on, BootOptions, Guest, KernelSeries, Qmp};
 use serde_json::Value;
 
@@ -42,8 +44,12 @@ fn boot(series: KernelSeries) -> Option<Bed> {
 }
 
 fn attach(bed: &Bed, extra: &[&str]) -> Vec<String> {
+    attach_at(bed, &bed.guest.addr(), extra)
+}
+
+fn attach_at(bed: &Bed, addr: &str, extra: &[&str]) -> Vec<String> {
     let g = &bed.guest;
-    let mut args: Vec<String> = ["attach", &g.addr(), "--vmlinux", common::path(g.vmlinux()), "--break", FUNCTION]
+    let mut args: Vec<String> = ["attach", addr, "--vmlinux", common::path(g.vmlinux()), "--break", FUNCTION]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -152,6 +158,21 @@ fn on(series: KernelSeries) {
         assert!(out.stderr.contains("erased"), "SIG{sig}: {}", out.dump());
         assert_restored(&mut bed, site, trampoline, &format!("SIG{sig}"));
     }
+
+    // The connection lost mid-trace: ktrace fails, and puts the sites back
+    // over a new connection.
+    let proxy = FaultProxy::start(&bed.guest.addr(), FaultConfig::default()).expect("proxy");
+    let args = attach_at(&bed, &proxy.addr(), &["--in-guest"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut running = common::spawn(&args);
+    assert!(running.wait_lines(3, Duration::from_secs(60)), "no hits before the cut");
+    proxy.cut();
+    let out = running.finish(common::LIMIT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), Some(1), "{}", out.dump());
+    assert!(out.stderr.contains("1 of 1 site(s) restored over a new connection"), "{}", out.dump());
+    drop(proxy);
+    assert_restored(&mut bed, site, trampoline, "connection lost");
 
     left_stopped(&mut bed, site, trampoline);
     in_a_module(&mut bed);

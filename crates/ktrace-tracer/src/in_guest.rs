@@ -55,6 +55,9 @@ pub struct InGuestReport {
     /// Whether the trampoline was erased again (else it stays, harmless,
     /// for the next `--in-guest` or `ktrace restore`).
     pub erased: bool,
+    /// Whether the connection was lost (or ktrace panicked) and the sites
+    /// were restored over a new one.
+    pub reconnected: bool,
 }
 
 /// The filter as the trampoline's data. A filter that would need anything
@@ -297,18 +300,6 @@ async fn restore_in(
     // With a site someone else patched still pointing at it, it must stay.
     let erasable = outcome.foreign.is_empty();
     Ok((outcome, erasable.then_some(region)))
-}
-
-/// After a panic lost the session: connects again and restores the sites.
-pub(crate) async fn restore_after_panic(
-    addr: &StubAddr,
-    vmlinux: std::sync::Arc<Vmlinux>,
-    client: ktrace_rsp::ClientConfig,
-) {
-    if let Ok((mut session, _)) = Session::connect(addr, client).await {
-        let _ = restore_in(&mut session, vmlinux).await;
-        let _ = session.detach().await;
-    }
 }
 
 #[cfg(test)]

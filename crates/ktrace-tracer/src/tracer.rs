@@ -331,10 +331,7 @@ impl Tracer {
             Err(panic) => {
                 // The session went down with the panic: put the sites back
                 // over a new connection before going on unwinding.
-                if self.in_guest.take().is_some() {
-                    let vm = self.kernel.vmlinux().clone();
-                    in_guest::restore_after_panic(&self.addr, vm, self.cfg.client.clone()).await;
-                }
+                self.restore_over_new_connection().await;
                 std::panic::resume_unwind(panic)
             }
         };
@@ -344,6 +341,9 @@ impl Tracer {
             Err((error, session)) => (EndReason::Error, Some(error), session),
         };
         let mut released = false;
+        if session.is_none() {
+            self.restore_over_new_connection().await;
+        }
         if let Some(mut session) = session {
             let in_guest = self.in_guest.take();
             if let Some(ig) = &in_guest {
@@ -380,6 +380,20 @@ impl Tracer {
         match error {
             None => Ok(summary),
             Some(error) => Err(TraceFailure { error, summary }),
+        }
+    }
+
+    /// The session is gone (lost, or dropped by a panic) with sites still
+    /// patched: connects again to put them back, drain and erase.
+    async fn restore_over_new_connection(&mut self) {
+        if self.in_guest.take().is_none() {
+            return;
+        }
+        let vm = self.kernel.vmlinux().clone();
+        if let Ok(outcome) = in_guest::restore_left_behind(&self.addr, vm, self.cfg.client.clone()).await {
+            self.in_guest_report.restored += outcome.restored.len();
+            self.in_guest_report.erased = outcome.erased;
+            self.in_guest_report.reconnected = true;
         }
     }
 
