@@ -58,10 +58,34 @@ pub fn short_source_path(path: &str) -> &str {
     &path[start..]
 }
 
+/// The frames at `addr` from `ctx` (none: the address has no DWARF), with
+/// the real function named by `symbol` (the symbol table holding `addr`)
+/// where DWARF does not name it or has no frame at all, as GNU addr2line
+/// does. One path for the vmlinux and for module debug files.
+pub(crate) fn frames_named(
+    ctx: Option<&addr2line::Context<R>>,
+    addr: u64,
+    symbol: impl Fn() -> Option<String>,
+) -> Result<Vec<SourceFrame>, SymbolError> {
+    let mut frames = match ctx {
+        Some(ctx) => frames(ctx, addr)?,
+        None => Vec::new(),
+    };
+    if let Some(last) = frames.last_mut().filter(|f| f.function.is_none()) {
+        last.function = symbol();
+    }
+    if frames.is_empty() {
+        if let Some(name) = symbol() {
+            frames.push(SourceFrame { function: Some(name), file: None, line: None, inlined: false });
+        }
+    }
+    Ok(frames)
+}
+
 /// Run addr2line's frame lookup.
-pub(crate) fn frames(ctx: &addr2line::Context<R>, addr: KernelAddr) -> Result<Vec<SourceFrame>, SymbolError> {
+fn frames(ctx: &addr2line::Context<R>, addr: u64) -> Result<Vec<SourceFrame>, SymbolError> {
     let err = |e| SymbolError::dwarf("looking up source lines", e);
-    let mut it = ctx.find_frames(addr.0).skip_all_loads().map_err(err)?;
+    let mut it = ctx.find_frames(addr).skip_all_loads().map_err(err)?;
     let mut out = Vec::new();
     while let Some(f) = it.next().map_err(err)? {
         let function = f.function.as_ref().and_then(|n| n.raw_name().ok()).map(|s| s.into_owned());
