@@ -6,6 +6,7 @@ use ktrace_symbols::{KernelAddr, Vmlinux};
 use serde::Serialize;
 
 use crate::layout::{KernelLayout, PercpuOffset};
+use crate::module_debug::{ModuleDebugDir, ModuleDebugFiles};
 use crate::task::{self, TaskInfo, TaskRef};
 use crate::{kaslr, CpuId, KernelError, Target};
 
@@ -24,6 +25,8 @@ pub struct Kernel {
     rq_idle: Option<PercpuOffset>,
     /// `struct module`'s layout, found on first use.
     module_layout: Arc<std::sync::OnceLock<Result<crate::ModuleLayout, String>>>,
+    /// Modules' debug files.
+    module_debug: Arc<ModuleDebugFiles>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -112,12 +115,21 @@ impl Kernel {
             vmlinux,
             layout,
             slide,
-            release,
             percpu_bases,
             current_task,
             rq_idle,
             module_layout: Arc::default(),
+            module_debug: Arc::new(ModuleDebugFiles::new(&ModuleDebugDir::Default, &release)),
+            release,
         })
+    }
+
+    /// Looks for modules' debug files in `dir` (the default:
+    /// `/usr/lib/debug/lib/modules/<release>/`): the modules read from now
+    /// on whose file is there have source lines.
+    pub fn with_module_debug(mut self, dir: &ModuleDebugDir) -> Kernel {
+        self.module_debug = Arc::new(ModuleDebugFiles::new(dir, &self.release));
+        self
     }
 
     /// The vmlinux.
@@ -240,11 +252,17 @@ impl Kernel {
     }
 
     /// The loaded modules: list, kallsyms and ORC tables, read from guest
-    /// memory (the `struct module` layout from DWARF, found on first use).
+    /// memory (the `struct module` layout from DWARF, found on first use),
+    /// and the debug files of those that have one (see
+    /// [`Kernel::with_module_debug`]).
     pub async fn modules<T: Target>(&self, target: &mut T) -> Result<crate::Modules, KernelError> {
         let layout = self.module_layout()?;
         let format = self.vmlinux.orc().ok().map(|t| t.format());
-        crate::read_modules(target, layout, self.slide, format).await
+        let mut modules = crate::read_modules(target, layout, self.slide, format).await?;
+        for m in &mut modules.modules {
+            m.debug = self.module_debug.for_module(target, layout.sections.as_ref(), m).await;
+        }
+        Ok(modules)
     }
 
     /// The loaded modules' names, states and regions only (for `lsmod`).

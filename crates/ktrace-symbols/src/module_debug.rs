@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use object::read::elf::ElfFile64;
 use object::{Object, ObjectSection, ObjectSymbol, RelocationFlags, RelocationTarget, SectionIndex, SymbolSection};
@@ -22,7 +23,8 @@ use crate::SymbolError;
 /// A module's debug file, relocated to where the module was loaded.
 pub struct ModuleDebug {
     // The context borrows from `owned`: declared (and so dropped) before it.
-    ctx: addr2line::Context<R>,
+    // addr2line fills it on use, so it is not `Sync` by itself.
+    ctx: Mutex<addr2line::Context<R>>,
     /// Defined functions and objects: (runtime address, size, name), sorted.
     symbols: Vec<(u64, u64, String)>,
     /// `name=` of `.modinfo`.
@@ -106,7 +108,7 @@ impl ModuleDebug {
             .and_then(|s| s.data().ok())
             .and_then(|d| d.split(|&b| b == 0).find_map(|kv| kv.strip_prefix(b"name=")))
             .map(|n| String::from_utf8_lossy(n).into_owned());
-        Ok(ModuleDebug { ctx, symbols, name, path, owned })
+        Ok(ModuleDebug { ctx: Mutex::new(ctx), symbols, name, path, owned })
     }
 
     /// The path the file was opened from.
@@ -129,7 +131,8 @@ impl ModuleDebug {
     /// first, as [`crate::Vmlinux::frames`] gives them.
     pub fn frames(&self, pc: u64) -> Result<Vec<SourceFrame>, SymbolError> {
         let _ = &self.owned;
-        lines::frames_named(Some(&self.ctx), pc, || self.function_at(pc))
+        let ctx = self.ctx.lock().unwrap_or_else(|e| e.into_inner());
+        lines::frames_named(Some(&ctx), pc, || self.function_at(pc))
     }
 
     /// The function symbol containing `pc`.
@@ -206,6 +209,12 @@ pub(crate) fn apply(data: &mut [u8], offset: u64, r_type: u32, s: u64, a: i64, p
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_debug_is_send_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ModuleDebug>();
+    }
 
     #[test]
     fn absolute_relocations_write_s_plus_a() {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use ktrace_kernel::ModuleDebugDir;
 use ktrace_rsp::ClientConfig;
 
 use crate::filter::Filter;
@@ -71,6 +72,8 @@ pub struct TraceConfig {
     pub client: ClientConfig,
     /// Resume the guest at the end, or leave it paused.
     pub release: GuestRelease,
+    /// Where modules' debug files are (source lines in module frames).
+    pub module_debug: ModuleDebugDir,
 }
 
 impl Default for TraceConfig {
@@ -87,6 +90,7 @@ impl Default for TraceConfig {
             wait_for_task: false,
             release: GuestRelease::Resume,
             client: ClientConfig::default(),
+            module_debug: ModuleDebugDir::Default,
         }
     }
 }
@@ -149,6 +153,12 @@ impl TraceConfig {
     /// Captures (or not) a backtrace per matched hit.
     pub fn backtrace(mut self, yes: bool) -> Self {
         self.backtrace = yes;
+        self
+    }
+
+    /// Looks for modules' debug files in this directory.
+    pub fn module_debug(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.module_debug = ModuleDebugDir::Given(dir.into());
         self
     }
 

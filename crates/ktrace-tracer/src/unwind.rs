@@ -598,7 +598,8 @@ impl Unwinder {
         Frame { pc, kind, function, module: None, offset, regs_at, source }
     }
 
-    /// A frame in module code, named from the module's kallsyms.
+    /// A frame in module code, named from the module's kallsyms, with
+    /// source lines where its debug file was found.
     fn module_frame(&self, pc: u64, kind: FrameKind, regs_at: Option<u64>, ret: bool) -> Option<Frame> {
         let module = self.modules.as_ref()?.by_code_addr(pc)?;
         let at = if ret { pc - 1 } else { pc };
@@ -606,7 +607,8 @@ impl Unwinder {
             Some((sym, off)) => (Some(sym.name.clone()), off + u64::from(ret)),
             None => (None, 0),
         };
-        Some(Frame { pc, kind, function, module: Some(module.info.name.clone()), offset, regs_at, source: Vec::new() })
+        let source = module.source_frames(at);
+        Some(Frame { pc, kind, function, module: Some(module.info.name.clone()), offset, regs_at, source })
     }
 
     /// Makes sure the module holding `pc` is known: the module list is read
