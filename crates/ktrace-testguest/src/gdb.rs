@@ -162,9 +162,11 @@ pub struct GdbCodeLine {
 pub fn gdb_module_lines(ko: &Path, sections: &[(String, u64)], addrs: &[u64]) -> Result<Vec<GdbCodeLine>, GuestError> {
     let placed: Vec<String> = sections.iter().map(|(name, addr)| format!("-s {name} 0x{addr:x}")).collect();
     let mut cmd = Command::new("gdb");
-    cmd.args(["-nx", "-batch", "-ex", "set architecture i386:x86-64", "-ex", "set width 0"])
-        .arg("-ex")
-        .arg(format!("add-symbol-file {} {}", ko.display(), placed.join(" ")));
+    cmd.args(["-nx", "-batch", "-ex", "set architecture i386:x86-64", "-ex", "set width 0"]).arg("-ex").arg(format!(
+        "add-symbol-file {} {}",
+        ko.display(),
+        placed.join(" ")
+    ));
     for a in addrs {
         cmd.arg("-ex").arg(format!("echo @@0x{a:x}\\n"));
         cmd.arg("-ex").arg(format!("info line *0x{a:x}"));
