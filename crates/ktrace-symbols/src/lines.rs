@@ -47,15 +47,15 @@ pub fn short_source_path(path: &str) -> &str {
         "arch", "block", "certs", "crypto", "drivers", "fs", "include", "init", "io_uring", "ipc", "kernel", "lib",
         "mm", "net", "rust", "samples", "security", "sound", "virt",
     ];
-    let mut start = 0;
-    for (i, _) in path.match_indices('/') {
-        let rest = &path[i + 1..];
-        if TOP.iter().any(|t| rest.starts_with(t) && rest[t.len()..].starts_with('/')) {
-            start = i + 1;
-            break;
-        }
+    let top = |rest: &str| TOP.iter().any(|t| rest.starts_with(t) && rest[t.len()..].starts_with('/'));
+    if top(path) {
+        // Already relative to the tree: `drivers/block/brd.c` keeps `drivers/`.
+        return path;
     }
-    &path[start..]
+    match path.match_indices('/').find(|(i, _)| top(&path[i + 1..])) {
+        Some((i, _)) => &path[i + 1..],
+        None => path,
+    }
 }
 
 /// The frames at `addr` from `ctx` (none: the address has no DWARF), with
@@ -234,6 +234,8 @@ mod tests {
             "arch/x86/entry/entry_64.S"
         );
         assert_eq!(short_source_path("kernel/sched/core.c"), "kernel/sched/core.c");
+        assert_eq!(short_source_path("drivers/block/brd.c"), "drivers/block/brd.c");
+        assert_eq!(short_source_path("debian/build/x/drivers/net/virtio_net.c"), "drivers/net/virtio_net.c");
         assert_eq!(short_source_path("foo.c"), "foo.c");
     }
 
