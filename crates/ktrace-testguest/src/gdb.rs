@@ -156,33 +156,60 @@ pub struct GdbCodeLine {
     pub symbol: Option<String>,
 }
 
-/// GDB's lines of module code: `add-symbol-file KO -s SECTION ADDR …` with
-/// the module's sections where the guest loaded them, then `info line
-/// *ADDR` and `info symbol ADDR` for each address. No guest is needed.
+/// GDB's lines of module code, with the module where the guest loaded it.
+///
+/// GDB's `add-symbol-file KO -s SECTION ADDR …` places a relocatable
+/// object's line table by its `.text` offset alone, so that the rows of
+/// `.init.text` or `.text.unlikely` land among `.text`'s. Instead `ld`
+/// links the `.ko` with every section at its runtime address (relocating
+/// the DWARF as the kernel's loader does the code), and GDB reads that:
+/// `info line *ADDR` and `info symbol ADDR` for each address. No guest is
+/// needed.
 pub fn gdb_module_lines(ko: &Path, sections: &[(String, u64)], addrs: &[u64]) -> Result<Vec<GdbCodeLine>, GuestError> {
-    let placed: Vec<String> = sections.iter().map(|(name, addr)| format!("-s {name} 0x{addr:x}")).collect();
+    let run_dir = cache_dir().join("run");
+    fs::create_dir_all(&run_dir).map_err(io_err(&run_dir))?;
+    let stamp = format!("{}-{:?}", std::process::id(), Instant::now());
+    let stamp: String = stamp.chars().filter(char::is_ascii_alphanumeric).collect();
+    let (script, linked) = (run_dir.join(format!("ko-{stamp}.lds")), run_dir.join(format!("ko-{stamp}.elf")));
+    let placed: Vec<String> =
+        sections.iter().map(|(name, addr)| format!("  {name} 0x{addr:x} : {{ *({name}) }}\n")).collect();
+    fs::write(&script, format!("SECTIONS {{\n{}}}\n", placed.concat())).map_err(io_err(&script))?;
+    let ld = Command::new("ld")
+        .args(["--unresolved-symbols=ignore-all", "--noinhibit-exec", "-e", "0", "-o"])
+        .arg(&linked)
+        .arg("-T")
+        .arg(&script)
+        .arg(ko)
+        .stdin(Stdio::null())
+        .output();
+    let _ = fs::remove_file(&script);
+    let ld = ld.map_err(|e| GuestError::Command { command: "ld".into(), detail: e.to_string() })?;
+    if !linked.exists() {
+        return Err(GuestError::Command {
+            command: format!("ld -T … {}", ko.display()),
+            detail: String::from_utf8_lossy(&ld.stderr).into_owned(),
+        });
+    }
     let mut cmd = Command::new("gdb");
-    cmd.args(["-nx", "-batch", "-ex", "set architecture i386:x86-64", "-ex", "set width 0"]).arg("-ex").arg(format!(
-        "add-symbol-file {} {}",
-        ko.display(),
-        placed.join(" ")
-    ));
+    cmd.args(["-nx", "-batch", "-ex", "set width 0"]).arg("-ex").arg(format!("file {}", linked.display()));
     for a in addrs {
         cmd.arg("-ex").arg(format!("echo @@0x{a:x}\\n"));
         cmd.arg("-ex").arg(format!("info line *0x{a:x}"));
         cmd.arg("-ex").arg(format!("info symbol 0x{a:x}"));
     }
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| match e.kind() {
+    let out = cmd.stdin(Stdio::null()).output();
+    let _ = fs::remove_file(&linked);
+    let out = out.map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             GuestError::MissingTool { tool: "gdb".into(), install: "apt-get install -y gdb".into() }
         }
-        _ => GuestError::Command { command: "gdb add-symbol-file".into(), detail: e.to_string() },
+        _ => GuestError::Command { command: "gdb".into(), detail: e.to_string() },
     })?;
     let text = String::from_utf8_lossy(&out.stdout);
     let answers = parse_module_lines(&text);
     if answers.len() != addrs.len() {
         return Err(GuestError::Command {
-            command: format!("gdb add-symbol-file {}", ko.display()),
+            command: format!("gdb {}", ko.display()),
             detail: format!("{} answers for {} addresses:\n{text}", answers.len(), addrs.len()),
         });
     }
