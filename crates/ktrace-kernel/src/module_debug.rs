@@ -39,6 +39,10 @@ impl ModuleDebugDir {
 /// (`kernel/drivers/block/brd.ko` is 4).
 const MAX_DEPTH: usize = 8;
 
+/// A loaded instance of a module: its name, `struct module` and base (a
+/// module unloaded and loaded again is another instance).
+type Instance = (String, u64, u64);
+
 /// The debug files of one directory, each opened at most once per loaded
 /// instance of its module.
 #[derive(Debug)]
@@ -47,8 +51,8 @@ pub(crate) struct ModuleDebugFiles {
     explicit: bool,
     /// Module name (`-` read as `_`, as the kernel names modules) → file.
     index: OnceLock<HashMap<String, PathBuf>>,
-    /// Per (name, `struct module` address, base): the placed file, or none.
-    loaded: Mutex<HashMap<(String, u64, u64), Option<Arc<ModuleDebug>>>>,
+    /// Per loaded instance of a module: the placed file, or none.
+    loaded: Mutex<HashMap<Instance, Option<Arc<ModuleDebug>>>>,
 }
 
 impl ModuleDebugFiles {
