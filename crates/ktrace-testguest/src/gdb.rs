@@ -106,12 +106,7 @@ pub fn gdb_batch_with(vmlinux: &Path, port: u16, commands: &[String], opts: &Gdb
     }
     cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
     let command_line = format!("gdb -nx -batch … target remote 127.0.0.1:{port} ({} commands)", commands.len());
-    let mut child = cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            GuestError::MissingTool { tool: "gdb".into(), install: "apt-get install -y gdb".into() }
-        }
-        _ => GuestError::Command { command: command_line.clone(), detail: e.to_string() },
-    })?;
+    let mut child = cmd.spawn().map_err(|e| gdb_not_run(e, &command_line))?;
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().map_err(io_err("gdb"))? {
@@ -199,12 +194,7 @@ pub fn gdb_module_lines(ko: &Path, sections: &[(String, u64)], addrs: &[u64]) ->
     }
     let out = cmd.stdin(Stdio::null()).output();
     let _ = fs::remove_file(&linked);
-    let out = out.map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            GuestError::MissingTool { tool: "gdb".into(), install: "apt-get install -y gdb".into() }
-        }
-        _ => GuestError::Command { command: "gdb".into(), detail: e.to_string() },
-    })?;
+    let out = out.map_err(|e| gdb_not_run(e, "gdb"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let answers = parse_module_lines(&text);
     if answers.len() != addrs.len() {
@@ -238,6 +228,16 @@ fn parse_module_lines(text: &str) -> Vec<GdbCodeLine> {
         }
     }
     out
+}
+
+/// Why GDB could not be started: not installed, or another reason.
+fn gdb_not_run(e: std::io::Error, command: &str) -> GuestError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            GuestError::MissingTool { tool: "gdb".into(), install: "apt-get install -y gdb".into() }
+        }
+        _ => GuestError::Command { command: command.to_string(), detail: e.to_string() },
+    }
 }
 
 fn tail(text: &str, n: usize) -> String {
