@@ -54,13 +54,18 @@ fn parse_addr(text: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// The modules loaded in the guest at `addr` (one stop, then detach).
-async fn guest_modules(addr: &str, vm: Arc<Vmlinux>, debug: &ModulesArg) -> Result<Modules> {
+/// The modules loaded in the guest at `addr` (one stop, then detach), with
+/// the debug files of those holding one of `addrs`.
+async fn guest_modules(addr: &str, vm: Arc<Vmlinux>, debug: &ModulesArg, addrs: &[u64]) -> Result<Modules> {
     let stub: StubAddr = addr.parse().map_err(|e| UsageError(format!("{addr}: not a stub address: {e}")))?;
     let (mut session, _) = Session::connect(&stub, ClientConfig::default()).await?;
     let result = async {
         let kernel = Kernel::attach(&mut session, vm).await?.with_module_debug(&debug.dir());
-        kernel.modules(&mut session).await
+        let mut modules = kernel.modules(&mut session).await?;
+        for m in modules.modules.iter_mut().filter(|m| addrs.iter().any(|&a| m.info.contains_code(a))) {
+            m.debug = kernel.module_debug(&mut session, m).await;
+        }
+        Ok::<_, ktrace_kernel::KernelError>(modules)
     }
     .await;
     let detached = session.detach().await;
@@ -135,7 +140,10 @@ fn module_answer(modules: &Modules, query: &str, json: bool) -> Option<String> {
 pub async fn sym(args: SymArgs) -> Result<ExitCode> {
     let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
     let modules = match &args.guest {
-        Some(addr) => Some(guest_modules(addr, vm.clone(), &args.modules).await?),
+        Some(addr) => {
+            let addrs: Vec<u64> = args.names.iter().filter_map(|n| parse_addr(n)).collect();
+            Some(guest_modules(addr, vm.clone(), &args.modules, &addrs).await?)
+        }
         None if args.modules.modules.is_some() => {
             return Err(UsageError("--modules DIR is for module addresses: add --guest ADDR".into()).into())
         }

@@ -252,17 +252,25 @@ impl Kernel {
     }
 
     /// The loaded modules: list, kallsyms and ORC tables, read from guest
-    /// memory (the `struct module` layout from DWARF, found on first use),
-    /// and the debug files of those that have one (see
-    /// [`Kernel::with_module_debug`]).
+    /// memory (the `struct module` layout from DWARF, found on first use).
     pub async fn modules<T: Target>(&self, target: &mut T) -> Result<crate::Modules, KernelError> {
         let layout = self.module_layout()?;
         let format = self.vmlinux.orc().ok().map(|t| t.format());
-        let mut modules = crate::read_modules(target, layout, self.slide, format).await?;
-        for m in &mut modules.modules {
-            m.debug = self.module_debug.for_module(target, layout.sections.as_ref(), m).await;
-        }
-        Ok(modules)
+        crate::read_modules(target, layout, self.slide, format).await
+    }
+
+    /// The debug file of a loaded module, from the modules directory (see
+    /// [`Kernel::with_module_debug`]), placed where the guest loaded its
+    /// sections; `None` without one, or when it does not match the module
+    /// (said once, as a warning). Each file is opened once per loaded
+    /// module; asking again costs nothing.
+    pub async fn module_debug<T: Target>(
+        &self,
+        target: &mut T,
+        module: &crate::LoadedModule,
+    ) -> Option<Arc<ktrace_symbols::ModuleDebug>> {
+        let layout = self.module_layout().ok()?;
+        self.module_debug.for_module(target, layout.sections.as_ref(), module).await
     }
 
     /// The loaded modules' names, states and regions only (for `lsmod`).

@@ -201,7 +201,8 @@ pub struct LoadedModule {
     pub symbols: Vec<ModuleSymbol>,
     /// Its ORC table (runtime addresses), when it has one.
     pub orc: Option<OrcTable>,
-    /// Its debug file placed where it was loaded, when one was found that matches.
+    /// Its debug file placed where it was loaded, once asked for
+    /// ([`crate::Kernel::module_debug`]) and found to match.
     pub debug: Option<Arc<ModuleDebug>>,
 }
 
@@ -237,6 +238,11 @@ impl Modules {
     /// The module whose code contains `addr`.
     pub fn by_code_addr(&self, addr: u64) -> Option<&LoadedModule> {
         self.modules.iter().find(|m| m.info.contains_code(addr))
+    }
+
+    /// The module whose code contains `addr`, to change.
+    pub fn by_code_addr_mut(&mut self, addr: u64) -> Option<&mut LoadedModule> {
+        self.modules.iter_mut().find(|m| m.info.contains_code(addr))
     }
 
     /// The module called `name`.

@@ -614,20 +614,24 @@ impl Unwinder {
     /// Makes sure the module holding `pc` is known: the module list is read
     /// on the first pc outside the vmlinux, and read again (at most once a
     /// second) when a pc falls in no known module, since modules load while
-    /// tracing. Returns whether a module holds `pc`.
+    /// tracing; its debug file is placed on the first frame in it. Returns
+    /// whether a module holds `pc`.
     async fn know_module<T: Target>(&mut self, kernel: &Kernel, target: &mut T, pc: u64) -> bool {
         let known = |m: &Option<Modules>| m.as_ref().is_some_and(|m| m.by_code_addr(pc).is_some());
-        if known(&self.modules) || !(MODULES_START..MODULES_END).contains(&pc) {
-            return known(&self.modules);
+        if !known(&self.modules) && (MODULES_START..MODULES_END).contains(&pc) {
+            if self.modules_read_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+                return false;
+            }
+            self.modules_read_at = Some(std::time::Instant::now());
+            if let Ok(m) = kernel.modules(target).await {
+                self.modules = Some(m);
+            }
         }
-        if self.modules_read_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
-            return false;
+        let Some(module) = self.modules.as_mut().and_then(|m| m.by_code_addr_mut(pc)) else { return false };
+        if module.debug.is_none() {
+            module.debug = kernel.module_debug(target, module).await;
         }
-        self.modules_read_at = Some(std::time::Instant::now());
-        if let Ok(m) = kernel.modules(target).await {
-            self.modules = Some(m);
-        }
-        known(&self.modules)
+        true
     }
 }
 
