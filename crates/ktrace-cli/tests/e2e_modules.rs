@@ -33,7 +33,7 @@ use serde_json::Value;
 static ONE_GUEST: Mutex<()> = Mutex::new(());
 
 /// The most `_raw_spin_lock` traces of 50 hits tried for one through brd.
-const SPIN_LOCK_TRACES: usize = 6;
+const SPIN_LOCK_TRACES: usize = 10;
 
 fn ktrace(guest: &Guest, args: &[&str]) -> (String, String) {
     ktrace_in(guest, args, None)
