@@ -30,7 +30,8 @@ pub struct ModuleDebug {
     /// `name=` of `.modinfo`.
     name: Option<String>,
     path: PathBuf,
-    owned: OwnedSections,
+    /// The file and the relocated sections, which `ctx` borrows.
+    _owned: OwnedSections,
 }
 
 impl std::fmt::Debug for ModuleDebug {
@@ -108,7 +109,7 @@ impl ModuleDebug {
             .and_then(|s| s.data().ok())
             .and_then(|d| d.split(|&b| b == 0).find_map(|kv| kv.strip_prefix(b"name=")))
             .map(|n| String::from_utf8_lossy(n).into_owned());
-        Ok(ModuleDebug { ctx: Mutex::new(ctx), symbols, name, path, owned })
+        Ok(ModuleDebug { ctx: Mutex::new(ctx), symbols, name, path, _owned: owned })
     }
 
     /// The path the file was opened from.
@@ -130,7 +131,6 @@ impl ModuleDebug {
     /// Source frames at runtime address `pc`, innermost (inlined) function
     /// first, as [`crate::Vmlinux::frames`] gives them.
     pub fn frames(&self, pc: u64) -> Result<Vec<SourceFrame>, SymbolError> {
-        let _ = &self.owned;
         let ctx = self.ctx.lock().unwrap_or_else(|e| e.into_inner());
         lines::frames_named(Some(&ctx), pc, || self.function_at(pc))
     }
