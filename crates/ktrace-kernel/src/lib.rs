@@ -20,6 +20,8 @@ mod kaslr;
 mod kernel;
 mod layout;
 mod module;
+mod module_debug;
+mod module_sections;
 mod rsp_target;
 pub mod synthetic;
 mod target;
@@ -33,6 +35,8 @@ pub use module::{
     read_module_list, read_module_orc, read_module_symbols, read_modules, LoadedModule, ModuleInfo, ModuleLayout,
     ModuleRegion, ModuleSymbol, Modules, RegionLayout, MAX_MODULES,
 };
+pub use module_debug::ModuleDebugDir;
+pub use module_sections::{read_module_sections, SectAttrsLayout};
 pub use rsp_target::cpu_of_thread;
 pub use target::{CpuId, Target};
 pub use task::{decode_comm, le_u64, TaskInfo, TaskRef, TaskState, MAX_TASKS};

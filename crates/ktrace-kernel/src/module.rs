@@ -9,9 +9,12 @@
 
 use std::collections::HashSet;
 
-use ktrace_symbols::{KernelAddr, OrcFormat, OrcTable, Vmlinux, ORC_ENTRY_SIZE};
+use std::sync::Arc;
+
+use ktrace_symbols::{KernelAddr, ModuleDebug, OrcFormat, OrcTable, SourceFrame, Vmlinux, ORC_ENTRY_SIZE};
 use serde::Serialize;
 
+use crate::module_sections::SectAttrsLayout;
 use crate::task::le_u64;
 use crate::{KernelError, Target};
 
@@ -74,6 +77,8 @@ pub struct ModuleLayout {
     pub kallsyms: Option<(u64, u64, u64, u64)>,
     /// `module.arch.orc_unwind_ip`, `.orc_unwind`, `.num_orcs`.
     pub orc: Option<(u64, u64, u64)>,
+    /// Where each module's sections are (`module.sect_attrs`), where the kernel keeps them.
+    pub sections: Option<SectAttrsLayout>,
 }
 
 impl ModuleLayout {
@@ -127,6 +132,9 @@ impl ModuleLayout {
             regions,
             kallsyms,
             orc,
+            // Only the lines of module debug files need it: a kernel
+            // without it (or with an unknown one) still lists modules.
+            sections: SectAttrsLayout::from_vmlinux(vm).ok().flatten(),
         })
     }
 }
@@ -193,6 +201,9 @@ pub struct LoadedModule {
     pub symbols: Vec<ModuleSymbol>,
     /// Its ORC table (runtime addresses), when it has one.
     pub orc: Option<OrcTable>,
+    /// Its debug file placed where it was loaded, once asked for
+    /// ([`crate::Kernel::module_debug`]) and found to match.
+    pub debug: Option<Arc<ModuleDebug>>,
 }
 
 impl LoadedModule {
@@ -202,6 +213,12 @@ impl LoadedModule {
         let sym = self.symbols[..idx].iter().rev().find(|s| s.func || s.size > 0)?;
         let end = if sym.size > 0 { sym.addr + sym.size } else { u64::MAX };
         (addr < end && self.info.contains_code(addr)).then(|| (sym, addr - sym.addr))
+    }
+
+    /// Source frames at `addr` (file:line and inlined functions) from the
+    /// module's debug file; empty without one.
+    pub fn source_frames(&self, addr: u64) -> Vec<SourceFrame> {
+        self.debug.as_ref().and_then(|d| d.frames(addr).ok()).unwrap_or_default()
     }
 
     /// The symbol called `name`.
@@ -221,6 +238,11 @@ impl Modules {
     /// The module whose code contains `addr`.
     pub fn by_code_addr(&self, addr: u64) -> Option<&LoadedModule> {
         self.modules.iter().find(|m| m.info.contains_code(addr))
+    }
+
+    /// The module whose code contains `addr`, to change.
+    pub fn by_code_addr_mut(&mut self, addr: u64) -> Option<&mut LoadedModule> {
+        self.modules.iter_mut().find(|m| m.info.contains_code(addr))
     }
 
     /// The module called `name`.
@@ -424,7 +446,7 @@ pub async fn read_modules<T: Target>(
             Some(f) => read_module_orc(target, layout, &info, f).await?,
             None => None,
         };
-        modules.push(LoadedModule { info, symbols, orc });
+        modules.push(LoadedModule { info, symbols, orc, debug: None });
     }
     Ok(Modules { modules })
 }
@@ -454,6 +476,7 @@ mod tests {
             },
             kallsyms: Some((0x300, 0, 8, 16)),
             orc: None,
+            sections: None,
         }
     }
 
@@ -556,7 +579,7 @@ mod tests {
             symbols.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
             ["brd_init", "brd_submit_bio", "rd_size"]
         );
-        let m = LoadedModule { info, symbols, orc: None };
+        let m = LoadedModule { info, symbols, orc: None, debug: None };
         let (s, off) = m.symbolize(0xffff_ffff_c020_0110).expect("in brd_submit_bio");
         assert_eq!((s.name.as_str(), off), ("brd_submit_bio", 0x10));
         assert!(m.symbolize(0xffff_ffff_c020_0190).is_none(), "past its end");
