@@ -134,6 +134,8 @@ pub(crate) async fn install(
     let mut moved = Vec::new();
     for (i, &(addr, loc)) in addrs.iter().enumerate() {
         match site_of(session, kernel, vm, &ftrace_sites, addr, loc).await? {
+            // The same function named twice: one slot serves both.
+            Ok(site) if sites.contains(&site) => moved.push((i, sites.iter().position(|&s| s == site).unwrap_or(0))),
             Ok(site) if sites.len() < trampoline::SLOTS => {
                 moved.push((i, sites.len()));
                 sites.push(site);
