@@ -1,8 +1,10 @@
-//! A tokio client: a thin transport over [`crate::codec`].
+//! A tokio client: a thin driver of the sans-IO [`crate::link::Link`] over a
+//! socket, and a typestate API on top.
 //!
 //! [`Session::connect`] returns a [`Session`] (target stopped). Resuming
 //! consumes it and yields a [`RunningSession`]; once a stop has been seen the
-//! running session turns back into a `Session`.
+//! running session turns back into a `Session`. Both are a [`Client`] in a
+//! marker state ([`Stopped`], [`Running`]) over one shared state.
 //!
 //! Dropping either without [`Session::detach`] performs a best-effort,
 //! non-blocking write of `0x03` (if running) and the detach packet, so that a
@@ -13,11 +15,13 @@
 mod batch;
 mod conn;
 mod running;
-mod session;
+mod shared;
+mod state;
+mod stopped;
 mod transport;
 
-pub use running::RunningSession;
-pub use session::Session;
+pub use batch::{Batch, BatchReplies, MemoryRead, RegisterRead};
+pub use state::{Client, Running, RunningSession, Session, Stopped};
 
 use crate::RspError;
 use std::fmt;
