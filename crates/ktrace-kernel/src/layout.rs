@@ -3,7 +3,7 @@
 use ktrace_symbols::{KernelAddr, Vmlinux};
 use serde::Serialize;
 
-use crate::KernelError;
+use ktrace_symbols::SymbolError;
 
 /// Where a per-CPU variable sits inside each CPU's per-CPU area: the value
 /// added to `__per_cpu_offset[cpu]` to reach that CPU's instance. Not a kernel
@@ -35,14 +35,14 @@ pub enum PercpuSection {
 
 impl PercpuSection {
     /// From the vmlinux's section table.
-    pub fn from_vmlinux(vm: &Vmlinux) -> Result<PercpuSection, KernelError> {
+    pub fn from_vmlinux(vm: &Vmlinux) -> Result<PercpuSection, SymbolError> {
         match vm.percpu_section_range() {
             Some((0, _)) => Ok(PercpuSection::ZeroBased),
             Some((start, _)) => Ok(PercpuSection::Linked { start: KernelAddr(start) }),
-            None => Err(KernelError::Symbols(ktrace_symbols::SymbolError::UnknownSymbol {
+            None => Err(SymbolError::UnknownSymbol {
                 name: ".data..percpu (the per-CPU section)".into(),
                 suggestions: Vec::new(),
-            })),
+            }),
         }
     }
 
@@ -77,7 +77,7 @@ pub enum CurrentTaskVar {
 impl CurrentTaskVar {
     /// Chosen from the symbol table first: a per-CPU `current_task` where the
     /// vmlinux has one, else `pcpu_hot` (whose member offset DWARF gives).
-    pub fn from_vmlinux(vm: &Vmlinux) -> Result<CurrentTaskVar, KernelError> {
+    pub fn from_vmlinux(vm: &Vmlinux) -> Result<CurrentTaskVar, SymbolError> {
         if let Some(sym) = vm.lookup_symbol("current_task").filter(|s| s.is_percpu()) {
             return Ok(CurrentTaskVar::CurrentTask { symbol: sym.addr });
         }
@@ -85,10 +85,10 @@ impl CurrentTaskVar {
             Some(sym) => {
                 Ok(CurrentTaskVar::PcpuHot { symbol: sym.addr, member: vm.member("pcpu_hot.current_task")?.offset })
             }
-            None => Err(KernelError::Symbols(ktrace_symbols::SymbolError::UnknownSymbol {
+            None => Err(SymbolError::UnknownSymbol {
                 name: "current_task (or pcpu_hot), the per-CPU current task pointer".into(),
                 suggestions: Vec::new(),
-            })),
+            }),
         }
     }
 
@@ -159,7 +159,7 @@ pub enum ThreadList {
 
 impl KernelLayout {
     /// Finds everything in the vmlinux (symbols and DWARF, targeted lookups).
-    pub fn from_vmlinux(vm: &Vmlinux) -> Result<KernelLayout, KernelError> {
+    pub fn from_vmlinux(vm: &Vmlinux) -> Result<KernelLayout, SymbolError> {
         let off = |path: &str| vm.member(path).map(|m| m.offset);
         let current_task = CurrentTaskVar::from_vmlinux(vm)?;
         let percpu = PercpuSection::from_vmlinux(vm)?;

@@ -11,7 +11,7 @@ pub enum TraceError {
     Rsp(#[from] RspError),
     /// Reading the kernel failed.
     #[error(transparent)]
-    Kernel(#[from] KernelError),
+    Kernel(#[from] KernelError<RspError>),
     /// The vmlinux could not answer.
     #[error(transparent)]
     Symbols(#[from] SymbolError),

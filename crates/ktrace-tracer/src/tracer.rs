@@ -4,9 +4,8 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ktrace_kernel::{cpu_of_thread, le_u64, Kernel, TaskInfo, TaskRef};
-use ktrace_rsp::packets::{memory, registers};
-use ktrace_rsp::{BreakpointKind, Resume, RspError, Session, StopReply, StubAddr, ThreadId};
+use ktrace_kernel::{cpu_of_thread, le_u64, CurrentTask, Kernel, TaskIdent, TaskRef};
+use ktrace_rsp::{Batch, BreakpointKind, Resume, RspError, Session, StopReply, StubAddr, ThreadId};
 use ktrace_symbols::Vmlinux;
 use tokio_util::sync::CancellationToken;
 
@@ -470,62 +469,26 @@ impl Tracer {
         let cpu = cpu_of_thread(&thread)
             .ok_or_else(|| TraceError::GuestGone(format!("stop on unknown thread {thread:?}")))?;
         let wants_task = self.cfg.filter.matches_cpu(cpu);
-        // One round trip: RIP, the CPU's current-task pointer and, for --pid,
-        // the target task's pid, tgid and comm (confirmed only on a match).
-        let mut reqs = vec![registers::read_one_request(self.glayout.rip_regnum)];
-        let slot = self.kernel.current_task_slot(cpu);
-        let layout = self.kernel.layout();
-        if let (true, Some(slot)) = (wants_task, slot) {
-            reqs.push(memory::read_request(slot, 8));
-            if let Some(t) = self.target_task {
-                reqs.push(memory::read_request(t.0 + layout.pid, 4));
-                reqs.push(memory::read_request(t.0 + layout.tgid, 4));
-                reqs.push(memory::read_request(t.0 + layout.comm, 16));
-            }
-        }
-        let replies = session.request_many(&reqs).await?;
-        let rip = le_u64(&registers::parse_registers("p", &replies[0])?);
+        // One round trip: RIP, and what the CPU runs (for --pid, the target
+        // task's identity too, confirmed only on a match).
+        let mut batch = Batch::new();
+        let rip = batch.read_register(self.glayout.rip_regnum);
+        let current = if wants_task { self.kernel.current_task_reads(cpu, self.target_task) } else { None };
+        let reads: Vec<_> = current.iter().flat_map(|c| c.ranges()).map(|&(a, l)| batch.read_memory(a, l)).collect();
+        let mut replies = session.run_batch(&batch).await?;
+        let rip = replies.register_u64(rip)?;
         let Some(bp) = self.armed.iter().position(|a| a.addr == rip) else {
             // Not one of ours (e.g. an interrupt from another client): just go on.
             return Ok(Step::Resume(None));
         };
         stats.seen += 1;
-        let mut matched_task: Option<TaskInfo> = None;
-        if wants_task && replies.len() > 1 {
-            let current = TaskRef(le_u64(&memory::parse_read(&replies[1])?));
-            matched_task = match (self.target_task, replies.get(2..5)) {
-                (Some(target), Some([pid, tgid, comm])) if current == target => {
-                    let pid = le_u64(&memory::parse_read(pid)?) as i32;
-                    if self.cfg.filter.pid == Some(pid) {
-                        let info = TaskInfo {
-                            task: current,
-                            pid,
-                            tgid: le_u64(&memory::parse_read(tgid)?) as i32,
-                            comm: ktrace_kernel::decode_comm(&memory::parse_read(comm)?),
-                            state: ktrace_kernel::TaskState { raw: 0, exit: 0 },
-                            flags: 0,
-                            parent: TaskRef(0),
-                        };
-                        self.cfg.filter.matches_task(&info).then_some(info)
-                    } else {
-                        // The task exited and its task_struct was reused: look again.
-                        self.target_task = self
-                            .kernel
-                            .find_task_by_pid(session, self.cfg.filter.pid.unwrap_or(-1))
-                            .await
-                            .ok()
-                            .map(|t| t.task);
-                        None
-                    }
-                }
-                (Some(_), _) => None,
-                (None, _) if self.cfg.filter.pid.is_some() => None,
-                (None, _) => {
-                    let info = self.kernel.task_info(session, current).await?;
-                    self.cfg.filter.matches_task(&info).then_some(info)
-                }
-            };
-        }
+        let matched_task = match current {
+            Some(current) => {
+                let bytes = reads.into_iter().map(|r| replies.memory(r)).collect::<Result<Vec<_>, _>>()?;
+                self.match_task(session, current.decode(&bytes)).await?
+            }
+            None => None,
+        };
         if let Some(task) = matched_task {
             stats.matched += 1;
             let backtrace = if self.cfg.backtrace {
@@ -556,6 +519,27 @@ impl Tracer {
             }
         }
         self.past_breakpoint(session, bp, thread, rip).await
+    }
+
+    /// The task a stop ran in, if the filter takes it.
+    async fn match_task(&mut self, session: &mut Session, current: CurrentTask) -> Result<Option<TaskIdent>, TraceError> {
+        match current {
+            CurrentTask::Followed(task) if self.cfg.filter.pid == Some(task.pid) => {
+                Ok(self.cfg.filter.matches_ident(&task).then_some(task))
+            }
+            CurrentTask::Followed(_) => {
+                // The task exited and its task_struct was reused: look again.
+                let pid = self.cfg.filter.pid.unwrap_or(-1);
+                self.target_task = self.kernel.find_task_by_pid(session, pid).await.ok().map(|t| t.task);
+                Ok(None)
+            }
+            // Not the --pid task, or it is not known (gone, and not found again).
+            CurrentTask::Other(_) if self.target_task.is_some() || self.cfg.filter.pid.is_some() => Ok(None),
+            CurrentTask::Other(task) => {
+                let task = self.kernel.task_ident(session, task).await?;
+                Ok(self.cfg.filter.matches_ident(&task).then_some(task))
+            }
+        }
     }
 
     /// Gets the stopped CPU past breakpoint `bp`, returning how to resume.
