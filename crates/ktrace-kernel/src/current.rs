@@ -3,24 +3,8 @@
 //! back. The caller executes the plan however it batches reads (the tracer
 //! puts it in the same pipelined batch as the stopped CPU's `rip`).
 
-use serde::Serialize;
-
-use crate::layout::KernelLayout;
-use crate::task::{decode_comm, le_u64, TaskRef};
+use crate::task::{decode_ident, ident_ranges, le_u64, TaskIdent, TaskRef};
 use crate::{CpuId, Kernel, KernelError, Target};
-
-/// Who a task is: what a filter asks and a hit shows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct TaskIdent {
-    /// Address of its `task_struct`.
-    pub task: TaskRef,
-    /// Thread id.
-    pub pid: i32,
-    /// Process id.
-    pub tgid: i32,
-    /// Command name (at most 15 bytes, NUL-trimmed).
-    pub comm: String,
-}
 
 /// What a CPU runs, as decoded by [`CurrentTaskReads::decode`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,16 +22,6 @@ pub enum CurrentTask {
 pub struct CurrentTaskReads {
     ranges: Vec<(u64, usize)>,
     followed: Option<TaskRef>,
-}
-
-/// The reads of a task's pid, tgid and comm.
-pub(crate) fn ident_ranges(layout: &KernelLayout, task: TaskRef) -> [(u64, usize); 3] {
-    [(task.0 + layout.pid, 4), (task.0 + layout.tgid, 4), (task.0 + layout.comm, 16)]
-}
-
-fn decode_ident(task: TaskRef, fields: &[Vec<u8>]) -> TaskIdent {
-    let field = |i: usize| fields.get(i).map_or(&[][..], Vec::as_slice);
-    TaskIdent { task, pid: le_u64(field(0)) as i32, tgid: le_u64(field(1)) as i32, comm: decode_comm(field(2)) }
 }
 
 impl CurrentTaskReads {
@@ -81,7 +55,11 @@ impl Kernel {
     }
 
     /// Reads who a task is (pid, tgid, comm) in one batch.
-    pub async fn task_ident<T: Target>(&self, target: &mut T, task: TaskRef) -> Result<TaskIdent, KernelError<T::Error>> {
+    pub async fn task_ident<T: Target>(
+        &self,
+        target: &mut T,
+        task: TaskRef,
+    ) -> Result<TaskIdent, KernelError<T::Error>> {
         let replies = target.read_memory_many(&ident_ranges(self.layout(), task)).await.map_err(KernelError::Target)?;
         let fields: Option<Vec<Vec<u8>>> = replies.into_iter().collect();
         let fields = fields.ok_or_else(|| KernelError::Corrupt(format!("task {task} is unreadable")))?;
@@ -107,8 +85,12 @@ mod tests {
         let t = TaskRef(0xffff_8880_0123_4000);
         let plan = reads(Some(t));
         assert_eq!(plan.ranges()[1..], [(t.0 + 0x10, 4), (t.0 + 0x14, 4), (t.0 + 0x20, 16)]);
-        let replies =
-            [t.0.to_le_bytes().to_vec(), 91i32.to_le_bytes().to_vec(), 90i32.to_le_bytes().to_vec(), b"testprog\0".to_vec()];
+        let replies = [
+            t.0.to_le_bytes().to_vec(),
+            91i32.to_le_bytes().to_vec(),
+            90i32.to_le_bytes().to_vec(),
+            b"testprog\0".to_vec(),
+        ];
         let want = TaskIdent { task: t, pid: 91, tgid: 90, comm: "testprog".into() };
         assert_eq!(plan.decode(&replies), CurrentTask::Followed(want));
     }

@@ -96,7 +96,8 @@ impl Kernel {
         let table = layout.per_cpu_offset.0.wrapping_add(slide);
         let raw = target
             .read_memory(table, 8 * cpus.len())
-            .await.map_err(KernelError::Target)
+            .await
+            .map_err(KernelError::Target)
             .map_err(|e| e.reading(format!("__per_cpu_offset[0..{}]", cpus.len()), table))?;
         let percpu_bases: Vec<u64> =
             raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
@@ -178,7 +179,11 @@ impl Kernel {
     /// The per-CPU base as the CPU's registers give it: `gs_base` in kernel
     /// mode, `k_gs_base` in user mode or before `swapgs` (e.g. at
     /// `entry_SYSCALL_64`). An independent check of [`Kernel::percpu_base`].
-    pub async fn percpu_base_from_registers<T: Target>(&self, target: &mut T, cpu: CpuId) -> Result<u64, KernelError<T::Error>> {
+    pub async fn percpu_base_from_registers<T: Target>(
+        &self,
+        target: &mut T,
+        cpu: CpuId,
+    ) -> Result<u64, KernelError<T::Error>> {
         let gs = target.read_register(cpu, "gs_base").await.map_err(KernelError::Target)?;
         if self.percpu_bases.contains(&gs) {
             return Ok(gs);
@@ -205,7 +210,11 @@ impl Kernel {
     }
 
     /// Reads several tasks' fields in one batch.
-    pub async fn task_infos<T: Target>(&self, target: &mut T, tasks: &[TaskRef]) -> Result<Vec<TaskInfo>, KernelError<T::Error>> {
+    pub async fn task_infos<T: Target>(
+        &self,
+        target: &mut T,
+        tasks: &[TaskRef],
+    ) -> Result<Vec<TaskInfo>, KernelError<T::Error>> {
         task::read_tasks(target, &self.layout, tasks).await
     }
 
@@ -248,7 +257,10 @@ impl Kernel {
     }
 
     /// The loaded modules' names, states and regions only (for `lsmod`).
-    pub async fn module_list<T: Target>(&self, target: &mut T) -> Result<Vec<crate::ModuleInfo>, KernelError<T::Error>> {
+    pub async fn module_list<T: Target>(
+        &self,
+        target: &mut T,
+    ) -> Result<Vec<crate::ModuleInfo>, KernelError<T::Error>> {
         crate::read_module_list(target, self.module_layout()?, self.slide).await
     }
 
@@ -263,7 +275,11 @@ impl Kernel {
     }
 
     /// The task with this pid.
-    pub async fn find_task_by_pid<T: Target>(&self, target: &mut T, pid: i32) -> Result<TaskInfo, KernelError<T::Error>> {
+    pub async fn find_task_by_pid<T: Target>(
+        &self,
+        target: &mut T,
+        pid: i32,
+    ) -> Result<TaskInfo, KernelError<T::Error>> {
         self.tasks(target)
             .await?
             .into_iter()

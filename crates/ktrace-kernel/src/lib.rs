@@ -35,7 +35,7 @@ pub mod synthetic;
 mod target;
 mod task;
 
-pub use current::{CurrentTask, CurrentTaskReads, TaskIdent};
+pub use current::{CurrentTask, CurrentTaskReads};
 pub use error::KernelError;
 pub use kernel::{CpuState, Kernel, KernelInfo};
 pub use layout::{CurrentTaskVar, KernelLayout, PercpuOffset, PercpuSection};
@@ -46,4 +46,4 @@ pub use module::{
 #[cfg(feature = "rsp")]
 pub use rsp_target::cpu_of_thread;
 pub use target::{CpuId, Target};
-pub use task::{decode_comm, le_u64, TaskInfo, TaskRef, TaskState, MAX_TASKS};
+pub use task::{decode_comm, le_u64, TaskIdent, TaskInfo, TaskRef, TaskState, MAX_TASKS};

@@ -266,14 +266,20 @@ pub async fn read_module_list<T: Target>(
     Ok(out)
 }
 
-async fn read_module<T: Target>(target: &mut T, layout: &ModuleLayout, module: u64) -> Result<ModuleInfo, KernelError<T::Error>> {
+async fn read_module<T: Target>(
+    target: &mut T,
+    layout: &ModuleLayout,
+    module: u64,
+) -> Result<ModuleInfo, KernelError<T::Error>> {
     let name_bytes = target
         .read_memory(module + layout.name.0, layout.name.1 as usize)
-        .await.map_err(KernelError::Target)
+        .await
+        .map_err(KernelError::Target)
         .map_err(read_err(format!("module 0x{module:x}'s name"), module + layout.name.0))?;
     let end = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
     let name = String::from_utf8_lossy(&name_bytes[..end]).into_owned();
-    let raw_state = target.read_memory(module + layout.state.0, layout.state.1 as usize).await.map_err(KernelError::Target)?;
+    let raw_state =
+        target.read_memory(module + layout.state.0, layout.state.1 as usize).await.map_err(KernelError::Target)?;
     let state_value = le_u64(&raw_state) as i64;
     let state = layout
         .states
@@ -345,7 +351,8 @@ pub async fn read_module_symbols<T: Target>(
     }
     let raw = target
         .read_memory(syms_at, count * ELF64_SYM_SIZE)
-        .await.map_err(KernelError::Target)
+        .await
+        .map_err(KernelError::Target)
         .map_err(read_err(format!("{}'s symbol table", info.name), syms_at))?;
     let entries: Vec<(u32, u8, u64, u64)> = raw
         .chunks_exact(ELF64_SYM_SIZE)
@@ -403,10 +410,15 @@ pub async fn read_module_orc<T: Target>(
     if n > MAX_MODULE_ORCS {
         return Err(KernelError::Corrupt(format!("module {} claims {n} ORC entries", info.name)));
     }
-    let ips = target.read_memory(ip_at, 4 * n).await.map_err(KernelError::Target).map_err(read_err(format!("{}'s ORC ips", info.name), ip_at))?;
+    let ips = target
+        .read_memory(ip_at, 4 * n)
+        .await
+        .map_err(KernelError::Target)
+        .map_err(read_err(format!("{}'s ORC ips", info.name), ip_at))?;
     let entries = target
         .read_memory(unwind_at, ORC_ENTRY_SIZE * n)
-        .await.map_err(KernelError::Target)
+        .await
+        .map_err(KernelError::Target)
         .map_err(read_err(format!("{}'s ORC entries", info.name), unwind_at))?;
     Ok(Some(OrcTable::from_raw(ip_at, &ips, &entries, format)?))
 }

@@ -86,6 +86,29 @@ impl TaskInfo {
     }
 }
 
+/// Who a task is: what a filter asks and a hit shows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TaskIdent {
+    /// Address of its `task_struct`.
+    pub task: TaskRef,
+    /// Thread id.
+    pub pid: i32,
+    /// Process id.
+    pub tgid: i32,
+    /// Command name (at most 15 bytes, NUL-trimmed).
+    pub comm: String,
+}
+
+/// The reads of a task's pid, tgid and comm.
+pub(crate) fn ident_ranges(layout: &KernelLayout, task: TaskRef) -> [(u64, usize); 3] {
+    [(task.0 + layout.pid, 4), (task.0 + layout.tgid, 4), (task.0 + layout.comm, 16)]
+}
+
+pub(crate) fn decode_ident(task: TaskRef, fields: &[Vec<u8>]) -> TaskIdent {
+    let field = |i: usize| fields.get(i).map_or(&[][..], Vec::as_slice);
+    TaskIdent { task, pid: le_u64(field(0)) as i32, tgid: le_u64(field(1)) as i32, comm: decode_comm(field(2)) }
+}
+
 /// Decodes a `comm` array.
 pub fn decode_comm(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -109,7 +132,7 @@ pub(crate) async fn read_tasks<T: Target>(
     const FIELDS: usize = 7;
     let mut reqs = Vec::with_capacity(tasks.len() * FIELDS);
     for t in tasks {
-        reqs.extend(crate::current::ident_ranges(layout, *t));
+        reqs.extend(ident_ranges(layout, *t));
         reqs.extend_from_slice(&[
             (t.0 + layout.state.0, layout.state.1 as usize),
             (t.0 + layout.exit_state.unwrap_or(layout.state.0), 4),

@@ -21,8 +21,8 @@
 
 pub mod client;
 pub mod codec;
-pub mod link;
 mod error;
+pub mod link;
 pub mod packets;
 pub mod target_xml;
 

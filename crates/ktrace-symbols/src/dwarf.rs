@@ -8,7 +8,8 @@ use gimli::{AttributeValue, DebugInfoOffset, EndianSlice, RunTimeEndian, UnitOff
 use object::{Object, ObjectSection};
 
 use crate::elf::ElfImage;
-use crate::{SymbolError, TypeKeyword};
+use crate::keyword::TypeKeyword;
+use crate::SymbolError;
 
 /// The gimli reader used throughout: a slice of the mmap'd file.
 pub(crate) type R = EndianSlice<'static, RunTimeEndian>;

@@ -8,6 +8,7 @@
 //! second while touching a few megabytes of it.
 #![deny(missing_docs)]
 
+mod addr;
 mod banner;
 mod btf;
 mod cfi;
@@ -17,6 +18,7 @@ mod error;
 #[cfg(test)]
 mod fixture_tests;
 pub mod hex;
+mod keyword;
 mod layout;
 mod lines;
 mod orc;
@@ -26,6 +28,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+pub use addr::KernelAddr;
 pub use cfi::{CfaRule, CfiRow, RegRule, DWARF_RBP, DWARF_RSP};
 pub use error::SymbolError;
 pub use layout::MemberLayout;
@@ -36,54 +39,6 @@ pub use symbols::{Symbol, SymbolKind, SymbolOffset};
 use dwarf::{DieRef, DwarfInfo, OwnedSections, R};
 use elf::ElfImage;
 use symbols::SymbolIndex;
-
-/// A kernel address (link-time virtual address, or a per-CPU offset). In
-/// JSON a `"0x…"` string.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize)]
-pub struct KernelAddr(#[serde(serialize_with = "hex::serialize")] pub u64);
-
-impl std::fmt::Display for KernelAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "0x{:016x}", self.0)
-    }
-}
-
-impl std::fmt::LowerHex for KernelAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::LowerHex::fmt(&self.0, f)
-    }
-}
-
-impl From<u64> for KernelAddr {
-    fn from(v: u64) -> Self {
-        KernelAddr(v)
-    }
-}
-
-/// The C keyword a type name is asked with (`struct task_struct`), or none
-/// (`task_struct`, `pid_t`: any kind of type by that name).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum TypeKeyword {
-    Struct,
-    Union,
-    Enum,
-    None,
-}
-
-impl TypeKeyword {
-    /// Splits `"struct task_struct"` into (`Struct`, `"task_struct"`).
-    pub(crate) fn split(name: &str) -> (TypeKeyword, &str) {
-        let name = name.trim();
-        for (prefix, keyword) in
-            [("struct ", TypeKeyword::Struct), ("union ", TypeKeyword::Union), ("enum ", TypeKeyword::Enum)]
-        {
-            if let Some(bare) = name.strip_prefix(prefix) {
-                return (keyword, bare.trim());
-            }
-        }
-        (TypeKeyword::None, name)
-    }
-}
 
 /// An opened vmlinux. Cheap to open; every index is built on first use and
 /// cached, so all methods take `&self`. `Send + Sync`.
@@ -517,15 +472,6 @@ mod tests {
     #[test]
     fn vmlinux_is_send_sync() {
         assert_send_sync::<Vmlinux>();
-    }
-
-    #[test]
-    fn type_keywords() {
-        assert_eq!(TypeKeyword::split(" struct  task_struct "), (TypeKeyword::Struct, "task_struct"));
-        assert_eq!(TypeKeyword::split("union thread_union"), (TypeKeyword::Union, "thread_union"));
-        assert_eq!(TypeKeyword::split("enum module_state"), (TypeKeyword::Enum, "module_state"));
-        assert_eq!(TypeKeyword::split("pid_t"), (TypeKeyword::None, "pid_t"));
-        assert_eq!(TypeKeyword::split("structure"), (TypeKeyword::None, "structure"));
     }
 
     #[test]

@@ -522,7 +522,11 @@ impl Tracer {
     }
 
     /// The task a stop ran in, if the filter takes it.
-    async fn match_task(&mut self, session: &mut Session, current: CurrentTask) -> Result<Option<TaskIdent>, TraceError> {
+    async fn match_task(
+        &mut self,
+        session: &mut Session,
+        current: CurrentTask,
+    ) -> Result<Option<TaskIdent>, TraceError> {
         match current {
             CurrentTask::Followed(task) if self.cfg.filter.pid == Some(task.pid) => {
                 Ok(self.cfg.filter.matches_ident(&task).then_some(task))

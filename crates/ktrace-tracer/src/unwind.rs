@@ -14,7 +14,9 @@
 use std::collections::HashMap;
 
 use ktrace_kernel::{Kernel, Modules, Target};
-use ktrace_symbols::{CfaRule, CfiRow, KernelAddr, OrcEntry, OrcReg, OrcType, RegRule, SourceFrame, SymbolError, Vmlinux};
+use ktrace_symbols::{
+    CfaRule, CfiRow, KernelAddr, OrcEntry, OrcReg, OrcType, RegRule, SourceFrame, SymbolError, Vmlinux,
+};
 use serde::Serialize;
 
 /// The registers an unwind starts from (and finds again in `pt_regs`).

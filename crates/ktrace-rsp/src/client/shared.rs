@@ -2,8 +2,8 @@
 //! announced, the last stop's thread, console output, and the one
 //! detach-on-drop.
 
+use super::config::ClientConfig;
 use super::conn::Conn;
-use super::ClientConfig;
 use crate::packets::stop::{is_stop_reply, parse_stop_reply};
 use crate::packets::thread::Id;
 use crate::packets::{detach, expect_ok, monitor, resume, thread};

@@ -1,11 +1,11 @@
 //! The stopped state: [`Session`].
 
 use super::batch::Batch;
+use super::config::{ClientConfig, StubAddr};
 use super::conn::{name_of, Conn};
 use super::shared::Shared;
 use super::state::{Running, RunningSession, Session, Stopped};
 use super::transport::Transport;
-use super::{ClientConfig, StubAddr};
 use crate::packets::monitor::RcmdReply;
 use crate::packets::stop::{is_stop_reply, parse_stop_reply};
 use crate::packets::thread::Id;
