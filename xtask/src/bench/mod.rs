@@ -72,4 +72,3 @@ struct Env<'a> {
     lx_dir: Option<&'a Path>,
     out_dir: &'a Path,
 }
-

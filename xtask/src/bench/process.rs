@@ -116,4 +116,3 @@ pub(crate) fn time_v(cmd: &Command, out_dir: &Path) -> Result<StartupSample> {
         .and_then(|v| v.trim().parse().ok());
     Ok(StartupSample { wall, rss_kb, ok: status.success() })
 }
-

@@ -242,7 +242,6 @@ impl Bench {
         }
         Ok(())
     }
-
 }
 
 /// The `linux-source-X.Y` package that matches a guest's `uname -r`

@@ -148,7 +148,6 @@ impl Bench {
             s.len(),
         )
     }
-
 }
 
 /// `ktrace: 2853 hits seen, 798 matched in 5.00s (…)` → (hits, matched, seconds).
@@ -171,4 +170,3 @@ pub(crate) fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     let n = v.len();
     Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
-

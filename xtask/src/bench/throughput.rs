@@ -132,7 +132,8 @@ impl Bench {
             let seconds = v["seconds"].as_f64().unwrap_or(self.opts.seconds as f64);
             let evals = v["evals"].as_f64().unwrap_or(0.0);
             let matched = v["matched"].as_f64().unwrap_or(0.0);
-            let sample = Sample::new(round, Some(evals / seconds), Some(matched / seconds), seconds, (begin, end), false);
+            let sample =
+                Sample::new(round, Some(evals / seconds), Some(matched / seconds), seconds, (begin, end), false);
             self.push(key, sample);
             last_end = Some(end);
         }
