@@ -474,6 +474,24 @@ mod tests {
         assert_send_sync::<Vmlinux>();
     }
 
+    /// Laziness: a layout question parses a handful of DWARF units, never
+    /// all of `.debug_info`.
+    #[test]
+    fn a_layout_question_parses_few_dwarf_units() {
+        let paths: Vec<PathBuf> =
+            ktrace_testguest::KernelSeries::ALL.iter().filter_map(|&s| ktrace_testguest::test_vmlinux_of(s)).collect();
+        assert!(!paths.is_empty() || !ktrace_testguest::in_ci(), "no test-bed vmlinux to check");
+        for path in paths {
+            let vm = Vmlinux::open(&path).expect("open");
+            vm.member("task_struct.pid").expect("task_struct.pid");
+            vm.member("pt_regs.ip").expect("pt_regs.ip");
+            let d = vm.dwarf("the test").expect("DWARF");
+            let (parsed, all) = (d.parsed_units(), d.unit_offsets().len());
+            assert!(all > 100, "{}: only {all} units", path.display());
+            assert!(parsed * 50 < all, "{}: {parsed} of {all} units parsed", path.display());
+        }
+    }
+
     #[test]
     fn kernel_addr_format() {
         assert_eq!(KernelAddr(0xffffffff81a185a0).to_string(), "0xffffffff81a185a0");
