@@ -26,7 +26,7 @@ mod unwind;
 
 pub use bt::{backtrace_all_cpus, backtrace_cpus, CpuBacktrace};
 pub use config::{GuestRelease, ResumeMode, TraceConfig};
-pub use error::{TraceError, TraceFailure};
+pub use error::{GoneReason, TraceError, TraceFailure};
 pub use filter::{glob_match, Filter};
 pub use hit::{parse_duration, EndReason, Hit, StackCounts, Summary};
 pub use location::{resolve as resolve_location, Location};

@@ -15,7 +15,7 @@ use crate::hit::{EndReason, Hit, Summary};
 use crate::location::{self, Location};
 use crate::regs::GLayout;
 use crate::unwind::Unwinder;
-use crate::{TraceError, TraceFailure};
+use crate::{GoneReason, TraceError, TraceFailure};
 
 /// Receives the hits of a trace, and progress while it runs.
 pub trait HitSink {
@@ -409,7 +409,7 @@ impl Tracer {
                     continue;
                 }
                 StopReply::Signal { thread, .. } => *thread,
-                other => return Err((TraceError::GuestGone(format!("the stub reported {other:?}")), Some(session))),
+                other => return Err((TraceError::GuestGone(GoneReason::TargetEnded(other.clone())), Some(session))),
             };
             match self.on_stop(&mut session, thread, sink, stats).await {
                 Ok(Step::Resume(r)) => resume = r,
@@ -467,7 +467,7 @@ impl Tracer {
             None => session.current_thread().await?,
         };
         let cpu = cpu_of_thread(&thread)
-            .ok_or_else(|| TraceError::GuestGone(format!("stop on unknown thread {thread:?}")))?;
+            .ok_or(TraceError::GuestGone(GoneReason::UnknownThread(thread)))?;
         let wants_task = self.cfg.filter.matches_cpu(cpu);
         // One round trip: RIP, and what the CPU runs (for --pid, the target
         // task's identity too, confirmed only on a match).
@@ -600,7 +600,7 @@ struct Stats {
 }
 
 fn gone() -> TraceError {
-    TraceError::GuestGone("the session was lost".into())
+    TraceError::GuestGone(GoneReason::SessionLost)
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -612,7 +612,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 fn guest_gone(e: RspError) -> TraceError {
     match e {
-        RspError::Closed => TraceError::GuestGone("the gdb stub closed the connection (QEMU exited?)".into()),
+        RspError::Closed => TraceError::GuestGone(GoneReason::StubClosed),
         other => other.into(),
     }
 }
