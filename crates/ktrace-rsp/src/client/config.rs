@@ -47,7 +47,7 @@ impl fmt::Display for StubAddr {
 /// Client settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Timeout for every request (not for [`RunningSession::wait_stop`]).
+    /// Timeout for every request (not for [`crate::RunningSession::wait_stop`]).
     /// Default 5 s.
     pub timeout: Duration,
     /// Use `QStartNoAckMode` when the stub offers it. Default true.
