@@ -466,8 +466,7 @@ impl Tracer {
             Some(t) => t,
             None => session.current_thread().await?,
         };
-        let cpu = cpu_of_thread(&thread)
-            .ok_or(TraceError::GuestGone(GoneReason::UnknownThread(thread)))?;
+        let cpu = cpu_of_thread(&thread).ok_or(TraceError::GuestGone(GoneReason::UnknownThread(thread)))?;
         let wants_task = self.cfg.filter.matches_cpu(cpu);
         // One round trip: RIP, and what the CPU runs (for --pid, the target
         // task's identity too, confirmed only on a match).
