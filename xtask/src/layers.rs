@@ -58,63 +58,45 @@ const DEP_RULES: &[DepRule] = &[
 
 /// Source text that must not appear in some files.
 struct TextRule {
-    /// Directory (from the workspace root) whose `.rs` files are read.
-    dir: &'static str,
-    /// Only files whose path (from `dir`) is one of these; empty: all.
+    /// Directories (from the workspace root) whose `.rs` files are read.
+    dirs: &'static [&'static str],
+    /// Only files whose path (from the directory) is one of these; empty: all.
     only: &'static [&'static str],
-    /// Files (from `dir`) left out.
+    /// Files (from the directory) left out.
     except: &'static [&'static str],
     forbidden: &'static [&'static str],
     why: &'static str,
 }
 
-const PRINTS: &[&str] = &["println!", "print!(", "eprintln!", "eprint!(", "std::io::stdout", "std::io::stderr"];
-
 const TEXT_RULES: &[TextRule] = &[
     TextRule {
-        dir: "crates/ktrace-rsp/src",
+        dirs: &[
+            "crates/ktrace-rsp/src",
+            "crates/ktrace-symbols/src",
+            "crates/ktrace-kernel/src",
+            "crates/ktrace-tracer/src",
+        ],
         only: &[],
         except: &[],
-        forbidden: PRINTS,
-        why: "ktrace-rsp does no terminal output",
-    },
-    TextRule {
-        dir: "crates/ktrace-symbols/src",
-        only: &[],
-        except: &[],
-        forbidden: PRINTS,
+        forbidden: &["println!", "print!(", "eprintln!", "eprint!(", "std::io::stdout", "std::io::stderr"],
         why: "only ktrace-cli knows the terminal",
     },
     TextRule {
-        dir: "crates/ktrace-kernel/src",
-        only: &[],
-        except: &[],
-        forbidden: PRINTS,
-        why: "only ktrace-cli knows the terminal",
-    },
-    TextRule {
-        dir: "crates/ktrace-tracer/src",
-        only: &[],
-        except: &[],
-        forbidden: PRINTS,
-        why: "only ktrace-cli knows the terminal",
-    },
-    TextRule {
-        dir: "crates/ktrace-rsp/src",
+        dirs: &["crates/ktrace-rsp/src"],
         only: &["codec.rs", "link.rs"],
         except: &[],
         forbidden: &["tokio", "std::net", "Instant::now", "SystemTime", "thread::sleep"],
         why: "the codec and the link are sans-IO: no sockets, no clock",
     },
     TextRule {
-        dir: "crates/ktrace-tracer/src",
+        dirs: &["crates/ktrace-tracer/src"],
         only: &[],
         except: &[],
         forbidden: &["ktrace_rsp::packets", "request_many(", ".request(", ".layout()", "task_struct"],
         why: "the tracer speaks in kernel terms: no packet strings, no struct offsets",
     },
     TextRule {
-        dir: "crates/ktrace-kernel/src",
+        dirs: &["crates/ktrace-kernel/src"],
         only: &[],
         except: &["rsp_target.rs"],
         forbidden: &["ktrace_rsp"],
@@ -207,17 +189,24 @@ fn rust_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn check_text(root: &Path, rule: &TextRule) -> Result<Vec<String>> {
-    let dir = root.join(rule.dir);
     let mut broken = Vec::new();
-    for file in rust_files(&dir)? {
-        let rel = file.strip_prefix(&dir)?.to_string_lossy().into_owned();
+    for name in rule.dirs {
+        broken.extend(check_text_in(&root.join(name), name, rule)?);
+    }
+    Ok(broken)
+}
+
+fn check_text_in(dir: &Path, name: &str, rule: &TextRule) -> Result<Vec<String>> {
+    let mut broken = Vec::new();
+    for file in rust_files(dir)? {
+        let rel = file.strip_prefix(dir)?.to_string_lossy().into_owned();
         if (!rule.only.is_empty() && !rule.only.contains(&rel.as_str())) || rule.except.contains(&rel.as_str()) {
             continue;
         }
         let code = code_of(&fs::read_to_string(&file)?);
         for (n, line) in code.lines().enumerate() {
             if let Some(f) = rule.forbidden.iter().find(|f| line.contains(**f)) {
-                broken.push(format!("{}/{rel}:{}: {f:?}: {}", rule.dir, n + 1, rule.why));
+                broken.push(format!("{name}/{rel}:{}: {f:?}: {}", n + 1, rule.why));
             }
         }
     }
