@@ -518,8 +518,9 @@ fn resolve(
 mod tests {
     use super::*;
 
-    fn graph(files: &[(&[&str], &str)]) -> ModuleGraph {
-        let dir = std::env::temp_dir().join(format!("layers-test-{}-{}", std::process::id(), files.len()));
+    /// The graph of a crate made of `files`, written under a directory named for the test.
+    fn graph(test: &str, files: &[(&[&str], &str)]) -> ModuleGraph {
+        let dir = std::env::temp_dir().join(format!("layers-test-{}-{test}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         for (path, text) in files {
             let file = path.iter().fold(dir.clone(), |d, p| d.join(p));
@@ -544,21 +545,27 @@ mod tests {
 
     #[test]
     fn modules_importing_each_other_are_a_cycle() {
-        let g = graph(&[
-            (&["lib.rs"], "mod a;\nmod b;\npub use a::A;\n"),
-            (&["a.rs"], "use crate::b::B;\npub struct A;\n"),
-            (&["b.rs"], "pub struct B;\nfn f() -> crate::A { todo!() }\n"),
-        ]);
+        let g = graph(
+            "cycle",
+            &[
+                (&["lib.rs"], "mod a;\nmod b;\npub use a::A;\n"),
+                (&["a.rs"], "use crate::b::B;\npub struct A;\n"),
+                (&["b.rs"], "pub struct B;\nfn f() -> crate::A { todo!() }\n"),
+            ],
+        );
         assert_eq!(g.cycles(), vec![vec!["a".to_string(), "b".into(), "a".into()]], "crate::A is a::A re-exported");
     }
 
     #[test]
     fn re_exports_comments_and_test_modules_are_no_cycle() {
-        let g = graph(&[
-            (&["lib.rs"], "mod a;\nmod b;\npub use a::A;\npub use b::B;\n"),
-            (&["a.rs"], "use crate::B;\npub struct A;\n/// See [`crate::b`]... b::A is [`crate::A`]\n"),
-            (&["b.rs"], "pub struct B;\n#[cfg(test)]\nmod tests {\n    use crate::a::A;\n}\n"),
-        ]);
+        let g = graph(
+            "no-cycle",
+            &[
+                (&["lib.rs"], "mod a;\nmod b;\npub use a::A;\npub use b::B;\n"),
+                (&["a.rs"], "use crate::B;\npub struct A;\n/// See [`crate::b`]... b::A is [`crate::A`]\n"),
+                (&["b.rs"], "pub struct B;\n#[cfg(test)]\nmod tests {\n    use crate::a::A;\n}\n"),
+            ],
+        );
         assert!(g.cycles().is_empty(), "{:?}", g.cycles());
         assert!(g.edges[&vec!["a".to_string()]].contains(&vec!["b".to_string()]));
     }
