@@ -11,6 +11,7 @@
 //! - `soak`: trace for minutes, checking that RSS stays flat and no hit is lost.
 
 mod bench;
+mod bench_in_guest;
 mod bench_kernels;
 mod guest;
 mod layers;
@@ -38,6 +39,20 @@ fn main() -> Result<()> {
             print!("{}", bench_kernels::run(reps)?);
             Ok(())
         }
+        ["bench", "in-guest", rest @ ..] => {
+            let (mut rounds, mut seconds) = (3, 5);
+            let mut it = rest.iter();
+            while let Some(&arg) = it.next() {
+                let value = it.next().and_then(|v| v.parse().ok());
+                match (arg, value) {
+                    ("--rounds", Some(v)) => rounds = v,
+                    ("--seconds", Some(v)) => seconds = v,
+                    _ => bail!("usage: cargo xtask bench in-guest [--rounds N] [--seconds S]"),
+                }
+            }
+            print!("{}", bench_in_guest::run(rounds.max(1), seconds.max(1) as u64)?);
+            Ok(())
+        }
         ["bench", rest @ ..] => bench::run(rest),
         _ => {
             eprintln!(
@@ -51,6 +66,7 @@ fn main() -> Result<()> {
                  demo                                     boot the 6.1 guest and trace testprog\n  \
                  bench [--rounds N] [--seconds S]         ktrace against GDB and a bare RSP loop, side by side\n  \
                  bench kernels [--reps N]                 attach-to-first-hit time and peak RSS on each kernel\n  \
+                 bench in-guest [--rounds N] [--seconds S] the stop loop against --in-guest, and the guest's speed\n  \
                  soak [--minutes N]                       trace for N minutes (default 10): RSS flat, no hit lost"
             );
             bail!("unknown or missing command")

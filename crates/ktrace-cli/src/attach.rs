@@ -67,6 +67,12 @@ pub struct AttachArgs {
     /// Write an SVG flame graph of the matched stacks to FILE.
     #[arg(long, value_name = "FILE")]
     flamegraph: Option<PathBuf>,
+    /// Evaluate the filter inside the guest: patch each function's ftrace NOP
+    /// to call a small filter written into kernel text padding, so the guest
+    /// stops only on matching hits. Falls back to the stop loop, saying why,
+    /// where that is not safe. Everything is restored at the end.
+    #[arg(long)]
+    in_guest: bool,
     /// How to get past a breakpoint (auto probes the fastest safe way).
     #[arg(long, value_enum, default_value_t = ResumeArg::Auto)]
     resume: ResumeArg,
@@ -117,6 +123,13 @@ impl HitSink for Output {
         ControlFlow::Continue(())
     }
 
+    fn note(&mut self, text: &str) {
+        if self.status_line {
+            eprint!("\r\x1b[2K");
+        }
+        eprintln!("ktrace: {text}");
+    }
+
     fn progress(&mut self, seen: u64, matched: u64, elapsed: Duration) {
         if self.status_line {
             let _ = self.out.flush();
@@ -152,6 +165,7 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         wait_for_task: args.wait,
         client: args.target.client(),
         release: args.target.release(),
+        in_guest: args.in_guest,
     };
     if want_stacks && args.no_backtrace {
         return Err(UsageError("--stacks/--folded/--flamegraph need backtraces; drop --no-backtrace".into()).into());
@@ -218,6 +232,15 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
             (false, _) => "guest NOT released",
         }
     );
+    if let Some(r) = &summary.in_guest {
+        if let Some(at) = r.trampoline {
+            eprintln!(
+                "ktrace: --in-guest: {} site(s) restored; trampoline at 0x{at:x} {}",
+                r.restored,
+                if r.erased { "erased" } else { "left in place (harmless; `ktrace restore` erases it)" }
+            );
+        }
+    }
     if let Some(error) = error {
         return Err(anyhow::Error::from(error).context("tracing stopped"));
     }

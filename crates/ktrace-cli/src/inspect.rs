@@ -182,6 +182,28 @@ pub async fn lsmod(args: TargetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn restore(args: TargetArgs) -> Result<ExitCode> {
+    let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
+    let stub = args.stub()?;
+    let outcome =
+        ktrace_tracer::restore_left_behind(&stub, vm, args.client()).await.map_err(|e| explain(&args.addr, e))?;
+    let Some(at) = outcome.trampoline else {
+        println!("no ktrace trampoline in the guest; nothing to restore");
+        return Ok(ExitCode::SUCCESS);
+    };
+    println!(
+        "trampoline at 0x{at:x}: {} site(s) restored to the ftrace NOP{}; {}",
+        outcome.restored.len(),
+        if outcome.foreign.is_empty() {
+            String::new()
+        } else {
+            format!(", {} left alone (they hold something else)", outcome.foreign.len())
+        },
+        if outcome.erased { "trampoline erased" } else { "trampoline left in place (harmless: nothing calls it)" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn bt(args: TargetArgs) -> Result<ExitCode> {
     let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
     warn_if_no_backtraces(&vm);

@@ -33,6 +33,9 @@ enum Command {
     Info(inspect::TargetArgs),
     /// List the loaded kernel modules: name, size, state, base (like `lsmod`/`lx-lsmod`).
     Lsmod(inspect::TargetArgs),
+    /// Remove what a killed `ktrace attach --in-guest` left in the guest: put
+    /// the ftrace NOPs back and erase its trampoline.
+    Restore(inspect::TargetArgs),
     /// Look up symbols by name or address in the vmlinux.
     Sym(symcmd::SymArgs),
     /// Print offsets and sizes of struct members (`task_struct.pid`).
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
             Command::Ps(args) => inspect::ps(args).await,
             Command::Info(args) => inspect::info(args).await,
             Command::Lsmod(args) => inspect::lsmod(args).await,
+            Command::Restore(args) => inspect::restore(args).await,
             Command::Sym(args) => symcmd::sym(args).await,
             Command::Layout(args) => symcmd::layout(args),
         }

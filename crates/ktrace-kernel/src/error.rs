@@ -40,6 +40,9 @@ pub enum KernelError<E> {
     /// A kernel data structure did not make sense.
     #[error("corrupt kernel data: {0}")]
     Corrupt(String),
+    /// The in-guest filter cannot be installed safely.
+    #[error("the in-guest filter cannot be used: {0}")]
+    Refused(#[from] crate::trampoline::Refusal),
     /// No task with this pid or comm.
     #[error("no task {0} in the guest")]
     NoSuchTask(String),

@@ -56,51 +56,58 @@ impl PercpuSection {
     }
 }
 
-/// Where the per-CPU pointer to the current task lives.
+/// A per-CPU variable that is either a variable of its own or a member of
+/// `struct pcpu_hot` (6.2 to 6.14 gathered the hottest ones there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CurrentTaskVar {
-    /// `DEFINE_PER_CPU(struct task_struct *, current_task)` (up to 6.1, and
-    /// again from 6.15).
-    CurrentTask {
-        /// Link address of `current_task` (in the per-CPU section).
+pub enum PercpuVar {
+    /// `DEFINE_PER_CPU(…, name)`.
+    Own {
+        /// Link address of the variable (in the per-CPU section).
         symbol: KernelAddr,
     },
-    /// `pcpu_hot.current_task` (6.2 to 6.14).
+    /// `pcpu_hot.name`.
     PcpuHot {
         /// Link address of `pcpu_hot` (in the per-CPU section).
         symbol: KernelAddr,
-        /// Offset of `current_task` inside `struct pcpu_hot`.
+        /// Offset of the member inside `struct pcpu_hot`.
         member: u64,
     },
 }
 
-impl CurrentTaskVar {
-    /// Chosen from the symbol table first: a per-CPU `current_task` where the
-    /// vmlinux has one, else `pcpu_hot` (whose member offset DWARF gives).
-    pub fn from_vmlinux(vm: &Vmlinux) -> Result<CurrentTaskVar, SymbolError> {
-        if let Some(sym) = vm.lookup_symbol("current_task").filter(|s| s.is_percpu()) {
-            return Ok(CurrentTaskVar::CurrentTask { symbol: sym.addr });
-        }
-        match vm.lookup_symbol("pcpu_hot").filter(|s| s.is_percpu()) {
-            Some(sym) => {
-                Ok(CurrentTaskVar::PcpuHot { symbol: sym.addr, member: vm.member("pcpu_hot.current_task")?.offset })
-            }
-            None => Err(SymbolError::UnknownSymbol {
-                name: "current_task (or pcpu_hot), the per-CPU current task pointer".into(),
-                suggestions: Vec::new(),
-            }),
-        }
+/// Where the per-CPU pointer to the current task lives (`current_task` up to
+/// 6.1 and again from 6.15, `pcpu_hot.current_task` in between).
+pub type CurrentTaskVar = PercpuVar;
+
+impl PercpuVar {
+    /// The current-task pointer. See [`PercpuVar::find`].
+    pub fn from_vmlinux(vm: &Vmlinux) -> Result<PercpuVar, SymbolError> {
+        PercpuVar::find(vm, "current_task").ok_or_else(|| SymbolError::UnknownSymbol {
+            name: "current_task (or pcpu_hot), the per-CPU current task pointer".into(),
+            suggestions: Vec::new(),
+        })
     }
 
-    /// Link address of the current-task pointer in the per-CPU section.
+    /// The hot per-CPU variable `name`, chosen from the symbol table first:
+    /// a per-CPU symbol of that name where the vmlinux has one, else the
+    /// member of `pcpu_hot` (whose offset DWARF gives).
+    pub fn find(vm: &Vmlinux, name: &str) -> Option<PercpuVar> {
+        if let Some(sym) = vm.lookup_symbol(name).filter(|s| s.is_percpu()) {
+            return Some(PercpuVar::Own { symbol: sym.addr });
+        }
+        let hot = vm.lookup_symbol("pcpu_hot").filter(|s| s.is_percpu())?;
+        let member = vm.member(&format!("pcpu_hot.{name}")).ok()?.offset;
+        Some(PercpuVar::PcpuHot { symbol: hot.addr, member })
+    }
+
+    /// Link address of the variable in the per-CPU section.
     pub fn link_addr(self) -> KernelAddr {
         match self {
-            CurrentTaskVar::CurrentTask { symbol } => symbol,
-            CurrentTaskVar::PcpuHot { symbol, member } => KernelAddr(symbol.0 + member),
+            PercpuVar::Own { symbol } => symbol,
+            PercpuVar::PcpuHot { symbol, member } => KernelAddr(symbol.0 + member),
         }
     }
 
-    /// The per-CPU offset of the current-task pointer.
+    /// The variable's per-CPU offset.
     pub fn percpu_offset(self, section: PercpuSection, slide: u64) -> PercpuOffset {
         section.offset_of(self.link_addr(), slide)
     }
@@ -205,13 +212,13 @@ mod tests {
     fn current_task_offset_in_both_variables_and_both_sections() {
         let zero = PercpuSection::ZeroBased;
         let slide = 0x1c00_0000;
-        let var = CurrentTaskVar::CurrentTask { symbol: KernelAddr(0x1fb80) };
+        let var = PercpuVar::Own { symbol: KernelAddr(0x1fb80) };
         assert_eq!(var.percpu_offset(zero, slide), PercpuOffset(0x1fb80));
         let var = CurrentTaskVar::PcpuHot { symbol: KernelAddr(0x32000), member: 0x10 };
         assert_eq!(var.percpu_offset(zero, slide), PercpuOffset(0x32010));
         // A section linked at its own address: the symbol's slid address.
         let linked = PercpuSection::Linked { start: KernelAddr(0xffff_ffff_83cc_4000) };
-        let var = CurrentTaskVar::CurrentTask { symbol: KernelAddr(0xffff_ffff_83cc_5000) };
+        let var = PercpuVar::Own { symbol: KernelAddr(0xffff_ffff_83cc_5000) };
         assert_eq!(var.percpu_offset(linked, 0), PercpuOffset(0xffff_ffff_83cc_5000));
         assert_eq!(var.percpu_offset(linked, slide), PercpuOffset(0xffff_ffff_9fcc_5000));
         assert_eq!(PercpuOffset(0x10).plus(8), PercpuOffset(0x18));

@@ -34,11 +34,12 @@ mod rsp_target;
 pub mod synthetic;
 mod target;
 mod task;
+pub mod trampoline;
 
 pub use current::{CurrentTask, CurrentTaskReads};
 pub use error::KernelError;
 pub use kernel::{CpuState, Kernel, KernelInfo};
-pub use layout::{CurrentTaskVar, KernelLayout, PercpuOffset, PercpuSection};
+pub use layout::{CurrentTaskVar, KernelLayout, PercpuOffset, PercpuSection, PercpuVar};
 pub use module::{
     read_module_list, read_module_orc, read_module_symbols, read_modules, LoadedModule, ModuleInfo, ModuleLayout,
     ModuleRegion, ModuleSymbol, Modules, RegionLayout, MAX_MODULES,

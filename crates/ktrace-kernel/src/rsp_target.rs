@@ -27,6 +27,10 @@ impl Target for Session {
         Ok(replies.into_iter().map(Result::ok).collect())
     }
 
+    async fn write_memory(&mut self, addr: u64, bytes: &[u8]) -> Result<(), RspError> {
+        Session::write_memory(self, addr, bytes).await
+    }
+
     async fn cpus(&mut self) -> Result<Vec<CpuId>, RspError> {
         let threads = self.threads().await?;
         let mut cpus: Vec<CpuId> = threads.iter().filter_map(cpu_of_thread).collect();

@@ -78,6 +78,14 @@ impl Target for SyntheticTarget {
         region.get(off..off + len).map(<[u8]>::to_vec).ok_or_else(unmapped)
     }
 
+    async fn write_memory(&mut self, addr: u64, bytes: &[u8]) -> Result<(), SyntheticError> {
+        let unmapped = || SyntheticError::Unmapped(addr);
+        let (&start, region) = self.regions.range_mut(..=addr).next_back().ok_or_else(unmapped)?;
+        let off = (addr - start) as usize;
+        region.get_mut(off..off + bytes.len()).ok_or_else(unmapped)?.copy_from_slice(bytes);
+        Ok(())
+    }
+
     async fn cpus(&mut self) -> Result<Vec<CpuId>, SyntheticError> {
         Ok((0..self.cpus).map(CpuId).collect())
     }

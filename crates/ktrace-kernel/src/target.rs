@@ -35,6 +35,10 @@ pub trait Target {
         Ok(out)
     }
 
+    /// Writes guest virtual memory (the stub writes through the page
+    /// tables, also to read-only kernel text).
+    async fn write_memory(&mut self, addr: u64, bytes: &[u8]) -> Result<(), Self::Error>;
+
     /// The CPUs of the guest.
     async fn cpus(&mut self) -> Result<Vec<CpuId>, Self::Error>;
 

@@ -239,7 +239,7 @@ pub(crate) async fn read_pid<T: Target>(
 #[cfg(test)]
 pub(crate) fn test_layout() -> KernelLayout {
     KernelLayout {
-        current_task: crate::layout::CurrentTaskVar::CurrentTask { symbol: ktrace_symbols::KernelAddr(0x1fb80) },
+        current_task: crate::PercpuVar::Own { symbol: ktrace_symbols::KernelAddr(0x1fb80) },
         percpu: crate::layout::PercpuSection::ZeroBased,
         per_cpu_offset: ktrace_symbols::KernelAddr(0xffff_ffff_8239_eb60),
         init_task: ktrace_symbols::KernelAddr(0xffff_ffff_8000_0000),

@@ -141,6 +141,12 @@ pub enum SymbolError {
         /// What is wrong.
         reason: String,
     },
+    /// A table the build records (e.g. `__mcount_loc`) lies outside the file's contents.
+    #[error("{what} is not in the file's sections")]
+    NotInFile {
+        /// The table and its address.
+        what: String,
+    },
     /// The `linux_banner` string is missing or unreadable.
     #[error("cannot read the kernel banner: {reason}")]
     NoBanner {

@@ -71,6 +71,10 @@ pub struct TraceConfig {
     pub client: ClientConfig,
     /// Resume the guest at the end, or leave it paused.
     pub release: GuestRelease,
+    /// Evaluate the filter inside the guest (`--in-guest`): a trampoline
+    /// called from each function's ftrace NOP, so the guest stops only on
+    /// matching hits. Where that cannot be made safe, the stop loop is used.
+    pub in_guest: bool,
 }
 
 impl Default for TraceConfig {
@@ -87,6 +91,7 @@ impl Default for TraceConfig {
             wait_for_task: false,
             release: GuestRelease::Resume,
             client: ClientConfig::default(),
+            in_guest: false,
         }
     }
 }
@@ -149,6 +154,12 @@ impl TraceConfig {
     /// Captures (or not) a backtrace per matched hit.
     pub fn backtrace(mut self, yes: bool) -> Self {
         self.backtrace = yes;
+        self
+    }
+
+    /// Evaluates the filter inside the guest where it can (`--in-guest`).
+    pub fn in_guest(mut self, yes: bool) -> Self {
+        self.in_guest = yes;
         self
     }
 

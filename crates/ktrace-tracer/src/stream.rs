@@ -59,6 +59,7 @@ impl HitStream {
                     elapsed: Duration::ZERO,
                     end: EndReason::Error,
                     guest_released: false,
+                    in_guest: None,
                 },
             }),
         }

@@ -9,9 +9,10 @@ use ktrace_rsp::{Batch, BreakpointKind, Resume, RspError, Session, StopReply, St
 use ktrace_symbols::Vmlinux;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ResumeMode, TraceConfig};
+use crate::config::{GuestRelease, ResumeMode, TraceConfig};
 use crate::filter::Filter;
-use crate::hit::{EndReason, Hit, Summary};
+use crate::hit::{EndReason, Hit, InGuestReport, Summary};
+use crate::in_guest::{self, BreakAt, InGuest};
 use crate::location::{self, Location};
 use crate::regs::GLayout;
 use crate::unwind::Unwinder;
@@ -24,6 +25,10 @@ pub trait HitSink {
 
     /// Called about five times a second with the counters so far.
     fn progress(&mut self, _seen: u64, _matched: u64, _elapsed: Duration) {}
+
+    /// A one-line note on how the trace runs (e.g. why `--in-guest` falls
+    /// back to the stop loop for a function).
+    fn note(&mut self, _text: &str) {}
 }
 
 impl<F: FnMut(Hit) -> ControlFlow<()>> HitSink for F {
@@ -47,6 +52,7 @@ struct Armed {
     addr: u64,
     spec: usize,
     past: Past,
+    at: BreakAt,
 }
 
 /// The breakpoints of every resolved location, at runtime addresses.
@@ -54,10 +60,10 @@ fn armed_for(kernel: &Kernel, locations: &[Location]) -> Vec<Armed> {
     let mut armed = Vec::new();
     for (spec, loc) in locations.iter().enumerate() {
         for &a in &loc.addrs {
-            armed.push(Armed { addr: kernel.runtime(a), spec, past: Past::Reinsert });
+            armed.push(Armed { addr: kernel.runtime(a), spec, past: Past::Reinsert, at: BreakAt::Function });
         }
         if let Some((_, addr)) = loc.module.as_ref().and_then(|m| m.found.as_ref()) {
-            armed.push(Armed { addr: *addr, spec, past: Past::Reinsert });
+            armed.push(Armed { addr: *addr, spec, past: Past::Reinsert, at: BreakAt::Function });
         }
     }
     armed
@@ -89,6 +95,7 @@ fn armed_for(kernel: &Kernel, locations: &[Location]) -> Vec<Armed> {
 /// # Ok(()) }
 /// ```
 pub struct Tracer {
+    addr: StubAddr,
     session: Option<Session>,
     kernel: Kernel,
     cfg: TraceConfig,
@@ -100,6 +107,9 @@ pub struct Tracer {
     target_task: Option<TaskRef>,
     inserted: Vec<u64>,
     cancelled_while_waiting: bool,
+    /// The in-guest filter, while installed.
+    in_guest: Option<InGuest>,
+    in_guest_report: InGuestReport,
 }
 
 impl Tracer {
@@ -142,6 +152,7 @@ impl Tracer {
             Ok((kernel, glayout, target_task)) => {
                 let armed = armed_for(&kernel, &locations);
                 Ok(Tracer {
+                    addr: addr.clone(),
                     session,
                     kernel,
                     cfg,
@@ -152,6 +163,8 @@ impl Tracer {
                     target_task,
                     inserted: Vec::new(),
                     cancelled_while_waiting: false,
+                    in_guest: None,
+                    in_guest_report: InGuestReport::default(),
                 })
             }
             Err(err) => {
@@ -311,25 +324,79 @@ impl Tracer {
     ) -> Result<Summary, TraceFailure> {
         let start = Instant::now();
         let mut stats = Stats { seen: 0, matched: 0, start };
-        let result = self.run_loop(sink, &cancel, &mut stats).await;
+        let result = CatchUnwind(Box::pin(self.run_loop(sink, &cancel, &mut stats))).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(panic) => {
+                // The session went down with the panic: put the sites back
+                // over a new connection before going on unwinding.
+                if self.in_guest.take().is_some() {
+                    let vm = self.kernel.vmlinux().clone();
+                    in_guest::restore_after_panic(&self.addr, vm, self.cfg.client.clone()).await;
+                }
+                std::panic::resume_unwind(panic)
+            }
+        };
         let elapsed = start.elapsed();
-        let (end, error, session) = match result {
+        let (end, mut error, session) = match result {
             Ok((end, session)) => (end, None, Some(session)),
             Err((error, session)) => (EndReason::Error, Some(error), session),
         };
         let mut released = false;
         if let Some(mut session) = session {
+            let in_guest = self.in_guest.take();
+            if let Some(ig) = &in_guest {
+                if let Err(e) = in_guest::restore_sites(&mut session, ig, &mut self.in_guest_report).await {
+                    error.get_or_insert(e);
+                }
+            }
             let kind = self.bp_kind();
             for addr in std::mem::take(&mut self.inserted) {
                 let _ = session.remove_breakpoint(kind, addr, 1).await;
             }
+            if let Some(ig) = &in_guest {
+                match self.cfg.release {
+                    GuestRelease::Resume => match in_guest::drain_and_erase(session, &ig.plan.region).await {
+                        Ok((s, erased)) => {
+                            self.in_guest_report.erased = erased;
+                            session = s;
+                        }
+                        Err(e) => {
+                            error.get_or_insert(e);
+                            return Err(self.failure(error, &stats, elapsed));
+                        }
+                    },
+                    GuestRelease::LeaveStopped => {
+                        if let Err(e) = in_guest::step_off_hits(&mut session, &ig.plan.region).await {
+                            error.get_or_insert(e);
+                        }
+                    }
+                }
+            }
             released = self.cfg.release.release(session).await.is_ok();
         }
-        let summary = Summary { seen: stats.seen, matched: stats.matched, elapsed, end, guest_released: released };
+        let summary = self.summary(&stats, elapsed, end, released);
         match error {
             None => Ok(summary),
             Some(error) => Err(TraceFailure { error, summary }),
         }
+    }
+
+    fn summary(&self, stats: &Stats, elapsed: Duration, end: EndReason, released: bool) -> Summary {
+        Summary {
+            seen: stats.seen,
+            matched: stats.matched,
+            elapsed,
+            end,
+            guest_released: released,
+            in_guest: self.cfg.in_guest.then(|| self.in_guest_report.clone()),
+        }
+    }
+
+    /// The session was lost while taking the in-guest filter out.
+    fn failure(&self, error: Option<TraceError>, stats: &Stats, elapsed: Duration) -> TraceFailure {
+        let summary = self.summary(stats, elapsed, EndReason::Error, false);
+        TraceFailure { error: error.unwrap_or_else(gone), summary }
     }
 
     /// The loop proper. Returns the stopped session to clean up with, when
@@ -351,6 +418,11 @@ impl Tracer {
             session = self.wait_for_modules(session, cancel).await?;
             if self.cancelled_while_waiting {
                 return Ok((EndReason::Cancelled, session));
+            }
+        }
+        if self.cfg.in_guest {
+            if let Err(e) = self.install_in_guest(&mut session, sink).await {
+                return Err((e, Some(session)));
             }
         }
         if let Err(e) = self.arm(&mut session).await {
@@ -429,11 +501,51 @@ impl Tracer {
         }
     }
 
+    /// Installs the in-guest filter where it can be, moving those
+    /// breakpoints onto the trampoline's hit instructions.
+    async fn install_in_guest<S: HitSink + ?Sized>(
+        &mut self,
+        session: &mut Session,
+        sink: &mut S,
+    ) -> Result<(), TraceError> {
+        let addrs: Vec<(u64, &Location)> = self.armed.iter().map(|a| (a.addr, &self.locations[a.spec])).collect();
+        let mut report = InGuestReport::default();
+        let installed =
+            in_guest::install(session, &self.kernel, &self.cfg.filter, self.target_task, &addrs, &mut report).await?;
+        if report.left_behind > 0 {
+            sink.note(&format!(
+                "--in-guest: restored {} site(s) a killed ktrace had left patched; re-using its trampoline",
+                report.left_behind
+            ));
+        }
+        for reason in &report.fallbacks {
+            sink.note(&format!("--in-guest: {reason}; the stop loop evaluates it instead"));
+        }
+        if let Some(installed) = installed {
+            for (i, hit) in installed.moved {
+                let function = self.armed[i].addr;
+                self.armed[i] = Armed { addr: hit, past: Past::Skip(1), at: BreakAt::HitOf(function), ..self.armed[i] };
+            }
+            sink.note(&format!(
+                "--in-guest: {} function(s) patched to call the filter at 0x{:x}",
+                report.patched, installed.in_guest.plan.region.base
+            ));
+            self.in_guest = Some(installed.in_guest);
+        }
+        self.in_guest_report = report;
+        Ok(())
+    }
+
     /// Probes how to get past each breakpoint and inserts them.
     async fn arm(&mut self, session: &mut Session) -> Result<(), TraceError> {
         let kind = self.bp_kind();
         for i in 0..self.armed.len() {
             let addr = self.armed[i].addr;
+            if let BreakAt::HitOf(_) = self.armed[i].at {
+                // The hit `nop`: resume one byte on, at its `ret`.
+                self.insert(session, i, kind).await?;
+                continue;
+            }
             let code = session.read_memory(addr, 16).await?;
             self.armed[i].past = match (self.cfg.resume, nop_length(&code)) {
                 (ResumeMode::Auto, Some(n)) => Past::Skip(n),
@@ -441,16 +553,22 @@ impl Tracer {
                 (ResumeMode::RemoveStepReinsert, _) => Past::Reinsert,
             };
             tracing::debug!(addr = format_args!("0x{addr:x}"), past = ?self.armed[i].past, "breakpoint armed");
-            if self.inserted.contains(&addr) {
-                continue;
-            }
-            session.insert_breakpoint(kind, addr, 1).await.map_err(|source| TraceError::Breakpoint {
-                spec: self.locations[self.armed[i].spec].spec.clone(),
-                addr,
-                source,
-            })?;
-            self.inserted.push(addr);
+            self.insert(session, i, kind).await?;
         }
+        Ok(())
+    }
+
+    async fn insert(&mut self, session: &mut Session, i: usize, kind: BreakpointKind) -> Result<(), TraceError> {
+        let addr = self.armed[i].addr;
+        if self.inserted.contains(&addr) {
+            return Ok(());
+        }
+        session.insert_breakpoint(kind, addr, 1).await.map_err(|source| TraceError::Breakpoint {
+            spec: self.locations[self.armed[i].spec].spec.clone(),
+            addr,
+            source,
+        })?;
+        self.inserted.push(addr);
         Ok(())
     }
 
@@ -488,11 +606,21 @@ impl Tracer {
             }
             None => None,
         };
+        // A stop on a hit `nop` is the traced function's entry: the
+        // trampoline's return address is on the stack.
+        let (pc, entry_frame) = match self.armed[bp].at {
+            BreakAt::HitOf(function) => (function, true),
+            BreakAt::Function => (rip, false),
+        };
         if let Some(task) = matched_task {
             stats.matched += 1;
             let backtrace = if self.cfg.backtrace {
                 let g = session.read_registers().await?;
-                let regs = self.glayout.decode(&g);
+                let mut regs = self.glayout.decode(&g);
+                if entry_frame {
+                    regs.ip = pc;
+                    regs.sp += 8;
+                }
                 Some(self.unwinder.unwind(&self.kernel, session, regs).await)
             } else {
                 None
@@ -507,7 +635,7 @@ impl Tracer {
                 comm: task.comm,
                 task: task.task,
                 breakpoint: self.locations[self.armed[bp].spec].spec.clone(),
-                pc: rip,
+                pc,
                 backtrace,
             };
             if sink.hit(hit).is_break() {
@@ -534,6 +662,10 @@ impl Tracer {
                 // The task exited and its task_struct was reused: look again.
                 let pid = self.cfg.filter.pid.unwrap_or(-1);
                 self.target_task = self.kernel.find_task_by_pid(session, pid).await.ok().map(|t| t.task);
+                if let Some(ig) = &mut self.in_guest {
+                    ig.filter.task = Some(self.target_task.map_or(0, |t| t.0));
+                    ktrace_kernel::trampoline::update_filter(session, &ig.plan.region, &ig.filter).await?;
+                }
                 Ok(None)
             }
             // Not the --pid task, or it is not known (gone, and not found again).
@@ -579,6 +711,23 @@ impl Tracer {
         session.step(Some(thread)).await?;
         session.insert_breakpoint(kind, rip, 1).await?;
         Ok(Step::Resume(None))
+    }
+}
+
+/// Polls a future, turning a panic into an error value (the future is
+/// boxed, so it is `Unpin` and needs no unsafe projection).
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
     }
 }
 

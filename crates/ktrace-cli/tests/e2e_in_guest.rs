@@ -1,0 +1,286 @@
+//! `attach --in-guest` on every kernel of the test bed (6.1, 6.12, 7.x),
+//! KASLR on: the same hits and backtraces as the stop loop, no stop for
+//! another process, every way out puts the ftrace NOP back and erases the
+//! trampoline, a trampoline left by a killed ktrace is harmless and cleaned
+//! up later, a site that is not the ftrace NOP is refused, and the
+//! trampoline's code is what GDB disassembles.
+//!
+//! Guest memory is read through QMP (`x` in the human monitor) while no
+//! debugger is attached, and written through GDB.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ktrace_testguest::gdb::gdb_batch;
+use ktrace_testguest::{test_guest_on, BootOptions, Guest, KernelSeries, Qmp};
+use serde_json::Value;
+
+/// One guest at a time: they are CPU-bound under TCG on a 2-core machine.
+static ONE_GUEST: Mutex<()> = Mutex::new(());
+
+/// A function on testprog's read path with one caller chain.
+const FUNCTION: &str = "urandom_read_iter";
+const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+
+struct Bed {
+    guest: Guest,
+    qmp: Qmp,
+    /// testprog and a second process running the same program.
+    pids: (i32, i32),
+}
+
+fn boot(series: KernelSeries) -> Option<Bed> {
+    let opts = BootOptions { smp: 2, kaslr: true, testprogs: 2, qmp: true, ..BootOptions::default() };
+    let guest = test_guest_on(series, opts)?;
+    let qmp = Qmp::connect(guest.qmp_socket().expect("QMP socket")).expect("QMP");
+    let p = guest.testprog_pids();
+    let pids = (p[0] as i32, p[1] as i32);
+    Some(Bed { guest, qmp, pids })
+}
+
+fn attach(bed: &Bed, extra: &[&str]) -> Vec<String> {
+    let g = &bed.guest;
+    let mut args: Vec<String> = ["attach", &g.addr(), "--vmlinux", common::path(g.vmlinux()), "--break", FUNCTION]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--json", "--timeout", "10", "--pid", &bed.pids.0.to_string()].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn run(args: &[String]) -> common::Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = common::run(&args, common::LIMIT);
+    out.assert_no_panic();
+    out
+}
+
+/// Reads guest memory with the monitor's `x` (the VM keeps its state).
+fn read_bytes(qmp: &mut Qmp, addr: u64, n: usize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    while bytes.len() < n {
+        let at = addr + bytes.len() as u64;
+        let chunk = (n - bytes.len()).min(256);
+        let cmd = serde_json::json!({ "command-line": format!("x /{chunk}xb 0x{at:x}") });
+        let text = qmp.execute("human-monitor-command", Some(cmd)).expect("x");
+        let text = text.as_str().expect("text");
+        for line in text.lines() {
+            let data = line.split_once(':').map_or("", |(_, d)| d);
+            bytes.extend(
+                data.split_whitespace().map(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).expect("hex")),
+            );
+        }
+    }
+    bytes.truncate(n);
+    bytes
+}
+
+/// The function's ftrace site: after `endbr64` where the kernel has one.
+fn site_of(qmp: &mut Qmp, function: u64) -> u64 {
+    let head = read_bytes(qmp, function, 4);
+    function + if head == [0xf3, 0x0f, 0x1e, 0xfa] { 4 } else { 0 }
+}
+
+/// The trampoline's address, from ktrace's note on stderr.
+fn trampoline_of(out: &common::Output) -> u64 {
+    let line = out.stderr.lines().find(|l| l.contains("patched to call the filter at")).unwrap_or_else(|| {
+        panic!("--in-guest was not used:\n{}", out.dump());
+    });
+    let hex = line.rsplit("0x").next().expect("address");
+    u64::from_str_radix(hex.trim(), 16).expect("hex address")
+}
+
+/// After ktrace has left: the site holds the ftrace NOP again, the
+/// trampoline is padding again, and the guest runs.
+fn assert_restored(bed: &mut Bed, site: u64, trampoline: u64, what: &str) {
+    assert_eq!(read_bytes(&mut bed.qmp, site, 5), NOP5, "{what}: the ftrace NOP is not back");
+    assert!(
+        read_bytes(&mut bed.qmp, trampoline, 672).iter().all(|&b| b == 0xcc),
+        "{what}: the trampoline was not erased"
+    );
+    assert!(bed.qmp.running().expect("status"), "{what}: the guest is not running");
+    assert!(bed.guest.is_running(Duration::from_secs(60)), "{what}: no heartbeat from the guest");
+}
+
+fn stack_names(hit: &Value) -> Vec<String> {
+    hit["backtrace"]["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .filter_map(|f| f["function"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn hex(v: &Value) -> u64 {
+    u64::from_str_radix(v.as_str().expect("hex string").trim_start_matches("0x"), 16).expect("hex")
+}
+
+fn on(series: KernelSeries) {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut bed) = boot(series) else { return };
+    let (pid, other) = bed.pids;
+
+    // The stop loop's hits, to compare with.
+    let stop_loop = run(&attach(&bed, &["--count", "10"]));
+    assert_eq!(stop_loop.code(), Some(0), "{}", stop_loop.dump());
+    let expected: BTreeSet<Vec<String>> = stop_loop.json_lines().iter().map(stack_names).collect();
+    let function = hex(&stop_loop.json_lines()[0]["pc"]);
+
+    // In the guest: the same hits, backtraces and pc, and only matching stops.
+    let out = run(&attach(&bed, &["--count", "30", "--in-guest"]));
+    assert_eq!(out.code(), Some(0), "{}", out.dump());
+    let trampoline = trampoline_of(&out);
+    let hits = out.json_lines();
+    assert_eq!(hits.len(), 30, "{}", out.dump());
+    for hit in &hits {
+        common::json_schema::check("hit", hit);
+        assert_eq!(hit["pid"], pid, "{hit}");
+        assert_ne!(hit["pid"], other);
+        assert_eq!(hit["comm"], "testprog");
+        assert_eq!(hex(&hit["pc"]), function, "the hit is reported at the function's entry");
+        let names = stack_names(hit);
+        assert!(expected.contains(&names), "in-guest stack {names:?} is none of the stop loop's {expected:?}");
+        assert_eq!(hit["backtrace"]["frames"].as_array().unwrap().last().unwrap()["kind"], "user", "{hit}");
+    }
+    assert_eq!(out.hits(), Some((30, 30)), "a stop that did not match (another process?): {}", out.dump());
+    assert!(out.stderr.contains("1 site(s) restored"), "{}", out.dump());
+    let site = site_of(&mut bed.qmp, function);
+    assert_restored(&mut bed, site, trampoline, "--count");
+
+    // Every way out: --duration, Ctrl-C, SIGTERM.
+    let out = run(&attach(&bed, &["--duration", "2s", "--in-guest"]));
+    assert_eq!(out.code(), Some(0), "{}", out.dump());
+    assert_restored(&mut bed, site, trampoline, "--duration");
+    for sig in ["INT", "TERM"] {
+        let args = attach(&bed, &["--in-guest"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut running = common::spawn(&args);
+        assert!(running.wait_lines(3, Duration::from_secs(60)), "no hits before SIG{sig}");
+        running.signal(sig);
+        let out = running.finish(common::LIMIT);
+        out.assert_no_panic();
+        assert_eq!(out.code(), Some(0), "SIG{sig}: {}", out.dump());
+        assert!(out.stderr.contains("erased"), "SIG{sig}: {}", out.dump());
+        assert_restored(&mut bed, site, trampoline, &format!("SIG{sig}"));
+    }
+
+    killed_while_patched(&mut bed, site, trampoline);
+    foreign_site_is_refused(&mut bed, function, site);
+    common::assert_guest_healthy(&bed.guest);
+    assert!(!bed.guest.console().contains("Oops"), "the guest oopsed:\n{}", bed.guest.console());
+}
+
+/// SIGKILL while patched: QEMU keeps the VM paused; a client that attaches
+/// and detaches lets it run with the patch in place (the trampoline has no
+/// int3, so it runs on at full speed); GDB disassembles the trampoline as
+/// ktrace wrote it; `ktrace restore` and a later `--in-guest` clean up.
+fn killed_while_patched(bed: &mut Bed, site: u64, trampoline: u64) {
+    for cleanup in ["restore", "attach --in-guest"] {
+        let args = attach(bed, &["--in-guest"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut running = common::spawn(&args);
+        assert!(running.wait_lines(2, Duration::from_secs(60)), "no hits before SIGKILL");
+        running.signal("KILL");
+        let _ = running.finish(common::LIMIT);
+
+        // Any client's detach resumes the VM; the site still calls the trampoline.
+        let info =
+            run(&["info".into(), bed.guest.addr(), "--vmlinux".into(), common::path(bed.guest.vmlinux()).into()]);
+        assert_eq!(info.code(), Some(0), "{}", info.dump());
+        assert!(
+            bed.guest.is_running(Duration::from_secs(60)),
+            "the guest does not run with the trampoline left behind"
+        );
+        let call = read_bytes(&mut bed.qmp, site, 5);
+        assert_eq!(call[0], 0xe8, "the site was patched with a call");
+        let target = (site + 5).wrapping_add(i32::from_le_bytes(call[1..5].try_into().unwrap()) as i64 as u64);
+        assert!((trampoline..trampoline + 672).contains(&target), "the call goes to the trampoline");
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(bed.qmp.running().expect("status"), "the guest stopped: the trampoline holds an int3?");
+
+        if cleanup == "restore" {
+            gdb_disassembles_the_trampoline(bed, trampoline, target);
+            let out = run(&[
+                "restore".into(),
+                bed.guest.addr(),
+                "--vmlinux".into(),
+                common::path(bed.guest.vmlinux()).into(),
+            ]);
+            assert_eq!(out.code(), Some(0), "{}", out.dump());
+            assert!(out.stdout.contains("1 site(s) restored") && out.stdout.contains("erased"), "{}", out.dump());
+        } else {
+            let out = run(&attach(bed, &["--in-guest", "--count", "3"]));
+            assert_eq!(out.code(), Some(0), "{}", out.dump());
+            assert_eq!(out.json_lines().len(), 3, "{}", out.dump());
+            assert!(out.stderr.contains("restored 1 site(s) a killed ktrace had left patched"), "{}", out.dump());
+            assert!(out.stderr.contains("patched to call the filter"), "{}", out.dump());
+            assert_eq!(out.hits(), Some((3, 3)), "{}", out.dump());
+        }
+        assert_restored(bed, site, trampoline, cleanup);
+    }
+    let out = run(&["restore".into(), bed.guest.addr(), "--vmlinux".into(), common::path(bed.guest.vmlinux()).into()]);
+    assert!(out.stdout.contains("no ktrace trampoline"), "{}", out.dump());
+}
+
+/// GDB's `x/12i` of the filter body and of the entry the site calls.
+fn gdb_disassembles_the_trampoline(bed: &Bed, trampoline: u64, entry: u64) {
+    let body = trampoline + 256;
+    let cmds = vec![format!("x/12i 0x{body:x}"), format!("x/4i 0x{entry:x}")];
+    // Any x86-64 ELF gives GDB the architecture; the vmlinux would take long to load.
+    let text = gdb_batch(std::path::Path::new("/bin/true"), bed.guest.port(), &cmds).expect("gdb");
+    let insns: Vec<&str> = text.lines().filter(|l| l.starts_with(' ') && l.contains(":\t")).collect();
+    let mnemonic = |l: &str| l.split(':').nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("").to_string();
+    let got: Vec<String> = insns.iter().map(|l| mnemonic(l)).collect();
+    let want = [
+        "push", "push", "mov", "mov", "and", "cmp", "jne", "mov", "and", "cmp", "jne", "mov", // body
+        "call", "jne", "jmp", "ret", // entry
+    ];
+    assert_eq!(got, want, "GDB disassembles:\n{text}");
+    assert!(insns[2].contains("%gs:") && insns[2].contains("%rax"), "the current task through %gs: {}", insns[2]);
+    assert!(insns[4].contains("(%rip)") && insns[5].contains("(%rip)"), "filter data rip-relative:\n{text}");
+    assert!(insns[12].contains(&format!("0x{body:x}")), "the entry calls the body: {}", insns[12]);
+}
+
+/// A site that holds a call (as under ftrace) is refused with the reason;
+/// the trace still runs, in the stop loop.
+fn foreign_site_is_refused(bed: &mut Bed, function: u64, site: u64) {
+    let vm = ktrace_symbols::Vmlinux::open(bed.guest.vmlinux()).expect("vmlinux");
+    let link = vm.symbol(FUNCTION).expect("symbol").addr.0;
+    let call = vm.section_bytes_at(ktrace_symbols::KernelAddr(link + (site - function)), 5).expect("bytes").to_vec();
+    assert_eq!(call[0], 0xe8, "the file has `call __fentry__` at the site");
+    let poke = |bytes: &[u8]| {
+        let cmds: Vec<String> = bytes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("set *(unsigned char *)0x{:x} = 0x{b:02x}", site + i as u64))
+            .collect();
+        gdb_batch(std::path::Path::new("/bin/true"), bed.guest.port(), &cmds).expect("gdb");
+    };
+    poke(&call); // __fentry__ is a plain return: harmless while it is there
+    let out = run(&attach(bed, &["--in-guest", "--count", "2"]));
+    poke(&NOP5);
+    assert_eq!(out.code(), Some(0), "{}", out.dump());
+    assert!(out.stderr.contains("a call is at its ftrace site"), "{}", out.dump());
+    assert!(out.stderr.contains("the stop loop evaluates it instead"), "{}", out.dump());
+    assert_eq!(out.json_lines().len(), 2, "{}", out.dump());
+    assert_eq!(read_bytes(&mut bed.qmp, site, 5), NOP5);
+}
+
+#[test]
+fn in_guest_on_6_1() {
+    on(KernelSeries::V6_1);
+}
+
+#[test]
+fn in_guest_on_6_12() {
+    on(KernelSeries::V6_12);
+}
+
+#[test]
+fn in_guest_on_7() {
+    on(KernelSeries::V7);
+}

@@ -1,0 +1,364 @@
+//! The in-guest filter's trampoline: a few hundred bytes of code written
+//! into the linker's `0xcc` padding in `.text`, called from the ftrace NOP
+//! of each traced function, that returns at once unless the current task
+//! and CPU match the filter. Only a match reaches the slot's hit `nop`, on
+//! a page of its own, where the tracer holds a breakpoint; so the guest
+//! stops only for hits the user wants.
+//!
+//! This module knows the kernel side: where the padding is, which sites
+//! are ftrace sites, the code and its data, and how to install, update,
+//! restore and erase it through [`Target`]. Nothing here runs the guest.
+
+pub mod code;
+mod layout;
+mod refusal;
+mod site;
+
+pub use layout::{FilterData, Header, Region, MAGIC, MAX_CPUS, REGION_LEN, SLOTS};
+pub use refusal::Refusal;
+pub use site::{ftrace_site, FTRACE_NOP};
+
+use crate::{Kernel, KernelError, PercpuVar, Target};
+use code::BodyParams;
+
+/// Where the trampoline goes in this kernel and what its body reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The region and hit page, at runtime addresses.
+    pub region: Region,
+    /// The kernel constants the body is assembled with.
+    pub body: BodyParams,
+}
+
+const PMD: u64 = 2 << 20;
+const PAGE: u64 = 4096;
+/// Bytes kept clear of the code a run of padding follows and precedes.
+const MARGIN: u64 = 64;
+
+impl Plan {
+    /// Chooses the region and hit page from the vmlinux's padding (the
+    /// same every time for one vmlinux, so a later ktrace finds a trampoline
+    /// left behind), and the body's constants from the kernel's layout.
+    ///
+    /// The region is in `.text` between `_stext` and `_etext`, outside the
+    /// 2 MiB block of entry text that page-table isolation maps into user
+    /// space. The hit page is a whole page of padding apart from the
+    /// region's pages (outside the entry block where there is one, else
+    /// inside it: it holds only `nop; ret` pairs).
+    pub fn for_kernel(kernel: &Kernel) -> Result<Plan, Refusal> {
+        let vm = kernel.vmlinux();
+        let sym = |n: &str| vm.lookup_symbol(n).map(|s| s.addr.0);
+        let (Some(stext), Some(etext)) = (sym("_stext"), sym("_etext")) else { return Err(Refusal::NoPadding) };
+        let entry = match (sym("__entry_text_start"), sym("__entry_text_end")) {
+            (Some(s), Some(e)) => s & !(PMD - 1)..(e + PMD - 1) & !(PMD - 1),
+            _ => 0..0,
+        };
+        let runs: Vec<(u64, u64)> = vm
+            .fill_runs(".text", 0xcc, REGION_LEN as u64 + 2 * MARGIN)
+            .iter()
+            .map(|r| (r.start.0.max(stext), r.end().0.min(etext)))
+            .filter(|(s, e)| s < e)
+            .collect();
+        let outside = |&(s, e): &(u64, u64)| e <= entry.start || s >= entry.end;
+        let base = runs
+            .iter()
+            .filter(|r| outside(r))
+            .find_map(|&(s, e)| {
+                let base = (s + MARGIN + 63) & !63;
+                (base + REGION_LEN as u64 + MARGIN <= e).then_some(base)
+            })
+            .ok_or(Refusal::NoPadding)?;
+        let region_pages = base & !(PAGE - 1)..(base + REGION_LEN as u64 + PAGE - 1) & !(PAGE - 1);
+        let hit_page = runs
+            .iter()
+            .filter(|r| outside(r))
+            .chain(runs.iter().filter(|r| !outside(r)))
+            .find_map(|&(s, e)| {
+                let mut page = (s + PAGE - 1) & !(PAGE - 1);
+                if region_pages.contains(&page) {
+                    page = region_pages.end;
+                }
+                (page + PAGE <= e).then_some(page)
+            })
+            .ok_or(Refusal::NoPadding)?;
+        let slide = kernel.slide();
+        Ok(Plan {
+            region: Region { base: base.wrapping_add(slide), hit_page: hit_page.wrapping_add(slide) },
+            body: body_params(kernel)?,
+        })
+    }
+}
+
+/// The `%gs:` displacements and `task_struct` offsets the body uses.
+fn body_params(kernel: &Kernel) -> Result<BodyParams, Refusal> {
+    let layout = kernel.layout();
+    let gs_disp = |var: PercpuVar, what: &str| {
+        let off = var.percpu_offset(layout.percpu, kernel.slide()).0;
+        i32::try_from(off as i64).map_err(|_| {
+            Refusal::Percpu(format!("the per-CPU offset 0x{off:x} of {what} does not fit a 32-bit %gs: displacement"))
+        })
+    };
+    let cpu_number = PercpuVar::find(kernel.vmlinux(), "cpu_number")
+        .ok_or_else(|| Refusal::Percpu("the vmlinux has no per-CPU cpu_number (or pcpu_hot.cpu_number)".into()))?;
+    let field = |v: u64| i32::try_from(v).map_err(|_| Refusal::Percpu(format!("task_struct offset 0x{v:x}")));
+    Ok(BodyParams {
+        current_task: gs_disp(layout.current_task, "the current task")?,
+        cpu_number: gs_disp(cpu_number, "cpu_number")?,
+        tgid: field(layout.tgid)?,
+        comm: field(layout.comm)?,
+    })
+}
+
+/// An installed trampoline: its region and the site patched into each slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trampoline {
+    /// Where it is.
+    pub region: Region,
+    /// `(slot, site)` of each patched site, in slot order.
+    pub sites: Vec<(usize, u64)>,
+}
+
+/// What restoring the sites found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Sites that held ktrace's call and hold the ftrace NOP again.
+    pub restored: Vec<u64>,
+    /// Sites that already held the NOP.
+    pub already: Vec<u64>,
+    /// Sites that hold neither (someone else patched them): left alone.
+    pub foreign: Vec<(u64, [u8; 5])>,
+}
+
+/// Reads the region's header: a trampoline of ktrace left in the guest, if any.
+pub async fn left_behind<T: Target>(target: &mut T, plan: &Plan) -> Result<Option<Header>, KernelError<T::Error>> {
+    let bytes = target
+        .read_memory(plan.region.base, layout::BODY)
+        .await
+        .map_err(KernelError::Target)
+        .map_err(|e| e.reading("the trampoline's padding", plan.region.base))?;
+    Ok(Header::decode(&bytes))
+}
+
+/// Writes the trampoline with `filter` and patches `sites` (each the
+/// address of an ftrace NOP checked by [`ftrace_site`]) to call it. A
+/// trampoline left behind by an earlier ktrace is restored first and
+/// re-used (its code is byte for byte the same). The guest must be stopped.
+pub async fn install<T: Target>(
+    target: &mut T,
+    plan: &Plan,
+    filter: &FilterData,
+    sites: &[u64],
+) -> Result<Trampoline, KernelError<T::Error>> {
+    if sites.len() > SLOTS {
+        return Err(Refusal::TooManySites.into());
+    }
+    let region = plan.region;
+    let live = target
+        .read_memory(region.base, REGION_LEN)
+        .await
+        .map_err(KernelError::Target)
+        .map_err(|e| e.reading("the trampoline's padding", region.base))?;
+    if let Some(header) = Header::decode(&live) {
+        restore_sites(target, &Region { hit_page: header.hit_page, ..region }, &header).await?;
+    } else if let Some(i) = live.iter().position(|&b| b != 0xcc) {
+        return Err(
+            Refusal::PaddingInUse { addr: region.base + i as u64, what: format!("byte {:02x}", live[i]) }.into()
+        );
+    }
+    check_hit_page(target, region.hit_page).await?;
+    let mut stubs = vec![0xcc; SLOTS * layout::HIT_STRIDE as usize];
+    for slot in 0..SLOTS {
+        let at = slot * layout::HIT_STRIDE as usize;
+        stubs[at..at + 2].copy_from_slice(&code::HIT_STUB);
+    }
+    target.write_memory(region.hit_page, &stubs).await.map_err(KernelError::Target)?;
+    target.write_memory(region.base, &image(plan, filter)).await.map_err(KernelError::Target)?;
+    let mut patched = Vec::new();
+    for (slot, &site) in sites.iter().enumerate() {
+        target
+            .write_memory(region.base + (layout::SITES + 8 * slot) as u64, &site.to_le_bytes())
+            .await
+            .map_err(KernelError::Target)?;
+        target.write_memory(site, &code::call_from(site, region.entry(slot))).await.map_err(KernelError::Target)?;
+        patched.push((slot, site));
+    }
+    Ok(Trampoline { region, sites: patched })
+}
+
+/// The region's bytes: header, filter data, an empty site table, the body
+/// and the entries.
+fn image(plan: &Plan, filter: &FilterData) -> Vec<u8> {
+    let mut b = Header::prefix(plan.region.hit_page);
+    b.extend(filter.encode());
+    b.resize(layout::BODY, 0);
+    b.extend(code::body(plan.body).bytes);
+    b.resize(layout::ENTRIES, 0x90);
+    for slot in 0..SLOTS {
+        b.extend(code::entry(&plan.region, slot).bytes);
+    }
+    debug_assert_eq!(b.len(), REGION_LEN);
+    b
+}
+
+/// The hit page must be padding (or a former trampoline's stubs): any code
+/// there would run one instruction at a time under the breakpoint.
+async fn check_hit_page<T: Target>(target: &mut T, page: u64) -> Result<(), KernelError<T::Error>> {
+    for half in 0..2u64 {
+        let at = page + half * PAGE / 2;
+        let bytes = target
+            .read_memory(at, (PAGE / 2) as usize)
+            .await
+            .map_err(KernelError::Target)
+            .map_err(|e| e.reading("the hit page", at))?;
+        for (i, &b) in bytes.iter().enumerate() {
+            let off = half * PAGE / 2 + i as u64;
+            let stub = (off % layout::HIT_STRIDE) as usize;
+            let ours = off < SLOTS as u64 * layout::HIT_STRIDE && stub < 2 && b == code::HIT_STUB[stub];
+            if b != 0xcc && !ours {
+                return Err(
+                    Refusal::PaddingInUse { addr: page + off, what: format!("byte {b:02x} on the hit page") }.into()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites the filter data of an installed trampoline (e.g. when the
+/// traced task's `task_struct` changed).
+pub async fn update_filter<T: Target>(
+    target: &mut T,
+    region: &Region,
+    filter: &FilterData,
+) -> Result<(), KernelError<T::Error>> {
+    target.write_memory(region.base + layout::TARGET_MASK as u64, &filter.encode()).await.map_err(KernelError::Target)
+}
+
+/// Puts the ftrace NOP back at every site the header lists, where the site
+/// still holds ktrace's call, and clears the header's site table. The
+/// trampoline stays (a CPU may still be inside it); see [`erase`].
+pub async fn restore_sites<T: Target>(
+    target: &mut T,
+    region: &Region,
+    header: &Header,
+) -> Result<Restored, KernelError<T::Error>> {
+    let mut report = Restored::default();
+    for (slot, site) in header.sites.iter().enumerate() {
+        let Some(site) = *site else { continue };
+        let live = target
+            .read_memory(site, 5)
+            .await
+            .map_err(KernelError::Target)
+            .map_err(|e| e.reading("a patched ftrace site", site))?;
+        if live == code::call_from(site, region.entry(slot)) {
+            target.write_memory(site, &FTRACE_NOP).await.map_err(KernelError::Target)?;
+            report.restored.push(site);
+        } else if live == FTRACE_NOP {
+            report.already.push(site);
+        } else {
+            let mut b = [0u8; 5];
+            b.copy_from_slice(&live[..5.min(live.len())]);
+            report.foreign.push((site, b));
+            continue;
+        }
+        target
+            .write_memory(region.base + (layout::SITES + 8 * slot) as u64, &0u64.to_le_bytes())
+            .await
+            .map_err(KernelError::Target)?;
+    }
+    Ok(report)
+}
+
+/// Puts the padding back over the region and the hit stubs. Only once no
+/// site calls the trampoline and no CPU can be inside it.
+pub async fn erase<T: Target>(target: &mut T, region: &Region) -> Result<(), KernelError<T::Error>> {
+    target.write_memory(region.base, &[0xcc; REGION_LEN]).await.map_err(KernelError::Target)?;
+    target
+        .write_memory(region.hit_page, &[0xcc; SLOTS * layout::HIT_STRIDE as usize])
+        .await
+        .map_err(KernelError::Target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::SyntheticTarget;
+
+    const TEXT: u64 = 0xffff_ffff_8100_0000;
+    const SITE: u64 = TEXT + 0x104;
+
+    fn guest() -> (SyntheticTarget, Plan) {
+        let mut text = vec![0x55u8; 0x10000];
+        text[0x100..0x104].copy_from_slice(&[0xf3, 0x0f, 0x1e, 0xfa]);
+        text[0x104..0x109].copy_from_slice(&FTRACE_NOP);
+        text[0x2000..0x6000].fill(0xcc);
+        let mut t = SyntheticTarget::new(1);
+        t.map(TEXT, &text);
+        let plan = Plan {
+            region: Region { base: TEXT + 0x2040, hit_page: TEXT + 0x4000 },
+            body: BodyParams { current_task: 0x1fbc0, cpu_number: 0x19160, tgid: 0x5c8, comm: 0x738 },
+        };
+        (t, plan)
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(f)
+    }
+
+    #[test]
+    fn install_restore_erase() {
+        run(async {
+            let (mut t, plan) = guest();
+            let filter = FilterData { task: Some(0xffff_8880_0000_1000), ..FilterData::default() };
+            let tr = install(&mut t, &plan, &filter, &[SITE]).await.expect("install");
+            assert_eq!(tr.sites, vec![(0, SITE)]);
+            let call = t.read_memory(SITE, 5).await.unwrap();
+            assert_eq!(call, code::call_from(SITE, plan.region.entry(0)));
+            assert_eq!(t.read_memory(plan.region.hit(0), 2).await.unwrap(), code::HIT_STUB);
+            let header = left_behind(&mut t, &plan).await.unwrap().expect("header");
+            assert_eq!(header.sites[0], Some(SITE));
+            assert_eq!(header.hit_page, plan.region.hit_page);
+
+            let restored = restore_sites(&mut t, &plan.region, &header).await.unwrap();
+            assert_eq!(restored.restored, vec![SITE]);
+            assert_eq!(t.read_memory(SITE, 5).await.unwrap(), FTRACE_NOP);
+            let header = left_behind(&mut t, &plan).await.unwrap().expect("header");
+            assert_eq!(header.sites, [None; SLOTS], "the site table is cleared");
+
+            erase(&mut t, &plan.region).await.unwrap();
+            assert!(t.read_memory(plan.region.base, REGION_LEN).await.unwrap().iter().all(|&b| b == 0xcc));
+            assert!(t.read_memory(plan.region.hit_page, 4096).await.unwrap().iter().all(|&b| b == 0xcc));
+        });
+    }
+
+    #[test]
+    fn a_trampoline_left_behind_is_restored_and_reused() {
+        run(async {
+            let (mut t, plan) = guest();
+            install(&mut t, &plan, &FilterData::default(), &[SITE]).await.expect("first");
+            let before = t.read_memory(plan.region.base, REGION_LEN).await.unwrap();
+            // A second ktrace (the first was killed) installs over it.
+            install(&mut t, &plan, &FilterData::default(), &[SITE]).await.expect("again");
+            assert_eq!(t.read_memory(plan.region.base, REGION_LEN).await.unwrap(), before, "same bytes");
+            assert_eq!(t.read_memory(SITE, 5).await.unwrap(), code::call_from(SITE, plan.region.entry(0)));
+        });
+    }
+
+    #[test]
+    fn foreign_bytes_are_refused_or_left_alone() {
+        run(async {
+            let (mut t, plan) = guest();
+            t.write(plan.region.base + 100, &[0x90]);
+            let err = install(&mut t, &plan, &FilterData::default(), &[SITE]).await.unwrap_err();
+            assert!(matches!(err, KernelError::Refused(Refusal::PaddingInUse { .. })), "{err}");
+
+            let (mut t, plan) = guest();
+            install(&mut t, &plan, &FilterData::default(), &[SITE]).await.unwrap();
+            t.write(SITE, &[0xe8, 1, 2, 3, 4]); // ftrace took the site over
+            let header = left_behind(&mut t, &plan).await.unwrap().unwrap();
+            let r = restore_sites(&mut t, &plan.region, &header).await.unwrap();
+            assert_eq!(r.foreign, vec![(SITE, [0xe8, 1, 2, 3, 4])]);
+            assert_eq!(t.read_memory(SITE, 5).await.unwrap(), vec![0xe8, 1, 2, 3, 4], "left alone");
+        });
+    }
+}

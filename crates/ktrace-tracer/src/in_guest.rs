@@ -1,0 +1,314 @@
+//! `--in-guest`: the filter runs inside the guest, in a trampoline called
+//! from each traced function's ftrace NOP, so the guest stops only on hits
+//! that match. The kernel crate builds and places the trampoline
+//! ([`ktrace_kernel::trampoline`]); this module decides where it can be
+//! used, turns breakpoints into hit breakpoints, and takes it all out again.
+
+use std::time::Duration;
+
+use ktrace_kernel::trampoline::{self, FilterData, Header, Plan, Refusal, Region, Trampoline, MAX_CPUS};
+use ktrace_kernel::{cpu_of_thread, CpuId, Kernel, KernelError, Target, TaskRef};
+use ktrace_rsp::{Resume, Session, StubAddr};
+use ktrace_symbols::Vmlinux;
+
+use crate::filter::Filter;
+use crate::hit::InGuestReport;
+use crate::location::Location;
+use crate::TraceError;
+
+/// How long the guest runs, with every site restored, before ktrace checks
+/// that no CPU is inside the trampoline and erases it.
+const DRAIN: Duration = Duration::from_millis(100);
+/// Drains tried before the trampoline is left in place (harmless) instead.
+const DRAIN_ROUNDS: usize = 5;
+
+/// A breakpoint the tracer holds: on a function, or on a slot's hit `nop`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BreakAt {
+    /// A breakpoint on the function itself (the stop loop).
+    Function,
+    /// The hit `nop` of the function at this address: the stop is reported
+    /// as the function's entry.
+    HitOf(u64),
+}
+
+/// The in-guest filter, installed.
+#[derive(Debug)]
+pub(crate) struct InGuest {
+    pub plan: Plan,
+    pub trampoline: Trampoline,
+    pub filter: FilterData,
+}
+
+/// The filter as the trampoline's data. A filter that would need anything
+/// but the current task's own fields and the CPU number is refused.
+pub(crate) fn filter_data(filter: &Filter, task: Option<TaskRef>, cpus: usize) -> Result<FilterData, Refusal> {
+    if cpus > MAX_CPUS {
+        return Err(Refusal::Filter(format!("the guest has {cpus} CPUs; the trampoline's CPU mask holds {MAX_CPUS}")));
+    }
+    let comm = match &filter.comm {
+        Some(c) if c.contains(['*', '?', '[']) => {
+            return Err(Refusal::Filter(format!("--comm {c} is a glob; the trampoline compares exact names")))
+        }
+        Some(c) if c.len() > 15 => return Err(Refusal::Filter(format!("--comm {c} is longer than a comm (15 bytes)"))),
+        Some(c) => Some(c.as_bytes().to_vec()),
+        None => None,
+    };
+    Ok(FilterData {
+        // A pid whose task is gone matches nothing (no task_struct is at 0).
+        task: filter.pid.map(|_| task.map_or(0, |t| t.0)),
+        tgid: filter.tgid,
+        comm,
+        cpus: (!filter.cpus.is_empty()).then(|| filter.cpus.iter().map(|c| c.0).collect()),
+    })
+}
+
+/// The outcome of [`install`]: the trampoline and which breakpoints now sit
+/// on hit instructions (`(index into the armed list, hit address)`), or the
+/// reasons the stop loop keeps everything.
+pub(crate) struct Installed {
+    pub in_guest: InGuest,
+    pub moved: Vec<(usize, u64)>,
+}
+
+/// Tries the in-guest filter for the breakpoints at `addrs` (runtime
+/// addresses of the armed locations). Refusals go to `report.fallbacks`.
+pub(crate) async fn install(
+    session: &mut Session,
+    kernel: &Kernel,
+    filter: &Filter,
+    task: Option<TaskRef>,
+    addrs: &[(u64, &Location)],
+    report: &mut InGuestReport,
+) -> Result<Option<Installed>, TraceError> {
+    let refused = |report: &mut InGuestReport, r: Refusal| {
+        report.fallbacks.push(r.to_string());
+        Ok(None)
+    };
+    let data = match filter_data(filter, task, kernel.cpu_count()) {
+        Ok(d) => d,
+        Err(r) => return refused(report, r),
+    };
+    let plan = match Plan::for_kernel(kernel) {
+        Ok(p) => p,
+        Err(r) => return refused(report, r),
+    };
+    // A trampoline a killed ktrace left: its sites hold calls, not the
+    // ftrace NOP; put them back before looking at the sites.
+    if let Some(header) = trampoline::left_behind(session, &plan).await? {
+        let region = Region { hit_page: header.hit_page, ..plan.region };
+        let r = trampoline::restore_sites(session, &region, &header).await?;
+        report.left_behind = r.restored.len();
+    }
+    // The body reads per-CPU data through %gs as the kernel does: check
+    // that %gs's base is the per-CPU base ktrace read from __per_cpu_offset.
+    let cpu0 = CpuId(0);
+    let gs = kernel.percpu_base_from_registers(session, cpu0).await?;
+    if Some(gs) != kernel.percpu_base(cpu0) {
+        let r = Refusal::Percpu(format!("CPU 0's gs base 0x{gs:x} is not its __per_cpu_offset"));
+        return refused(report, r);
+    }
+    let vm = kernel.vmlinux();
+    let ftrace_sites = vm.ftrace_sites().map_err(KernelError::from)?;
+    let mut sites = Vec::new();
+    let mut moved = Vec::new();
+    for (i, &(addr, loc)) in addrs.iter().enumerate() {
+        match site_of(session, kernel, vm, &ftrace_sites, addr, loc).await? {
+            Ok(site) if sites.len() < trampoline::SLOTS => {
+                moved.push((i, sites.len()));
+                sites.push(site);
+            }
+            Ok(_) => report.fallbacks.push(Refusal::TooManySites.to_string()),
+            Err(r) => report.fallbacks.push(r.to_string()),
+        }
+    }
+    if sites.is_empty() {
+        return Ok(None);
+    }
+    match trampoline::install(session, &plan, &data, &sites).await {
+        Ok(tr) => {
+            report.trampoline = Some(plan.region.base);
+            report.patched = tr.sites.len();
+            let moved = moved.into_iter().map(|(i, slot)| (i, plan.region.hit(slot))).collect();
+            Ok(Some(Installed { in_guest: InGuest { plan, trampoline: tr, filter: data }, moved }))
+        }
+        Err(KernelError::Refused(r)) => refused(report, r),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The ftrace NOP of the function at `addr`, or why it cannot be patched.
+async fn site_of(
+    session: &mut Session,
+    kernel: &Kernel,
+    vm: &Vmlinux,
+    ftrace_sites: &[ktrace_symbols::KernelAddr],
+    addr: u64,
+    loc: &Location,
+) -> Result<Result<u64, Refusal>, TraceError> {
+    let live = session.read_memory(addr, 16).await?;
+    let link = kernel.link(addr);
+    if vm.is_code(link) {
+        let at_start = vm.symbolize(link).is_some_and(|s| s.offset == 0);
+        if !at_start {
+            let why = "not a function's first instruction (only function entries have an ftrace NOP)".into();
+            return Ok(Err(Refusal::Site { func: loc.spec.clone(), why }));
+        }
+        return Ok(trampoline::ftrace_site(&loc.spec, addr, &live, Some((vm, ftrace_sites, link))));
+    }
+    if loc.module.as_ref().is_some_and(|m| m.offset != 0) {
+        let why = "not a function's first instruction (only function entries have an ftrace NOP)".into();
+        return Ok(Err(Refusal::Site { func: loc.spec.clone(), why }));
+    }
+    Ok(trampoline::ftrace_site(&loc.spec, addr, &live, None))
+}
+
+/// Puts the ftrace NOPs back (the guest stopped). Call first on every way
+/// out, before the breakpoints go.
+pub(crate) async fn restore_sites(
+    session: &mut Session,
+    ig: &InGuest,
+    report: &mut InGuestReport,
+) -> Result<(), TraceError> {
+    let mut header = Header { hit_page: ig.plan.region.hit_page, sites: [None; trampoline::SLOTS] };
+    for &(slot, site) in &ig.trampoline.sites {
+        header.sites[slot] = Some(site);
+    }
+    let r = trampoline::restore_sites(session, &ig.plan.region, &header).await?;
+    report.restored += r.restored.len();
+    for (site, bytes) in r.foreign {
+        report.fallbacks.push(format!("0x{site:x} holds {bytes:02x?}, not ktrace's call: left alone"));
+    }
+    Ok(())
+}
+
+/// With every site restored and ktrace's breakpoints gone: lets the guest
+/// run briefly so that any CPU inside the trampoline leaves it, checks that
+/// no CPU is in it, and erases it. Returns the stopped session and whether
+/// it was erased (else it stays: dead code with no `int3`).
+pub(crate) async fn drain_and_erase(mut session: Session, region: &Region) -> Result<(Session, bool), TraceError> {
+    for _ in 0..DRAIN_ROUNDS {
+        let running = session.resume(Resume::Continue).await?;
+        tokio::time::sleep(DRAIN).await;
+        session = running.interrupt().await?.0;
+        if !any_cpu_inside(&mut session, region).await? {
+            trampoline::erase(&mut session, region).await?;
+            return Ok((session, true));
+        }
+    }
+    Ok((session, false))
+}
+
+async fn any_cpu_inside(session: &mut Session, region: &Region) -> Result<bool, TraceError> {
+    for cpu in Target::cpus(session).await? {
+        if region.contains_code(Target::read_register(session, cpu, "rip").await?) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Steps every CPU parked on a hit instruction past its `nop` and `ret`,
+/// back into the traced function (for `--leave-stopped`, where the guest
+/// does not run again before ktrace leaves).
+pub(crate) async fn step_off_hits(session: &mut Session, region: &Region) -> Result<(), TraceError> {
+    for thread in session.threads().await? {
+        let Some(cpu) = cpu_of_thread(&thread) else { continue };
+        let rip = Target::read_register(session, cpu, "rip").await?;
+        if region.slot_of_hit(rip).is_some() {
+            session.step(Some(thread)).await?;
+            session.step(Some(thread)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// What `ktrace restore` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreOutcome {
+    /// The trampoline found, if any.
+    pub trampoline: Option<u64>,
+    /// Sites put back to the ftrace NOP.
+    pub restored: Vec<u64>,
+    /// Sites that hold something else: left alone.
+    pub foreign: Vec<u64>,
+    /// Whether the trampoline was erased.
+    pub erased: bool,
+}
+
+/// `ktrace restore`: finds a trampoline a killed ktrace left in the guest,
+/// restores its sites and erases it, then detaches.
+pub async fn restore_left_behind(
+    addr: &StubAddr,
+    vmlinux: std::sync::Arc<Vmlinux>,
+    client: ktrace_rsp::ClientConfig,
+) -> Result<RestoreOutcome, TraceError> {
+    let (mut session, _) = Session::connect(addr, client).await?;
+    let result = restore_in(&mut session, vmlinux).await;
+    match result {
+        Ok((outcome, region)) => {
+            let (session, erased) = match region {
+                Some(region) => drain_and_erase(session, &region).await?,
+                None => (session, false),
+            };
+            session.detach().await?;
+            Ok(RestoreOutcome { erased, ..outcome })
+        }
+        Err(e) => {
+            let _ = session.detach().await;
+            Err(e)
+        }
+    }
+}
+
+async fn restore_in(
+    session: &mut Session,
+    vmlinux: std::sync::Arc<Vmlinux>,
+) -> Result<(RestoreOutcome, Option<Region>), TraceError> {
+    let kernel = Kernel::attach(session, vmlinux).await?;
+    let none = RestoreOutcome { trampoline: None, restored: Vec::new(), foreign: Vec::new(), erased: false };
+    let Ok(plan) = Plan::for_kernel(&kernel) else { return Ok((none, None)) };
+    let Some(header) = trampoline::left_behind(session, &plan).await? else { return Ok((none, None)) };
+    let region = Region { hit_page: header.hit_page, ..plan.region };
+    let r = trampoline::restore_sites(session, &region, &header).await?;
+    let outcome = RestoreOutcome {
+        trampoline: Some(region.base),
+        restored: r.restored,
+        foreign: r.foreign.iter().map(|f| f.0).collect(),
+        erased: false,
+    };
+    // With a site someone else patched still pointing at it, it must stay.
+    let erasable = outcome.foreign.is_empty();
+    Ok((outcome, erasable.then_some(region)))
+}
+
+/// After a panic lost the session: connects again and restores the sites.
+pub(crate) async fn restore_after_panic(
+    addr: &StubAddr,
+    vmlinux: std::sync::Arc<Vmlinux>,
+    client: ktrace_rsp::ClientConfig,
+) {
+    if let Ok((mut session, _)) = Session::connect(addr, client).await {
+        let _ = restore_in(&mut session, vmlinux).await;
+        let _ = session.detach().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_the_trampoline_can_evaluate() {
+        let f = Filter { pid: Some(91), comm: Some("testprog".into()), cpus: vec![CpuId(1)], ..Filter::default() };
+        let d = filter_data(&f, Some(TaskRef(0xffff_8880_0000_1000)), 2).expect("compiles");
+        assert_eq!(d.task, Some(0xffff_8880_0000_1000));
+        assert_eq!(d.comm.as_deref(), Some(&b"testprog"[..]));
+        assert_eq!(d.cpus, Some(vec![1]));
+        let gone = filter_data(&Filter { pid: Some(91), ..Filter::default() }, None, 2).unwrap();
+        assert_eq!(gone.task, Some(0), "a pid without a task matches nothing");
+        let glob = Filter { comm: Some("test*".into()), ..Filter::default() };
+        assert!(filter_data(&glob, None, 2).unwrap_err().to_string().contains("glob"));
+        assert!(filter_data(&Filter::default(), None, 300).is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! `cargo xtask bench in-guest`: the stop loop against `--in-guest`, side
+//! by side on one guest (6.1, 2 vCPUs, KASLR on, two testprogs).
+//!
+//! Matched hits/s of `attach --break _raw_spin_lock --pid P` in each mode,
+//! and the speed of the *other* testprog (its loop rate: each loop does one
+//! `read`, so the change in its `task->ioac.syscr` over host time, read
+//! through QMP while ktrace holds the stub) untraced, under the stop loop,
+//! under `--in-guest`, and under `--in-guest` with a filter that never
+//! matches. Conditions rotate round by round; medians are reported.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ktrace_testguest::{BootOptions, Guest, KernelSeries, Qmp};
+use serde_json::Value;
+
+use crate::bench::{median, parse_summary};
+
+const BREAK: &str = "_raw_spin_lock";
+/// Targets of the issue on this machine.
+const TARGET_SPEEDUP: f64 = 1.8;
+const TARGET_OTHER: f64 = 0.25;
+const TARGET_NEVER: f64 = 0.85;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Untraced,
+    StopLoop,
+    InGuest,
+    InGuestNeverMatching,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [Mode::Untraced, Mode::StopLoop, Mode::InGuest, Mode::InGuestNeverMatching];
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Untraced => "untraced",
+            Mode::StopLoop => "stop loop (`--pid`)",
+            Mode::InGuest => "`--in-guest --pid`",
+            Mode::InGuestNeverMatching => "`--in-guest`, filter never matches",
+        }
+    }
+}
+
+struct Sample {
+    mode: Mode,
+    /// Matched hits per second (ktrace's summary).
+    matched: Option<f64>,
+    /// The other process's loops per host second.
+    other: f64,
+}
+
+/// Runs `rounds` rounds of `seconds`-long windows; returns a Markdown table.
+pub fn run(rounds: usize, seconds: u64) -> Result<String> {
+    crate::run(crate::cargo().args(["build", "--release", "-p", "ktrace-cli"]))?;
+    let ktrace = Path::new("target/release/ktrace").canonicalize().context("target/release/ktrace")?;
+    let series = KernelSeries::V6_1;
+    let image = ktrace_testguest::prepare(series, &mut |step| eprintln!("guest: {step}"))?;
+    let opts = BootOptions { kernel: series, smp: 2, kaslr: true, testprogs: 2, qmp: true, ..BootOptions::default() };
+    let guest = Guest::boot(&image, &opts)?;
+    let mut qmp = Qmp::connect(guest.qmp_socket().context("QMP socket")?)?;
+    let (traced, other) = (guest.testprog_pids()[0], guest.testprog_pids()[1]);
+    let vmlinux = image.vmlinux.to_str().context("utf-8 path")?.to_string();
+    let ktrace_json = |args: &[&str]| -> Result<Vec<Value>> {
+        let out = Command::new(&ktrace).args(args).args(["--vmlinux", &vmlinux, "--json"]).output()?;
+        if !out.status.success() {
+            bail!("ktrace {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    };
+    let addr = guest.addr();
+    let tasks = ktrace_json(&["ps", &addr])?;
+    let task = tasks
+        .iter()
+        .find(|t| t["pid"].as_u64() == Some(u64::from(other)))
+        .and_then(|t| t["task"].as_str())
+        .context("the other testprog's task")?;
+    let task = u64::from_str_radix(task.trim_start_matches("0x"), 16)?;
+    let layout = ktrace_json(&["layout", "task_struct.ioac.syscr"])?;
+    let offset = layout.first().and_then(|l| l["offset"].as_u64()).context("task_struct.ioac.syscr")?;
+    let syscr = task + offset;
+
+    let traced = traced.to_string();
+    let duration = format!("{seconds}s");
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        for i in 0..Mode::ALL.len() {
+            let mode = Mode::ALL[(i + round) % Mode::ALL.len()];
+            let mut args = vec!["attach", &addr, "--vmlinux", &vmlinux, "--break", BREAK, "--quiet"];
+            args.extend(["--duration", &duration]);
+            match mode {
+                Mode::Untraced => {}
+                Mode::StopLoop => args.extend(["--pid", &traced]),
+                Mode::InGuest => args.extend(["--pid", &traced, "--in-guest"]),
+                Mode::InGuestNeverMatching => args.extend(["--comm", "no-such-task", "--wait", "--in-guest"]),
+            }
+            let before = read_u64(&mut qmp, syscr)?;
+            let start = Instant::now();
+            let matched = if mode == Mode::Untraced {
+                std::thread::sleep(Duration::from_secs(seconds));
+                None
+            } else {
+                let out = Command::new(&ktrace).args(&args).stdout(Stdio::null()).output()?;
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                if !out.status.success() {
+                    bail!("{mode:?}: ktrace failed: {stderr}");
+                }
+                if mode != Mode::StopLoop && !stderr.contains("patched to call the filter") {
+                    bail!("{mode:?}: --in-guest was not used: {stderr}");
+                }
+                stderr.lines().find_map(parse_summary).map(|(_, m, s)| m / s)
+            };
+            let host = start.elapsed().as_secs_f64();
+            let after = read_u64(&mut qmp, syscr)?;
+            let other = after.saturating_sub(before) as f64 / host;
+            eprintln!("round {round}: {mode:?}: matched/s {matched:?}, other process {other:.0} loops/s");
+            samples.push(Sample { mode, matched, other });
+        }
+    }
+    drop(guest);
+    Ok(table(&samples, rounds, seconds))
+}
+
+fn table(samples: &[Sample], rounds: usize, seconds: u64) -> String {
+    let med = |mode: Mode, f: &dyn Fn(&Sample) -> Option<f64>| {
+        median(samples.iter().filter(|s| s.mode == mode).filter_map(f))
+    };
+    let untraced = med(Mode::Untraced, &|s| Some(s.other)).unwrap_or(f64::NAN);
+    let stop = med(Mode::StopLoop, &|s| s.matched).unwrap_or(f64::NAN);
+    let mut t = format!(
+        "`_raw_spin_lock` filtered by one testprog's pid, 6.1 guest (2 vCPUs, TCG, KASLR on), \
+         {rounds} rounds of {seconds} s, conditions rotated; medians\n\n\
+         | condition | matched hits/s | other process (loops/s) | of untraced |\n|---|---:|---:|---:|\n"
+    );
+    for mode in Mode::ALL {
+        let matched = med(mode, &|s| s.matched).map_or("-".into(), |m| format!("{m:.0}"));
+        let other = med(mode, &|s| Some(s.other)).unwrap_or(f64::NAN);
+        t += &format!("| {} | {matched} | {other:.0} | {:.1} % |\n", mode.label(), 100.0 * other / untraced);
+    }
+    let ig = med(Mode::InGuest, &|s| s.matched).unwrap_or(f64::NAN);
+    let other = med(Mode::InGuest, &|s| Some(s.other)).unwrap_or(f64::NAN) / untraced;
+    let never = med(Mode::InGuestNeverMatching, &|s| Some(s.other)).unwrap_or(f64::NAN) / untraced;
+    let ok = |b: bool| if b { "met" } else { "NOT met" };
+    t += &format!(
+        "\n`--in-guest` matched/s = {:.2}× the stop loop's (target ≥ {TARGET_SPEEDUP}×: {}); the other process at \
+         {:.0} % (target ≥ {:.0} %: {}); never-matching filter at {:.0} % (target ≥ {:.0} %: {}).\n",
+        ig / stop,
+        ok(ig / stop >= TARGET_SPEEDUP),
+        100.0 * other,
+        100.0 * TARGET_OTHER,
+        ok(other >= TARGET_OTHER),
+        100.0 * never,
+        100.0 * TARGET_NEVER,
+        ok(never >= TARGET_NEVER),
+    );
+    t
+}
+
+/// A u64 of guest memory through the monitor's `x` (QMP works while ktrace holds the stub).
+fn read_u64(qmp: &mut Qmp, addr: u64) -> Result<u64> {
+    let cmd = serde_json::json!({ "command-line": format!("x /1gx 0x{addr:x}") });
+    let text = qmp.execute("human-monitor-command", Some(cmd))?;
+    let text = text.as_str().context("x output")?;
+    let value = text.split(':').nth(1).context("x output")?.trim();
+    Ok(u64::from_str_radix(value.trim_start_matches("0x"), 16)?)
+}
