@@ -6,8 +6,10 @@
 //! `read`, so the change in its `task->ioac.syscr` over host time, read
 //! through QMP while ktrace holds the stub) untraced, under the stop loop,
 //! under `--in-guest`, and under `--in-guest` with a filter that never
-//! matches. Conditions rotate round by round; medians are reported.
+//! matches, over a window that starts once tracing has settled.
+//! Conditions rotate round by round; medians are reported.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -84,38 +86,59 @@ pub fn run(rounds: usize, seconds: u64) -> Result<String> {
     let syscr = task + offset;
 
     let traced = traced.to_string();
-    let duration = format!("{seconds}s");
+    let duration = format!("{}s", seconds + 2);
     let mut samples = Vec::new();
     for round in 0..rounds {
         for i in 0..Mode::ALL.len() {
             let mode = Mode::ALL[(i + round) % Mode::ALL.len()];
             let mut args = vec!["attach", &addr, "--vmlinux", &vmlinux, "--break", BREAK, "--quiet"];
-            args.extend(["--duration", &duration]);
+            args.extend(["--duration", &duration]); // the window plus start-up and settling
             match mode {
                 Mode::Untraced => {}
                 Mode::StopLoop => args.extend(["--pid", &traced]),
                 Mode::InGuest => args.extend(["--pid", &traced, "--in-guest"]),
                 Mode::InGuestNeverMatching => args.extend(["--comm", "no-such-task", "--wait", "--in-guest"]),
             }
-            let before = read_u64(&mut qmp, syscr)?;
-            let start = Instant::now();
-            let matched = if mode == Mode::Untraced {
-                std::thread::sleep(Duration::from_secs(seconds));
-                None
+            // The other process is measured over `seconds` once tracing has
+            // settled (half a second after ktrace says it attached), so the
+            // window holds neither ktrace's start-up nor its exit.
+            let window = Duration::from_secs(seconds);
+            let (matched, other) = if mode == Mode::Untraced {
+                let (before, start) = (read_u64(&mut qmp, syscr)?, Instant::now());
+                std::thread::sleep(window);
+                let other = read_u64(&mut qmp, syscr)?.saturating_sub(before) as f64 / start.elapsed().as_secs_f64();
+                (None, other)
             } else {
-                let out = Command::new(&ktrace).args(&args).stdout(Stdio::null()).output()?;
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                if !out.status.success() {
+                let mut child =
+                    Command::new(&ktrace).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+                let stderr = child.stderr.take().context("stderr")?;
+                let (tx, rx) = std::sync::mpsc::channel();
+                let reader = std::thread::spawn(move || {
+                    let mut all = String::new();
+                    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                        if line.contains("attached to") {
+                            let _ = tx.send(());
+                        }
+                        all.push_str(&line);
+                        all.push('\n');
+                    }
+                    all
+                });
+                rx.recv_timeout(Duration::from_secs(60)).context("ktrace did not attach")?;
+                std::thread::sleep(Duration::from_millis(500));
+                let (before, start) = (read_u64(&mut qmp, syscr)?, Instant::now());
+                std::thread::sleep(window);
+                let other = read_u64(&mut qmp, syscr)?.saturating_sub(before) as f64 / start.elapsed().as_secs_f64();
+                let status = child.wait()?;
+                let stderr = reader.join().unwrap_or_default();
+                if !status.success() {
                     bail!("{mode:?}: ktrace failed: {stderr}");
                 }
                 if mode != Mode::StopLoop && !stderr.contains("patched to call the filter") {
                     bail!("{mode:?}: --in-guest was not used: {stderr}");
                 }
-                stderr.lines().find_map(parse_summary).map(|(_, m, s)| m / s)
+                (stderr.lines().find_map(parse_summary).map(|(_, m, s)| m / s), other)
             };
-            let host = start.elapsed().as_secs_f64();
-            let after = read_u64(&mut qmp, syscr)?;
-            let other = after.saturating_sub(before) as f64 / host;
             eprintln!("round {round}: {mode:?}: matched/s {matched:?}, other process {other:.0} loops/s");
             samples.push(Sample { mode, matched, other });
         }
@@ -159,11 +182,8 @@ fn table(samples: &[Sample], rounds: usize, seconds: u64) -> String {
     t
 }
 
-/// A u64 of guest memory through the monitor's `x` (QMP works while ktrace holds the stub).
+/// A u64 of guest memory (QMP works while ktrace holds the stub).
 fn read_u64(qmp: &mut Qmp, addr: u64) -> Result<u64> {
-    let cmd = serde_json::json!({ "command-line": format!("x /1gx 0x{addr:x}") });
-    let text = qmp.execute("human-monitor-command", Some(cmd))?;
-    let text = text.as_str().context("x output")?;
-    let value = text.split(':').nth(1).context("x output")?.trim();
-    Ok(u64::from_str_radix(value.trim_start_matches("0x"), 16)?)
+    let bytes = qmp.read_virtual(addr, 8)?;
+    Ok(u64::from_le_bytes(bytes[..8].try_into()?))
 }

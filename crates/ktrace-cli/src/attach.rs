@@ -235,10 +235,19 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
     if let Some(r) = &summary.in_guest {
         if let Some(at) = r.trampoline {
             eprintln!(
-                "ktrace: --in-guest: {} site(s) restored; trampoline at 0x{at:x} {}",
+                "ktrace: --in-guest: {} of {} site(s) restored{}; trampoline at 0x{at:x} {}",
                 r.restored,
+                r.patched,
+                if r.reconnected { " over a new connection" } else { "" },
                 if r.erased { "erased" } else { "left in place (harmless; `ktrace restore` erases it)" }
             );
+            if r.restored < r.patched {
+                eprintln!(
+                    "ktrace: --in-guest: {} site(s) still call the trampoline (harmless); `ktrace restore {}` puts them back",
+                    r.patched - r.restored,
+                    args.target.addr
+                );
+            }
         }
     }
     if let Some(error) = error {

@@ -1,9 +1,10 @@
 //! `attach --in-guest` on every kernel of the test bed (6.1, 6.12, 7.x),
 //! KASLR on: the same hits and backtraces as the stop loop, no stop for
 //! another process, every way out puts the ftrace NOP back and erases the
-//! trampoline, a trampoline left by a killed ktrace is harmless and cleaned
-//! up later, a site that is not the ftrace NOP is refused, and the
-//! trampoline's code is what GDB disassembles.
+//! trampoline (after a lost connection, over a new one), a trampoline left
+//! by a killed ktrace is harmless and cleaned up later, a site that is not
+//! the ftrace NOP is refused, and the trampoline's code is what GDB
+//! disassembles.
 //!
 //! Guest memory is read through QMP (`x` in the human monitor) while no
 //! debugger is attached, and written through GDB.
@@ -15,6 +16,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ktrace_testguest::gdb::gdb_batch;
+use ktrace_testguest::proxy::{FaultConfig, FaultProxy};
 use ktrace_testguest::{test_guest_on, BootOptions, Guest, KernelSeries, Qmp};
 use serde_json::Value;
 
@@ -42,8 +44,12 @@ fn boot(series: KernelSeries) -> Option<Bed> {
 }
 
 fn attach(bed: &Bed, extra: &[&str]) -> Vec<String> {
+    attach_at(bed, &bed.guest.addr(), extra)
+}
+
+fn attach_at(bed: &Bed, addr: &str, extra: &[&str]) -> Vec<String> {
     let g = &bed.guest;
-    let mut args: Vec<String> = ["attach", &g.addr(), "--vmlinux", common::path(g.vmlinux()), "--break", FUNCTION]
+    let mut args: Vec<String> = ["attach", addr, "--vmlinux", common::path(g.vmlinux()), "--break", FUNCTION]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -61,22 +67,7 @@ fn run(args: &[String]) -> common::Output {
 
 /// Reads guest memory with the monitor's `x` (the VM keeps its state).
 fn read_bytes(qmp: &mut Qmp, addr: u64, n: usize) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    while bytes.len() < n {
-        let at = addr + bytes.len() as u64;
-        let chunk = (n - bytes.len()).min(256);
-        let cmd = serde_json::json!({ "command-line": format!("x /{chunk}xb 0x{at:x}") });
-        let text = qmp.execute("human-monitor-command", Some(cmd)).expect("x");
-        let text = text.as_str().expect("text");
-        for line in text.lines() {
-            let data = line.split_once(':').map_or("", |(_, d)| d);
-            bytes.extend(
-                data.split_whitespace().map(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).expect("hex")),
-            );
-        }
-    }
-    bytes.truncate(n);
-    bytes
+    qmp.read_virtual(addr, n).expect("reading guest memory through QMP")
 }
 
 /// The function's ftrace site: after `endbr64` where the kernel has one.
@@ -168,6 +159,23 @@ fn on(series: KernelSeries) {
         assert_restored(&mut bed, site, trampoline, &format!("SIG{sig}"));
     }
 
+    // The connection lost mid-trace: ktrace fails, and puts the sites back
+    // over a new connection.
+    let proxy = FaultProxy::start(&bed.guest.addr(), FaultConfig::default()).expect("proxy");
+    let args = attach_at(&bed, &proxy.addr(), &["--in-guest"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut running = common::spawn(&args);
+    assert!(running.wait_lines(3, Duration::from_secs(60)), "no hits before the cut");
+    proxy.cut();
+    let out = running.finish(common::LIMIT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), Some(1), "{}", out.dump());
+    assert!(out.stderr.contains("1 of 1 site(s) restored over a new connection"), "{}", out.dump());
+    drop(proxy);
+    assert_restored(&mut bed, site, trampoline, "connection lost");
+
+    left_stopped(&mut bed, site, trampoline);
+    in_a_module(&mut bed);
     killed_while_patched(&mut bed, site, trampoline);
     foreign_site_is_refused(&mut bed, function, site);
     common::assert_guest_healthy(&bed.guest);
@@ -224,6 +232,44 @@ fn killed_while_patched(bed: &mut Bed, site: u64, trampoline: u64) {
     }
     let out = run(&["restore".into(), bed.guest.addr(), "--vmlinux".into(), common::path(bed.guest.vmlinux()).into()]);
     assert!(out.stdout.contains("no ktrace trampoline"), "{}", out.dump());
+}
+
+/// `--leave-stopped`: the sites are restored and the VM stays paused; the
+/// trampoline stays (the guest cannot run a drain) until `ktrace restore`.
+fn left_stopped(bed: &mut Bed, site: u64, trampoline: u64) {
+    let out = run(&attach(bed, &["--in-guest", "--count", "3", "--leave-stopped"]));
+    assert_eq!(out.code(), Some(0), "{}", out.dump());
+    assert!(out.stderr.contains("1 site(s) restored") && out.stderr.contains("left in place"), "{}", out.dump());
+    assert!(!bed.qmp.running().expect("status"), "--leave-stopped resumed the guest");
+    assert_eq!(read_bytes(&mut bed.qmp, site, 5), NOP5, "the ftrace NOP is back");
+    assert_eq!(&read_bytes(&mut bed.qmp, trampoline, 16), b"ktrace:tramp:v1\0", "the trampoline stays, marked");
+    bed.qmp.cont().expect("cont");
+    let out = run(&["restore".into(), bed.guest.addr(), "--vmlinux".into(), common::path(bed.guest.vmlinux()).into()]);
+    assert!(out.stdout.contains("0 site(s) restored") && out.stdout.contains("erased"), "{}", out.dump());
+    assert_restored(bed, site, trampoline, "--leave-stopped, then restore");
+}
+
+/// A module's function (brd, under the test bed's dd loop) with an exact comm.
+fn in_a_module(bed: &mut Bed) {
+    let g = &bed.guest;
+    let args: Vec<String> =
+        ["attach", &g.addr(), "--vmlinux", common::path(g.vmlinux()), "--break", "brd:brd_submit_bio"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(
+                ["--comm", "dd", "--wait", "--in-guest", "--count", "3", "--json", "--timeout", "10"].map(String::from),
+            )
+            .collect();
+    let out = run(&args);
+    assert_eq!(out.code(), Some(0), "{}", out.dump());
+    assert!(out.stderr.contains("1 function(s) patched"), "{}", out.dump());
+    assert_eq!(out.hits(), Some((3, 3)), "{}", out.dump());
+    for hit in out.json_lines() {
+        assert_eq!(hit["comm"], "dd", "{hit}");
+        let top = &hit["backtrace"]["frames"][0];
+        assert_eq!((top["function"].as_str(), top["module"].as_str()), (Some("brd_submit_bio"), Some("brd")), "{hit}");
+    }
+    assert!(out.stderr.contains("1 site(s) restored") && out.stderr.contains("erased"), "{}", out.dump());
 }
 
 /// GDB's `x/12i` of the filter body and of the entry the site calls.

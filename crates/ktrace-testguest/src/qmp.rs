@@ -92,6 +92,34 @@ impl Qmp {
         Ok(status.get("running").and_then(Value::as_bool).unwrap_or(false))
     }
 
+    /// Reads guest virtual memory with the human monitor's `x` (through the
+    /// first CPU's page tables). Works while a gdb client holds the stub,
+    /// and leaves the VM as it was (running or paused).
+    pub fn read_virtual(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, GuestError> {
+        let mut bytes = Vec::with_capacity(len);
+        while bytes.len() < len {
+            let at = addr + bytes.len() as u64;
+            let chunk = (len - bytes.len()).min(256);
+            let cmd = json!({ "command-line": format!("x /{chunk}xb 0x{at:x}") });
+            let reply = self.execute("human-monitor-command", Some(cmd))?;
+            let text = reply.as_str().ok_or_else(|| qmp_err(format!("x: {reply}")))?;
+            let before = bytes.len();
+            for line in text.lines() {
+                let data = line.split_once(':').map_or("", |(_, d)| d);
+                for b in data.split_whitespace() {
+                    let b = u8::from_str_radix(b.trim_start_matches("0x"), 16)
+                        .map_err(|_| qmp_err(format!("x 0x{at:x}: {text}")))?;
+                    bytes.push(b);
+                }
+            }
+            if bytes.len() == before {
+                return Err(qmp_err(format!("x 0x{at:x}: {text}")));
+            }
+        }
+        bytes.truncate(len);
+        Ok(bytes)
+    }
+
     /// Writes the guest's memory as an ELF core file (no paging, so the
     /// dump holds physical memory and one PRSTATUS note per vCPU).
     pub fn dump_guest_memory(&mut self, to: &Path) -> Result<(), GuestError> {

@@ -109,6 +109,9 @@ pub struct InGuestReport {
     /// Whether the trampoline was erased again (else it stays, harmless,
     /// for the next `--in-guest` or `ktrace restore`).
     pub erased: bool,
+    /// Whether the connection was lost (or ktrace panicked) and the sites
+    /// were restored over a new one.
+    pub reconnected: bool,
 }
 
 impl Summary {

@@ -282,18 +282,6 @@ async fn restore_in(
     Ok((outcome, erasable.then_some(region)))
 }
 
-/// After a panic lost the session: connects again and restores the sites.
-pub(crate) async fn restore_after_panic(
-    addr: &StubAddr,
-    vmlinux: std::sync::Arc<Vmlinux>,
-    client: ktrace_rsp::ClientConfig,
-) {
-    if let Ok((mut session, _)) = Session::connect(addr, client).await {
-        let _ = restore_in(&mut session, vmlinux).await;
-        let _ = session.detach().await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -330,10 +330,7 @@ impl Tracer {
             Err(panic) => {
                 // The session went down with the panic: put the sites back
                 // over a new connection before going on unwinding.
-                if self.in_guest.take().is_some() {
-                    let vm = self.kernel.vmlinux().clone();
-                    in_guest::restore_after_panic(&self.addr, vm, self.cfg.client.clone()).await;
-                }
+                self.restore_over_new_connection().await;
                 std::panic::resume_unwind(panic)
             }
         };
@@ -343,6 +340,9 @@ impl Tracer {
             Err((error, session)) => (EndReason::Error, Some(error), session),
         };
         let mut released = false;
+        if session.is_none() {
+            self.restore_over_new_connection().await;
+        }
         if let Some(mut session) = session {
             let in_guest = self.in_guest.take();
             if let Some(ig) = &in_guest {
@@ -379,6 +379,20 @@ impl Tracer {
         match error {
             None => Ok(summary),
             Some(error) => Err(TraceFailure { error, summary }),
+        }
+    }
+
+    /// The session is gone (lost, or dropped by a panic) with sites still
+    /// patched: connects again to put them back, drain and erase.
+    async fn restore_over_new_connection(&mut self) {
+        if self.in_guest.take().is_none() {
+            return;
+        }
+        let vm = self.kernel.vmlinux().clone();
+        if let Ok(outcome) = in_guest::restore_left_behind(&self.addr, vm, self.cfg.client.clone()).await {
+            self.in_guest_report.restored += outcome.restored.len();
+            self.in_guest_report.erased = outcome.erased;
+            self.in_guest_report.reconnected = true;
         }
     }
 
@@ -800,6 +814,18 @@ fn describe_filter(f: &Filter) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_in_the_loop_becomes_a_value() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let caught = rt.block_on(CatchUnwind(Box::pin(async {
+            tokio::task::yield_now().await;
+            panic!("in the loop")
+        })));
+        let panic = caught.expect_err("the panic is caught");
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"in the loop"));
+        assert_eq!(rt.block_on(CatchUnwind(Box::pin(async { 7 }))).ok(), Some(7));
+    }
 
     #[test]
     fn ftrace_nop_and_endbr_are_skipped() {
