@@ -15,13 +15,15 @@ use ktrace_tracer::{CancellationToken, Filter, Hit, HitSink, ResumeMode, StackCo
 
 use crate::inspect::{explain, warn_if_no_backtraces, TargetArgs};
 use crate::symcmd::open_vmlinux;
-use crate::{format, UsageError};
+use crate::{format, ModulesArg, UsageError};
 
 /// `ktrace attach`.
 #[derive(Args, Debug)]
 pub struct AttachArgs {
     #[command(flatten)]
     target: TargetArgs,
+    #[command(flatten)]
+    modules: ModulesArg,
     /// Where to break: `symbol`, `symbol+0x10`, `0xADDR` (vmlinux address), `file.c:LINE`. Repeatable.
     #[arg(long = "break", short = 'b', required = true, value_name = "LOCATION")]
     breaks: Vec<String>,
@@ -166,6 +168,7 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         client: args.target.client(),
         release: args.target.release(),
         in_guest: args.in_guest,
+        module_debug: args.modules.dir(),
     };
     if want_stacks && args.no_backtrace {
         return Err(UsageError("--stacks/--folded/--flamegraph need backtraces; drop --no-backtrace".into()).into());

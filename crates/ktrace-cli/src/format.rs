@@ -68,7 +68,11 @@ pub fn backtrace(bt: &Backtrace) -> String {
             let name = s.function.as_deref().unwrap_or(func);
             let loc = location(s.file.as_deref(), s.line);
             let pc = if i == 0 { format!("0x{:016x}", f.pc) } else { String::new() };
-            let what = if i == last { format!("{func}+0x{:x}", f.offset) } else { format!("{name} (inlined)") };
+            let what = if i == last {
+                format!("{func}+0x{:x}{module}", f.offset)
+            } else {
+                format!("{name} (inlined){module}")
+            };
             let _ = writeln!(out, "#{n:<3} {pc:18} in {what}{loc}");
             n += 1;
         }

@@ -8,10 +8,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use ktrace_kernel::{Kernel, KernelError};
 use ktrace_rsp::{ClientConfig, RspError, Session, StubAddr};
-use ktrace_tracer::{GuestRelease, TraceError};
+use ktrace_tracer::{BtConfig, GuestRelease, TraceError};
 
 use crate::symcmd::open_vmlinux;
-use crate::{format, UsageError, VmlinuxArg};
+use crate::{format, ModulesArg, UsageError, VmlinuxArg};
 
 /// Where the stub is and which vmlinux to read it with.
 #[derive(Args, Debug, Clone)]
@@ -51,6 +51,15 @@ impl TargetArgs {
     pub fn client(&self) -> ClientConfig {
         ClientConfig { timeout: Duration::from_secs_f64(self.timeout.max(0.05)), ..ClientConfig::default() }
     }
+}
+
+/// `ktrace bt`.
+#[derive(Args, Debug, Clone)]
+pub struct BtArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub modules: ModulesArg,
 }
 
 /// Turns an error from connecting or matching the kernel into a message that
@@ -204,13 +213,14 @@ pub async fn restore(args: TargetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn bt(args: TargetArgs) -> Result<ExitCode> {
+pub async fn bt(bt: BtArgs) -> Result<ExitCode> {
+    let args = &bt.target;
     let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
     warn_if_no_backtraces(&vm);
     let stub = args.stub()?;
-    let (kernel, cpus) = ktrace_tracer::backtrace_all_cpus(&stub, vm, args.client(), 64, args.release())
-        .await
-        .map_err(|e| explain(&args.addr, e))?;
+    let cfg =
+        BtConfig { client: args.client(), max_frames: 64, release: args.release(), module_debug: bt.modules.dir() };
+    let (kernel, cpus) = ktrace_tracer::backtrace_all_cpus(&stub, vm, cfg).await.map_err(|e| explain(&args.addr, e))?;
     if args.json {
         for c in &cpus {
             println!("{}", serde_json::to_string(c)?);

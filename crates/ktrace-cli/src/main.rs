@@ -26,7 +26,7 @@ enum Command {
     /// Trace breakpoint hits, filtered by task and CPU, with backtraces.
     Attach(attach::AttachArgs),
     /// Stop the guest once, print every CPU's backtrace and current task, resume.
-    Bt(inspect::TargetArgs),
+    Bt(inspect::BtArgs),
     /// List every task (like `ps`/`lx-ps`).
     Ps(inspect::TargetArgs),
     /// Kernel release, KASLR slide, CPUs and what each runs.
@@ -48,6 +48,26 @@ pub struct VmlinuxArg {
     /// The vmlinux with debug info of the guest's kernel.
     #[arg(long, default_value = "vmlinux", value_name = "PATH")]
     pub vmlinux: PathBuf,
+}
+
+/// Where the debug files of modules are, for commands that show module frames.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ModulesArg {
+    /// The directory of the modules' `.ko` files with debug info, for
+    /// file:line and inlined frames in module code [default:
+    /// /usr/lib/debug/lib/modules/<release>/, where the -dbg package puts them].
+    #[arg(long = "modules", value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+}
+
+impl ModulesArg {
+    /// The directory as ktrace-kernel takes it.
+    pub fn dir(&self) -> ktrace_kernel::ModuleDebugDir {
+        match &self.modules {
+            Some(dir) => ktrace_kernel::ModuleDebugDir::Given(dir.clone()),
+            None => ktrace_kernel::ModuleDebugDir::Default,
+        }
+    }
 }
 
 /// An error caused by what the user asked for (exit code 2), as opposed to a

@@ -7,10 +7,10 @@ use anyhow::Result;
 use clap::Args;
 use ktrace_kernel::{Kernel, Modules, PercpuSection};
 use ktrace_rsp::{ClientConfig, Session, StubAddr};
-use ktrace_symbols::{KernelAddr, Vmlinux};
+use ktrace_symbols::{KernelAddr, SourceFrame, Vmlinux};
 use serde_json::json;
 
-use crate::{UsageError, VmlinuxArg};
+use crate::{ModulesArg, UsageError, VmlinuxArg};
 
 /// `ktrace sym`.
 #[derive(Args, Debug)]
@@ -28,6 +28,8 @@ pub struct SymArgs {
     /// addresses (runtime addresses, as backtraces show them).
     #[arg(long, value_name = "ADDR")]
     guest: Option<String>,
+    #[command(flatten)]
+    modules: ModulesArg,
 }
 
 /// `ktrace layout`.
@@ -52,13 +54,18 @@ fn parse_addr(text: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// The modules loaded in the guest at `addr` (one stop, then detach).
-async fn guest_modules(addr: &str, vm: Arc<Vmlinux>) -> Result<Modules> {
+/// The modules loaded in the guest at `addr` (one stop, then detach), with
+/// the debug files of those holding one of `addrs`.
+async fn guest_modules(addr: &str, vm: Arc<Vmlinux>, debug: &ModulesArg, addrs: &[u64]) -> Result<Modules> {
     let stub: StubAddr = addr.parse().map_err(|e| UsageError(format!("{addr}: not a stub address: {e}")))?;
     let (mut session, _) = Session::connect(&stub, ClientConfig::default()).await?;
     let result = async {
-        let kernel = Kernel::attach(&mut session, vm).await?;
-        kernel.modules(&mut session).await
+        let kernel = Kernel::attach(&mut session, vm).await?.with_module_debug(&debug.dir());
+        let mut modules = kernel.modules(&mut session).await?;
+        for m in modules.modules.iter_mut().filter(|m| addrs.iter().any(|&a| m.info.contains_code(a))) {
+            m.debug = kernel.module_debug(&mut session, m).await;
+        }
+        Ok::<_, ktrace_kernel::KernelError<ktrace_rsp::RspError>>(modules)
     }
     .await;
     let detached = session.detach().await;
@@ -67,18 +74,48 @@ async fn guest_modules(addr: &str, vm: Arc<Vmlinux>) -> Result<Modules> {
     Ok(modules)
 }
 
+/// The answer for an address, in the vmlinux or (`module`) in a module:
+/// its symbol+offset and source frames.
+fn address_answer(
+    query: &str,
+    addr: u64,
+    symbol: Option<(&str, u64, u64)>,
+    module: Option<&str>,
+    frames: &[SourceFrame],
+    json: bool,
+) -> String {
+    if json {
+        let mut answer = json!({"query": query, "address": format!("0x{addr:x}"), "symbol": symbol.map(|s| s.0),
+                                "offset": symbol.map(|s| s.1), "size": symbol.map(|s| s.2), "frames": frames});
+        if let Some(m) = module {
+            answer["module"] = m.into();
+        }
+        return answer.to_string();
+    }
+    let module = module.map(|m| format!(" [{m}]")).unwrap_or_default();
+    let mut out = match symbol {
+        Some((name, off, size)) => format!("0x{addr:016x}  {name}+0x{off:x}/0x{size:x}{module}"),
+        None => format!("0x{addr:016x}  ??"),
+    };
+    for f in frames {
+        let inl = if f.inlined { " (inlined)" } else { "" };
+        out += &format!(
+            "\n    {}{inl} at {}:{}",
+            f.function.as_deref().unwrap_or("??"),
+            f.file.as_deref().unwrap_or("??"),
+            f.line.unwrap_or(0)
+        );
+    }
+    out
+}
+
 /// A module answer to a `sym` query, if the loaded modules have one.
 fn module_answer(modules: &Modules, query: &str, json: bool) -> Option<String> {
     if let Some(addr) = parse_addr(query) {
         let m = modules.by_code_addr(addr)?;
         let (sym, off) = m.symbolize(addr)?;
-        return Some(if json {
-            json!({"query": query, "address": format!("0x{addr:x}"), "symbol": sym.name, "offset": off,
-                   "size": sym.size, "module": m.info.name, "frames": []})
-            .to_string()
-        } else {
-            format!("0x{addr:016x}  {}+0x{off:x}/0x{:x} [{}]", sym.name, sym.size, m.info.name)
-        });
+        let symbol = Some((sym.name.as_str(), off, sym.size));
+        return Some(address_answer(query, addr, symbol, Some(&m.info.name), &m.source_frames(addr), json));
     }
     let (base, off) = match query.split_once('+') {
         Some((b, o)) => (b, parse_addr(o).or_else(|| o.parse().ok())?),
@@ -103,7 +140,13 @@ fn module_answer(modules: &Modules, query: &str, json: bool) -> Option<String> {
 pub async fn sym(args: SymArgs) -> Result<ExitCode> {
     let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
     let modules = match &args.guest {
-        Some(addr) => Some(guest_modules(addr, vm.clone()).await?),
+        Some(addr) => {
+            let addrs: Vec<u64> = args.names.iter().filter_map(|n| parse_addr(n)).collect();
+            Some(guest_modules(addr, vm.clone(), &args.modules, &addrs).await?)
+        }
+        None if args.modules.modules.is_some() => {
+            return Err(UsageError("--modules DIR is for module addresses: add --guest ADDR".into()).into())
+        }
         None => None,
     };
     for name in &args.names {
@@ -118,30 +161,10 @@ pub async fn sym(args: SymArgs) -> Result<ExitCode> {
             continue;
         }
         if let Some(addr) = parse_addr(name) {
-            let addr = KernelAddr(addr);
-            let sym = vm.symbolize(addr);
-            let frames = vm.frames(addr).unwrap_or_default();
-            if args.json {
-                println!(
-                    "{}",
-                    json!({"query": name, "address": format!("0x{:x}", addr.0), "symbol": sym.as_ref().map(|s| &s.name),
-                           "offset": sym.as_ref().map(|s| s.offset), "size": sym.as_ref().map(|s| s.size), "frames": frames})
-                );
-            } else {
-                match &sym {
-                    Some(s) => println!("0x{:016x}  {}+0x{:x}/0x{:x}", addr.0, s.name, s.offset, s.size),
-                    None => println!("0x{:016x}  ??", addr.0),
-                }
-                for f in frames {
-                    let inl = if f.inlined { " (inlined)" } else { "" };
-                    println!(
-                        "    {}{inl} at {}:{}",
-                        f.function.as_deref().unwrap_or("??"),
-                        f.file.as_deref().unwrap_or("??"),
-                        f.line.unwrap_or(0)
-                    );
-                }
-            }
+            let sym = vm.symbolize(KernelAddr(addr));
+            let frames = vm.frames(KernelAddr(addr)).unwrap_or_default();
+            let symbol = sym.as_ref().map(|s| (s.name.as_str(), s.offset, s.size));
+            println!("{}", address_answer(name, addr, symbol, None, &frames, args.json));
             continue;
         }
         let addr = vm.resolve(name).map_err(|e| UsageError(e.to_string()))?;

@@ -132,6 +132,13 @@ fn vmlinux_without_dwarf() {
 }
 
 #[test]
+fn modules_dir_without_a_guest() {
+    // `sym --modules DIR` is for module addresses, which need --guest.
+    let out = run(&["sym", "--vmlinux", &kernel_like(), "--modules", "/tmp", "__schedule"], LIMIT);
+    assert_usage_error(&out, &["--modules", "--guest"]);
+}
+
+#[test]
 fn unknown_symbol_suggests_close_names() {
     // The real vmlinux, but no guest: symbols are resolved before connecting.
     let image = match ktrace_testguest::prepare(ktrace_testguest::KernelSeries::V6_1, &mut |_| {}) {

@@ -6,6 +6,7 @@ use ktrace_symbols::{KernelAddr, Vmlinux};
 use serde::Serialize;
 
 use crate::layout::{KernelLayout, PercpuOffset};
+use crate::module_debug::{ModuleDebugDir, ModuleDebugFiles};
 use crate::task::{self, TaskInfo, TaskRef};
 use crate::{kaslr, CpuId, KernelError, Target};
 
@@ -24,6 +25,8 @@ pub struct Kernel {
     rq_idle: Option<PercpuOffset>,
     /// `struct module`'s layout, found on first use.
     module_layout: Arc<std::sync::OnceLock<Result<crate::ModuleLayout, String>>>,
+    /// Modules' debug files.
+    module_debug: Arc<ModuleDebugFiles>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -113,12 +116,21 @@ impl Kernel {
             vmlinux,
             layout,
             slide,
-            release,
             percpu_bases,
             current_task,
             rq_idle,
             module_layout: Arc::default(),
+            module_debug: Arc::new(ModuleDebugFiles::new(&ModuleDebugDir::Default, &release)),
+            release,
         })
+    }
+
+    /// Looks for modules' debug files in `dir` (the default:
+    /// `/usr/lib/debug/lib/modules/<release>/`): the modules read from now
+    /// on whose file is there have source lines.
+    pub fn with_module_debug(mut self, dir: &ModuleDebugDir) -> Kernel {
+        self.module_debug = Arc::new(ModuleDebugFiles::new(dir, &self.release));
+        self
     }
 
     /// The vmlinux.
@@ -254,6 +266,20 @@ impl Kernel {
         let layout = self.module_layout()?;
         let format = self.vmlinux.orc().ok().map(|t| t.format());
         crate::read_modules(target, layout, self.slide, format).await
+    }
+
+    /// The debug file of a loaded module, from the modules directory (see
+    /// [`Kernel::with_module_debug`]), placed where the guest loaded its
+    /// sections; `None` without one, or when it does not match the module
+    /// (said once, as a warning). Each file is opened once per loaded
+    /// module; asking again costs nothing.
+    pub async fn module_debug<T: Target>(
+        &self,
+        target: &mut T,
+        module: &crate::LoadedModule,
+    ) -> Option<Arc<ktrace_symbols::ModuleDebug>> {
+        let layout = self.module_layout::<T::Error>().ok()?;
+        self.module_debug.for_module(target, layout.sections.as_ref(), module).await
     }
 
     /// The loaded modules' names, states and regions only (for `lsmod`).

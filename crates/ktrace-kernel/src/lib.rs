@@ -29,6 +29,8 @@ mod kaslr;
 mod kernel;
 mod layout;
 mod module;
+mod module_debug;
+mod module_sections;
 #[cfg(feature = "rsp")]
 mod rsp_target;
 pub mod synthetic;
@@ -42,8 +44,10 @@ pub use kernel::{CpuState, Kernel, KernelInfo};
 pub use layout::{CurrentTaskVar, KernelLayout, PercpuOffset, PercpuSection, PercpuVar};
 pub use module::{
     read_module_list, read_module_orc, read_module_symbols, read_modules, LoadedModule, ModuleInfo, ModuleLayout,
-    ModuleRegion, ModuleSymbol, Modules, RegionLayout, MAX_MODULES,
+    ModuleRegion, ModuleSymbol, Modules, RegionLayout, SectAttrsLayout, MAX_MODULES,
 };
+pub use module_debug::ModuleDebugDir;
+pub use module_sections::read_module_sections;
 #[cfg(feature = "rsp")]
 pub use rsp_target::cpu_of_thread;
 pub use target::{CpuId, Target};

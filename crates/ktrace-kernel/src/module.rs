@@ -9,7 +9,9 @@
 
 use std::collections::HashSet;
 
-use ktrace_symbols::{KernelAddr, OrcFormat, OrcTable, Vmlinux, ORC_ENTRY_SIZE};
+use std::sync::Arc;
+
+use ktrace_symbols::{KernelAddr, ModuleDebug, OrcFormat, OrcTable, SourceFrame, Vmlinux, ORC_ENTRY_SIZE};
 use serde::Serialize;
 
 use crate::task::le_u64;
@@ -75,6 +77,45 @@ pub struct ModuleLayout {
     pub kallsyms: Option<(u64, u64, u64, u64)>,
     /// `module.arch.orc_unwind_ip`, `.orc_unwind`, `.num_orcs`.
     pub orc: Option<(u64, u64, u64)>,
+    /// Where each module's sections are (`module.sect_attrs`), where the kernel keeps them.
+    pub sections: Option<SectAttrsLayout>,
+}
+
+/// Offsets of the section table, from DWARF.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SectAttrsLayout {
+    /// `module.sect_attrs`.
+    pub sect_attrs: u64,
+    /// `module_sect_attrs.grp.bin_attrs`.
+    pub bin_attrs: u64,
+    /// `bin_attribute.attr.name`.
+    pub name: u64,
+    /// The section's address, from the `struct bin_attribute`:
+    /// `module_sect_attr.address - module_sect_attr.battr`, or
+    /// `bin_attribute.private`.
+    pub address: u64,
+}
+
+impl SectAttrsLayout {
+    /// The layout, or `None` when the kernel keeps no section table
+    /// (built without `CONFIG_KALLSYMS` or `CONFIG_SYSFS`).
+    pub fn from_vmlinux(vm: &Vmlinux) -> Result<Option<SectAttrsLayout>, SymbolError> {
+        if !vm.has_member("module.sect_attrs") {
+            return Ok(None);
+        }
+        let off = |p: &str| vm.member(p).map(|m| m.offset);
+        let address = if vm.has_member("module_sect_attr.address") {
+            off("module_sect_attr.address")?.wrapping_sub(off("module_sect_attr.battr")?)
+        } else {
+            off("bin_attribute.private")?
+        };
+        Ok(Some(SectAttrsLayout {
+            sect_attrs: off("module.sect_attrs")?,
+            bin_attrs: off("module_sect_attrs.grp.bin_attrs")?,
+            name: off("bin_attribute.attr.name")?,
+            address,
+        }))
+    }
 }
 
 impl ModuleLayout {
@@ -128,6 +169,9 @@ impl ModuleLayout {
             regions,
             kallsyms,
             orc,
+            // Only the lines of module debug files need it: a kernel
+            // without it (or with an unknown one) still lists modules.
+            sections: SectAttrsLayout::from_vmlinux(vm).ok().flatten(),
         })
     }
 }
@@ -194,6 +238,9 @@ pub struct LoadedModule {
     pub symbols: Vec<ModuleSymbol>,
     /// Its ORC table (runtime addresses), when it has one.
     pub orc: Option<OrcTable>,
+    /// Its debug file placed where it was loaded, once asked for
+    /// ([`crate::Kernel::module_debug`]) and found to match.
+    pub debug: Option<Arc<ModuleDebug>>,
 }
 
 impl LoadedModule {
@@ -203,6 +250,12 @@ impl LoadedModule {
         let sym = self.symbols[..idx].iter().rev().find(|s| s.func || s.size > 0)?;
         let end = if sym.size > 0 { sym.addr + sym.size } else { u64::MAX };
         (addr < end && self.info.contains_code(addr)).then(|| (sym, addr - sym.addr))
+    }
+
+    /// Source frames at `addr` (file:line and inlined functions) from the
+    /// module's debug file; empty without one.
+    pub fn source_frames(&self, addr: u64) -> Vec<SourceFrame> {
+        self.debug.as_ref().and_then(|d| d.frames(addr).ok()).unwrap_or_default()
     }
 
     /// The symbol called `name`.
@@ -222,6 +275,11 @@ impl Modules {
     /// The module whose code contains `addr`.
     pub fn by_code_addr(&self, addr: u64) -> Option<&LoadedModule> {
         self.modules.iter().find(|m| m.info.contains_code(addr))
+    }
+
+    /// The module whose code contains `addr`, to change.
+    pub fn by_code_addr_mut(&mut self, addr: u64) -> Option<&mut LoadedModule> {
+        self.modules.iter_mut().find(|m| m.info.contains_code(addr))
     }
 
     /// The module called `name`.
@@ -437,7 +495,7 @@ pub async fn read_modules<T: Target>(
             Some(f) => read_module_orc(target, layout, &info, f).await?,
             None => None,
         };
-        modules.push(LoadedModule { info, symbols, orc });
+        modules.push(LoadedModule { info, symbols, orc, debug: None });
     }
     Ok(Modules { modules })
 }
@@ -467,6 +525,7 @@ mod tests {
             },
             kallsyms: Some((0x300, 0, 8, 16)),
             orc: None,
+            sections: None,
         }
     }
 
@@ -569,7 +628,7 @@ mod tests {
             symbols.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
             ["brd_init", "brd_submit_bio", "rd_size"]
         );
-        let m = LoadedModule { info, symbols, orc: None };
+        let m = LoadedModule { info, symbols, orc: None, debug: None };
         let (s, off) = m.symbolize(0xffff_ffff_c020_0110).expect("in brd_submit_bio");
         assert_eq!((s.name.as_str(), off), ("brd_submit_bio", 0x10));
         assert!(m.symbolize(0xffff_ffff_c020_0190).is_none(), "past its end");

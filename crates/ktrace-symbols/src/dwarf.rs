@@ -67,7 +67,7 @@ pub(crate) fn load_dwarf(image: &ElfImage, owned: &OwnedSections) -> Option<giml
 pub(crate) struct OwnedSections(Mutex<Vec<Box<[u8]>>>);
 
 impl OwnedSections {
-    fn keep(&self, v: Vec<u8>) -> &'static [u8] {
+    pub(crate) fn keep(&self, v: Vec<u8>) -> &'static [u8] {
         let b = v.into_boxed_slice();
         // SAFETY: the boxed slice's heap buffer never moves and is only
         // freed when `OwnedSections` is dropped, which `Vmlinux` does after

@@ -153,6 +153,24 @@ pub enum SymbolError {
         /// What is wrong.
         reason: String,
     },
+    /// A module debug file is not an x86-64 relocatable ELF object.
+    #[error("{path} is not a kernel module debug file ({reason}); pass the directory of the `.ko` files with debug info (Debian: /usr/lib/debug/lib/modules/<release>/ from the linux-image-*-dbg package)")]
+    NotModule {
+        /// The path that was tried.
+        path: PathBuf,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A relocation of a module's debug section could not be applied.
+    #[error("cannot relocate {section} of {path}: {reason}")]
+    Relocation {
+        /// The module debug file.
+        path: PathBuf,
+        /// The debug section.
+        section: String,
+        /// What was wrong.
+        reason: String,
+    },
     /// The debug info could not be parsed.
     #[error("malformed debug info while {context}: {message}; the vmlinux may be truncated or built by an unsupported toolchain")]
     Dwarf {

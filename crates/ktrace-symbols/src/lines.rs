@@ -47,21 +47,45 @@ pub fn short_source_path(path: &str) -> &str {
         "arch", "block", "certs", "crypto", "drivers", "fs", "include", "init", "io_uring", "ipc", "kernel", "lib",
         "mm", "net", "rust", "samples", "security", "sound", "virt",
     ];
-    let mut start = 0;
-    for (i, _) in path.match_indices('/') {
-        let rest = &path[i + 1..];
-        if TOP.iter().any(|t| rest.starts_with(t) && rest[t.len()..].starts_with('/')) {
-            start = i + 1;
-            break;
+    let top = |rest: &str| TOP.iter().any(|t| rest.starts_with(t) && rest[t.len()..].starts_with('/'));
+    if top(path) {
+        // Already relative to the tree: `drivers/block/brd.c` keeps `drivers/`.
+        return path;
+    }
+    match path.match_indices('/').find(|(i, _)| top(&path[i + 1..])) {
+        Some((i, _)) => &path[i + 1..],
+        None => path,
+    }
+}
+
+/// The frames at `addr` from `ctx` (none: the address has no DWARF), with
+/// the real function named by `symbol` (the symbol table holding `addr`)
+/// where DWARF does not name it or has no frame at all, as GNU addr2line
+/// does. One path for the vmlinux and for module debug files.
+pub(crate) fn frames_named(
+    ctx: Option<&addr2line::Context<R>>,
+    addr: u64,
+    symbol: impl Fn() -> Option<String>,
+) -> Result<Vec<SourceFrame>, SymbolError> {
+    let mut frames = match ctx {
+        Some(ctx) => frames(ctx, addr)?,
+        None => Vec::new(),
+    };
+    if let Some(last) = frames.last_mut().filter(|f| f.function.is_none()) {
+        last.function = symbol();
+    }
+    if frames.is_empty() {
+        if let Some(name) = symbol() {
+            frames.push(SourceFrame { function: Some(name), file: None, line: None, inlined: false });
         }
     }
-    &path[start..]
+    Ok(frames)
 }
 
 /// Run addr2line's frame lookup.
-pub(crate) fn frames(ctx: &addr2line::Context<R>, addr: KernelAddr) -> Result<Vec<SourceFrame>, SymbolError> {
+fn frames(ctx: &addr2line::Context<R>, addr: u64) -> Result<Vec<SourceFrame>, SymbolError> {
     let err = |e| SymbolError::dwarf("looking up source lines", e);
-    let mut it = ctx.find_frames(addr.0).skip_all_loads().map_err(err)?;
+    let mut it = ctx.find_frames(addr).skip_all_loads().map_err(err)?;
     let mut out = Vec::new();
     while let Some(f) = it.next().map_err(err)? {
         let function = f.function.as_ref().and_then(|n| n.raw_name().ok()).map(|s| s.into_owned());
@@ -210,6 +234,8 @@ mod tests {
             "arch/x86/entry/entry_64.S"
         );
         assert_eq!(short_source_path("kernel/sched/core.c"), "kernel/sched/core.c");
+        assert_eq!(short_source_path("drivers/block/brd.c"), "drivers/block/brd.c");
+        assert_eq!(short_source_path("debian/build/x/drivers/net/virtio_net.c"), "drivers/net/virtio_net.c");
         assert_eq!(short_source_path("foo.c"), "foo.c");
     }
 

@@ -330,13 +330,8 @@ impl Vmlinux {
     /// (e.g. some assembly) give one frame named from the symbol table.
     pub fn frames(&self, addr: KernelAddr) -> Result<Vec<SourceFrame>, SymbolError> {
         let d = self.dwarf("source lines")?;
-        let Some(u) = d.unit_for_addr(addr.0) else {
-            return Ok(self
-                .symbolize(addr)
-                .map(|s| SourceFrame { function: Some(s.name), file: None, line: None, inlined: false })
-                .into_iter()
-                .collect());
-        };
+        let name = || self.symbolize(addr).map(|s| s.name);
+        let Some(u) = d.unit_for_addr(addr.0) else { return lines::frames_named(None, addr.0, name) };
         let mut cache = self.addr2line.lock().unwrap_or_else(|e| e.into_inner());
         if !cache.contains_key(&u) {
             if cache.len() >= MAX_LINE_CONTEXTS {
@@ -345,19 +340,7 @@ impl Vmlinux {
             let ctx = self.unit_context(d, u)?;
             cache.insert(u, ctx);
         }
-        let mut frames = lines::frames(&cache[&u], addr)?;
-        drop(cache);
-        // Functions whose DWARF does not cover the address (or has no
-        // name) are named from the symbol table, as GNU addr2line does.
-        if let Some(last) = frames.last_mut().filter(|f| f.function.is_none()) {
-            last.function = self.symbolize(addr).map(|s| s.name);
-        }
-        if frames.is_empty() {
-            if let Some(s) = self.symbolize(addr) {
-                frames.push(SourceFrame { function: Some(s.name), file: None, line: None, inlined: false });
-            }
-        }
-        Ok(frames)
+        lines::frames_named(cache.get(&u), addr.0, name)
     }
 
     /// An addr2line context that sees only unit `u` of `.debug_info`.

@@ -91,6 +91,22 @@ pub(crate) fn parse_console_modules(console: &str) -> Vec<ConsoleModule> {
         .collect()
 }
 
+/// Parses the `ktrace-guest section MODULE SECTION 0xADDR` lines of a
+/// console log (`/sys/module/*/sections/*`, read as root): the sections of
+/// `module`, by name.
+pub(crate) fn parse_console_sections(console: &str, module: &str) -> Vec<(String, u64)> {
+    const PREFIX: &str = "ktrace-guest section ";
+    console
+        .lines()
+        .filter_map(|line| {
+            let rest = &line[line.find(PREFIX)? + PREFIX.len()..];
+            let [m, section, addr] = rest.split_whitespace().collect::<Vec<_>>()[..] else { return None };
+            let addr = u64::from_str_radix(addr.strip_prefix("0x")?, 16).ok()?;
+            (m == module).then(|| (section.to_string(), addr))
+        })
+        .collect()
+}
+
 /// A running guest. Dropping it kills QEMU.
 #[derive(Debug)]
 pub struct Guest {
@@ -289,6 +305,12 @@ impl Guest {
         parse_console_modules(&self.console())
     }
 
+    /// Where the sections of `module` were loaded, as its init printed
+    /// them from `/sys/module/<module>/sections/`.
+    pub fn module_sections_from_console(&self, module: &str) -> Vec<(String, u64)> {
+        parse_console_sections(&self.console(), module)
+    }
+
     /// The image this guest booted.
     pub fn image(&self) -> &GuestImage {
         &self.image
@@ -448,5 +470,17 @@ ktrace-guest modules 1
 ";
         assert_eq!(parse_console_modules(console), []);
         assert_eq!(parse_console_modules(""), []);
+    }
+
+    #[test]
+    fn console_sections() {
+        let console = "ktrace-guest section brd .text 0xffffffffc047d000\n\
+                       ktrace-guest section loop .text 0xffffffffc0100000\n\
+                       [    1.2] brd: ktrace-guest section brd .init.text 0xffffffffc0483000\n\
+                       ktrace-guest section brd .data 0x\n";
+        assert_eq!(
+            parse_console_sections(console, "brd"),
+            [(".text".to_string(), 0xffff_ffff_c047_d000), (".init.text".to_string(), 0xffff_ffff_c048_3000)]
+        );
     }
 }

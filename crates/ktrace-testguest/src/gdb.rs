@@ -106,12 +106,7 @@ pub fn gdb_batch_with(vmlinux: &Path, port: u16, commands: &[String], opts: &Gdb
     }
     cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
     let command_line = format!("gdb -nx -batch … target remote 127.0.0.1:{port} ({} commands)", commands.len());
-    let mut child = cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            GuestError::MissingTool { tool: "gdb".into(), install: "apt-get install -y gdb".into() }
-        }
-        _ => GuestError::Command { command: command_line.clone(), detail: e.to_string() },
-    })?;
+    let mut child = cmd.spawn().map_err(|e| gdb_not_run(e, &command_line))?;
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().map_err(io_err("gdb"))? {
@@ -145,6 +140,104 @@ pub fn gdb_batch_with(vmlinux: &Path, port: u16, commands: &[String], opts: &Gdb
         });
     }
     Ok(out)
+}
+
+/// What GDB says of one address in module code.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GdbCodeLine {
+    /// `info line`'s file (as DWARF records it) and line.
+    pub line: Option<(String, u32)>,
+    /// `info symbol`'s symbol.
+    pub symbol: Option<String>,
+}
+
+/// GDB's lines of module code, with the module where the guest loaded it.
+///
+/// GDB's `add-symbol-file KO -s SECTION ADDR …` places a relocatable
+/// object's line table by its `.text` offset alone, so that the rows of
+/// `.init.text` or `.text.unlikely` land among `.text`'s. Instead `ld`
+/// links the `.ko` with every section at its runtime address (relocating
+/// the DWARF as the kernel's loader does the code), and GDB reads that:
+/// `info line *ADDR` and `info symbol ADDR` for each address. No guest is
+/// needed.
+pub fn gdb_module_lines(ko: &Path, sections: &[(String, u64)], addrs: &[u64]) -> Result<Vec<GdbCodeLine>, GuestError> {
+    let run_dir = cache_dir().join("run");
+    fs::create_dir_all(&run_dir).map_err(io_err(&run_dir))?;
+    let stamp = format!("{}-{:?}", std::process::id(), Instant::now());
+    let stamp: String = stamp.chars().filter(char::is_ascii_alphanumeric).collect();
+    let (script, linked) = (run_dir.join(format!("ko-{stamp}.lds")), run_dir.join(format!("ko-{stamp}.elf")));
+    let placed: Vec<String> =
+        sections.iter().map(|(name, addr)| format!("  {name} 0x{addr:x} : {{ *({name}) }}\n")).collect();
+    fs::write(&script, format!("SECTIONS {{\n{}}}\n", placed.concat())).map_err(io_err(&script))?;
+    let ld = Command::new("ld")
+        .args(["--unresolved-symbols=ignore-all", "--noinhibit-exec", "-e", "0", "-o"])
+        .arg(&linked)
+        .arg("-T")
+        .arg(&script)
+        .arg(ko)
+        .stdin(Stdio::null())
+        .output();
+    let _ = fs::remove_file(&script);
+    let ld = ld.map_err(|e| GuestError::Command { command: "ld".into(), detail: e.to_string() })?;
+    if !linked.exists() {
+        return Err(GuestError::Command {
+            command: format!("ld -T … {}", ko.display()),
+            detail: String::from_utf8_lossy(&ld.stderr).into_owned(),
+        });
+    }
+    let mut cmd = Command::new("gdb");
+    cmd.args(["-nx", "-batch", "-ex", "set width 0"]).arg("-ex").arg(format!("file {}", linked.display()));
+    for a in addrs {
+        cmd.arg("-ex").arg(format!("echo @@0x{a:x}\\n"));
+        cmd.arg("-ex").arg(format!("info line *0x{a:x}"));
+        cmd.arg("-ex").arg(format!("info symbol 0x{a:x}"));
+    }
+    let out = cmd.stdin(Stdio::null()).output();
+    let _ = fs::remove_file(&linked);
+    let out = out.map_err(|e| gdb_not_run(e, "gdb"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answers = parse_module_lines(&text);
+    if answers.len() != addrs.len() {
+        return Err(GuestError::Command {
+            command: format!("gdb {}", ko.display()),
+            detail: format!("{} answers for {} addresses:\n{text}", answers.len(), addrs.len()),
+        });
+    }
+    Ok(answers)
+}
+
+/// The answers of [`gdb_module_lines`], one per `@@ADDR` marker.
+fn parse_module_lines(text: &str) -> Vec<GdbCodeLine> {
+    let mut out: Vec<GdbCodeLine> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("@@") {
+            out.push(GdbCodeLine::default());
+            continue;
+        }
+        let Some(cur) = out.last_mut() else { continue };
+        // Line 347 of "include/linux/spinlock.h" starts at address 0x… <brd_submit_bio+1067> and ends at …
+        if let Some(rest) = line.strip_prefix("Line ") {
+            let Some((n, rest)) = rest.split_once(" of \"") else { continue };
+            let Some((file, _)) = rest.split_once('"') else { continue };
+            if let Ok(n) = n.parse() {
+                cur.line = Some((file.to_string(), n));
+            }
+        } else if let Some((sym, _)) = line.split_once(" in section ") {
+            // `brd_submit_bio + 1076 in section .text`, or without `+ N` at its start.
+            cur.symbol = sym.split(" + ").next().map(str::to_string);
+        }
+    }
+    out
+}
+
+/// Why GDB could not be started: not installed, or another reason.
+fn gdb_not_run(e: std::io::Error, command: &str) -> GuestError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            GuestError::MissingTool { tool: "gdb".into(), install: "apt-get install -y gdb".into() }
+        }
+        _ => GuestError::Command { command: command.to_string(), detail: e.to_string() },
+    }
 }
 
 fn tail(text: &str, n: usize) -> String {
@@ -238,6 +331,22 @@ mod tests {
         assert_eq!(parse_u64(&v[3].1), Some(u64::MAX));
         assert_eq!(value(out, 2).as_deref(), Some("(struct task_struct *) 0xffff888003a1c000"));
         assert_eq!(value(out, 9), None);
+    }
+
+    #[test]
+    fn module_lines_parse_per_marker() {
+        let out = "add symbol table from file \"brd.ko\" at\n\t.text_addr = 0xffffffffc0800000\n\
+                   @@0xffffffffc08007d4\n\
+                   Line 347 of \"include/linux/spinlock.h\" starts at address 0xffffffffc08007cb <brd_submit_bio+1067> and ends at 0xffffffffc08007d5 <brd_submit_bio+1077>.\n\
+                   brd_submit_bio + 1076 in section .text\n\
+                   @@0xffffffffc0800000\n\
+                   No line number information available for address 0xffffffffc0800000 <__pfx_put_page>\n\
+                   __pfx_put_page in section .text\n";
+        let got = parse_module_lines(out);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].line, Some(("include/linux/spinlock.h".to_string(), 347)));
+        assert_eq!(got[0].symbol.as_deref(), Some("brd_submit_bio"));
+        assert_eq!(got[1], GdbCodeLine { line: None, symbol: Some("__pfx_put_page".into()) });
     }
 
     #[test]

@@ -53,6 +53,12 @@ fn every_kernel_series_boots_reports_its_release_and_loads_brd() {
         assert!(debug.is_file(), "{series}: no {}", debug.display());
         let console = guest.console();
         assert!(console.contains("ktrace-guest dd started"), "{series}: no dd loop:\n{console}");
+        assert!(console.contains("ktrace-guest dd writer started"), "{series}: no dd writer:\n{console}");
+        let sections = guest.module_sections_from_console("brd");
+        assert!(
+            sections.contains(&(".text".to_string(), brd.base)),
+            "{series}: brd's .text not at its base: {sections:?}"
+        );
         assert!(!console.contains("ktrace-guest insmod"), "{series}: insmod failed:\n{console}");
         for bad in ["Oops", "BUG:", "Call Trace:", "Kernel panic"] {
             assert!(!console.contains(bad), "{series}: {bad} on the console:\n{console}");

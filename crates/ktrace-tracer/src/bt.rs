@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ktrace_kernel::{cpu_of_thread, CpuId, Kernel, TaskInfo};
+use ktrace_kernel::{cpu_of_thread, CpuId, Kernel, ModuleDebugDir, TaskInfo};
 use ktrace_rsp::{ClientConfig, Session, StubAddr, ThreadOp};
 use ktrace_symbols::Vmlinux;
 use serde::Serialize;
@@ -22,19 +22,30 @@ pub struct CpuBacktrace {
     pub backtrace: Backtrace,
 }
 
-/// Stops the guest once, unwinds every CPU, and lets go of it as `release`
-/// says (detach: the guest runs on).
+/// How `ktrace bt` connects and what it shows.
+#[derive(Clone, Debug, Default)]
+pub struct BtConfig {
+    /// The RSP client settings.
+    pub client: ClientConfig,
+    /// The most frames per backtrace.
+    pub max_frames: usize,
+    /// Resume the guest at the end, or leave it paused.
+    pub release: crate::GuestRelease,
+    /// Where modules' debug files are (source lines in module frames).
+    pub module_debug: ModuleDebugDir,
+}
+
+/// Stops the guest once, unwinds every CPU, and lets go of it as
+/// `cfg.release` says (detach: the guest runs on).
 pub async fn backtrace_all_cpus(
     addr: &StubAddr,
     vmlinux: Arc<Vmlinux>,
-    client: ClientConfig,
-    max_frames: usize,
-    release: crate::GuestRelease,
+    cfg: BtConfig,
 ) -> Result<(Kernel, Vec<CpuBacktrace>), TraceError> {
-    let mut unwinder = Unwinder::new(&vmlinux)?.with_max_frames(max_frames);
-    let (mut session, _) = Session::connect(addr, client).await?;
-    let result = collect(&mut session, vmlinux, &mut unwinder).await;
-    let detached = release.release(session).await;
+    let mut unwinder = Unwinder::new(&vmlinux)?.with_max_frames(cfg.max_frames);
+    let (mut session, _) = Session::connect(addr, cfg.client).await?;
+    let result = collect(&mut session, vmlinux, &cfg.module_debug, &mut unwinder).await;
+    let detached = cfg.release.release(session).await;
     let out = result?;
     detached?;
     Ok(out)
@@ -43,9 +54,10 @@ pub async fn backtrace_all_cpus(
 async fn collect(
     session: &mut Session,
     vmlinux: Arc<Vmlinux>,
+    module_debug: &ModuleDebugDir,
     unwinder: &mut Unwinder,
 ) -> Result<(Kernel, Vec<CpuBacktrace>), TraceError> {
-    let kernel = Kernel::attach(session, vmlinux).await?;
+    let kernel = Kernel::attach(session, vmlinux).await?.with_module_debug(module_debug);
     let cpus = backtrace_cpus(session, &kernel, unwinder).await?;
     Ok((kernel, cpus))
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use ktrace_kernel::ModuleDebugDir;
 use ktrace_rsp::ClientConfig;
 
 use crate::filter::Filter;
@@ -75,6 +76,8 @@ pub struct TraceConfig {
     /// called from each function's ftrace NOP, so the guest stops only on
     /// matching hits. Where that cannot be made safe, the stop loop is used.
     pub in_guest: bool,
+    /// Where modules' debug files are (source lines in module frames).
+    pub module_debug: ModuleDebugDir,
 }
 
 impl Default for TraceConfig {
@@ -92,6 +95,7 @@ impl Default for TraceConfig {
             release: GuestRelease::Resume,
             client: ClientConfig::default(),
             in_guest: false,
+            module_debug: ModuleDebugDir::Default,
         }
     }
 }
@@ -160,6 +164,12 @@ impl TraceConfig {
     /// Evaluates the filter inside the guest where it can (`--in-guest`).
     pub fn in_guest(mut self, yes: bool) -> Self {
         self.in_guest = yes;
+        self
+    }
+
+    /// Looks for modules' debug files in this directory.
+    pub fn module_debug(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.module_debug = ModuleDebugDir::Given(dir.into());
         self
     }
 

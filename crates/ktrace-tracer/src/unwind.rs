@@ -600,7 +600,8 @@ impl Unwinder {
         Frame { pc, kind, function, module: None, offset, regs_at, source }
     }
 
-    /// A frame in module code, named from the module's kallsyms.
+    /// A frame in module code, named from the module's kallsyms, with
+    /// source lines where its debug file was found.
     fn module_frame(&self, pc: u64, kind: FrameKind, regs_at: Option<u64>, ret: bool) -> Option<Frame> {
         let module = self.modules.as_ref()?.by_code_addr(pc)?;
         let at = if ret { pc - 1 } else { pc };
@@ -608,26 +609,31 @@ impl Unwinder {
             Some((sym, off)) => (Some(sym.name.clone()), off + u64::from(ret)),
             None => (None, 0),
         };
-        Some(Frame { pc, kind, function, module: Some(module.info.name.clone()), offset, regs_at, source: Vec::new() })
+        let source = module.source_frames(at);
+        Some(Frame { pc, kind, function, module: Some(module.info.name.clone()), offset, regs_at, source })
     }
 
     /// Makes sure the module holding `pc` is known: the module list is read
     /// on the first pc outside the vmlinux, and read again (at most once a
     /// second) when a pc falls in no known module, since modules load while
-    /// tracing. Returns whether a module holds `pc`.
+    /// tracing; its debug file is placed on the first frame in it. Returns
+    /// whether a module holds `pc`.
     async fn know_module<T: Target>(&mut self, kernel: &Kernel, target: &mut T, pc: u64) -> bool {
         let known = |m: &Option<Modules>| m.as_ref().is_some_and(|m| m.by_code_addr(pc).is_some());
-        if known(&self.modules) || !(MODULES_START..MODULES_END).contains(&pc) {
-            return known(&self.modules);
+        if !known(&self.modules) && (MODULES_START..MODULES_END).contains(&pc) {
+            if self.modules_read_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+                return false;
+            }
+            self.modules_read_at = Some(std::time::Instant::now());
+            if let Ok(m) = kernel.modules(target).await {
+                self.modules = Some(m);
+            }
         }
-        if self.modules_read_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
-            return false;
+        let Some(module) = self.modules.as_mut().and_then(|m| m.by_code_addr_mut(pc)) else { return false };
+        if module.debug.is_none() {
+            module.debug = kernel.module_debug(target, module).await;
         }
-        self.modules_read_at = Some(std::time::Instant::now());
-        if let Ok(m) = kernel.modules(target).await {
-            self.modules = Some(m);
-        }
-        known(&self.modules)
+        true
     }
 }
 
