@@ -18,7 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let kernel = Kernel::attach(&mut session, vmlinux).await?;
         let tasks = kernel.tasks(&mut session).await?;
         let cpus = kernel.cpu_states(&mut session).await?;
-        Ok::<_, ktrace_kernel::KernelError>((kernel, tasks, cpus))
+        Ok::<_, ktrace_kernel::KernelError<ktrace_rsp::RspError>>((kernel, tasks, cpus))
     }
     .await;
     session.detach().await?;

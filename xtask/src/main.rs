@@ -1,7 +1,10 @@
 //! ktrace's automation: `cargo xtask <command>`.
 //!
 //! - `guest prepare|boot|stop`: the real QEMU test guests (kernels 6.1, 6.12, 7.x).
-//! - `test`: prepares every guest and runs the whole test suite, e2e included.
+//! - `test`: checks the layering rules (`layers`), prepares every guest and
+//!   runs the whole test suite, e2e included.
+//! - `layers`: the rules of `docs/ARCHITECTURE.md` that the compiler does not
+//!   enforce (`cargo tree` and source rules, module import cycles).
 //! - `demo`: boots the guest and traces testprog with `ktrace attach`.
 //! - `bench`: ktrace against GDB on the same guest, side by side; `bench
 //!   kernels`: attach-to-first-hit time and peak RSS on each kernel.
@@ -11,6 +14,7 @@ mod bench;
 mod bench_in_guest;
 mod bench_kernels;
 mod guest;
+mod layers;
 mod soak;
 
 use std::process::Command;
@@ -23,6 +27,7 @@ fn main() -> Result<()> {
     match args.as_slice() {
         ["guest", rest @ ..] => guest::run(rest),
         ["test", rest @ ..] => test(rest),
+        ["layers"] => layers::run(),
         ["demo", rest @ ..] => demo(rest),
         ["soak", rest @ ..] => soak::run_soak(rest),
         ["bench", "kernels", rest @ ..] => {
@@ -56,7 +61,8 @@ fn main() -> Result<()> {
                  guest prepare [--kernel 6.1|6.12|7|all]  fetch the kernels (default all), build the initramfs (cached)\n  \
                  guest boot [--kernel 6.1|6.12|7] [--smp N] [--kaslr|--nokaslr] [--port P] [--testprogs N] [--kvm]\n  \
                  guest stop                               stop the guests `guest boot` started\n  \
-                 test [cargo test args]                   prepare every guest, run every test\n  \
+                 test [cargo test args]                   check the layering rules, prepare every guest, run every test\n  \
+                 layers                                   check the layering rules of docs/ARCHITECTURE.md\n  \
                  demo                                     boot the 6.1 guest and trace testprog\n  \
                  bench [--rounds N] [--seconds S]         ktrace against GDB and a bare RSP loop, side by side\n  \
                  bench kernels [--reps N]                 attach-to-first-hit time and peak RSS on each kernel\n  \
@@ -104,6 +110,7 @@ pub(crate) fn cargo() -> Command {
 }
 
 fn test(extra: &[&str]) -> Result<()> {
+    layers::run()?;
     for series in ktrace_testguest::KernelSeries::ALL {
         guest::prepare_series_verbose(series)?;
     }

@@ -67,10 +67,7 @@ pub struct BtArgs {
 pub fn explain(addr: &str, err: TraceError) -> anyhow::Error {
     match err {
         TraceError::Rsp(e) => explain_rsp(addr, e),
-        TraceError::Kernel(KernelError::Target(e)) => match e.downcast::<RspError>() {
-            Ok(rsp) => explain_rsp(addr, *rsp),
-            Err(e) => anyhow::Error::from(KernelError::Target(e)),
-        },
+        TraceError::Kernel(KernelError::Target(e)) => explain_rsp(addr, e),
         TraceError::GuestGone(_) => anyhow::Error::from(err),
         // Reading kernel data failed: not the user's doing (exit 1).
         TraceError::Kernel(e) if !e.is_usage() => anyhow::Error::from(e),
@@ -110,7 +107,7 @@ async fn attach(args: &TargetArgs) -> Result<(Session, Kernel)> {
     }
 }
 
-async fn finish<T>(session: Session, release: GuestRelease, result: Result<T, KernelError>) -> Result<T> {
+async fn finish<T>(session: Session, release: GuestRelease, result: Result<T, KernelError<RspError>>) -> Result<T> {
     let detached = release.release(session).await;
     let value = result?;
     detached.context("detaching (the guest may still be paused)")?;

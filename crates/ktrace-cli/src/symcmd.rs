@@ -65,7 +65,7 @@ async fn guest_modules(addr: &str, vm: Arc<Vmlinux>, debug: &ModulesArg, addrs: 
         for m in modules.modules.iter_mut().filter(|m| addrs.iter().any(|&a| m.info.contains_code(a))) {
             m.debug = kernel.module_debug(&mut session, m).await;
         }
-        Ok::<_, ktrace_kernel::KernelError>(modules)
+        Ok::<_, ktrace_kernel::KernelError<ktrace_rsp::RspError>>(modules)
     }
     .await;
     let detached = session.detach().await;

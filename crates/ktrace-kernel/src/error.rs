@@ -1,12 +1,14 @@
 use ktrace_symbols::SymbolError;
 
-/// What can go wrong while reading the kernel's state.
+/// What can go wrong while reading the kernel's state through a
+/// [`crate::Target`] whose errors are `E` (its `Target::Error`), so that a
+/// caller sees the target's own error, not a boxed one.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum KernelError {
-    /// The debugger connection failed.
+pub enum KernelError<E> {
+    /// The target (the debugger connection) failed.
     #[error("target: {0}")]
-    Target(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Target(#[source] E),
     /// The vmlinux lacks something the kernel crate needs.
     #[error(transparent)]
     Symbols(#[from] SymbolError),
@@ -23,7 +25,7 @@ pub enum KernelError {
     },
     /// Reading a kernel object from the guest failed.
     #[error(
-        "cannot read {what} at 0x{addr:x}: {source}\n  \
+        "cannot read {what} at 0x{addr:x}: target: {source}\n  \
          the guest has nothing mapped there: the vmlinux may not be the one the guest booted, or ktrace's view of this kernel's layout is wrong"
     )]
     Read {
@@ -31,9 +33,9 @@ pub enum KernelError {
         what: String,
         /// The guest address.
         addr: u64,
-        /// Why the read failed.
+        /// Why the target could not read it.
         #[source]
-        source: Box<KernelError>,
+        source: E,
     },
     /// A kernel data structure did not make sense.
     #[error("corrupt kernel data: {0}")]
@@ -46,12 +48,12 @@ pub enum KernelError {
     NoSuchTask(String),
 }
 
-impl KernelError {
+impl<E> KernelError<E> {
     /// Says which object was being read at `addr` when a target read failed;
     /// other errors are returned unchanged.
-    pub fn reading(self, what: impl Into<String>, addr: u64) -> KernelError {
+    pub fn reading(self, what: impl Into<String>, addr: u64) -> KernelError<E> {
         match self {
-            KernelError::Target(_) => KernelError::Read { what: what.into(), addr, source: Box::new(self) },
+            KernelError::Target(source) => KernelError::Read { what: what.into(), addr, source },
             other => other,
         }
     }
@@ -60,10 +62,5 @@ impl KernelError {
     /// name) rather than a failure while reading the guest.
     pub fn is_usage(&self) -> bool {
         matches!(self, KernelError::Symbols(_) | KernelError::BannerMismatch { .. } | KernelError::NoSuchTask(_))
-    }
-
-    /// Wraps a target error.
-    pub fn target<E: std::error::Error + Send + Sync + 'static>(err: E) -> KernelError {
-        KernelError::Target(Box::new(err))
     }
 }

@@ -17,15 +17,15 @@ pub(crate) async fn find_slide<T: Target>(
     target: &mut T,
     banner_addr: KernelAddr,
     banner: &str,
-) -> Result<u64, KernelError> {
+) -> Result<u64, KernelError<T::Error>> {
     let want = banner.as_bytes();
-    let at_link = target.read_memory(banner_addr.0, want.len()).await.ok();
+    let at_link = target.read_memory(banner_addr.0, want.len()).await.map_err(KernelError::Target).ok();
     if at_link.as_deref() == Some(want) {
         return Ok(0);
     }
     let candidates: Vec<(u64, usize)> =
         (1..SLIDE_RANGE / SLIDE_ALIGN).map(|k| (banner_addr.0.wrapping_add(k * SLIDE_ALIGN), want.len())).collect();
-    let found = target.read_memory_many(&candidates).await?;
+    let found = target.read_memory_many(&candidates).await.map_err(KernelError::Target)?;
     let mut other_banner = None;
     for (k, bytes) in found.iter().enumerate() {
         let Some(bytes) = bytes else { continue };

@@ -69,7 +69,7 @@ pub struct KernelInfo {
 impl Kernel {
     /// Matches `vmlinux` to the guest behind `target` and reads what later
     /// queries need: the KASLR slide and every CPU's per-CPU base.
-    pub async fn attach<T: Target>(target: &mut T, vmlinux: Arc<Vmlinux>) -> Result<Kernel, KernelError> {
+    pub async fn attach<T: Target>(target: &mut T, vmlinux: Arc<Vmlinux>) -> Result<Kernel, KernelError<T::Error>> {
         let layout = match KernelLayout::from_vmlinux(&vmlinux) {
             Ok(layout) => layout,
             Err(e) => {
@@ -78,7 +78,7 @@ impl Kernel {
                 let banner = vmlinux.banner()?;
                 let banner_addr = vmlinux.symbol("linux_banner")?.addr;
                 kaslr::find_slide(target, banner_addr, &banner).await?;
-                return Err(e);
+                return Err(e.into());
             }
         };
         Kernel::attach_with_layout(target, vmlinux, layout).await
@@ -90,16 +90,17 @@ impl Kernel {
         target: &mut T,
         vmlinux: Arc<Vmlinux>,
         layout: KernelLayout,
-    ) -> Result<Kernel, KernelError> {
+    ) -> Result<Kernel, KernelError<T::Error>> {
         let banner = vmlinux.banner()?;
         let banner_addr = vmlinux.symbol("linux_banner")?.addr;
         let slide = kaslr::find_slide(target, banner_addr, &banner).await?;
         let release = vmlinux.release()?;
-        let cpus = target.cpus().await?;
+        let cpus = target.cpus().await.map_err(KernelError::Target)?;
         let table = layout.per_cpu_offset.0.wrapping_add(slide);
         let raw = target
             .read_memory(table, 8 * cpus.len())
             .await
+            .map_err(KernelError::Target)
             .map_err(|e| e.reading(format!("__per_cpu_offset[0..{}]", cpus.len()), table))?;
         let percpu_bases: Vec<u64> =
             raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
@@ -190,12 +191,16 @@ impl Kernel {
     /// The per-CPU base as the CPU's registers give it: `gs_base` in kernel
     /// mode, `k_gs_base` in user mode or before `swapgs` (e.g. at
     /// `entry_SYSCALL_64`). An independent check of [`Kernel::percpu_base`].
-    pub async fn percpu_base_from_registers<T: Target>(&self, target: &mut T, cpu: CpuId) -> Result<u64, KernelError> {
-        let gs = target.read_register(cpu, "gs_base").await?;
+    pub async fn percpu_base_from_registers<T: Target>(
+        &self,
+        target: &mut T,
+        cpu: CpuId,
+    ) -> Result<u64, KernelError<T::Error>> {
+        let gs = target.read_register(cpu, "gs_base").await.map_err(KernelError::Target)?;
         if self.percpu_bases.contains(&gs) {
             return Ok(gs);
         }
-        let kgs = target.read_register(cpu, "k_gs_base").await?;
+        let kgs = target.read_register(cpu, "k_gs_base").await.map_err(KernelError::Target)?;
         if self.percpu_bases.contains(&kgs) || gs < (1u64 << 63) {
             return Ok(kgs);
         }
@@ -203,7 +208,7 @@ impl Kernel {
     }
 
     /// The task running on `cpu`.
-    pub async fn current_task<T: Target>(&self, target: &mut T, cpu: CpuId) -> Result<TaskRef, KernelError> {
+    pub async fn current_task<T: Target>(&self, target: &mut T, cpu: CpuId) -> Result<TaskRef, KernelError<T::Error>> {
         let slot = self.current_task_slot(cpu).ok_or_else(|| KernelError::Corrupt(format!("no CPU {cpu}")))?;
         let task =
             target.read_u64(slot).await.map_err(|e| e.reading(format!("CPU {cpu}'s current task pointer"), slot))?;
@@ -211,23 +216,27 @@ impl Kernel {
     }
 
     /// Reads one task's fields.
-    pub async fn task_info<T: Target>(&self, target: &mut T, task: TaskRef) -> Result<TaskInfo, KernelError> {
+    pub async fn task_info<T: Target>(&self, target: &mut T, task: TaskRef) -> Result<TaskInfo, KernelError<T::Error>> {
         let mut v = task::read_tasks(target, &self.layout, &[task]).await?;
         Ok(v.remove(0))
     }
 
     /// Reads several tasks' fields in one batch.
-    pub async fn task_infos<T: Target>(&self, target: &mut T, tasks: &[TaskRef]) -> Result<Vec<TaskInfo>, KernelError> {
+    pub async fn task_infos<T: Target>(
+        &self,
+        target: &mut T,
+        tasks: &[TaskRef],
+    ) -> Result<Vec<TaskInfo>, KernelError<T::Error>> {
         task::read_tasks(target, &self.layout, tasks).await
     }
 
     /// Reads only a task's pid (one 4-byte read).
-    pub async fn task_pid<T: Target>(&self, target: &mut T, task: TaskRef) -> Result<i32, KernelError> {
+    pub async fn task_pid<T: Target>(&self, target: &mut T, task: TaskRef) -> Result<i32, KernelError<T::Error>> {
         task::read_pid(target, &self.layout, task).await
     }
 
     /// Every task: the idle task of each CPU, then the task list with threads.
-    pub async fn tasks<T: Target>(&self, target: &mut T) -> Result<Vec<TaskInfo>, KernelError> {
+    pub async fn tasks<T: Target>(&self, target: &mut T) -> Result<Vec<TaskInfo>, KernelError<T::Error>> {
         let init = TaskRef(self.runtime(self.layout.init_task));
         let mut refs = task::all_tasks(target, &self.layout, init).await?;
         if let Some(rq_idle) = self.rq_idle {
@@ -253,7 +262,7 @@ impl Kernel {
 
     /// The loaded modules: list, kallsyms and ORC tables, read from guest
     /// memory (the `struct module` layout from DWARF, found on first use).
-    pub async fn modules<T: Target>(&self, target: &mut T) -> Result<crate::Modules, KernelError> {
+    pub async fn modules<T: Target>(&self, target: &mut T) -> Result<crate::Modules, KernelError<T::Error>> {
         let layout = self.module_layout()?;
         let format = self.vmlinux.orc().ok().map(|t| t.format());
         crate::read_modules(target, layout, self.slide, format).await
@@ -269,16 +278,19 @@ impl Kernel {
         target: &mut T,
         module: &crate::LoadedModule,
     ) -> Option<Arc<ktrace_symbols::ModuleDebug>> {
-        let layout = self.module_layout().ok()?;
+        let layout = self.module_layout::<T::Error>().ok()?;
         self.module_debug.for_module(target, layout.sections.as_ref(), module).await
     }
 
     /// The loaded modules' names, states and regions only (for `lsmod`).
-    pub async fn module_list<T: Target>(&self, target: &mut T) -> Result<Vec<crate::ModuleInfo>, KernelError> {
+    pub async fn module_list<T: Target>(
+        &self,
+        target: &mut T,
+    ) -> Result<Vec<crate::ModuleInfo>, KernelError<T::Error>> {
         crate::read_module_list(target, self.module_layout()?, self.slide).await
     }
 
-    fn module_layout(&self) -> Result<&crate::ModuleLayout, KernelError> {
+    fn module_layout<E>(&self) -> Result<&crate::ModuleLayout, KernelError<E>> {
         match self
             .module_layout
             .get_or_init(|| crate::ModuleLayout::from_vmlinux(&self.vmlinux).map_err(|e| e.to_string()))
@@ -289,7 +301,11 @@ impl Kernel {
     }
 
     /// The task with this pid.
-    pub async fn find_task_by_pid<T: Target>(&self, target: &mut T, pid: i32) -> Result<TaskInfo, KernelError> {
+    pub async fn find_task_by_pid<T: Target>(
+        &self,
+        target: &mut T,
+        pid: i32,
+    ) -> Result<TaskInfo, KernelError<T::Error>> {
         self.tasks(target)
             .await?
             .into_iter()
@@ -302,7 +318,7 @@ impl Kernel {
         &self,
         target: &mut T,
         comm: &str,
-    ) -> Result<Vec<TaskInfo>, KernelError> {
+    ) -> Result<Vec<TaskInfo>, KernelError<T::Error>> {
         let found: Vec<TaskInfo> = self.tasks(target).await?.into_iter().filter(|t| t.comm == comm).collect();
         if found.is_empty() {
             return Err(KernelError::NoSuchTask(format!("named {comm:?}")));
@@ -311,7 +327,7 @@ impl Kernel {
     }
 
     /// The current task of every CPU.
-    pub async fn cpu_states<T: Target>(&self, target: &mut T) -> Result<Vec<CpuState>, KernelError> {
+    pub async fn cpu_states<T: Target>(&self, target: &mut T) -> Result<Vec<CpuState>, KernelError<T::Error>> {
         let mut out = Vec::new();
         for cpu in 0..self.cpu_count() as u32 {
             let cpu = CpuId(cpu);
@@ -326,7 +342,7 @@ impl Kernel {
     }
 
     /// Release, slide and what each CPU runs.
-    pub async fn info<T: Target>(&self, target: &mut T) -> Result<KernelInfo, KernelError> {
+    pub async fn info<T: Target>(&self, target: &mut T) -> Result<KernelInfo, KernelError<T::Error>> {
         Ok(KernelInfo {
             release: self.release.clone(),
             banner: self.vmlinux.banner()?.trim_end().to_string(),

@@ -3,7 +3,7 @@
 use ktrace_symbols::{KernelAddr, Vmlinux};
 use serde::Serialize;
 
-use crate::KernelError;
+use ktrace_symbols::SymbolError;
 
 /// Where a per-CPU variable sits inside each CPU's per-CPU area: the value
 /// added to `__per_cpu_offset[cpu]` to reach that CPU's instance. Not a kernel
@@ -35,14 +35,14 @@ pub enum PercpuSection {
 
 impl PercpuSection {
     /// From the vmlinux's section table.
-    pub fn from_vmlinux(vm: &Vmlinux) -> Result<PercpuSection, KernelError> {
+    pub fn from_vmlinux(vm: &Vmlinux) -> Result<PercpuSection, SymbolError> {
         match vm.percpu_section_range() {
             Some((0, _)) => Ok(PercpuSection::ZeroBased),
             Some((start, _)) => Ok(PercpuSection::Linked { start: KernelAddr(start) }),
-            None => Err(KernelError::Symbols(ktrace_symbols::SymbolError::UnknownSymbol {
+            None => Err(SymbolError::UnknownSymbol {
                 name: ".data..percpu (the per-CPU section)".into(),
                 suggestions: Vec::new(),
-            })),
+            }),
         }
     }
 
@@ -80,12 +80,10 @@ pub type CurrentTaskVar = PercpuVar;
 
 impl PercpuVar {
     /// The current-task pointer. See [`PercpuVar::find`].
-    pub fn from_vmlinux(vm: &Vmlinux) -> Result<PercpuVar, KernelError> {
-        PercpuVar::find(vm, "current_task").ok_or_else(|| {
-            KernelError::Symbols(ktrace_symbols::SymbolError::UnknownSymbol {
-                name: "current_task (or pcpu_hot), the per-CPU current task pointer".into(),
-                suggestions: Vec::new(),
-            })
+    pub fn from_vmlinux(vm: &Vmlinux) -> Result<PercpuVar, SymbolError> {
+        PercpuVar::find(vm, "current_task").ok_or_else(|| SymbolError::UnknownSymbol {
+            name: "current_task (or pcpu_hot), the per-CPU current task pointer".into(),
+            suggestions: Vec::new(),
         })
     }
 
@@ -168,7 +166,7 @@ pub enum ThreadList {
 
 impl KernelLayout {
     /// Finds everything in the vmlinux (symbols and DWARF, targeted lookups).
-    pub fn from_vmlinux(vm: &Vmlinux) -> Result<KernelLayout, KernelError> {
+    pub fn from_vmlinux(vm: &Vmlinux) -> Result<KernelLayout, SymbolError> {
         let off = |path: &str| vm.member(path).map(|m| m.offset);
         let current_task = CurrentTaskVar::from_vmlinux(vm)?;
         let percpu = PercpuSection::from_vmlinux(vm)?;

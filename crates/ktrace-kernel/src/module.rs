@@ -14,9 +14,9 @@ use std::sync::Arc;
 use ktrace_symbols::{KernelAddr, ModuleDebug, OrcFormat, OrcTable, SourceFrame, Vmlinux, ORC_ENTRY_SIZE};
 use serde::Serialize;
 
-use crate::module_sections::SectAttrsLayout;
 use crate::task::le_u64;
 use crate::{KernelError, Target};
+use ktrace_symbols::SymbolError;
 
 /// The most modules a walk follows before calling the list corrupt.
 pub const MAX_MODULES: usize = 8192;
@@ -81,9 +81,46 @@ pub struct ModuleLayout {
     pub sections: Option<SectAttrsLayout>,
 }
 
+/// Offsets of the section table, from DWARF.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SectAttrsLayout {
+    /// `module.sect_attrs`.
+    pub sect_attrs: u64,
+    /// `module_sect_attrs.grp.bin_attrs`.
+    pub bin_attrs: u64,
+    /// `bin_attribute.attr.name`.
+    pub name: u64,
+    /// The section's address, from the `struct bin_attribute`:
+    /// `module_sect_attr.address - module_sect_attr.battr`, or
+    /// `bin_attribute.private`.
+    pub address: u64,
+}
+
+impl SectAttrsLayout {
+    /// The layout, or `None` when the kernel keeps no section table
+    /// (built without `CONFIG_KALLSYMS` or `CONFIG_SYSFS`).
+    pub fn from_vmlinux(vm: &Vmlinux) -> Result<Option<SectAttrsLayout>, SymbolError> {
+        if !vm.has_member("module.sect_attrs") {
+            return Ok(None);
+        }
+        let off = |p: &str| vm.member(p).map(|m| m.offset);
+        let address = if vm.has_member("module_sect_attr.address") {
+            off("module_sect_attr.address")?.wrapping_sub(off("module_sect_attr.battr")?)
+        } else {
+            off("bin_attribute.private")?
+        };
+        Ok(Some(SectAttrsLayout {
+            sect_attrs: off("module.sect_attrs")?,
+            bin_attrs: off("module_sect_attrs.grp.bin_attrs")?,
+            name: off("bin_attribute.attr.name")?,
+            address,
+        }))
+    }
+}
+
 impl ModuleLayout {
     /// Finds the layout in the vmlinux; fails on a kernel without modules.
-    pub fn from_vmlinux(vm: &Vmlinux) -> Result<ModuleLayout, KernelError> {
+    pub fn from_vmlinux(vm: &Vmlinux) -> Result<ModuleLayout, SymbolError> {
         let off = |p: &str| vm.member(p).map(|m| m.offset);
         let name = vm.member("module.name")?;
         let state = vm.member("module.state")?;
@@ -259,7 +296,7 @@ impl Modules {
     }
 }
 
-fn read_err(what: String, addr: u64) -> impl FnOnce(KernelError) -> KernelError {
+fn read_err<E>(what: String, addr: u64) -> impl FnOnce(KernelError<E>) -> KernelError<E> {
     move |e| e.reading(what, addr)
 }
 
@@ -268,7 +305,7 @@ pub async fn read_module_list<T: Target>(
     target: &mut T,
     layout: &ModuleLayout,
     slide: u64,
-) -> Result<Vec<ModuleInfo>, KernelError> {
+) -> Result<Vec<ModuleInfo>, KernelError<T::Error>> {
     let head = layout.modules.0.wrapping_add(slide);
     let mut out = Vec::new();
     let mut seen = HashSet::new();
@@ -287,14 +324,20 @@ pub async fn read_module_list<T: Target>(
     Ok(out)
 }
 
-async fn read_module<T: Target>(target: &mut T, layout: &ModuleLayout, module: u64) -> Result<ModuleInfo, KernelError> {
+async fn read_module<T: Target>(
+    target: &mut T,
+    layout: &ModuleLayout,
+    module: u64,
+) -> Result<ModuleInfo, KernelError<T::Error>> {
     let name_bytes = target
         .read_memory(module + layout.name.0, layout.name.1 as usize)
         .await
+        .map_err(KernelError::Target)
         .map_err(read_err(format!("module 0x{module:x}'s name"), module + layout.name.0))?;
     let end = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
     let name = String::from_utf8_lossy(&name_bytes[..end]).into_owned();
-    let raw_state = target.read_memory(module + layout.state.0, layout.state.1 as usize).await?;
+    let raw_state =
+        target.read_memory(module + layout.state.0, layout.state.1 as usize).await.map_err(KernelError::Target)?;
     let state_value = le_u64(&raw_state) as i64;
     let state = layout
         .states
@@ -308,8 +351,8 @@ async fn read_module<T: Target>(target: &mut T, layout: &ModuleLayout, module: u
             for (kind, at) in [("core", core), ("init", init)] {
                 let l = module + at;
                 let b = target.read_u64(l + base).await?;
-                let s = le_u64(&target.read_memory(l + size, 4).await?);
-                let t = le_u64(&target.read_memory(l + text_size, 4).await?);
+                let s = le_u64(&target.read_memory(l + size, 4).await.map_err(KernelError::Target)?);
+                let t = le_u64(&target.read_memory(l + text_size, 4).await.map_err(KernelError::Target)?);
                 if s > 0 {
                     regions.push(ModuleRegion { kind: format!("{kind}_text"), base: b, size: t, text: true });
                     regions.push(ModuleRegion { kind: kind.into(), base: b + t, size: s - t.min(s), text: false });
@@ -320,7 +363,7 @@ async fn read_module<T: Target>(target: &mut T, layout: &ModuleLayout, module: u
             for (i, kind) in names.iter().enumerate() {
                 let m = module + mem + i as u64 * stride;
                 let b = target.read_u64(m + base).await?;
-                let s = le_u64(&target.read_memory(m + size, 4).await?);
+                let s = le_u64(&target.read_memory(m + size, 4).await.map_err(KernelError::Target)?);
                 if s > 0 {
                     regions.push(ModuleRegion { kind: kind.clone(), base: b, size: s, text: kind.contains("TEXT") });
                 }
@@ -351,7 +394,7 @@ pub async fn read_module_symbols<T: Target>(
     target: &mut T,
     layout: &ModuleLayout,
     info: &ModuleInfo,
-) -> Result<Vec<ModuleSymbol>, KernelError> {
+) -> Result<Vec<ModuleSymbol>, KernelError<T::Error>> {
     let Some((kallsyms, symtab, num_symtab, strtab)) = layout.kallsyms else { return Ok(Vec::new()) };
     let m = info.module;
     let k = target.read_u64(m + kallsyms).await.map_err(read_err(format!("{}'s kallsyms", info.name), m + kallsyms))?;
@@ -359,7 +402,7 @@ pub async fn read_module_symbols<T: Target>(
         return Ok(Vec::new());
     }
     let syms_at = target.read_u64(k + symtab).await?;
-    let count = le_u64(&target.read_memory(k + num_symtab, 4).await?) as usize;
+    let count = le_u64(&target.read_memory(k + num_symtab, 4).await.map_err(KernelError::Target)?) as usize;
     let strs_at = target.read_u64(k + strtab).await?;
     if count > MAX_MODULE_SYMBOLS {
         return Err(KernelError::Corrupt(format!("module {} claims {count} symbols", info.name)));
@@ -367,6 +410,7 @@ pub async fn read_module_symbols<T: Target>(
     let raw = target
         .read_memory(syms_at, count * ELF64_SYM_SIZE)
         .await
+        .map_err(KernelError::Target)
         .map_err(read_err(format!("{}'s symbol table", info.name), syms_at))?;
     let entries: Vec<(u32, u8, u64, u64)> = raw
         .chunks_exact(ELF64_SYM_SIZE)
@@ -380,7 +424,7 @@ pub async fn read_module_symbols<T: Target>(
     let first = strs_at & !(CHUNK - 1);
     let reqs: Vec<(u64, usize)> = (first..end).step_by(CHUNK as usize).map(|a| (a, CHUNK as usize)).collect();
     let mut strings = Vec::new();
-    for chunk in target.read_memory_many(&reqs).await? {
+    for chunk in target.read_memory_many(&reqs).await.map_err(KernelError::Target)? {
         match chunk {
             Some(c) => strings.extend_from_slice(&c),
             None => break,
@@ -412,22 +456,27 @@ pub async fn read_module_orc<T: Target>(
     layout: &ModuleLayout,
     info: &ModuleInfo,
     format: OrcFormat,
-) -> Result<Option<OrcTable>, KernelError> {
+) -> Result<Option<OrcTable>, KernelError<T::Error>> {
     let Some((ip, unwind, num)) = layout.orc else { return Ok(None) };
     let m = info.module;
     let ip_at = target.read_u64(m + ip).await?;
     let unwind_at = target.read_u64(m + unwind).await?;
-    let n = le_u64(&target.read_memory(m + num, 4).await?) as usize;
+    let n = le_u64(&target.read_memory(m + num, 4).await.map_err(KernelError::Target)?) as usize;
     if n == 0 || ip_at == 0 || unwind_at == 0 {
         return Ok(None);
     }
     if n > MAX_MODULE_ORCS {
         return Err(KernelError::Corrupt(format!("module {} claims {n} ORC entries", info.name)));
     }
-    let ips = target.read_memory(ip_at, 4 * n).await.map_err(read_err(format!("{}'s ORC ips", info.name), ip_at))?;
+    let ips = target
+        .read_memory(ip_at, 4 * n)
+        .await
+        .map_err(KernelError::Target)
+        .map_err(read_err(format!("{}'s ORC ips", info.name), ip_at))?;
     let entries = target
         .read_memory(unwind_at, ORC_ENTRY_SIZE * n)
         .await
+        .map_err(KernelError::Target)
         .map_err(read_err(format!("{}'s ORC entries", info.name), unwind_at))?;
     Ok(Some(OrcTable::from_raw(ip_at, &ips, &entries, format)?))
 }
@@ -438,7 +487,7 @@ pub async fn read_modules<T: Target>(
     layout: &ModuleLayout,
     slide: u64,
     format: Option<OrcFormat>,
-) -> Result<Modules, KernelError> {
+) -> Result<Modules, KernelError<T::Error>> {
     let mut modules = Vec::new();
     for info in read_module_list(target, layout, slide).await? {
         let symbols = read_module_symbols(target, layout, &info).await?;

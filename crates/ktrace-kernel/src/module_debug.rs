@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ktrace_symbols::ModuleDebug;
 
-use crate::module::LoadedModule;
-use crate::module_sections::{read_module_sections, SectAttrsLayout};
+use crate::module::{LoadedModule, SectAttrsLayout};
+use crate::module_sections::read_module_sections;
 use crate::Target;
 
 /// Where the debug files of modules are looked for.

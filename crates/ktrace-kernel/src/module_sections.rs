@@ -11,9 +11,7 @@
 
 use std::collections::HashMap;
 
-use ktrace_symbols::Vmlinux;
-
-use crate::module::ModuleInfo;
+use crate::module::{ModuleInfo, SectAttrsLayout};
 use crate::task::le_u64;
 use crate::{KernelError, Target};
 
@@ -22,53 +20,16 @@ const MAX_SECTIONS: usize = 4096;
 /// The longest section name read.
 const MAX_NAME: usize = 256;
 
-/// Offsets of the section table, from DWARF.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SectAttrsLayout {
-    /// `module.sect_attrs`.
-    pub sect_attrs: u64,
-    /// `module_sect_attrs.grp.bin_attrs`.
-    pub bin_attrs: u64,
-    /// `bin_attribute.attr.name`.
-    pub name: u64,
-    /// The section's address, from the `struct bin_attribute`:
-    /// `module_sect_attr.address - module_sect_attr.battr`, or
-    /// `bin_attribute.private`.
-    pub address: u64,
-}
-
-impl SectAttrsLayout {
-    /// The layout, or `None` when the kernel keeps no section table
-    /// (built without `CONFIG_KALLSYMS` or `CONFIG_SYSFS`).
-    pub fn from_vmlinux(vm: &Vmlinux) -> Result<Option<SectAttrsLayout>, KernelError> {
-        if !vm.has_member("module.sect_attrs") {
-            return Ok(None);
-        }
-        let off = |p: &str| vm.member(p).map(|m| m.offset);
-        let address = if vm.has_member("module_sect_attr.address") {
-            off("module_sect_attr.address")?.wrapping_sub(off("module_sect_attr.battr")?)
-        } else {
-            off("bin_attribute.private")?
-        };
-        Ok(Some(SectAttrsLayout {
-            sect_attrs: off("module.sect_attrs")?,
-            bin_attrs: off("module_sect_attrs.grp.bin_attrs")?,
-            name: off("bin_attribute.attr.name")?,
-            address,
-        }))
-    }
-}
-
 /// Reads a module's sections: name → runtime address (empty when the
 /// module has no section table).
 pub async fn read_module_sections<T: Target>(
     target: &mut T,
     layout: &SectAttrsLayout,
     info: &ModuleInfo,
-) -> Result<HashMap<String, u64>, KernelError> {
+) -> Result<HashMap<String, u64>, KernelError<T::Error>> {
     let reading = |what: &str, addr: u64| {
         let what = format!("{}'s {what}", info.name);
-        move |e: KernelError| e.reading(what, addr)
+        move |e: KernelError<T::Error>| e.reading(what, addr)
     };
     let at = info.module + layout.sect_attrs;
     let attrs = target.read_u64(at).await.map_err(reading("section table pointer", at))?;
@@ -83,7 +44,11 @@ pub async fn read_module_sections<T: Target>(
     'array: loop {
         let at = array + 8 * battrs.len() as u64;
         let len = (128 - at % 128) as usize;
-        let chunk = target.read_memory(at, len).await.map_err(reading("section attribute array", at))?;
+        let chunk = target
+            .read_memory(at, len)
+            .await
+            .map_err(KernelError::Target)
+            .map_err(reading("section attribute array", at))?;
         for p in chunk.chunks_exact(8).map(le_u64) {
             if p == 0 {
                 break 'array;
@@ -96,7 +61,7 @@ pub async fn read_module_sections<T: Target>(
     }
     let reqs: Vec<(u64, usize)> =
         battrs.iter().flat_map(|&b| [(b + layout.name, 8), (b.wrapping_add(layout.address), 8)]).collect();
-    let words = target.read_memory_many(&reqs).await?;
+    let words = target.read_memory_many(&reqs).await.map_err(KernelError::Target)?;
     let mut out = HashMap::new();
     for (pair, battr) in words.chunks_exact(2).zip(&battrs) {
         let (Some(name_at), Some(addr)) = (&pair[0], &pair[1]) else {
@@ -113,12 +78,16 @@ pub async fn read_module_sections<T: Target>(
 
 /// A NUL-terminated string, read in pieces that do not cross a 64-byte
 /// boundary (so none reaches into an unmapped page).
-async fn read_c_string<T: Target>(target: &mut T, at: u64) -> Result<String, KernelError> {
+async fn read_c_string<T: Target>(target: &mut T, at: u64) -> Result<String, KernelError<T::Error>> {
     let mut bytes = Vec::new();
     while bytes.len() < MAX_NAME {
         let from = at + bytes.len() as u64;
         let len = (64 - from % 64) as usize;
-        let piece = target.read_memory(from, len).await.map_err(|e| e.reading("a module section name", from))?;
+        let piece = target
+            .read_memory(from, len)
+            .await
+            .map_err(KernelError::Target)
+            .map_err(|e| e.reading("a module section name", from))?;
         if let Some(end) = piece.iter().position(|&b| b == 0) {
             bytes.extend_from_slice(&piece[..end]);
             return Ok(String::from_utf8_lossy(&bytes).into_owned());

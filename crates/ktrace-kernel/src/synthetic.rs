@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::{CpuId, KernelError, Target};
+use crate::{CpuId, Target};
 
 /// Sparse guest memory and per-CPU registers, filled by the test.
 #[derive(Clone, Debug, Default)]
@@ -50,31 +50,50 @@ impl SyntheticTarget {
     }
 }
 
+/// What a [`SyntheticTarget`] cannot answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyntheticError {
+    /// Nothing is mapped at the address (or not for the whole length).
+    #[error("0x{0:x}: unmapped")]
+    Unmapped(u64),
+    /// The test set no such register on the CPU.
+    #[error("no register {name} on CPU {cpu}")]
+    NoRegister {
+        /// The CPU.
+        cpu: CpuId,
+        /// The register.
+        name: String,
+    },
+}
+
 impl Target for SyntheticTarget {
-    async fn read_memory(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, KernelError> {
+    type Error = SyntheticError;
+
+    async fn read_memory(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, SyntheticError> {
         self.reads += 1;
-        let unmapped = || KernelError::Corrupt(format!("0x{addr:x}: unmapped"));
+        let unmapped = || SyntheticError::Unmapped(addr);
         let (&start, region) = self.regions.range(..=addr).next_back().ok_or_else(unmapped)?;
         let off = (addr - start) as usize;
         region.get(off..off + len).map(<[u8]>::to_vec).ok_or_else(unmapped)
     }
 
-    async fn write_memory(&mut self, addr: u64, bytes: &[u8]) -> Result<(), KernelError> {
-        let unmapped = || KernelError::Corrupt(format!("0x{addr:x}: unmapped"));
+    async fn write_memory(&mut self, addr: u64, bytes: &[u8]) -> Result<(), SyntheticError> {
+        let unmapped = || SyntheticError::Unmapped(addr);
         let (&start, region) = self.regions.range_mut(..=addr).next_back().ok_or_else(unmapped)?;
         let off = (addr - start) as usize;
         region.get_mut(off..off + bytes.len()).ok_or_else(unmapped)?.copy_from_slice(bytes);
         Ok(())
     }
 
-    async fn cpus(&mut self) -> Result<Vec<CpuId>, KernelError> {
+    async fn cpus(&mut self) -> Result<Vec<CpuId>, SyntheticError> {
         Ok((0..self.cpus).map(CpuId).collect())
     }
 
-    async fn read_register(&mut self, cpu: CpuId, name: &str) -> Result<u64, KernelError> {
+    async fn read_register(&mut self, cpu: CpuId, name: &str) -> Result<u64, SyntheticError> {
         self.registers
             .get(&(cpu, name.to_string()))
             .copied()
-            .ok_or_else(|| KernelError::Corrupt(format!("no register {name} on CPU {cpu}")))
+            .ok_or_else(|| SyntheticError::NoRegister { cpu, name: name.into() })
     }
 }

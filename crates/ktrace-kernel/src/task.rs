@@ -86,6 +86,29 @@ impl TaskInfo {
     }
 }
 
+/// Who a task is: what a filter asks and a hit shows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TaskIdent {
+    /// Address of its `task_struct`.
+    pub task: TaskRef,
+    /// Thread id.
+    pub pid: i32,
+    /// Process id.
+    pub tgid: i32,
+    /// Command name (at most 15 bytes, NUL-trimmed).
+    pub comm: String,
+}
+
+/// The reads of a task's pid, tgid and comm.
+pub(crate) fn ident_ranges(layout: &KernelLayout, task: TaskRef) -> [(u64, usize); 3] {
+    [(task.0 + layout.pid, 4), (task.0 + layout.tgid, 4), (task.0 + layout.comm, 16)]
+}
+
+pub(crate) fn decode_ident(task: TaskRef, fields: &[Vec<u8>]) -> TaskIdent {
+    let field = |i: usize| fields.get(i).map_or(&[][..], Vec::as_slice);
+    TaskIdent { task, pid: le_u64(field(0)) as i32, tgid: le_u64(field(1)) as i32, comm: decode_comm(field(2)) }
+}
+
 /// Decodes a `comm` array.
 pub fn decode_comm(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -105,21 +128,19 @@ pub(crate) async fn read_tasks<T: Target>(
     target: &mut T,
     layout: &KernelLayout,
     tasks: &[TaskRef],
-) -> Result<Vec<TaskInfo>, KernelError> {
+) -> Result<Vec<TaskInfo>, KernelError<T::Error>> {
     const FIELDS: usize = 7;
     let mut reqs = Vec::with_capacity(tasks.len() * FIELDS);
     for t in tasks {
+        reqs.extend(ident_ranges(layout, *t));
         reqs.extend_from_slice(&[
-            (t.0 + layout.pid, 4),
-            (t.0 + layout.tgid, 4),
-            (t.0 + layout.comm, 16),
             (t.0 + layout.state.0, layout.state.1 as usize),
             (t.0 + layout.exit_state.unwrap_or(layout.state.0), 4),
             (t.0 + layout.flags, 4),
             (t.0 + layout.real_parent, 8),
         ]);
     }
-    let replies = target.read_memory_many(&reqs).await?;
+    let replies = target.read_memory_many(&reqs).await.map_err(KernelError::Target)?;
     tasks
         .iter()
         .zip(replies.chunks(FIELDS))
@@ -149,7 +170,7 @@ pub(crate) async fn walk_list<T: Target>(
     head: u64,
     member_offset: u64,
     limit: usize,
-) -> Result<Vec<u64>, KernelError> {
+) -> Result<Vec<u64>, KernelError<T::Error>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let mut node = target.read_u64(head).await?;
@@ -174,7 +195,7 @@ pub(crate) async fn all_tasks<T: Target>(
     target: &mut T,
     layout: &KernelLayout,
     init_task: TaskRef,
-) -> Result<Vec<TaskRef>, KernelError> {
+) -> Result<Vec<TaskRef>, KernelError<T::Error>> {
     let leaders = walk_list(target, init_task.0 + layout.tasks, layout.tasks, MAX_TASKS).await?;
     let mut all = vec![init_task];
     for leader in leaders {
@@ -209,9 +230,29 @@ pub(crate) async fn read_pid<T: Target>(
     target: &mut T,
     layout: &KernelLayout,
     task: TaskRef,
-) -> Result<i32, KernelError> {
-    let b = target.read_memory(task.0 + layout.pid, 4).await?;
+) -> Result<i32, KernelError<T::Error>> {
+    let b = target.read_memory(task.0 + layout.pid, 4).await.map_err(KernelError::Target)?;
     Ok(i32::from_le_bytes(le_array(&b)?))
+}
+
+/// A small task_struct layout for unit tests.
+#[cfg(test)]
+pub(crate) fn test_layout() -> KernelLayout {
+    KernelLayout {
+        current_task: crate::PercpuVar::Own { symbol: ktrace_symbols::KernelAddr(0x1fb80) },
+        percpu: crate::layout::PercpuSection::ZeroBased,
+        per_cpu_offset: ktrace_symbols::KernelAddr(0xffff_ffff_8239_eb60),
+        init_task: ktrace_symbols::KernelAddr(0xffff_ffff_8000_0000),
+        pid: 0x10,
+        tgid: 0x14,
+        comm: 0x20,
+        state: (0x18, 4),
+        exit_state: Some(0x1c),
+        flags: 0x30,
+        real_parent: 0x38,
+        tasks: 0x100,
+        threads: ThreadList::ThreadGroup { thread_group: 0x110 },
+    }
 }
 
 #[cfg(test)]
@@ -251,27 +292,12 @@ mod list_tests {
     use super::*;
     use crate::layout::ThreadList;
     use crate::synthetic::SyntheticTarget;
-    use ktrace_symbols::KernelAddr;
 
     const TASKS: u64 = 0x100;
     const GROUP: u64 = 0x110;
 
     fn layout() -> KernelLayout {
-        KernelLayout {
-            current_task: crate::PercpuVar::Own { symbol: ktrace_symbols::KernelAddr(0x1fb80) },
-            percpu: crate::layout::PercpuSection::ZeroBased,
-            per_cpu_offset: KernelAddr(0xffff_ffff_8239_eb60),
-            init_task: KernelAddr(0xffff_ffff_8000_0000),
-            pid: 0x10,
-            tgid: 0x14,
-            comm: 0x20,
-            state: (0x18, 4),
-            exit_state: Some(0x1c),
-            flags: 0x30,
-            real_parent: 0x38,
-            tasks: TASKS,
-            threads: ThreadList::ThreadGroup { thread_group: GROUP },
-        }
+        test_layout()
     }
 
     /// A task_struct of 0x200 bytes with its lists pointing to itself.

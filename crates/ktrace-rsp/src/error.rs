@@ -46,9 +46,9 @@ pub enum RspError {
         /// The reply, lossily decoded as UTF-8 and truncated.
         reply: String,
     },
-    /// A protocol-level problem (too many retransmissions, bad framing, ...).
+    /// The stub broke the protocol in a way the connection could not repair.
     #[error("protocol error: {0}")]
-    Protocol(String),
+    Protocol(#[from] ProtocolError),
     /// A stub address could not be parsed.
     #[error("invalid stub address {0:?} (expected host:port, :port or unix:PATH)")]
     InvalidAddr(String),
@@ -58,9 +58,35 @@ pub enum RspError {
     /// The target description could not be parsed.
     #[error("bad target description: {0}")]
     TargetXml(String),
+    /// A [`crate::Batch`] handle was redeemed with the replies of another batch.
+    #[error("no read {0} in this batch")]
+    NotInBatch(usize),
     /// The operation needs a stopped target, but no stop has been seen yet.
     #[error("the target has not stopped yet")]
     NotStopped,
+}
+
+/// How the stub broke the protocol: what [`RspError::Protocol`] carries.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// A reply inside a pipelined batch of requests with side effects was
+    /// damaged (bad checksum, garbage, a NAK, or no reply in time), so the
+    /// batch was not sent again.
+    #[error("a reply inside a pipelined batch was damaged")]
+    DamagedBatch,
+    /// The stub NAKed a packet while several were unacknowledged.
+    #[error("the stub rejected a packet inside a pipelined batch")]
+    RejectedInBatch,
+    /// The stub NAKed the same packet too many times in a row.
+    #[error("too many retransmissions")]
+    TooManyRetransmissions,
+    /// After a damaged batch the stub kept sending for longer than the timeout.
+    #[error("the stub does not stop sending after a damaged batch")]
+    EndlessAfterDamage,
+    /// `qsThreadInfo` kept answering with more threads.
+    #[error("thread list does not end")]
+    EndlessThreadList,
 }
 
 impl RspError {

@@ -4,10 +4,12 @@
 //!
 //! * [`codec`]: a sans-IO framing layer (no sockets, no clock): a
 //!   [`codec::Decoder`] that is fed bytes and yields [`codec::Event`]s, and
-//!   [`codec::encode_packet`].
+//!   [`codec::encode_packet`]; above it [`link`], the sans-IO connection
+//!   logic (acks, NAKs, retransmission, timeouts, batch resynchronisation)
+//!   driven by bytes and `now`.
 //! * [`packets`]: one module per packet family with request encoders and
 //!   reply parsers (nom based), plus [`ThreadId`].
-//! * [`client`]: a thin tokio transport over the codec with a typed,
+//! * [`client`]: a thin tokio driver of the link with a typed,
 //!   state-checked API ([`Session`] when the target is stopped,
 //!   [`RunningSession`] while it runs).
 //!
@@ -20,11 +22,12 @@
 pub mod client;
 pub mod codec;
 mod error;
+pub mod link;
 pub mod packets;
 pub mod target_xml;
 
-pub use client::{ClientConfig, RunningSession, Session, StubAddr};
-pub use error::RspError;
+pub use client::{Batch, BatchReplies, ClientConfig, RunningSession, Session, StubAddr};
+pub use error::{ProtocolError, RspError};
 pub use packets::breakpoint::BreakpointKind;
 pub use packets::qsupported::Capabilities;
 pub use packets::resume::Resume;

@@ -156,3 +156,32 @@ async fn wait_stop_collects_console_output_and_sees_close() {
     assert!(matches!(run.wait_stop().await, Err(RspError::Closed)));
     h.join().unwrap();
 }
+
+#[tokio::test]
+async fn typed_batch_reads_registers_and_memory_in_one_round_trip() {
+    let (addr, h) = fake(|f| {
+        f.handshake("1000", false);
+        // RIP (`p 10`), a word, and unmapped memory, all sent before any reply.
+        f.expect(b"p10");
+        f.expect(b"m1000,8");
+        f.expect(b"m0,4");
+        f.send(b"efbeadde00000000");
+        f.send(b"0102030405060708");
+        f.send(b"E14");
+        f.expect(b"D;1");
+        f.send(b"OK");
+    });
+    let (mut s, _) = Session::connect(&addr, cfg()).await.unwrap();
+    let mut batch = ktrace_rsp::Batch::new();
+    let rip = batch.read_register(0x10);
+    let word = batch.read_memory(0x1000, 8);
+    let hole = batch.read_memory(0, 4);
+    assert_eq!(batch.len(), 3);
+    let mut replies = s.run_batch(&batch).await.expect("the batch");
+    assert_eq!(replies.register_u64(rip).unwrap(), 0xdead_beef);
+    assert_eq!(replies.memory(word).unwrap(), [1, 2, 3, 4, 5, 6, 7, 8]);
+    let err = replies.memory(hole).expect_err("unmapped");
+    assert!(matches!(err, RspError::Stub { code: 0x14, .. }), "{err:?}");
+    s.detach().await.unwrap();
+    h.join().unwrap();
+}

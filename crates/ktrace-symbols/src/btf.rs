@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use crate::TypeKeyword;
+use crate::keyword::TypeKeyword;
 
 /// `struct btf_header` magic.
 const BTF_MAGIC: u16 = 0xeb9f;

@@ -8,7 +8,8 @@ use gimli::{AttributeValue, DebugInfoOffset, EndianSlice, RunTimeEndian, UnitOff
 use object::{Object, ObjectSection};
 
 use crate::elf::ElfImage;
-use crate::{SymbolError, TypeKeyword};
+use crate::keyword::TypeKeyword;
+use crate::SymbolError;
 
 /// The gimli reader used throughout: a slice of the mmap'd file.
 pub(crate) type R = EndianSlice<'static, RunTimeEndian>;
@@ -124,6 +125,12 @@ impl DwarfInfo {
     /// `.debug_aranges` when it lists units (reading 2000+ scattered unit
     /// headers would fault in ~100 MB of the map); otherwise by walking the
     /// headers.
+    /// How many units have been parsed so far (laziness is tested with it).
+    #[cfg(test)]
+    pub(crate) fn parsed_units(&self) -> usize {
+        self.units.lock().map_or(0, |u| u.len())
+    }
+
     pub(crate) fn unit_offsets(&self) -> &[usize] {
         self.unit_offsets.get_or_init(|| {
             let mut out = Vec::new();

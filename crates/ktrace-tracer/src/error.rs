@@ -1,5 +1,5 @@
 use ktrace_kernel::KernelError;
-use ktrace_rsp::RspError;
+use ktrace_rsp::{RspError, StopReply, ThreadId};
 use ktrace_symbols::SymbolError;
 
 /// What can stop a trace.
@@ -11,7 +11,7 @@ pub enum TraceError {
     Rsp(#[from] RspError),
     /// Reading the kernel failed.
     #[error(transparent)]
-    Kernel(#[from] KernelError),
+    Kernel(#[from] KernelError<RspError>),
     /// The vmlinux could not answer.
     #[error(transparent)]
     Symbols(#[from] SymbolError),
@@ -30,13 +30,31 @@ pub enum TraceError {
     NoSuchTask(String),
     /// The guest stopped for good (QEMU quit or the machine powered off).
     #[error("the guest is gone: {0}")]
-    GuestGone(String),
+    GuestGone(GoneReason),
     /// The configuration makes no sense.
     #[error("{0}")]
     Config(String),
     /// The background task running a [`crate::HitStream`] panicked or was aborted.
     #[error("the trace task failed: {0}")]
     TaskFailed(String),
+}
+
+/// Why [`TraceError::GuestGone`]: what a caller can tell apart.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum GoneReason {
+    /// The tracer no longer has its session (an earlier error consumed it).
+    #[error("the session was lost")]
+    SessionLost,
+    /// The stub closed the connection: QEMU exited, or was killed.
+    #[error("the gdb stub closed the connection (QEMU exited?)")]
+    StubClosed,
+    /// The stub reported that the target exited or was terminated.
+    #[error("the stub reported {0:?}")]
+    TargetEnded(StopReply),
+    /// A stop on a thread that is no CPU.
+    #[error("stop on unknown thread {0:?}")]
+    UnknownThread(ThreadId),
 }
 
 /// A trace that failed part-way: the error and what was counted before it.

@@ -1,6 +1,6 @@
 //! Which hits the user wants: `--pid`, `--tgid`, `--comm`, `--cpu`, combined with AND.
 
-use ktrace_kernel::{CpuId, TaskInfo};
+use ktrace_kernel::{CpuId, TaskIdent, TaskInfo};
 
 /// A filter on the task and CPU of a hit. Every set field must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,9 +33,19 @@ impl Filter {
 
     /// Whether a task passes the task part of the filter.
     pub fn matches_task(&self, task: &TaskInfo) -> bool {
-        self.pid.is_none_or(|p| p == task.pid)
-            && self.tgid.is_none_or(|p| p == task.tgid)
-            && self.comm.as_deref().is_none_or(|c| glob_match(c, &task.comm))
+        self.matches(task.pid, task.tgid, &task.comm)
+    }
+
+    /// Whether a task, known by its pid, tgid and comm, passes the task part
+    /// of the filter.
+    pub fn matches_ident(&self, task: &TaskIdent) -> bool {
+        self.matches(task.pid, task.tgid, &task.comm)
+    }
+
+    fn matches(&self, pid: i32, tgid: i32, comm: &str) -> bool {
+        self.pid.is_none_or(|p| p == pid)
+            && self.tgid.is_none_or(|p| p == tgid)
+            && self.comm.as_deref().is_none_or(|c| glob_match(c, comm))
     }
 }
 

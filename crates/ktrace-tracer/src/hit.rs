@@ -90,7 +90,28 @@ pub struct Summary {
     /// Whether breakpoints were removed and the guest left running.
     pub guest_released: bool,
     /// What `--in-guest` did, when it was asked for.
-    pub in_guest: Option<crate::InGuestReport>,
+    pub in_guest: Option<InGuestReport>,
+}
+
+/// What the in-guest filter did for this trace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct InGuestReport {
+    /// Where the trampoline was (runtime address), when it was used.
+    pub trampoline: Option<u64>,
+    /// Functions patched.
+    pub patched: usize,
+    /// Why a function (or the whole trace) uses the stop loop instead.
+    pub fallbacks: Vec<String>,
+    /// Sites a killed ktrace had left patched, put back before starting.
+    pub left_behind: usize,
+    /// Sites put back to the ftrace NOP at the end.
+    pub restored: usize,
+    /// Whether the trampoline was erased again (else it stays, harmless,
+    /// for the next `--in-guest` or `ktrace restore`).
+    pub erased: bool,
+    /// Whether the connection was lost (or ktrace panicked) and the sites
+    /// were restored over a new one.
+    pub reconnected: bool,
 }
 
 impl Summary {

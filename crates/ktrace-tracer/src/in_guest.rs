@@ -12,6 +12,7 @@ use ktrace_rsp::{Resume, Session, StubAddr};
 use ktrace_symbols::Vmlinux;
 
 use crate::filter::Filter;
+use crate::hit::InGuestReport;
 use crate::location::Location;
 use crate::TraceError;
 
@@ -37,27 +38,6 @@ pub(crate) struct InGuest {
     pub plan: Plan,
     pub trampoline: Trampoline,
     pub filter: FilterData,
-}
-
-/// What the in-guest filter did for this trace.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct InGuestReport {
-    /// Where the trampoline was (runtime address), when it was used.
-    pub trampoline: Option<u64>,
-    /// Functions patched.
-    pub patched: usize,
-    /// Why a function (or the whole trace) uses the stop loop instead.
-    pub fallbacks: Vec<String>,
-    /// Sites a killed ktrace had left patched, put back before starting.
-    pub left_behind: usize,
-    /// Sites put back to the ftrace NOP at the end.
-    pub restored: usize,
-    /// Whether the trampoline was erased again (else it stays, harmless,
-    /// for the next `--in-guest` or `ktrace restore`).
-    pub erased: bool,
-    /// Whether the connection was lost (or ktrace panicked) and the sites
-    /// were restored over a new one.
-    pub reconnected: bool,
 }
 
 /// The filter as the trampoline's data. A filter that would need anything

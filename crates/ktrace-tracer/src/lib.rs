@@ -27,10 +27,10 @@ mod unwind;
 
 pub use bt::{backtrace_all_cpus, backtrace_cpus, BtConfig, CpuBacktrace};
 pub use config::{GuestRelease, ResumeMode, TraceConfig};
-pub use error::{TraceError, TraceFailure};
+pub use error::{GoneReason, TraceError, TraceFailure};
 pub use filter::{glob_match, Filter};
-pub use hit::{parse_duration, EndReason, Hit, StackCounts, Summary};
-pub use in_guest::{restore_left_behind, InGuestReport, RestoreOutcome};
+pub use hit::{parse_duration, EndReason, Hit, InGuestReport, StackCounts, Summary};
+pub use in_guest::{restore_left_behind, RestoreOutcome};
 pub use location::{resolve as resolve_location, Location};
 pub use stream::HitStream;
 pub use tokio_util::sync::CancellationToken;

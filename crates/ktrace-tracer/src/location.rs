@@ -41,7 +41,7 @@ impl Location {
 }
 
 /// Resolves a location against the vmlinux; a symbol the vmlinux does not
-/// have (or `module:symbol`) is left for [`resolve_in_modules`].
+/// have (or `module:symbol`) is left for `resolve_in_modules`.
 pub fn resolve(vm: &Vmlinux, spec: &str) -> Result<Location, SymbolError> {
     let spec = spec.trim();
     if let Some((file, line)) = spec.rsplit_once(':') {

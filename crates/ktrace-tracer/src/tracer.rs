@@ -4,20 +4,19 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ktrace_kernel::{cpu_of_thread, le_u64, Kernel, TaskInfo, TaskRef};
-use ktrace_rsp::packets::{memory, registers};
-use ktrace_rsp::{BreakpointKind, Resume, RspError, Session, StopReply, StubAddr, ThreadId};
+use ktrace_kernel::{cpu_of_thread, le_u64, CurrentTask, Kernel, TaskIdent, TaskRef};
+use ktrace_rsp::{Batch, BreakpointKind, Resume, RspError, Session, StopReply, StubAddr, ThreadId};
 use ktrace_symbols::Vmlinux;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{GuestRelease, ResumeMode, TraceConfig};
 use crate::filter::Filter;
-use crate::hit::{EndReason, Hit, Summary};
-use crate::in_guest::{self, BreakAt, InGuest, InGuestReport};
+use crate::hit::{EndReason, Hit, InGuestReport, Summary};
+use crate::in_guest::{self, BreakAt, InGuest};
 use crate::location::{self, Location};
 use crate::regs::GLayout;
 use crate::unwind::Unwinder;
-use crate::{TraceError, TraceFailure};
+use crate::{GoneReason, TraceError, TraceFailure};
 
 /// Receives the hits of a trace, and progress while it runs.
 pub trait HitSink {
@@ -496,7 +495,7 @@ impl Tracer {
                     continue;
                 }
                 StopReply::Signal { thread, .. } => *thread,
-                other => return Err((TraceError::GuestGone(format!("the stub reported {other:?}")), Some(session))),
+                other => return Err((TraceError::GuestGone(GoneReason::TargetEnded(other.clone())), Some(session))),
             };
             match self.on_stop(&mut session, thread, sink, stats).await {
                 Ok(Step::Resume(r)) => resume = r,
@@ -599,69 +598,28 @@ impl Tracer {
             Some(t) => t,
             None => session.current_thread().await?,
         };
-        let cpu = cpu_of_thread(&thread)
-            .ok_or_else(|| TraceError::GuestGone(format!("stop on unknown thread {thread:?}")))?;
+        let cpu = cpu_of_thread(&thread).ok_or(TraceError::GuestGone(GoneReason::UnknownThread(thread)))?;
         let wants_task = self.cfg.filter.matches_cpu(cpu);
-        // One round trip: RIP, the CPU's current-task pointer and, for --pid,
-        // the target task's pid, tgid and comm (confirmed only on a match).
-        let mut reqs = vec![registers::read_one_request(self.glayout.rip_regnum)];
-        let slot = self.kernel.current_task_slot(cpu);
-        let layout = self.kernel.layout();
-        if let (true, Some(slot)) = (wants_task, slot) {
-            reqs.push(memory::read_request(slot, 8));
-            if let Some(t) = self.target_task {
-                reqs.push(memory::read_request(t.0 + layout.pid, 4));
-                reqs.push(memory::read_request(t.0 + layout.tgid, 4));
-                reqs.push(memory::read_request(t.0 + layout.comm, 16));
-            }
-        }
-        let replies = session.request_many(&reqs).await?;
-        let rip = le_u64(&registers::parse_registers("p", &replies[0])?);
+        // One round trip: RIP, and what the CPU runs (for --pid, the target
+        // task's identity too, confirmed only on a match).
+        let mut batch = Batch::new();
+        let rip = batch.read_register(self.glayout.rip_regnum);
+        let current = if wants_task { self.kernel.current_task_reads(cpu, self.target_task) } else { None };
+        let reads: Vec<_> = current.iter().flat_map(|c| c.ranges()).map(|&(a, l)| batch.read_memory(a, l)).collect();
+        let mut replies = session.run_batch(&batch).await?;
+        let rip = replies.register_u64(rip)?;
         let Some(bp) = self.armed.iter().position(|a| a.addr == rip) else {
             // Not one of ours (e.g. an interrupt from another client): just go on.
             return Ok(Step::Resume(None));
         };
         stats.seen += 1;
-        let mut matched_task: Option<TaskInfo> = None;
-        if wants_task && replies.len() > 1 {
-            let current = TaskRef(le_u64(&memory::parse_read(&replies[1])?));
-            matched_task = match (self.target_task, replies.get(2..5)) {
-                (Some(target), Some([pid, tgid, comm])) if current == target => {
-                    let pid = le_u64(&memory::parse_read(pid)?) as i32;
-                    if self.cfg.filter.pid == Some(pid) {
-                        let info = TaskInfo {
-                            task: current,
-                            pid,
-                            tgid: le_u64(&memory::parse_read(tgid)?) as i32,
-                            comm: ktrace_kernel::decode_comm(&memory::parse_read(comm)?),
-                            state: ktrace_kernel::TaskState { raw: 0, exit: 0 },
-                            flags: 0,
-                            parent: TaskRef(0),
-                        };
-                        self.cfg.filter.matches_task(&info).then_some(info)
-                    } else {
-                        // The task exited and its task_struct was reused: look again.
-                        self.target_task = self
-                            .kernel
-                            .find_task_by_pid(session, self.cfg.filter.pid.unwrap_or(-1))
-                            .await
-                            .ok()
-                            .map(|t| t.task);
-                        if let Some(ig) = &mut self.in_guest {
-                            ig.filter.task = Some(self.target_task.map_or(0, |t| t.0));
-                            ktrace_kernel::trampoline::update_filter(session, &ig.plan.region, &ig.filter).await?;
-                        }
-                        None
-                    }
-                }
-                (Some(_), _) => None,
-                (None, _) if self.cfg.filter.pid.is_some() => None,
-                (None, _) => {
-                    let info = self.kernel.task_info(session, current).await?;
-                    self.cfg.filter.matches_task(&info).then_some(info)
-                }
-            };
-        }
+        let matched_task = match current {
+            Some(current) => {
+                let bytes = reads.into_iter().map(|r| replies.memory(r)).collect::<Result<Vec<_>, _>>()?;
+                self.match_task(session, current.decode(&bytes)).await?
+            }
+            None => None,
+        };
         // A stop on a hit `nop` is the traced function's entry: the
         // trampoline's return address is on the stack.
         let (pc, entry_frame) = match self.armed[bp].at {
@@ -702,6 +660,35 @@ impl Tracer {
             }
         }
         self.past_breakpoint(session, bp, thread, rip).await
+    }
+
+    /// The task a stop ran in, if the filter takes it.
+    async fn match_task(
+        &mut self,
+        session: &mut Session,
+        current: CurrentTask,
+    ) -> Result<Option<TaskIdent>, TraceError> {
+        match current {
+            CurrentTask::Followed(task) if self.cfg.filter.pid == Some(task.pid) => {
+                Ok(self.cfg.filter.matches_ident(&task).then_some(task))
+            }
+            CurrentTask::Followed(_) => {
+                // The task exited and its task_struct was reused: look again.
+                let pid = self.cfg.filter.pid.unwrap_or(-1);
+                self.target_task = self.kernel.find_task_by_pid(session, pid).await.ok().map(|t| t.task);
+                if let Some(ig) = &mut self.in_guest {
+                    ig.filter.task = Some(self.target_task.map_or(0, |t| t.0));
+                    ktrace_kernel::trampoline::update_filter(session, &ig.plan.region, &ig.filter).await?;
+                }
+                Ok(None)
+            }
+            // Not the --pid task, or it is not known (gone, and not found again).
+            CurrentTask::Other(_) if self.target_task.is_some() || self.cfg.filter.pid.is_some() => Ok(None),
+            CurrentTask::Other(task) => {
+                let task = self.kernel.task_ident(session, task).await?;
+                Ok(self.cfg.filter.matches_ident(&task).then_some(task))
+            }
+        }
     }
 
     /// Gets the stopped CPU past breakpoint `bp`, returning how to resume.
@@ -775,7 +762,7 @@ struct Stats {
 }
 
 fn gone() -> TraceError {
-    TraceError::GuestGone("the session was lost".into())
+    TraceError::GuestGone(GoneReason::SessionLost)
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -787,7 +774,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 fn guest_gone(e: RspError) -> TraceError {
     match e {
-        RspError::Closed => TraceError::GuestGone("the gdb stub closed the connection (QEMU exited?)".into()),
+        RspError::Closed => TraceError::GuestGone(GoneReason::StubClosed),
         other => other.into(),
     }
 }

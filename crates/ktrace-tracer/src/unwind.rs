@@ -13,8 +13,10 @@
 
 use std::collections::HashMap;
 
-use ktrace_kernel::{Kernel, KernelError, Modules, Target};
-use ktrace_symbols::{CfaRule, CfiRow, KernelAddr, OrcEntry, OrcReg, OrcType, RegRule, SourceFrame, Vmlinux};
+use ktrace_kernel::{Kernel, Modules, Target};
+use ktrace_symbols::{
+    CfaRule, CfiRow, KernelAddr, OrcEntry, OrcReg, OrcType, RegRule, SourceFrame, SymbolError, Vmlinux,
+};
 use serde::Serialize;
 
 /// The registers an unwind starts from (and finds again in `pt_regs`).
@@ -330,7 +332,7 @@ async fn cfi_step<T: Target>(row: &CfiRow, state: &Regs, stack: &mut StackReader
 impl Unwinder {
     /// Prepares an unwinder (reads the `pt_regs` layout and the stack size
     /// from the vmlinux).
-    pub fn new(vm: &Vmlinux) -> Result<Unwinder, KernelError> {
+    pub fn new(vm: &Vmlinux) -> Result<Unwinder, SymbolError> {
         let off = |m: &str| vm.member(&format!("pt_regs.{m}")).map(|l| l.offset);
         // THREAD_SIZE is the size of init's stack.
         let stack_block = match (vm.lookup_symbol("init_stack"), vm.lookup_symbol("__end_init_stack")) {

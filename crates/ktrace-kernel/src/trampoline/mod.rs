@@ -11,48 +11,15 @@
 
 pub mod code;
 mod layout;
+mod refusal;
 mod site;
 
 pub use layout::{FilterData, Header, Region, MAGIC, MAX_CPUS, REGION_LEN, SLOTS};
+pub use refusal::Refusal;
 pub use site::{ftrace_site, FTRACE_NOP};
 
 use crate::{Kernel, KernelError, PercpuVar, Target};
 use code::BodyParams;
-
-/// Why the in-guest filter cannot be used; the tracer falls back to its
-/// own stop loop and says this.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// A traced function's entry is not an ftrace NOP ktrace may patch.
-    #[error("{func}: {why}")]
-    Site {
-        /// The function.
-        func: String,
-        /// What is at its entry instead.
-        why: String,
-    },
-    /// No padding large enough for the trampoline and its hit page.
-    #[error("no run of 0xcc padding in .text outside the entry text is large enough for the trampoline")]
-    NoPadding,
-    /// The padding ktrace would use holds something else in the guest.
-    #[error("the padding at 0x{addr:x} is in use in the guest ({what})")]
-    PaddingInUse {
-        /// Where.
-        addr: u64,
-        /// What was found.
-        what: String,
-    },
-    /// The per-CPU data cannot be reached the way the kernel reaches it.
-    #[error("per-CPU layout: {0}")]
-    Percpu(String),
-    /// The filter cannot be evaluated safely in the guest.
-    #[error("{0}")]
-    Filter(String),
-    /// More functions than the trampoline has slots.
-    #[error("more than {SLOTS} functions to patch")]
-    TooManySites,
-}
 
 /// Where the trampoline goes in this kernel and what its body reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,10 +130,11 @@ pub struct Restored {
 }
 
 /// Reads the region's header: a trampoline of ktrace left in the guest, if any.
-pub async fn left_behind<T: Target>(target: &mut T, plan: &Plan) -> Result<Option<Header>, KernelError> {
+pub async fn left_behind<T: Target>(target: &mut T, plan: &Plan) -> Result<Option<Header>, KernelError<T::Error>> {
     let bytes = target
         .read_memory(plan.region.base, layout::BODY)
         .await
+        .map_err(KernelError::Target)
         .map_err(|e| e.reading("the trampoline's padding", plan.region.base))?;
     Ok(Header::decode(&bytes))
 }
@@ -180,7 +148,7 @@ pub async fn install<T: Target>(
     plan: &Plan,
     filter: &FilterData,
     sites: &[u64],
-) -> Result<Trampoline, KernelError> {
+) -> Result<Trampoline, KernelError<T::Error>> {
     if sites.len() > SLOTS {
         return Err(Refusal::TooManySites.into());
     }
@@ -188,6 +156,7 @@ pub async fn install<T: Target>(
     let live = target
         .read_memory(region.base, REGION_LEN)
         .await
+        .map_err(KernelError::Target)
         .map_err(|e| e.reading("the trampoline's padding", region.base))?;
     if let Some(header) = Header::decode(&live) {
         restore_sites(target, &Region { hit_page: header.hit_page, ..region }, &header).await?;
@@ -202,12 +171,15 @@ pub async fn install<T: Target>(
         let at = slot * layout::HIT_STRIDE as usize;
         stubs[at..at + 2].copy_from_slice(&code::HIT_STUB);
     }
-    target.write_memory(region.hit_page, &stubs).await?;
-    target.write_memory(region.base, &image(plan, filter)).await?;
+    target.write_memory(region.hit_page, &stubs).await.map_err(KernelError::Target)?;
+    target.write_memory(region.base, &image(plan, filter)).await.map_err(KernelError::Target)?;
     let mut patched = Vec::new();
     for (slot, &site) in sites.iter().enumerate() {
-        target.write_memory(region.base + (layout::SITES + 8 * slot) as u64, &site.to_le_bytes()).await?;
-        target.write_memory(site, &code::call_from(site, region.entry(slot))).await?;
+        target
+            .write_memory(region.base + (layout::SITES + 8 * slot) as u64, &site.to_le_bytes())
+            .await
+            .map_err(KernelError::Target)?;
+        target.write_memory(site, &code::call_from(site, region.entry(slot))).await.map_err(KernelError::Target)?;
         patched.push((slot, site));
     }
     Ok(Trampoline { region, sites: patched })
@@ -230,10 +202,14 @@ fn image(plan: &Plan, filter: &FilterData) -> Vec<u8> {
 
 /// The hit page must be padding (or a former trampoline's stubs): any code
 /// there would run one instruction at a time under the breakpoint.
-async fn check_hit_page<T: Target>(target: &mut T, page: u64) -> Result<(), KernelError> {
+async fn check_hit_page<T: Target>(target: &mut T, page: u64) -> Result<(), KernelError<T::Error>> {
     for half in 0..2u64 {
         let at = page + half * PAGE / 2;
-        let bytes = target.read_memory(at, (PAGE / 2) as usize).await.map_err(|e| e.reading("the hit page", at))?;
+        let bytes = target
+            .read_memory(at, (PAGE / 2) as usize)
+            .await
+            .map_err(KernelError::Target)
+            .map_err(|e| e.reading("the hit page", at))?;
         for (i, &b) in bytes.iter().enumerate() {
             let off = half * PAGE / 2 + i as u64;
             let stub = (off % layout::HIT_STRIDE) as usize;
@@ -250,8 +226,12 @@ async fn check_hit_page<T: Target>(target: &mut T, page: u64) -> Result<(), Kern
 
 /// Rewrites the filter data of an installed trampoline (e.g. when the
 /// traced task's `task_struct` changed).
-pub async fn update_filter<T: Target>(target: &mut T, region: &Region, filter: &FilterData) -> Result<(), KernelError> {
-    target.write_memory(region.base + layout::TARGET_MASK as u64, &filter.encode()).await
+pub async fn update_filter<T: Target>(
+    target: &mut T,
+    region: &Region,
+    filter: &FilterData,
+) -> Result<(), KernelError<T::Error>> {
+    target.write_memory(region.base + layout::TARGET_MASK as u64, &filter.encode()).await.map_err(KernelError::Target)
 }
 
 /// Puts the ftrace NOP back at every site the header lists, where the site
@@ -261,13 +241,17 @@ pub async fn restore_sites<T: Target>(
     target: &mut T,
     region: &Region,
     header: &Header,
-) -> Result<Restored, KernelError> {
+) -> Result<Restored, KernelError<T::Error>> {
     let mut report = Restored::default();
     for (slot, site) in header.sites.iter().enumerate() {
         let Some(site) = *site else { continue };
-        let live = target.read_memory(site, 5).await.map_err(|e| e.reading("a patched ftrace site", site))?;
+        let live = target
+            .read_memory(site, 5)
+            .await
+            .map_err(KernelError::Target)
+            .map_err(|e| e.reading("a patched ftrace site", site))?;
         if live == code::call_from(site, region.entry(slot)) {
-            target.write_memory(site, &FTRACE_NOP).await?;
+            target.write_memory(site, &FTRACE_NOP).await.map_err(KernelError::Target)?;
             report.restored.push(site);
         } else if live == FTRACE_NOP {
             report.already.push(site);
@@ -277,16 +261,22 @@ pub async fn restore_sites<T: Target>(
             report.foreign.push((site, b));
             continue;
         }
-        target.write_memory(region.base + (layout::SITES + 8 * slot) as u64, &0u64.to_le_bytes()).await?;
+        target
+            .write_memory(region.base + (layout::SITES + 8 * slot) as u64, &0u64.to_le_bytes())
+            .await
+            .map_err(KernelError::Target)?;
     }
     Ok(report)
 }
 
 /// Puts the padding back over the region and the hit stubs. Only once no
 /// site calls the trampoline and no CPU can be inside it.
-pub async fn erase<T: Target>(target: &mut T, region: &Region) -> Result<(), KernelError> {
-    target.write_memory(region.base, &[0xcc; REGION_LEN]).await?;
-    target.write_memory(region.hit_page, &[0xcc; SLOTS * layout::HIT_STRIDE as usize]).await
+pub async fn erase<T: Target>(target: &mut T, region: &Region) -> Result<(), KernelError<T::Error>> {
+    target.write_memory(region.base, &[0xcc; REGION_LEN]).await.map_err(KernelError::Target)?;
+    target
+        .write_memory(region.hit_page, &[0xcc; SLOTS * layout::HIT_STRIDE as usize])
+        .await
+        .map_err(KernelError::Target)
 }
 
 #[cfg(test)]

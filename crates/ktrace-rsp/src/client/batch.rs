@@ -1,17 +1,167 @@
-//! Pipelined raw requests: several packets in one write, replies in order.
+//! Pipelined requests: several packets in one write, replies in order.
+//!
+//! [`Batch`] is the typed way: memory and register reads, each answered
+//! with its own decoded result. [`Session::request_many`] sends raw packets.
 
 use super::Session;
+use crate::packets::{memory, registers};
 use crate::RspError;
 
+/// Reads that go to the stub together, in one pipelined round trip.
+///
+/// ```no_run
+/// # async fn demo(session: &mut ktrace_rsp::Session) -> Result<(), ktrace_rsp::RspError> {
+/// let mut batch = ktrace_rsp::Batch::new();
+/// let pc = batch.read_register(16);
+/// let word = batch.read_memory(0xffff_ffff_8100_0000, 8);
+/// let mut replies = session.run_batch(&batch).await?;
+/// let (pc, word) = (replies.register_u64(pc)?, replies.memory(word)?);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    items: Vec<Item>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Item {
+    Memory { addr: u64, len: usize },
+    Register(u32),
+}
+
+/// The handle of a memory read in a [`Batch`]; redeem it with [`BatchReplies::memory`].
+#[derive(Debug)]
+#[must_use]
+pub struct MemoryRead(usize);
+
+/// The handle of a register read in a [`Batch`]; redeem it with [`BatchReplies::register`].
+#[derive(Debug)]
+#[must_use]
+pub struct RegisterRead(usize);
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Reads `len` bytes at `addr` (split into several `m` packets when
+    /// longer than the session's memory chunk).
+    pub fn read_memory(&mut self, addr: u64, len: usize) -> MemoryRead {
+        self.items.push(Item::Memory { addr, len });
+        MemoryRead(self.items.len() - 1)
+    }
+
+    /// Reads register `regnum` (`p`) of the thread that last stopped.
+    pub fn read_register(&mut self, regnum: u32) -> RegisterRead {
+        self.items.push(Item::Register(regnum));
+        RegisterRead(self.items.len() - 1)
+    }
+
+    /// The number of reads.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True when there is nothing to read.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// The answers to a [`Batch`], one per read. A stub error (`E14` for
+/// unmapped memory) belongs to its read; transport errors fail the batch.
+#[derive(Debug)]
+pub struct BatchReplies {
+    items: Vec<Result<Vec<u8>, RspError>>,
+}
+
+impl BatchReplies {
+    fn take(&mut self, n: usize) -> Result<Vec<u8>, RspError> {
+        match self.items.get_mut(n) {
+            Some(item) => std::mem::replace(item, Ok(Vec::new())),
+            None => Err(RspError::NotInBatch(n)),
+        }
+    }
+
+    /// The bytes of a memory read.
+    pub fn memory(&mut self, read: MemoryRead) -> Result<Vec<u8>, RspError> {
+        self.take(read.0)
+    }
+
+    /// A register's raw target-order bytes.
+    pub fn register(&mut self, read: RegisterRead) -> Result<Vec<u8>, RspError> {
+        self.take(read.0)
+    }
+
+    /// A register as a little-endian integer (at most 8 bytes are used).
+    pub fn register_u64(&mut self, read: RegisterRead) -> Result<u64, RspError> {
+        Ok(le_u64(&self.register(read)?))
+    }
+}
+
+pub(crate) fn le_u64(bytes: &[u8]) -> u64 {
+    bytes.iter().take(8).rev().fold(0u64, |a, &x| (a << 8) | x as u64)
+}
+
+/// A stub's answer to one item (kept with the item), or a failure of the
+/// whole batch.
+fn per_item(e: RspError) -> Result<RspError, RspError> {
+    match e {
+        RspError::Stub { .. }
+        | RspError::StubMessage { .. }
+        | RspError::UnexpectedReply { .. }
+        | RspError::Unsupported { .. } => Ok(e),
+        fatal => Err(fatal),
+    }
+}
+
 impl Session {
-    /// Sends every request in one write and returns the raw replies in order.
-    ///
-    /// This is the tracer's hot path: e.g. `p` of RIP and `m` of the current
-    /// task pointer cost one round trip together. Stub errors (`E NN`) come
-    /// back as reply payloads; parse them with the packet modules.
+    /// Sends every read of `batch` pipelined (at most `pipeline_depth` in
+    /// flight) and decodes each reply.
+    pub async fn run_batch(&mut self, batch: &Batch) -> Result<BatchReplies, RspError> {
+        let chunk = self.chunk();
+        let mut pkts = Vec::new();
+        let mut owner = Vec::new();
+        for (n, item) in batch.items.iter().enumerate() {
+            match *item {
+                Item::Memory { addr, len } => {
+                    let mut off = 0;
+                    while off < len {
+                        let l = chunk.min(len - off);
+                        pkts.push(memory::read_request(addr.wrapping_add(off as u64), l));
+                        owner.push(n);
+                        off += l;
+                    }
+                }
+                Item::Register(regnum) => {
+                    pkts.push(registers::read_one_request(regnum));
+                    owner.push(n);
+                }
+            }
+        }
+        let depth = self.shared.cfg.pipeline_depth;
+        let replies = self.shared.conn.pipeline(&pkts, depth).await?;
+        let mut items: Vec<Result<Vec<u8>, RspError>> = batch.items.iter().map(|_| Ok(Vec::new())).collect();
+        for (r, n) in replies.iter().zip(owner) {
+            let Ok(buf) = &mut items[n] else { continue };
+            let decoded = match batch.items[n] {
+                Item::Memory { .. } => memory::parse_read(r),
+                Item::Register(_) => registers::parse_registers("p", r),
+            };
+            match decoded {
+                Ok(d) => buf.extend(d),
+                Err(e) => items[n] = Err(per_item(e)?),
+            }
+        }
+        Ok(BatchReplies { items })
+    }
+
+    /// Sends every request in one write and returns the raw replies in
+    /// order, uninterpreted (stub errors come back as reply payloads). Prefer
+    /// [`Session::run_batch`], which encodes and decodes.
     pub async fn request_many(&mut self, payloads: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, RspError> {
-        let inner = self.inner.as_mut().ok_or(RspError::Closed)?;
-        inner.conn.pipeline(payloads, payloads.len().max(1)).await
+        self.shared.conn.pipeline(payloads, payloads.len().max(1)).await
     }
 }
 
@@ -23,6 +173,6 @@ impl Session {
     /// can look at exactly the same stop; it is never the right way to end a
     /// trace (use [`Session::detach`]).
     pub fn disconnect(mut self) {
-        drop(self.inner.take());
+        self.shared.detach_on_drop = false;
     }
 }

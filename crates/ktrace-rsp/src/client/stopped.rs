@@ -1,128 +1,26 @@
 //! The stopped state: [`Session`].
 
+use super::batch::Batch;
+use super::config::{ClientConfig, StubAddr};
 use super::conn::{name_of, Conn};
-use super::running::RunningSession;
+use super::shared::Shared;
+use super::state::{Running, RunningSession, Session, Stopped};
 use super::transport::Transport;
-use super::{ClientConfig, StubAddr};
 use crate::packets::monitor::RcmdReply;
 use crate::packets::stop::{is_stop_reply, parse_stop_reply};
 use crate::packets::thread::Id;
 use crate::packets::{self, *};
 use crate::{BreakpointKind, Capabilities, RegisterMap, Resume, RspError, StopReply, ThreadId, ThreadOp};
 
-pub(crate) struct Inner {
-    pub(crate) conn: Conn,
-    pub(crate) caps: Capabilities,
-    pub(crate) regmap: Option<RegisterMap>,
-    pub(crate) pid: Option<u64>,
-    pub(crate) last_thread: Option<ThreadId>,
-    pub(crate) cfg: ClientConfig,
-    pub(crate) console: Vec<u8>,
-}
-
-impl Inner {
-    pub(crate) fn note_stop(&mut self, s: &StopReply) {
-        if let Some(t) = s.thread() {
-            self.last_thread = Some(t);
-            if let Some(Id::Id(p)) = t.pid {
-                self.pid = Some(p);
-            }
-        }
-    }
-
-    pub(crate) fn detach_payload(&self) -> Vec<u8> {
-        let pid = if self.caps.multiprocess { Some(self.pid.unwrap_or(1)) } else { None };
-        detach::detach_request(pid)
-    }
-
-    /// Best-effort, non-blocking: optional 0x03, then the detach packet.
-    pub(crate) fn drop_detach(&mut self, running: bool) {
-        let mut bytes = Vec::new();
-        if running {
-            bytes.push(0x03);
-        }
-        bytes.extend(crate::codec::encode_packet(&self.detach_payload()));
-        self.conn.try_write_now(&bytes);
-    }
-
-    fn resume_packets(&self, action: Resume) -> (Option<Vec<u8>>, Vec<u8>) {
-        if self.caps.vcont.is_some_and(|v| v.c && v.s) {
-            return (None, resume::resume_vcont(action, self.last_thread));
-        }
-        match action {
-            Resume::Continue => (None, resume::continue_request(None)),
-            Resume::Step => (None, resume::step_request(None)),
-            Resume::ContinueThread(t) => {
-                (Some(thread::set_thread_request(ThreadOp::Continue, t)), resume::continue_request(None))
-            }
-            Resume::StepThread(t) => {
-                (Some(thread::set_thread_request(ThreadOp::Continue, t)), resume::step_request(None))
-            }
-        }
-    }
-
-    /// Queue (and for legacy thread selection, perform `Hc`) a resume.
-    pub(crate) async fn prepare_resume(&mut self, action: Resume) -> Result<Vec<u8>, RspError> {
-        let (pre, pkt) = self.resume_packets(action);
-        if let Some(pre) = pre {
-            let r = self.conn.request(&pre).await?;
-            expect_ok("Hc", &r)?;
-        }
-        Ok(pkt)
-    }
-
-    /// Wait for a stop reply, keeping `O` output. `timeout` false: wait forever.
-    pub(crate) async fn wait_stop(&mut self, timeout: bool) -> Result<StopReply, RspError> {
-        loop {
-            let p = if timeout {
-                self.conn.recv_packet("stop reply").await?
-            } else {
-                self.conn.recv_packet_forever().await?
-            };
-            if let Some(o) = monitor::parse_console_output(&p) {
-                self.console.extend(o);
-                continue;
-            }
-            if is_stop_reply(&p) {
-                let s = parse_stop_reply(&p)?;
-                self.note_stop(&s);
-                return Ok(s);
-            }
-            tracing::trace!(target: "ktrace_rsp::wire", "ignoring unexpected packet while waiting for a stop");
-        }
-    }
-}
-
-/// A connection to a stub whose target is stopped.
-///
-/// Dropping a `Session` without [`Session::detach`] writes the detach packet
-/// without blocking (best effort), so QEMU removes breakpoints and resumes
-/// the guest.
-pub struct Session {
-    pub(crate) inner: Option<Inner>,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        if let Some(mut i) = self.inner.take() {
-            i.drop_detach(false);
-        }
-    }
-}
-
-fn per_item(e: RspError) -> Result<RspError, RspError> {
-    match e {
-        RspError::Stub { .. }
-        | RspError::StubMessage { .. }
-        | RspError::UnexpectedReply { .. }
-        | RspError::Unsupported { .. } => Ok(e),
-        fatal => Err(fatal),
-    }
-}
-
 impl Session {
-    fn i(&mut self) -> &mut Inner {
-        self.inner.as_mut().expect("session state present until consumed")
+    fn i(&mut self) -> &mut Shared {
+        &mut self.shared
+    }
+
+    fn into_running(self) -> RunningSession {
+        let mut running = self.into_state(Running { stop: None });
+        running.shared.running = true;
+        running
     }
 
     /// Connect and synchronise.
@@ -152,9 +50,9 @@ impl Session {
             .await
             .map_err(|_| RspError::Timeout { request: format!("connect {addr}") })??;
         let mut conn = Conn::new(t, cfg.max_packet, cfg.timeout);
-        conn.queue_raw(b"+");
+        conn.link.send_raw(b"+");
         let q = qsupported::qsupported_request(qsupported::CLIENT_FEATURES);
-        conn.queue_packet(&q);
+        conn.link.send(&q);
         conn.flush_timeout("qSupported").await?;
         let mut unsolicited = None;
         let caps_reply = loop {
@@ -173,34 +71,27 @@ impl Session {
         if cfg.no_ack && caps.no_ack_mode {
             let r = conn.request(qsupported::START_NO_ACK_MODE).await?;
             if r == b"OK" {
-                conn.ack_mode = false;
+                conn.link.set_ack_mode(false);
             }
         }
-        let mut inner = Inner {
-            conn,
-            caps: Capabilities::default(),
-            regmap: None,
-            pid: None,
-            last_thread: None,
-            cfg,
-            console: Vec::new(),
-        };
+        let mut shared = Shared::new(conn, cfg);
         if let Some(s) = &unsolicited {
-            inner.note_stop(s);
+            shared.note_stop(s);
         }
-        let r = inner.conn.request(stop::QUERY_HALT_REASON).await?;
+        let r = shared.conn.request(stop::QUERY_HALT_REASON).await?;
         let mut first = unsolicited;
         if let Ok(s) = parse_stop_reply(&r) {
-            inner.note_stop(&s);
+            shared.note_stop(&s);
             first = Some(s);
         }
-        match inner.conn.request(vcont::VCONT_QUERY).await {
+        match shared.conn.request(vcont::VCONT_QUERY).await {
             Ok(r) => caps.vcont = vcont::parse_vcont_support(&r).ok(),
             Err(e) => return Err(e),
         }
         let xfer = caps.xfer_features_read;
-        inner.caps = caps;
-        let mut s = Session { inner: Some(inner) };
+        shared.caps = caps;
+        shared.detach_on_drop = true;
+        let mut s = Session { shared, state: Stopped };
         if xfer {
             let root = s.read_features("target.xml").await?;
             // Fetch includes eagerly (the XML callback is synchronous).
@@ -236,23 +127,8 @@ impl Session {
         String::from_utf8(out).map_err(|_| RspError::TargetXml(format!("{annex} is not UTF-8")))
     }
 
-    /// What the stub announced in `qSupported` (and `vCont?`).
-    pub fn capabilities(&self) -> &Capabilities {
-        &self.inner.as_ref().expect("present").caps
-    }
-
-    /// The register map from `target.xml`, if the stub offered one.
-    pub fn register_map(&self) -> Option<&RegisterMap> {
-        self.inner.as_ref().expect("present").regmap.as_ref()
-    }
-
-    /// The thread of the last stop reply seen.
-    pub fn last_stop_thread(&self) -> Option<ThreadId> {
-        self.inner.as_ref().expect("present").last_thread
-    }
-
-    fn chunk(&self) -> usize {
-        let i = self.inner.as_ref().expect("present");
+    pub(crate) fn chunk(&self) -> usize {
+        let i = &self.shared;
         let by_packet = i.caps.packet_size.map(|p| p / 2).unwrap_or(usize::MAX);
         i.cfg.max_memory_chunk.min(by_packet).max(1)
     }
@@ -270,30 +146,10 @@ impl Session {
         &mut self,
         reqs: &[(u64, usize)],
     ) -> Result<Vec<Result<Vec<u8>, RspError>>, RspError> {
-        let chunk = self.chunk();
-        let mut pkts = Vec::new();
-        let mut owner = Vec::new();
-        for (n, &(addr, len)) in reqs.iter().enumerate() {
-            let mut off = 0;
-            while off < len {
-                let l = chunk.min(len - off);
-                pkts.push(memory::read_request(addr.wrapping_add(off as u64), l));
-                owner.push(n);
-                off += l;
-            }
-        }
-        let depth = self.i().cfg.pipeline_depth;
-        let replies = self.i().conn.pipeline(&pkts, depth).await?;
-        let mut out: Vec<Result<Vec<u8>, RspError>> = reqs.iter().map(|_| Ok(Vec::new())).collect();
-        for (r, n) in replies.iter().zip(owner) {
-            if let Ok(buf) = &mut out[n] {
-                match memory::parse_read(r) {
-                    Ok(d) => buf.extend(d),
-                    Err(e) => out[n] = Err(per_item(e)?),
-                }
-            }
-        }
-        Ok(out)
+        let mut batch = Batch::new();
+        let reads: Vec<_> = reqs.iter().map(|&(addr, len)| batch.read_memory(addr, len)).collect();
+        let mut replies = self.run_batch(&batch).await?;
+        Ok(reads.into_iter().map(|r| replies.memory(r)).collect())
     }
 
     /// Write memory with `M` packets (pipelined when split).
@@ -333,7 +189,7 @@ impl Session {
             .map(|r| r.regnum)
             .ok_or_else(|| RspError::UnknownRegister(name.into()))?;
         let b = self.read_register(regnum).await?;
-        Ok(b.iter().take(8).rev().fold(0u64, |a, &x| (a << 8) | x as u64))
+        Ok(super::batch::le_u64(&b))
     }
 
     /// `P n=value`.
@@ -356,7 +212,7 @@ impl Session {
             all.extend(v);
             req = thread::THREAD_INFO_NEXT;
             if all.len() > 1 << 16 {
-                return Err(RspError::Protocol("thread list does not end".into()));
+                return Err(crate::ProtocolError::EndlessThreadList.into());
             }
         }
         if let Some(Id::Id(p)) = all.first().and_then(|t| t.pid) {
@@ -392,7 +248,7 @@ impl Session {
     /// `qRcmd`: run a monitor command and return its output.
     pub async fn monitor(&mut self, cmd: &str) -> Result<String, RspError> {
         let c = &mut self.i().conn;
-        c.queue_packet(&monitor::rcmd_request(cmd));
+        c.link.send(&monitor::rcmd_request(cmd));
         c.flush_timeout("qRcmd").await?;
         let mut out = Vec::new();
         loop {
@@ -408,17 +264,12 @@ impl Session {
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
-    fn take(mut self) -> Inner {
-        self.inner.take().expect("present")
-    }
-
     /// Resume the target (vCont when supported, else `c`/`s` with `Hc`).
     pub async fn resume(mut self, action: Resume) -> Result<RunningSession, RspError> {
         let pkt = self.i().prepare_resume(action).await?;
-        let mut inner = self.take();
-        inner.conn.queue_packet(&pkt);
-        inner.conn.flush_timeout(&name_of(&pkt)).await?;
-        Ok(RunningSession::new(inner))
+        let mut running = self.into_running();
+        running.shared.send(&pkt, &name_of(&pkt)).await?;
+        Ok(running)
     }
 
     /// `P regnum=value`, then the resume. In no-ack mode both go out in one
@@ -434,17 +285,15 @@ impl Session {
         value: &[u8],
         action: Resume,
     ) -> Result<RunningSession, RspError> {
-        if self.i().conn.ack_mode {
+        if self.i().conn.link.ack_mode() {
             self.write_register(regnum, value).await?;
             return self.resume(action).await;
         }
         let pkt = self.i().prepare_resume(action).await?;
-        let mut inner = self.take();
-        inner.conn.queue_packet(&registers::write_one_request(regnum, value));
-        inner.conn.queue_packet(&pkt);
-        inner.conn.flush_timeout("P+resume").await?;
-        let mut running = RunningSession::new(inner);
-        let r = running.inner_mut().conn.recv_packet("P").await?;
+        let mut running = self.into_running();
+        running.shared.conn.link.send(&registers::write_one_request(regnum, value));
+        running.shared.send(&pkt, "P+resume").await?;
+        let r = running.shared.conn.recv_packet("P").await?;
         expect_ok("P", &r)?;
         Ok(running)
     }
@@ -454,10 +303,9 @@ impl Session {
     /// stop: the cheapest way to skip an instruction.
     pub async fn continue_at(self, addr: u64) -> Result<RunningSession, RspError> {
         let pkt = crate::packets::resume::continue_request(Some(addr));
-        let mut inner = self.take();
-        inner.conn.queue_packet(&pkt);
-        inner.conn.flush_timeout("c").await?;
-        Ok(RunningSession::new(inner))
+        let mut running = self.into_running();
+        running.shared.send(&pkt, "c").await?;
+        Ok(running)
     }
 
     /// Single-step (`tid` or the last stopped thread) and wait for the stop.
@@ -465,8 +313,7 @@ impl Session {
         let action = tid.map(Resume::StepThread).unwrap_or(Resume::Step);
         let pkt = self.i().prepare_resume(action).await?;
         let i = self.i();
-        i.conn.queue_packet(&pkt);
-        i.conn.flush_timeout("step").await?;
+        i.send(&pkt, "step").await?;
         i.wait_stop(true).await
     }
 
@@ -477,8 +324,9 @@ impl Session {
 
     /// Detach: `D;pid` in multiprocess mode (pid from the threads or stop
     /// replies, else 1), else `D`. QEMU removes breakpoints and resumes.
-    pub async fn detach(self) -> Result<(), RspError> {
-        let mut inner = self.take();
+    pub async fn detach(mut self) -> Result<(), RspError> {
+        let inner = self.i();
+        inner.detach_on_drop = false;
         let p = inner.detach_payload();
         let r = inner.conn.request(&p).await?;
         if packets::parse_error(&r).is_some() && p != b"D" {
@@ -489,10 +337,10 @@ impl Session {
     }
 
     /// `k`: kill the target (QEMU exits). No reply is awaited.
-    pub async fn kill(self) -> Result<(), RspError> {
-        let mut inner = self.take();
-        inner.conn.queue_packet(kill::KILL);
-        inner.conn.flush_timeout("k").await
+    pub async fn kill(mut self) -> Result<(), RspError> {
+        let inner = self.i();
+        inner.detach_on_drop = false;
+        inner.send(kill::KILL, "k").await
     }
 }
 
