@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ktrace_kernel::trampoline::{self, FilterData, Header, Plan, Refusal, Region, Trampoline, MAX_CPUS};
 use ktrace_kernel::{cpu_of_thread, CpuId, Kernel, KernelError, Target, TaskRef};
-use ktrace_rsp::{Resume, Session, StubAddr};
+use ktrace_rsp::{BreakpointKind, Resume, Session, StubAddr};
 use ktrace_symbols::Vmlinux;
 
 use crate::filter::Filter;
@@ -273,6 +273,13 @@ async fn restore_in(
     let Some(header) = trampoline::left_behind(session, &plan).await? else { return Ok((none, None)) };
     let region = Region { hit_page: header.hit_page, ..plan.region };
     let r = trampoline::restore_sites(session, &region, &header).await?;
+    // QEMU keeps the breakpoints of a client that went away without
+    // detaching: a CPU would stop on a hit `nop` for good during the drain.
+    for slot in 0..trampoline::SLOTS {
+        for kind in [BreakpointKind::Software, BreakpointKind::Hardware] {
+            let _ = session.remove_breakpoint(kind, region.hit(slot), 1).await;
+        }
+    }
     let outcome = RestoreOutcome {
         trampoline: Some(region.base),
         restored: r.restored,

@@ -339,46 +339,62 @@ impl Tracer {
             Ok((end, session)) => (end, None, Some(session)),
             Err((error, session)) => (EndReason::Error, Some(error), session),
         };
+        let session = match session {
+            Some(session) => self.take_out(session, &mut error).await,
+            None => {
+                self.restore_over_new_connection().await;
+                None
+            }
+        };
         let mut released = false;
-        if session.is_none() {
-            self.restore_over_new_connection().await;
-        }
-        if let Some(mut session) = session {
-            let in_guest = self.in_guest.take();
-            if let Some(ig) = &in_guest {
-                if let Err(e) = in_guest::restore_sites(&mut session, ig, &mut self.in_guest_report).await {
-                    error.get_or_insert(e);
-                }
-            }
-            let kind = self.bp_kind();
-            for addr in std::mem::take(&mut self.inserted) {
-                let _ = session.remove_breakpoint(kind, addr, 1).await;
-            }
-            if let Some(ig) = &in_guest {
-                match self.cfg.release {
-                    GuestRelease::Resume => match in_guest::drain_and_erase(session, &ig.plan.region).await {
-                        Ok((s, erased)) => {
-                            self.in_guest_report.erased = erased;
-                            session = s;
-                        }
-                        Err(e) => {
-                            error.get_or_insert(e);
-                            return Err(self.failure(error, &stats, elapsed));
-                        }
-                    },
-                    GuestRelease::LeaveStopped => {
-                        if let Err(e) = in_guest::step_off_hits(&mut session, &ig.plan.region).await {
-                            error.get_or_insert(e);
-                        }
-                    }
-                }
-            }
+        if let Some(session) = session {
             released = self.cfg.release.release(session).await.is_ok();
         }
         let summary = self.summary(&stats, elapsed, end, released);
         match error {
             None => Ok(summary),
             Some(error) => Err(TraceFailure { error, summary }),
+        }
+    }
+
+    /// Takes ktrace out of the stopped guest: the in-guest sites first (so
+    /// nothing enters the trampoline any more), then the breakpoints, then
+    /// the trampoline (after a drain). Returns the session to release, or
+    /// `None` when it turned out dead: then the sites are put back over a
+    /// new connection.
+    async fn take_out(&mut self, mut session: Session, error: &mut Option<TraceError>) -> Option<Session> {
+        let in_guest = self.in_guest.take();
+        if let Some(ig) = &in_guest {
+            if let Err(e) = in_guest::restore_sites(&mut session, ig, &mut self.in_guest_report).await {
+                error.get_or_insert(e);
+                drop(session);
+                self.in_guest = in_guest;
+                self.restore_over_new_connection().await;
+                return None;
+            }
+        }
+        let kind = self.bp_kind();
+        for addr in std::mem::take(&mut self.inserted) {
+            let _ = session.remove_breakpoint(kind, addr, 1).await;
+        }
+        let Some(ig) = &in_guest else { return Some(session) };
+        match self.cfg.release {
+            GuestRelease::Resume => match in_guest::drain_and_erase(session, &ig.plan.region).await {
+                Ok((session, erased)) => {
+                    self.in_guest_report.erased = erased;
+                    Some(session)
+                }
+                Err(e) => {
+                    error.get_or_insert(e);
+                    None
+                }
+            },
+            GuestRelease::LeaveStopped => {
+                if let Err(e) = in_guest::step_off_hits(&mut session, &ig.plan.region).await {
+                    error.get_or_insert(e);
+                }
+                Some(session)
+            }
         }
     }
 
@@ -405,12 +421,6 @@ impl Tracer {
             guest_released: released,
             in_guest: self.cfg.in_guest.then(|| self.in_guest_report.clone()),
         }
-    }
-
-    /// The session was lost while taking the in-guest filter out.
-    fn failure(&self, error: Option<TraceError>, stats: &Stats, elapsed: Duration) -> TraceFailure {
-        let summary = self.summary(stats, elapsed, EndReason::Error, false);
-        TraceFailure { error: error.unwrap_or_else(gone), summary }
     }
 
     /// The loop proper. Returns the stopped session to clean up with, when
