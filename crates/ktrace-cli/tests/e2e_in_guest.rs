@@ -162,7 +162,7 @@ fn on(series: KernelSeries) {
     // The connection lost mid-trace: ktrace fails, and puts the sites back
     // over a new connection.
     let proxy = FaultProxy::start(&bed.guest.addr(), FaultConfig::default()).expect("proxy");
-    let args = attach_at(&bed, &proxy.addr(), &["--in-guest"]);
+    let args = attach_at(&bed, &proxy.addr(), &["--in-guest", "--log", "ktrace_tracer=debug"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut running = common::spawn(&args);
     assert!(running.wait_lines(3, Duration::from_secs(60)), "no hits before the cut");
@@ -172,7 +172,7 @@ fn on(series: KernelSeries) {
     assert_eq!(out.code(), Some(1), "{}", out.dump());
     assert!(out.stderr.contains("1 of 1 site(s) restored over a new connection"), "{}", out.dump());
     drop(proxy);
-    assert_restored(&mut bed, site, trampoline, "connection lost");
+    assert_restored(&mut bed, site, trampoline, &format!("connection lost:\n{}", out.stderr));
 
     left_stopped(&mut bed, site, trampoline);
     in_a_module(&mut bed);

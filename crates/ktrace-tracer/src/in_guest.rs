@@ -190,9 +190,15 @@ pub(crate) async fn restore_sites(
 /// it was erased (else it stays: dead code with no `int3`).
 pub(crate) async fn drain_and_erase(mut session: Session, region: &Region) -> Result<(Session, bool), TraceError> {
     for _ in 0..DRAIN_ROUNDS {
+        // A CPU stopped on a hit `nop` stays there when continued (QEMU
+        // reports the stop again, also once its client is gone): step it
+        // back into its function first.
+        step_off_hits(&mut session, region).await?;
         let running = session.resume(Resume::Continue).await?;
         tokio::time::sleep(DRAIN).await;
-        session = running.interrupt().await?.0;
+        let (s, stop) = running.interrupt().await?;
+        tracing::debug!(?stop, "drained");
+        session = s;
         if !any_cpu_inside(&mut session, region).await? {
             trampoline::erase(&mut session, region).await?;
             return Ok((session, true));
@@ -203,7 +209,9 @@ pub(crate) async fn drain_and_erase(mut session: Session, region: &Region) -> Re
 
 async fn any_cpu_inside(session: &mut Session, region: &Region) -> Result<bool, TraceError> {
     for cpu in Target::cpus(session).await? {
-        if region.contains_code(Target::read_register(session, cpu, "rip").await?) {
+        let rip = Target::read_register(session, cpu, "rip").await?;
+        if region.contains_code(rip) {
+            tracing::debug!(%cpu, rip = format_args!("0x{rip:x}"), "a CPU is inside the trampoline");
             return Ok(true);
         }
     }
@@ -211,8 +219,7 @@ async fn any_cpu_inside(session: &mut Session, region: &Region) -> Result<bool, 
 }
 
 /// Steps every CPU parked on a hit instruction past its `nop` and `ret`,
-/// back into the traced function (for `--leave-stopped`, where the guest
-/// does not run again before ktrace leaves).
+/// back into the traced function (a single-step passes a breakpoint).
 pub(crate) async fn step_off_hits(session: &mut Session, region: &Region) -> Result<(), TraceError> {
     for thread in session.threads().await? {
         let Some(cpu) = cpu_of_thread(&thread) else { continue };
