@@ -58,6 +58,12 @@ fn drgn_pcs(cpu: &Value) -> Vec<u64> {
     pcs
 }
 
+/// drgn's backtrace is one frame, on a retpoline thunk's first instruction.
+fn drgn_ends_at_called_thunk(cpu: &Value) -> bool {
+    let frames = cpu["frames"].as_array().expect("frames");
+    frames.len() == 1 && frames[0]["name"].as_str().is_some_and(|n| n.starts_with("__x86_indirect_thunk"))
+}
+
 fn ktrace_pcs(bt: &Value) -> Vec<u64> {
     bt["frames"].as_array().expect("frames").iter().map(|f| hex(&f["pc"])).collect()
 }
@@ -147,12 +153,18 @@ fn check_kernel(series: KernelSeries, smp: u32) {
         for (bt, theirs) in bts.iter().zip(drgn["cpus"].as_array().unwrap()) {
             assert_eq!(bt["task"]["pid"], theirs["pid"]);
             assert!(theirs["error"].is_null(), "drgn could not unwind CPU {}: {theirs}", theirs["cpu"]);
-            assert_eq!(
-                ktrace_pcs(&bt["backtrace"]),
-                drgn_pcs(theirs),
-                "CPU {} backtrace: ktrace {bt} drgn {theirs}",
-                theirs["cpu"]
-            );
+            let (ours, drgns) = (ktrace_pcs(&bt["backtrace"]), drgn_pcs(theirs));
+            if drgn_ends_at_called_thunk(theirs) {
+                // 6.1's retpoline thunks say "end of stack" in ORC; drgn
+                // believes it, ktrace goes on to the caller at SP.
+                assert!(
+                    ours.len() > drgns.len() && ours.starts_with(&drgns),
+                    "CPU {} backtrace: ktrace {bt} drgn {theirs}",
+                    theirs["cpu"]
+                );
+            } else {
+                assert_eq!(ours, drgns, "CPU {} backtrace: ktrace {bt} drgn {theirs}", theirs["cpu"]);
+            }
         }
     }
     assert!(guest.is_running(std::time::Duration::from_secs(60)), "the guest runs again after ktrace bt");

@@ -298,6 +298,38 @@ enum Step {
     Stop(StopReason),
 }
 
+/// A CPU stopped on the first instruction of code whose ORC entry says
+/// "end of stack" although it was called: 6.1's retpoline thunks
+/// (`__x86_indirect_thunk_*`, `UNWIND_HINT_EMPTY`), which indirect calls
+/// go through. Nothing has touched
+/// the stack yet, so when SP is a kernel address and `[SP]` is a return
+/// address in the vmlinux (an address in its code right after a `call`),
+/// that is the caller. `None`: a real bottom of the stack.
+async fn called_at_entry<T: Target>(kernel: &Kernel, frame: &Caller, stack: &mut StackReader<'_, T>) -> Option<Caller> {
+    let state = &frame.regs;
+    let vm = kernel.vmlinux();
+    if frame.return_address || !is_kernel(state.sp) || vm.symbolize(kernel.link(state.ip))?.offset != 0 {
+        return None;
+    }
+    let ra = stack.u64(state.sp).await?;
+    let link = kernel.link(ra);
+    // The opcode a call of this length starts with: `call rel32`, or an
+    // indirect `call` (ff /2, with or without a REX prefix and displacement).
+    let call_before = |len: u64, first: u8| {
+        vm.section_bytes_at(KernelAddr(link.0.wrapping_sub(len)), len as usize).is_some_and(|b| b[0] == first)
+    };
+    let is_return_address = vm.is_code(link)
+        && (call_before(5, 0xe8)
+            || [2, 3, 6, 7].into_iter().any(|len| call_before(len, 0xff))
+            || [3, 4, 7].into_iter().any(|len| call_before(len, 0x41)));
+    is_return_address.then(|| Caller {
+        regs: Regs { ip: ra, sp: state.sp.wrapping_add(8), ..*state },
+        kind: FrameKind::Call,
+        regs_at: None,
+        return_address: true,
+    })
+}
+
 /// One unwind step with a `.debug_frame` row: the caller's registers,
 /// [`Step::End`] when the return address is undefined (the outermost frame).
 async fn cfi_step<T: Target>(row: &CfiRow, state: &Regs, stack: &mut StackReader<'_, T>) -> Step {
@@ -470,7 +502,10 @@ impl Unwinder {
             Err(e) => return Step::Stop(StopReason::NoOrcTables(e.to_string())),
         };
         match orc {
-            Some(o) if o.kind == OrcType::EndOfStack => Step::End,
+            Some(o) if o.kind == OrcType::EndOfStack => match called_at_entry(kernel, frame, stack).await {
+                Some(caller) => Step::Next(caller),
+                None => Step::End,
+            },
             _ if !is_kernel(state.sp) => bad_sp(),
             Some(o) if orc_usable(&o) => self.orc_step(&o, state, stack).await,
             // No (usable) ORC data here: try the DWARF CFI.
@@ -853,6 +888,45 @@ mod tests {
         let regs = Regs { ip: sym("_raw_spin_lock") + SLIDE, ..regs };
         let bt = u.unwind(&kernel, &mut t, regs).await;
         assert_eq!(bt.stopped, Some(StopReason::BadStackPointer { sp: 0x7ffc_c5bd_3b08 }));
+    }
+
+    /// 6.1's retpoline thunks say "end of stack" in ORC; a CPU stopped on
+    /// one's first instruction still has its caller, the return address at SP.
+    #[tokio::test]
+    async fn a_called_thunk_is_not_the_bottom_of_the_stack() {
+        let Some(vm) = real_vmlinux() else { return };
+        const SLIDE: u64 = 4 * (2 << 20);
+        let sym = |n: &str| vm.symbol(n).unwrap();
+        let thunk = sym("__x86_indirect_thunk_rax").addr.0;
+        let orc = vm.orc().unwrap().lookup(KernelAddr(thunk)).unwrap();
+        if orc.kind != OrcType::EndOfStack {
+            return; // only kernels whose thunks end the stack (6.1) have the case
+        }
+        let (text, end) = (sym("_stext").addr.0, sym("_etext").addr.0);
+        let code = vm.section_bytes_at(KernelAddr(text), (end - text) as usize).unwrap();
+        let call = (0..code.len() - 5)
+            .find(|&i| {
+                code[i] == 0xe8
+                    && (text + i as u64 + 5)
+                        .wrapping_add(i32::from_le_bytes(code[i + 1..i + 5].try_into().unwrap()) as i64 as u64)
+                        == thunk
+            })
+            .expect("some function calls the rax thunk");
+        let ra = text + call as u64 + 5;
+        let mut t = target();
+        t.map(sym("linux_banner").addr.0 + SLIDE, vm.banner().unwrap().as_bytes());
+        t.map(sym("__per_cpu_offset").addr.0 + SLIDE, &0xffff_8880_0000_0000u64.to_le_bytes());
+        let sp = STACK + 0x100;
+        t.write_u64(sp, ra + SLIDE);
+        let kernel = Kernel::attach(&mut t, vm.clone()).await.expect("attach to synthetic memory");
+        let mut u = Unwinder::new(&vm).unwrap();
+        let bt = u.unwind(&kernel, &mut t, Regs { ip: thunk + SLIDE, sp, ..Regs::default() }).await;
+        let got: Vec<_> = bt.frames.iter().take(2).map(|f| (f.kind, f.pc)).collect();
+        assert_eq!(got, [(FrameKind::Stopped, thunk + SLIDE), (FrameKind::Call, ra + SLIDE)], "{bt:?}");
+        // Not called (no return address at SP): the bottom, as ORC says.
+        t.write_u64(sp, 0);
+        let bt = u.unwind(&kernel, &mut t, Regs { ip: thunk + SLIDE, sp, ..Regs::default() }).await;
+        assert_eq!((bt.frames.len(), bt.stopped.clone()), (1, None), "{bt:?}");
     }
 
     #[test]
