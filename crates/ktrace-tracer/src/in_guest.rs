@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use ktrace_kernel::trampoline::{self, FilterData, Header, Plan, Refusal, Region, Trampoline, MAX_CPUS};
-use ktrace_kernel::{cpu_of_thread, CpuId, Kernel, KernelError, Target, TaskRef};
-use ktrace_rsp::{BreakpointKind, Resume, Session, StubAddr};
+use ktrace_kernel::trampoline::{self, FilterData, Plan, Refusal, Region, Trampoline, MAX_CPUS};
+use ktrace_kernel::{CpuId, Kernel, KernelError, TaskRef};
+use ktrace_rsp::{BreakpointKind, Resume, Session, StubAddr, ThreadId, ThreadOp};
 use ktrace_symbols::Vmlinux;
 
 use crate::filter::Filter;
@@ -95,9 +95,7 @@ pub(crate) async fn install(
     };
     // A trampoline a killed ktrace left: its sites hold calls, not the
     // ftrace NOP; put them back before looking at the sites.
-    if let Some(header) = trampoline::left_behind(session, &plan).await? {
-        let region = Region { hit_page: header.hit_page, ..plan.region };
-        let r = trampoline::restore_sites(session, &region, &header).await?;
+    if let Some((_, r)) = trampoline::restore_left_behind(session, &plan).await? {
         report.left_behind = r.restored.len();
     }
     // The body reads per-CPU data through %gs as the kernel does: check
@@ -148,21 +146,18 @@ async fn site_of(
     addr: u64,
     loc: &Location,
 ) -> Result<Result<u64, Refusal>, TraceError> {
-    let live = session.read_memory(addr, 16).await?;
     let link = kernel.link(addr);
-    if vm.is_code(link) {
-        let at_start = vm.symbolize(link).is_some_and(|s| s.offset == 0);
-        if !at_start {
-            let why = "not a function's first instruction (only function entries have an ftrace NOP)".into();
-            return Ok(Err(Refusal::Site { func: loc.spec.clone(), why }));
-        }
-        return Ok(trampoline::ftrace_site(&loc.spec, addr, &live, Some((vm, ftrace_sites, link))));
-    }
-    if loc.module.as_ref().is_some_and(|m| m.offset != 0) {
+    let in_vmlinux = vm.is_code(link);
+    let at_start = match in_vmlinux {
+        true => vm.symbolize(link).is_some_and(|s| s.offset == 0),
+        false => loc.module.as_ref().is_none_or(|m| m.offset == 0),
+    };
+    if !at_start {
         let why = "not a function's first instruction (only function entries have an ftrace NOP)".into();
         return Ok(Err(Refusal::Site { func: loc.spec.clone(), why }));
     }
-    Ok(trampoline::ftrace_site(&loc.spec, addr, &live, None))
+    let live = session.read_memory(addr, 16).await?;
+    Ok(trampoline::ftrace_site(&loc.spec, addr, &live, in_vmlinux.then_some((vm, ftrace_sites, link))))
 }
 
 /// Puts the ftrace NOPs back (the guest stopped). Call first on every way
@@ -172,11 +167,7 @@ pub(crate) async fn restore_sites(
     ig: &InGuest,
     report: &mut InGuestReport,
 ) -> Result<(), TraceError> {
-    let mut header = Header { hit_page: ig.plan.region.hit_page, sites: [None; trampoline::SLOTS] };
-    for &(slot, site) in &ig.trampoline.sites {
-        header.sites[slot] = Some(site);
-    }
-    let r = trampoline::restore_sites(session, &ig.plan.region, &header).await?;
+    let r = trampoline::restore_sites(session, &ig.plan.region, &ig.trampoline.header()).await?;
     report.restored += r.restored.len();
     for (site, bytes) in r.foreign {
         report.fallbacks.push(format!("0x{site:x} holds {bytes:02x?}, not ktrace's call: left alone"));
@@ -208,10 +199,9 @@ pub(crate) async fn drain_and_erase(mut session: Session, region: &Region) -> Re
 }
 
 async fn any_cpu_inside(session: &mut Session, region: &Region) -> Result<bool, TraceError> {
-    for cpu in Target::cpus(session).await? {
-        let rip = Target::read_register(session, cpu, "rip").await?;
+    for (thread, rip) in cpu_rips(session).await? {
         if region.contains_code(rip) {
-            tracing::debug!(%cpu, rip = format_args!("0x{rip:x}"), "a CPU is inside the trampoline");
+            tracing::debug!(?thread, rip = format_args!("0x{rip:x}"), "a CPU is inside the trampoline");
             return Ok(true);
         }
     }
@@ -221,15 +211,23 @@ async fn any_cpu_inside(session: &mut Session, region: &Region) -> Result<bool, 
 /// Steps every CPU parked on a hit instruction past its `nop` and `ret`,
 /// back into the traced function (a single-step passes a breakpoint).
 pub(crate) async fn step_off_hits(session: &mut Session, region: &Region) -> Result<(), TraceError> {
-    for thread in session.threads().await? {
-        let Some(cpu) = cpu_of_thread(&thread) else { continue };
-        let rip = Target::read_register(session, cpu, "rip").await?;
+    for (thread, rip) in cpu_rips(session).await? {
         if region.slot_of_hit(rip).is_some() {
             session.step(Some(thread)).await?;
             session.step(Some(thread)).await?;
         }
     }
     Ok(())
+}
+
+/// Each CPU's thread and rip (the thread list read once).
+async fn cpu_rips(session: &mut Session) -> Result<Vec<(ThreadId, u64)>, TraceError> {
+    let mut rips = Vec::new();
+    for thread in session.threads().await? {
+        session.set_thread(ThreadOp::General, thread).await?;
+        rips.push((thread, session.read_register_u64("rip").await?));
+    }
+    Ok(rips)
 }
 
 /// What `ktrace restore` did.
@@ -277,9 +275,7 @@ async fn restore_in(
     let kernel = Kernel::attach(session, vmlinux).await?;
     let none = RestoreOutcome { trampoline: None, restored: Vec::new(), foreign: Vec::new(), erased: false };
     let Ok(plan) = Plan::for_kernel(&kernel) else { return Ok((none, None)) };
-    let Some(header) = trampoline::left_behind(session, &plan).await? else { return Ok((none, None)) };
-    let region = Region { hit_page: header.hit_page, ..plan.region };
-    let r = trampoline::restore_sites(session, &region, &header).await?;
+    let Some((region, r)) = trampoline::restore_left_behind(session, &plan).await? else { return Ok((none, None)) };
     // QEMU keeps the breakpoints of a client that went away without
     // detaching: a CPU would stop on a hit `nop` for good during the drain.
     for slot in 0..trampoline::SLOTS {

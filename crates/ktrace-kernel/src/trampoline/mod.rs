@@ -118,6 +118,17 @@ pub struct Trampoline {
     pub sites: Vec<(usize, u64)>,
 }
 
+impl Trampoline {
+    /// The header's view of it: the hit page and each slot's site.
+    pub fn header(&self) -> Header {
+        let mut sites = [None; SLOTS];
+        for &(slot, site) in &self.sites {
+            sites[slot] = Some(site);
+        }
+        Header { hit_page: self.region.hit_page, sites }
+    }
+}
+
 /// What restoring the sites found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Restored {
@@ -139,6 +150,19 @@ pub async fn left_behind<T: Target>(target: &mut T, plan: &Plan) -> Result<Optio
     Ok(Header::decode(&bytes))
 }
 
+/// A trampoline a killed ktrace left: puts its sites back (see
+/// [`restore_sites`]) and returns its region (with the hit page its header
+/// names) and what restoring found; `None` when the padding holds none.
+pub async fn restore_left_behind<T: Target>(
+    target: &mut T,
+    plan: &Plan,
+) -> Result<Option<(Region, Restored)>, KernelError<T::Error>> {
+    let Some(header) = left_behind(target, plan).await? else { return Ok(None) };
+    let region = Region { hit_page: header.hit_page, ..plan.region };
+    let restored = restore_sites(target, &region, &header).await?;
+    Ok(Some((region, restored)))
+}
+
 /// Writes the trampoline with `filter` and patches `sites` (each the
 /// address of an ftrace NOP checked by [`ftrace_site`]) to call it. A
 /// trampoline left behind by an earlier ktrace is restored first and
@@ -158,8 +182,8 @@ pub async fn install<T: Target>(
         .await
         .map_err(KernelError::Target)
         .map_err(|e| e.reading("the trampoline's padding", region.base))?;
-    if let Some(header) = Header::decode(&live) {
-        restore_sites(target, &Region { hit_page: header.hit_page, ..region }, &header).await?;
+    if Header::decode(&live).is_some() {
+        restore_left_behind(target, plan).await?;
     } else if let Some(i) = live.iter().position(|&b| b != 0xcc) {
         return Err(
             Refusal::PaddingInUse { addr: region.base + i as u64, what: format!("byte {:02x}", live[i]) }.into()
