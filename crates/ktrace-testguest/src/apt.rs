@@ -31,26 +31,31 @@ pub(crate) struct Resolved {
     pub version: Option<String>,
 }
 
-/// The private apt root under `<cache>/apt`.
+/// A private apt root: its own sources, lists and caches.
 pub(crate) struct Apt {
     root: PathBuf,
+    sources: String,
+    /// A dpkg status file of its own (the machine's otherwise).
+    status: Option<PathBuf>,
 }
 
 impl Apt {
+    /// The kernels' root, `<cache>/apt`, over every series' suites.
     pub(crate) fn new(cache: &Path) -> Apt {
-        Apt { root: cache.join("apt") }
+        Apt { root: cache.join("apt"), sources: Self::sources_list(), status: None }
+    }
+
+    /// A root of its own under `<cache>/<name>` over `suites`; with
+    /// `status`, apt resolves dependencies against that dpkg status file
+    /// instead of the machine's.
+    pub(crate) fn with_suites(cache: &Path, name: &str, suites: &[&str], status: Option<PathBuf>) -> Apt {
+        Apt { root: cache.join(name), sources: sources_of(suites), status }
     }
 
     /// The sources of every series, one `deb` line per suite.
     pub(crate) fn sources_list() -> String {
-        let mut text = String::new();
-        for series in KernelSeries::ALL {
-            for suite in series.suites() {
-                let mirror = if suite.ends_with("-security") { "debian-security" } else { "debian" };
-                text.push_str(&format!("deb [signed-by={KEYRING}] http://deb.debian.org/{mirror} {suite} main\n"));
-            }
-        }
-        text
+        let suites: Vec<&str> = KernelSeries::ALL.iter().flat_map(|s| s.suites().iter().copied()).collect();
+        sources_of(&suites)
     }
 
     fn options(&self) -> Vec<OsString> {
@@ -66,28 +71,30 @@ impl Apt {
         out.extend(opt("Dir::State::Lists", &r.join("lists")));
         out.extend(opt("Dir::Cache::Archives", &r.join("archives")));
         out.extend(opt("Dir::Cache", &r.join("cache")));
+        if let Some(status) = &self.status {
+            out.extend(opt("Dir::State::status", status));
+        }
         for o in ["Debug::NoLocking=1", "Acquire::http::Timeout=30"] {
             out.extend(["-o".into(), o.into()]);
         }
         out
     }
 
-    fn command(&self, program: &str) -> Command {
+    pub(crate) fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
         cmd.args(self.options()).env("LC_ALL", "C");
         cmd
     }
 
     /// Creates the directory layout and writes `sources.list`.
-    fn ensure_root(&self) -> Result<(), GuestError> {
+    pub(crate) fn ensure_root(&self) -> Result<(), GuestError> {
         for dir in ["lists/partial", "archives/partial", "cache"] {
             let d = self.root.join(dir);
             fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
         let list = self.root.join("sources.list");
-        let want = Self::sources_list();
-        if fs::read_to_string(&list).ok().as_deref() != Some(want.as_str()) {
-            fs::write(&list, want).map_err(io_err(&list))?;
+        if fs::read_to_string(&list).ok().as_deref() != Some(self.sources.as_str()) {
+            fs::write(&list, &self.sources).map_err(io_err(&list))?;
         }
         Ok(())
     }
@@ -99,7 +106,7 @@ impl Apt {
     /// True when the lists were fetched for the current sources within a day.
     fn lists_fresh(&self) -> bool {
         let stamp = self.stamp();
-        let same_sources = fs::read_to_string(&stamp).is_ok_and(|s| s == Self::sources_list());
+        let same_sources = fs::read_to_string(&stamp).is_ok_and(|s| s == self.sources);
         let age =
             fs::metadata(&stamp).and_then(|m| m.modified()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
         same_sources && age.is_some_and(|a| a < MAX_LIST_AGE)
@@ -108,13 +115,14 @@ impl Apt {
     /// `apt-get update` on the private root.
     pub(crate) fn update(&self, progress: &mut dyn FnMut(&str)) -> Result<(), GuestError> {
         self.ensure_root()?;
-        progress("apt-get update (private lists: bookworm, trixie, trixie-backports)");
+        let suites: Vec<&str> = self.sources.lines().filter_map(|l| l.split_whitespace().nth(3)).collect();
+        progress(&format!("apt-get update (private lists: {})", suites.join(", ")));
         let stamp = self.stamp();
         let _ = fs::remove_file(&stamp);
         // Error-Mode=any: a list that failed to download fails the update
         // (apt only warns by default), so stale lists are not stamped fresh.
         run(self.command("apt-get").args(["-q", "-o", "APT::Update::Error-Mode=any", "update"]))?;
-        fs::write(&stamp, Self::sources_list()).map_err(io_err(&stamp))
+        fs::write(&stamp, &self.sources).map_err(io_err(&stamp))
     }
 
     /// Refreshes the lists when missing or older than a day. A failed refresh
@@ -185,6 +193,16 @@ impl Apt {
         fs::rename(&file, &dest).map_err(io_err(&dest))?;
         Ok(dest)
     }
+}
+
+/// One `deb` line per suite, each from its mirror.
+fn sources_of(suites: &[&str]) -> String {
+    let mut text = String::new();
+    for suite in suites {
+        let mirror = if suite.ends_with("-security") { "debian-security" } else { "debian" };
+        text.push_str(&format!("deb [signed-by={KEYRING}] http://deb.debian.org/{mirror} {suite} main\n"));
+    }
+    text
 }
 
 /// The debs of `package` in `dir`, with the version from their file names.

@@ -3,12 +3,12 @@
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::{io_err, GuestError};
 use crate::prepare::{cache_dir, GuestImage};
-use crate::prereq::which;
+use crate::qemu::{Qemu, QemuBuild};
 use crate::series::KernelSeries;
 
 /// How to boot the guest.
@@ -37,6 +37,14 @@ pub struct BootOptions {
     /// Also serve QMP on a unix socket ([`Guest::qmp_socket`]), to pause the
     /// VM and dump its memory.
     pub qmp: bool,
+    /// The QEMU build that runs the guest (7.2 by default).
+    pub qemu: QemuBuild,
+    /// Boot with page-table isolation forced on (`pti=on`), as on Intel
+    /// hosts affected by Meltdown.
+    pub pti: bool,
+    /// Boot on `-cpu max`, whose 5-level paging (LA57) the kernel uses, as
+    /// on `-cpu host` of current servers.
+    pub five_level: bool,
 }
 
 impl Default for BootOptions {
@@ -52,6 +60,9 @@ impl Default for BootOptions {
             daemon: false,
             timeout: Duration::from_secs(240),
             qmp: false,
+            qemu: QemuBuild::default(),
+            pti: false,
+            five_level: false,
         }
     }
 }
@@ -148,12 +159,7 @@ impl Guest {
     }
 
     fn boot_once(image: &GuestImage, opts: &BootOptions) -> Result<Guest, GuestError> {
-        if which("qemu-system-x86_64").is_none() {
-            return Err(GuestError::MissingTool {
-                tool: "qemu-system-x86_64".into(),
-                install: "apt-get install -y qemu-system-x86".into(),
-            });
-        }
+        let qemu = Qemu::prepare(opts.qemu, &mut |line| eprintln!("ktrace-testguest: {line}"))?;
         let port = match opts.port {
             Some(p) => p,
             None => free_port()?,
@@ -169,7 +175,10 @@ impl Guest {
         if !opts.kaslr {
             append.push_str(" nokaslr");
         }
-        let mut cmd = Command::new("qemu-system-x86_64");
+        if opts.pti {
+            append.push_str(" pti=on");
+        }
+        let mut cmd = qemu.command();
         // A CPU with RDRAND: the kernel's CRNG is ready at early boot, so it
         // patches its `crng_is_ready` static key long before user space. On
         // the default qemu64 CPU the CRNG became ready seconds after init had
@@ -177,7 +186,7 @@ impl Guest {
         // TCG) was seen to oops on an int3 of that patching in
         // urandom_read_iter, which testprog was running on another vCPU.
         cmd.args(["-M", "pc", "-accel", if opts.kvm { "kvm" } else { "tcg" }])
-            .args(["-cpu", if opts.kvm { "host" } else { "qemu64,+rdrand" }])
+            .args(["-cpu", if opts.kvm { "host" } else if opts.five_level { "max" } else { "qemu64,+rdrand" }])
             .args(["-m", &opts.memory_mb.to_string(), "-smp", &opts.smp.to_string()])
             .args(["-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot"])
             .arg("-kernel")

@@ -33,6 +33,7 @@ mod module;
 mod prepare;
 mod prereq;
 pub mod proxy;
+mod qemu;
 mod qmp;
 mod series;
 
@@ -40,6 +41,7 @@ pub use boot::{BootOptions, ConsoleModule, Guest};
 pub use error::GuestError;
 pub use prepare::{cache_dir, prepare, GuestImage};
 pub use proxy::{FaultConfig, FaultProxy, Faults};
+pub use qemu::{Qemu, QemuBuild};
 pub use qmp::Qmp;
 pub use series::{KernelSeries, UnknownSeries};
 

@@ -519,12 +519,12 @@ fn check_magic(path: &Path, offset: usize, magic: &[u8], what: &str) -> Result<(
 }
 
 /// An exclusive `flock` on a file, released when dropped.
-struct FileLock {
+pub(crate) struct FileLock {
     _file: fs::File,
 }
 
 impl FileLock {
-    fn acquire(path: &Path) -> Result<FileLock, GuestError> {
+    pub(crate) fn acquire(path: &Path) -> Result<FileLock, GuestError> {
         let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(io_err(path))?;
         loop {
             // SAFETY: flock on a descriptor this function owns.

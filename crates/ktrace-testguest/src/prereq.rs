@@ -22,11 +22,6 @@ struct Prereq {
 }
 
 const PREREQS: &[Prereq] = &[
-    Prereq {
-        package: "qemu-system-x86",
-        what: "qemu-system-x86_64",
-        present: || which("qemu-system-x86_64").is_some(),
-    },
     Prereq { package: "busybox-static", what: "a static /bin/busybox", present: static_busybox },
     Prereq { package: "gcc", what: "gcc", present: || which("gcc").is_some() },
     Prereq { package: "libc6-dev", what: "a static libc (libc.a)", present: static_libc },
@@ -63,7 +58,7 @@ pub(crate) fn check() -> Result<(), GuestError> {
         eprintln!("guest: installing {} (as root, with apt-get)", packages.join(" "));
         let _ = Command::new("apt-get").args(["update", "-q"]).status();
         let _ = Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(["install", "-y", "-q", "--no-install-recommends", "--no-remove"])
             .args(&packages)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status();
