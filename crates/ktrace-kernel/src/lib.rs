@@ -37,6 +37,7 @@ pub mod synthetic;
 mod target;
 mod task;
 pub mod trampoline;
+pub mod unwind;
 
 pub use current::{CurrentTask, CurrentTaskReads};
 pub use error::KernelError;
@@ -51,4 +52,5 @@ pub use module_sections::read_module_sections;
 #[cfg(feature = "rsp")]
 pub use rsp_target::cpu_of_thread;
 pub use target::{CpuId, Target};
+pub use unwind::{Backtrace, Frame, FrameKind, Regs, StopReason, Unwinder};
 pub use task::{decode_comm, le_u64, TaskIdent, TaskInfo, TaskRef, TaskState, MAX_TASKS};

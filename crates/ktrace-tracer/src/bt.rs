@@ -8,7 +8,7 @@ use ktrace_symbols::Vmlinux;
 use serde::Serialize;
 
 use crate::regs::GLayout;
-use crate::unwind::{Backtrace, Unwinder};
+use ktrace_kernel::unwind::{Backtrace, Unwinder};
 use crate::TraceError;
 
 /// One CPU's state at the stop.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ktrace_kernel::{CpuId, TaskRef};
 use serde::Serialize;
 
-use crate::unwind::{Backtrace, FrameKind};
+use ktrace_kernel::unwind::{Backtrace, FrameKind};
 
 /// One matching breakpoint hit. Serialized with stable field names (one JSON
 /// object per hit for `--json`).
@@ -183,7 +183,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unwind::Frame;
+    use ktrace_kernel::unwind::Frame;
     use ktrace_symbols::SourceFrame;
 
     fn hit(funcs: &[&str]) -> Hit {

@@ -23,7 +23,6 @@ mod location;
 mod regs;
 mod stream;
 mod tracer;
-mod unwind;
 
 pub use bt::{backtrace_all_cpus, backtrace_cpus, BtConfig, CpuBacktrace};
 pub use config::{GuestRelease, ResumeMode, TraceConfig};
@@ -35,4 +34,4 @@ pub use location::{resolve as resolve_location, Location};
 pub use stream::HitStream;
 pub use tokio_util::sync::CancellationToken;
 pub use tracer::{HitSink, Tracer};
-pub use unwind::{Backtrace, Frame, FrameKind, Regs, StopReason, Unwinder};
+pub use ktrace_kernel::unwind::{Backtrace, Frame, FrameKind, Regs, StopReason, Unwinder};

@@ -2,7 +2,7 @@
 
 use ktrace_rsp::RegisterMap;
 
-use crate::unwind::Regs;
+use ktrace_kernel::unwind::Regs;
 use crate::TraceError;
 
 /// Byte offsets of the unwinder's registers in QEMU's `g` reply.

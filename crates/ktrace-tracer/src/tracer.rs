@@ -15,7 +15,7 @@ use crate::hit::{EndReason, Hit, InGuestReport, Summary};
 use crate::in_guest::{self, BreakAt, InGuest};
 use crate::location::{self, Location};
 use crate::regs::GLayout;
-use crate::unwind::Unwinder;
+use ktrace_kernel::unwind::Unwinder;
 use crate::{GoneReason, TraceError, TraceFailure};
 
 /// Receives the hits of a trace, and progress while it runs.

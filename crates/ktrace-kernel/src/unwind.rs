@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use ktrace_kernel::{Kernel, Modules, Target};
+use crate::{Kernel, Modules, Target};
 use ktrace_symbols::{
     CfaRule, CfiRow, KernelAddr, OrcEntry, OrcReg, OrcType, RegRule, SourceFrame, SymbolError, Vmlinux,
 };
@@ -690,7 +690,7 @@ fn orc_usable(o: &OrcEntry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrace_kernel::synthetic::SyntheticTarget;
+    use crate::synthetic::SyntheticTarget;
 
     const STACK: u64 = 0xffff_c900_0000_0000;
     const CALLER: u64 = 0xffff_ffff_8123_4567;
