@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use ktrace_testguest::{cache_dir, prepare, BootOptions, Guest, GuestImage, KernelSeries};
 
 const USAGE: &str = "usage: cargo xtask guest prepare [--kernel 6.1|6.12|7|all] \
-                     | boot [--kernel 6.1|6.12|7] [--smp N] [--kaslr|--nokaslr] [--port P] [--testprogs N] [--kvm] \
+                     | boot [--kernel 6.1|6.12|7] [--smp N] [--kaslr|--nokaslr] [--port P] [--testprogs N] [--kvm] [--qemu 7.2|10.0] [--pti] [--five-level] [--qmp] \
                      | stop";
 
 pub fn run(args: &[&str]) -> Result<()> {
@@ -60,6 +60,10 @@ fn boot(args: &[&str]) -> Result<()> {
             "--port" => opts.port = Some(value()?.parse().context("--port")?),
             "--testprogs" => opts.testprogs = value()?.parse().context("--testprogs")?,
             "--kaslr" => opts.kaslr = true,
+            "--qemu" => opts.qemu = value()?.parse().map_err(anyhow::Error::msg)?,
+            "--pti" => opts.pti = true,
+            "--five-level" => opts.five_level = true,
+            "--qmp" => opts.qmp = true,
             "--nokaslr" => opts.kaslr = false,
             "--kvm" => {
                 if !kvm_works() {

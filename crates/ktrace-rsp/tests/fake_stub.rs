@@ -185,3 +185,64 @@ async fn typed_batch_reads_registers_and_memory_in_one_round_trip() {
     s.detach().await.unwrap();
     h.join().unwrap();
 }
+
+#[tokio::test]
+async fn physical_reads_switch_the_mode_once_and_every_exit_switches_back() {
+    let (addr, h) = fake(|f| {
+        f.handshake("1000", false);
+        // A batch of physical reads and a register: one switch, one round trip.
+        f.expect(b"Qqemu.PhyMemMode:1");
+        f.send(b"OK");
+        f.expect(b"p10");
+        f.expect(b"m1000,2");
+        f.send(b"1000000000000000");
+        f.send(b"abcd");
+        // A virtual read switches back for it.
+        f.expect(b"Qqemu.PhyMemMode:0");
+        f.send(b"OK");
+        f.expect(b"mffffffff81000000,1");
+        f.send(b"ee");
+        f.expect(b"Qqemu.PhyMemMode:1");
+        f.send(b"OK");
+        f.expect(b"m2000,1");
+        f.send(b"ff");
+        // Detach leaves QEMU in virtual mode for the next client.
+        f.expect(b"Qqemu.PhyMemMode:0");
+        f.send(b"OK");
+        f.expect(b"D;1");
+        f.send(b"OK");
+    });
+    let (mut s, _) = Session::connect(&addr, cfg()).await.unwrap();
+    assert!(s.has_physical_memory());
+    let mut batch = ktrace_rsp::Batch::new();
+    let rip = batch.read_register(16);
+    let mem = batch.read_physical(0x1000, 2);
+    let mut replies = s.run_batch(&batch).await.unwrap();
+    assert_eq!(replies.register_u64(rip).unwrap(), 0x10);
+    assert_eq!(replies.memory(mem).unwrap(), [0xab, 0xcd]);
+    assert_eq!(s.read_memory(0xffff_ffff_8100_0000, 1).await.unwrap(), [0xee]);
+    assert_eq!(s.read_physical(0x2000, 1).await.unwrap(), [0xff]);
+    s.detach().await.unwrap();
+    h.join().unwrap();
+}
+
+#[tokio::test]
+async fn a_dropped_session_in_physical_mode_switches_back_before_it_detaches() {
+    let (addr, h) = fake(|f| {
+        f.handshake("1000", false);
+        f.expect(b"Qqemu.PhyMemMode:1");
+        f.send(b"OK");
+        f.expect(b"m1000,1");
+        f.send(b"01");
+        // Written at once by the drop, which does not wait for replies.
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut f.s, &mut rest);
+        let text = String::from_utf8_lossy(&rest);
+        let (mode, detach) = (text.find("$Qqemu.PhyMemMode:0#"), text.find("$D;1#"));
+        assert!(mode.is_some() && detach.is_some() && mode < detach, "{text}");
+    });
+    let (mut s, _) = Session::connect(&addr, cfg()).await.unwrap();
+    assert_eq!(s.read_physical(0x1000, 1).await.unwrap(), [1]);
+    drop(s);
+    h.join().unwrap();
+}

@@ -25,7 +25,7 @@ pub struct Batch {
 
 #[derive(Debug, Clone, Copy)]
 enum Item {
-    Memory { addr: u64, len: usize },
+    Memory { addr: u64, len: usize, physical: bool },
     Register(u32),
 }
 
@@ -48,7 +48,14 @@ impl Batch {
     /// Reads `len` bytes at `addr` (split into several `m` packets when
     /// longer than the session's memory chunk).
     pub fn read_memory(&mut self, addr: u64, len: usize) -> MemoryRead {
-        self.items.push(Item::Memory { addr, len });
+        self.items.push(Item::Memory { addr, len, physical: false });
+        MemoryRead(self.items.len() - 1)
+    }
+
+    /// Reads `len` bytes of guest physical memory at `addr` (QEMU's
+    /// `PhyMemMode`). A batch that reads both kinds switches the mode once.
+    pub fn read_physical(&mut self, addr: u64, len: usize) -> MemoryRead {
+        self.items.push(Item::Memory { addr, len, physical: true });
         MemoryRead(self.items.len() - 1)
     }
 
@@ -120,12 +127,44 @@ impl Session {
     /// Sends every read of `batch` pipelined (at most `pipeline_depth` in
     /// flight) and decodes each reply.
     pub async fn run_batch(&mut self, batch: &Batch) -> Result<BatchReplies, RspError> {
+        let wants = |physical: bool| batch.items.iter().any(|i| matches!(i, Item::Memory { physical: p, .. } if *p == physical));
+        let mut items: Vec<Result<Vec<u8>, RspError>> = batch.items.iter().map(|_| Ok(Vec::new())).collect();
+        // One pass per address space asked for, the one the stub is in
+        // first: a batch of one space costs one round trip (plus the switch).
+        let first = if wants(self.shared.physical) || !wants(!self.shared.physical) {
+            self.shared.physical
+        } else {
+            !self.shared.physical
+        };
+        for (pass, physical) in [first, !first].into_iter().enumerate() {
+            if pass == 1 && !wants(physical) {
+                break;
+            }
+            if wants(physical) {
+                self.set_physical(physical).await?;
+            }
+            self.run_pass(batch, pass == 0, physical, &mut items).await?;
+        }
+        Ok(BatchReplies { items })
+    }
+
+    /// Sends the memory reads of `batch` in one address space (and, in the
+    /// first pass, its register reads).
+    async fn run_pass(
+        &mut self,
+        batch: &Batch,
+        with_registers: bool,
+        space: bool,
+        items: &mut [Result<Vec<u8>, RspError>],
+    ) -> Result<(), RspError> {
         let chunk = self.chunk();
         let mut pkts = Vec::new();
         let mut owner = Vec::new();
         for (n, item) in batch.items.iter().enumerate() {
             match *item {
-                Item::Memory { addr, len } => {
+                Item::Memory { physical, .. } if physical != space => {}
+                Item::Register(_) if !with_registers => {}
+                Item::Memory { addr, len, .. } => {
                     let mut off = 0;
                     while off < len {
                         let l = chunk.min(len - off);
@@ -140,9 +179,11 @@ impl Session {
                 }
             }
         }
+        if pkts.is_empty() {
+            return Ok(());
+        }
         let depth = self.shared.cfg.pipeline_depth;
         let replies = self.shared.conn.pipeline(&pkts, depth).await?;
-        let mut items: Vec<Result<Vec<u8>, RspError>> = batch.items.iter().map(|_| Ok(Vec::new())).collect();
         for (r, n) in replies.iter().zip(owner) {
             let Ok(buf) = &mut items[n] else { continue };
             let decoded = match batch.items[n] {
@@ -154,7 +195,7 @@ impl Session {
                 Err(e) => items[n] = Err(per_item(e)?),
             }
         }
-        Ok(BatchReplies { items })
+        Ok(())
     }
 
     /// Sends every request in one write and returns the raw replies in

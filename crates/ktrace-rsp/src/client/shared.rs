@@ -22,20 +22,31 @@ pub(crate) struct Shared {
     /// Dropping detaches: set once the session is handed out, cleared by an
     /// explicit detach, kill or disconnect.
     pub(crate) detach_on_drop: bool,
+    /// `m`/`M` address guest physical memory (`Qqemu.PhyMemMode:1`). QEMU
+    /// keeps the mode for the next client, so every way out switches it
+    /// back to virtual.
+    pub(crate) physical: bool,
 }
 
 impl Drop for Shared {
     /// Best-effort, non-blocking: `0x03` if the target runs, then the detach
     /// packet, so that QEMU removes breakpoints and resumes the guest.
     fn drop(&mut self) {
-        if !self.detach_on_drop {
+        // Left running without a detach: any byte would stop the VM, so the
+        // physical mode stays (the next session reads it at connect).
+        if !self.detach_on_drop && (!self.physical || self.running) {
             return;
         }
         let mut bytes = Vec::new();
         if self.running {
             bytes.push(0x03);
         }
-        bytes.extend(crate::codec::encode_packet(&self.detach_payload()));
+        if self.physical {
+            bytes.extend(crate::codec::encode_packet(&crate::packets::qemu::phys_mode_request(false)));
+        }
+        if self.detach_on_drop {
+            bytes.extend(crate::codec::encode_packet(&self.detach_payload()));
+        }
         self.conn.try_write_now(&bytes);
     }
 }
@@ -52,6 +63,7 @@ impl Shared {
             console: Vec::new(),
             running: false,
             detach_on_drop: false,
+            physical: false,
         }
     }
 

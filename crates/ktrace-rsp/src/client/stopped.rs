@@ -88,6 +88,13 @@ impl Session {
             Ok(r) => caps.vcont = vcont::parse_vcont_support(&r).ok(),
             Err(e) => return Err(e),
         }
+        // QEMU's physical mode, and the mode a previous client may have left.
+        let qemu = shared.conn.request(qemu::SUPPORTED).await?;
+        caps.phys_mem_mode = qemu::parse_supports_phys_mode(&qemu).unwrap_or(false);
+        if caps.phys_mem_mode {
+            let mode = shared.conn.request(qemu::PHYS_MODE_QUERY).await?;
+            shared.physical = qemu::parse_phys_mode(&mode).unwrap_or(true);
+        }
         let xfer = caps.xfer_features_read;
         shared.caps = caps;
         shared.detach_on_drop = true;
@@ -133,10 +140,55 @@ impl Session {
         i.cfg.max_memory_chunk.min(by_packet).max(1)
     }
 
-    /// Read `len` bytes at `addr`, split into chunks of at most
+    /// Read `len` bytes at virtual address `addr` (through the selected
+    /// CPU's page tables), split into chunks of at most
     /// min(packet size / 2, `max_memory_chunk`) bytes, all pipelined.
     pub async fn read_memory(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, RspError> {
         self.read_memory_many(&[(addr, len)]).await?.pop().expect("one result")
+    }
+
+    /// True when the stub can read and write guest physical memory
+    /// (QEMU's `PhyMemMode`).
+    pub fn has_physical_memory(&self) -> bool {
+        self.shared.caps.phys_mem_mode
+    }
+
+    /// Switches `m`/`M` to physical or virtual addresses, when it is not
+    /// already. Every way out of the session switches back to virtual.
+    pub(crate) async fn set_physical(&mut self, physical: bool) -> Result<(), RspError> {
+        if self.shared.physical == physical {
+            return Ok(());
+        }
+        if !self.shared.caps.phys_mem_mode {
+            return Err(RspError::Unsupported { request: "Qqemu.PhyMemMode".into() });
+        }
+        let r = self.i().conn.request(&qemu::phys_mode_request(physical)).await?;
+        expect_ok("Qqemu.PhyMemMode", &r)?;
+        self.shared.physical = physical;
+        Ok(())
+    }
+
+    /// Reads `len` bytes of guest physical memory at `addr` (QEMU's
+    /// `PhyMemMode`: no page tables, whatever the CPUs run).
+    pub async fn read_physical(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, RspError> {
+        self.read_physical_many(&[(addr, len)]).await?.pop().expect("one result")
+    }
+
+    /// [`Session::read_physical`] of several ranges, pipelined.
+    pub async fn read_physical_many(
+        &mut self,
+        reqs: &[(u64, usize)],
+    ) -> Result<Vec<Result<Vec<u8>, RspError>>, RspError> {
+        let mut batch = Batch::new();
+        let reads: Vec<_> = reqs.iter().map(|&(addr, len)| batch.read_physical(addr, len)).collect();
+        let mut replies = self.run_batch(&batch).await?;
+        Ok(reads.into_iter().map(|r| replies.memory(r)).collect())
+    }
+
+    /// Writes guest physical memory (read-only kernel text included: no page tables).
+    pub async fn write_physical(&mut self, addr: u64, data: &[u8]) -> Result<(), RspError> {
+        self.set_physical(true).await?;
+        self.write_in_mode(addr, data).await
     }
 
     /// Read several ranges in one pipelined batch. Stub errors (e.g. `E14`
@@ -152,8 +204,13 @@ impl Session {
         Ok(reads.into_iter().map(|r| replies.memory(r)).collect())
     }
 
-    /// Write memory with `M` packets (pipelined when split).
+    /// Write virtual memory with `M` packets (pipelined when split).
     pub async fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), RspError> {
+        self.set_physical(false).await?;
+        self.write_in_mode(addr, data).await
+    }
+
+    async fn write_in_mode(&mut self, addr: u64, data: &[u8]) -> Result<(), RspError> {
         let max =
             (self.i().caps.packet_size.unwrap_or(4096).saturating_sub(40) / 2).clamp(1, self.i().cfg.max_memory_chunk);
         let pkts: Vec<Vec<u8>> = data
@@ -325,6 +382,7 @@ impl Session {
     /// Detach: `D;pid` in multiprocess mode (pid from the threads or stop
     /// replies, else 1), else `D`. QEMU removes breakpoints and resumes.
     pub async fn detach(mut self) -> Result<(), RspError> {
+        self.set_physical(false).await?;
         let inner = self.i();
         inner.detach_on_drop = false;
         let p = inner.detach_payload();
@@ -340,6 +398,7 @@ impl Session {
     pub async fn kill(mut self) -> Result<(), RspError> {
         let inner = self.i();
         inner.detach_on_drop = false;
+        inner.physical = false;
         inner.send(kill::KILL, "k").await
     }
 }

@@ -9,6 +9,7 @@ pub mod detach;
 pub mod kill;
 pub mod memory;
 pub mod monitor;
+pub mod qemu;
 pub mod qsupported;
 pub mod registers;
 pub mod resume;

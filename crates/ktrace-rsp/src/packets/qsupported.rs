@@ -34,6 +34,9 @@ pub struct Capabilities {
     pub no_ack_mode: bool,
     /// Actions announced by `vCont?` (filled by the client after connect).
     pub vcont: Option<VContSupport>,
+    /// `qqemu.Supported` names `PhyMemMode`: `m`/`M` can address guest
+    /// physical memory (filled by the client after connect).
+    pub phys_mem_mode: bool,
     /// Every `name`/value pair as sent: value is `+`, `-`, `?` or the text
     /// after `=`.
     pub raw: Vec<(String, String)>,

@@ -71,7 +71,8 @@ impl Fake {
         assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
     }
 
-    /// qSupported, ?, vCont? like QEMU 7.2 (ack mode, no target.xml).
+    /// qSupported, ?, vCont?, qqemu.Supported and the memory mode like QEMU
+    /// 7.2 (ack mode, no target.xml).
     pub fn handshake(&mut self, packet_size: &str, unsolicited: bool) {
         if unsolicited {
             self.send(b"T02thread:01;");
@@ -83,6 +84,10 @@ impl Fake {
         self.send(b"T05thread:p01.01;");
         self.expect(b"vCont?");
         self.send(b"vCont;c;C;s;S");
+        self.expect(b"qqemu.Supported");
+        self.send(b"sstepbits;sstep;PhyMemMode");
+        self.expect(b"qqemu.PhyMemMode");
+        self.send(b"0");
     }
 }
 
