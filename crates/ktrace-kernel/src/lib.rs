@@ -28,6 +28,7 @@ mod error;
 mod kaslr;
 mod kernel;
 mod layout;
+pub mod memory;
 mod module;
 mod module_debug;
 mod module_sections;
@@ -38,10 +39,12 @@ mod target;
 mod task;
 pub mod trampoline;
 pub mod unwind;
+pub mod x86;
 
 pub use current::{CurrentTask, CurrentTaskReads};
 pub use error::KernelError;
 pub use kernel::{CpuState, Kernel, KernelInfo};
+pub use memory::{GuestMemory, MemoryError, PhysicalMemory, Translation};
 pub use layout::{CurrentTaskVar, KernelLayout, PercpuOffset, PercpuSection, PercpuVar};
 pub use module::{
     read_module_list, read_module_orc, read_module_symbols, read_modules, LoadedModule, ModuleInfo, ModuleLayout,

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::memory::PhysicalMemory;
 use crate::{CpuId, Target};
 
 /// Sparse guest memory and per-CPU registers, filled by the test.
@@ -10,9 +11,15 @@ pub struct SyntheticTarget {
     regions: BTreeMap<u64, Vec<u8>>,
     registers: HashMap<(CpuId, String), u64>,
     cpus: u32,
-    /// Number of memory requests served (to check batching and bounds).
+    /// Physical memory, by 4 KiB page; pages never written read as zeros.
+    phys: BTreeMap<u64, Box<[u8; 4096]>>,
+    /// Number of memory requests served (to check batching and bounds);
+    /// a batch of physical reads counts once.
     pub reads: usize,
 }
+
+/// The synthetic guest's RAM size: physical reads above it fail.
+pub const SYNTHETIC_RAM: u64 = 4 << 30;
 
 impl SyntheticTarget {
     /// An empty target with `cpus` CPUs.
@@ -41,6 +48,37 @@ impl SyntheticTarget {
     /// Writes a little-endian u64.
     pub fn write_u64(&mut self, addr: u64, value: u64) -> &mut Self {
         self.write(addr, &value.to_le_bytes())
+    }
+
+    /// Writes guest physical memory.
+    pub fn write_phys(&mut self, addr: u64, bytes: &[u8]) -> &mut Self {
+        for (i, &b) in bytes.iter().enumerate() {
+            let a = addr + i as u64;
+            self.phys.entry(a & !0xfff).or_insert_with(|| Box::new([0; 4096]))[(a & 0xfff) as usize] = b;
+        }
+        self
+    }
+
+    /// Reads a little-endian u64 of physical memory.
+    pub fn phys_u64(&self, addr: u64) -> u64 {
+        let mut b = [0u8; 8];
+        for (i, v) in b.iter_mut().enumerate() {
+            let a = addr + i as u64;
+            *v = self.phys.get(&(a & !0xfff)).map_or(0, |p| p[(a & 0xfff) as usize]);
+        }
+        u64::from_le_bytes(b)
+    }
+
+    fn phys_bytes(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        if addr.checked_add(len as u64)? > SYNTHETIC_RAM {
+            return None;
+        }
+        Some(
+            (0..len as u64)
+                .map(|i| addr + i)
+                .map(|a| self.phys.get(&(a & !0xfff)).map_or(0, |p| p[(a & 0xfff) as usize]))
+                .collect(),
+        )
     }
 
     /// Sets a register of a CPU.
@@ -95,5 +133,25 @@ impl Target for SyntheticTarget {
             .get(&(cpu, name.to_string()))
             .copied()
             .ok_or_else(|| SyntheticError::NoRegister { cpu, name: name.into() })
+    }
+}
+
+impl PhysicalMemory for SyntheticTarget {
+    async fn read_physical(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, SyntheticError> {
+        self.reads += 1;
+        self.phys_bytes(addr, len).ok_or(SyntheticError::Unmapped(addr))
+    }
+
+    async fn read_physical_many(&mut self, reqs: &[(u64, usize)]) -> Result<Vec<Option<Vec<u8>>>, SyntheticError> {
+        self.reads += 1;
+        Ok(reqs.iter().map(|&(a, l)| self.phys_bytes(a, l)).collect())
+    }
+
+    async fn write_physical(&mut self, addr: u64, bytes: &[u8]) -> Result<(), SyntheticError> {
+        if addr.saturating_add(bytes.len() as u64) > SYNTHETIC_RAM {
+            return Err(SyntheticError::Unmapped(addr));
+        }
+        self.write_phys(addr, bytes);
+        Ok(())
     }
 }

@@ -313,15 +313,8 @@ async fn called_at_entry<T: Target>(kernel: &Kernel, frame: &Caller, stack: &mut
     }
     let ra = stack.u64(state.sp).await?;
     let link = kernel.link(ra);
-    // The opcode a call of this length starts with: `call rel32`, or an
-    // indirect `call` (ff /2, with or without a REX prefix and displacement).
-    let call_before = |len: u64, first: u8| {
-        vm.section_bytes_at(KernelAddr(link.0.wrapping_sub(len)), len as usize).is_some_and(|b| b[0] == first)
-    };
-    let is_return_address = vm.is_code(link)
-        && (call_before(5, 0xe8)
-            || [2, 3, 6, 7].into_iter().any(|len| call_before(len, 0xff))
-            || [3, 4, 7].into_iter().any(|len| call_before(len, 0x41)));
+    let before = vm.section_bytes_at(KernelAddr(link.0.wrapping_sub(7)), 7);
+    let is_return_address = vm.is_code(link) && before.is_some_and(crate::x86::insn::ends_with_call);
     is_return_address.then(|| Caller {
         regs: Regs { ip: ra, sp: state.sp.wrapping_add(8), ..*state },
         kind: FrameKind::Call,

@@ -28,10 +28,26 @@ pub(crate) struct Section {
     pub alloc: bool,
 }
 
+/// One `PT_LOAD` program header: where a part of the image is linked
+/// (virtual) and loaded (physical).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadSegment {
+    /// Link-time virtual address.
+    pub vaddr: u64,
+    /// Load (physical) address at link time: where the image lands without
+    /// physical KASLR.
+    pub paddr: u64,
+    /// Size in memory.
+    pub memsz: u64,
+    /// Alignment (`CONFIG_PHYSICAL_ALIGN` for a vmlinux's segments).
+    pub align: u64,
+}
+
 /// The parsed section table.
 pub(crate) struct ElfImage {
     pub data: &'static [u8],
     pub sections: Vec<Section>,
+    pub segments: Vec<LoadSegment>,
 }
 
 impl ElfImage {
@@ -63,6 +79,19 @@ impl ElfImage {
                 ),
             });
         }
+        use object::read::elf::ProgramHeader as _;
+        let endian = file.endian();
+        let segments = file
+            .elf_program_headers()
+            .iter()
+            .filter(|ph| ph.p_type(endian) == object::elf::PT_LOAD)
+            .map(|ph| LoadSegment {
+                vaddr: ph.p_vaddr(endian),
+                paddr: ph.p_paddr(endian),
+                memsz: ph.p_memsz(endian),
+                align: ph.p_align(endian),
+            })
+            .collect();
         let mut sections = Vec::new();
         for s in file.sections() {
             let flags = match s.flags() {
@@ -80,7 +109,7 @@ impl ElfImage {
                 alloc: flags & object::elf::SHF_ALLOC.0 != 0,
             });
         }
-        Ok(ElfImage { data, sections })
+        Ok(ElfImage { data, sections, segments })
     }
 
     /// The section called `name`.

@@ -29,6 +29,7 @@ mod vmlinux;
 
 pub use addr::KernelAddr;
 pub use cfi::{CfaRule, CfiRow, RegRule, DWARF_RBP, DWARF_RSP};
+pub use elf::LoadSegment;
 pub use error::SymbolError;
 pub use layout::MemberLayout;
 pub use lines::{short_source_path, SourceFrame};

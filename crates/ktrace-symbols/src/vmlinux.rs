@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use crate::dwarf::{DieRef, DwarfInfo, OwnedSections, R};
-use crate::elf::ElfImage;
+use crate::elf::{ElfImage, LoadSegment};
 use crate::symbols::SymbolIndex;
 use crate::{banner, btf, cfi, dwarf, lines, symbols};
 use crate::{CfiRow, KernelAddr, MemberLayout, OrcTable, SourceFrame, Symbol, SymbolError, SymbolOffset};
@@ -77,6 +77,22 @@ impl Vmlinux {
             owned: OwnedSections::default(),
             _map: map,
         })
+    }
+
+    /// The `PT_LOAD` segments, in file order.
+    pub fn load_segments(&self) -> &[LoadSegment] {
+        &self.image.segments
+    }
+
+    /// The load (physical, at link time) address of link-time address
+    /// `addr`, from the segment that holds it. The per-CPU segment, linked
+    /// at 0 on older kernels, is looked up last.
+    pub fn load_address(&self, addr: KernelAddr) -> Option<u64> {
+        let mut segs: Vec<&LoadSegment> = self.image.segments.iter().collect();
+        segs.sort_by_key(|s| s.vaddr == 0);
+        segs.iter()
+            .find(|s| addr.0 >= s.vaddr && addr.0 - s.vaddr < s.memsz)
+            .map(|s| s.paddr + (addr.0 - s.vaddr))
     }
 
     /// The path the file was opened from.

@@ -571,7 +571,7 @@ impl Tracer {
                 continue;
             }
             let code = session.read_memory(addr, 16).await?;
-            self.armed[i].past = match (self.cfg.resume, nop_length(&code)) {
+            self.armed[i].past = match (self.cfg.resume, ktrace_kernel::x86::insn::nop_length(&code)) {
                 (ResumeMode::Auto, Some(n)) => Past::Skip(n),
                 (ResumeMode::Auto | ResumeMode::Step, _) => Past::Step { probed: false },
                 (ResumeMode::RemoveStepReinsert, _) => Past::Reinsert,
@@ -789,24 +789,6 @@ fn guest_gone(e: RspError) -> TraceError {
     }
 }
 
-/// Length of a run of instructions that do nothing (ftrace's `nop5`,
-/// `endbr64`), if the code starts with one.
-fn nop_length(code: &[u8]) -> Option<u8> {
-    const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
-    const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
-    let mut n = 0usize;
-    loop {
-        if code[n..].starts_with(&ENDBR64) {
-            n += 4;
-        } else if code[n..].starts_with(&NOP5) {
-            n += 5;
-        } else {
-            break;
-        }
-    }
-    (n > 0).then_some(n as u8)
-}
-
 fn describe_filter(f: &Filter) -> String {
     let mut parts = Vec::new();
     if let Some(p) = f.pid {
@@ -835,13 +817,5 @@ mod tests {
         let panic = caught.expect_err("the panic is caught");
         assert_eq!(panic.downcast_ref::<&str>(), Some(&"in the loop"));
         assert_eq!(rt.block_on(CatchUnwind(Box::pin(async { 7 }))).ok(), Some(7));
-    }
-
-    #[test]
-    fn ftrace_nop_and_endbr_are_skipped() {
-        assert_eq!(nop_length(&[0x0f, 0x1f, 0x44, 0x00, 0x00, 0x65, 0xff]), Some(5));
-        assert_eq!(nop_length(&[0xf3, 0x0f, 0x1e, 0xfa, 0x0f, 0x1f, 0x44, 0x00, 0x00, 0x55]), Some(9));
-        assert_eq!(nop_length(&[0xe8, 0x8b, 0x31, 0x65, 0xff]), None, "an unpatched call __fentry__ is not a NOP");
-        assert_eq!(nop_length(&[0x55, 0x48, 0x89, 0xe5]), None);
     }
 }

@@ -6,9 +6,9 @@ use super::Refusal;
 
 /// ftrace's 5-byte NOP (`nopl 0x0(%rax,%rax,1)`), which the kernel writes
 /// over each `call __fentry__` at boot while the function is not traced.
-pub const FTRACE_NOP: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+pub const FTRACE_NOP: [u8; 5] = crate::x86::insn::NOP5;
 /// `endbr64`, first in functions of kernels built with IBT.
-const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+use crate::x86::insn::ENDBR64;
 
 /// Where the ftrace NOP of the function at `func` (runtime address) is.
 ///
