@@ -58,6 +58,19 @@ impl<E> KernelError<E> {
         }
     }
 
+    /// The same error over another target error type.
+    pub fn map_target<F>(self, f: impl FnOnce(E) -> F) -> KernelError<F> {
+        match self {
+            KernelError::Target(e) => KernelError::Target(f(e)),
+            KernelError::Read { what, addr, source } => KernelError::Read { what, addr, source: f(source) },
+            KernelError::Symbols(e) => KernelError::Symbols(e),
+            KernelError::BannerMismatch { file, guest } => KernelError::BannerMismatch { file, guest },
+            KernelError::Corrupt(s) => KernelError::Corrupt(s),
+            KernelError::Refused(r) => KernelError::Refused(r),
+            KernelError::NoSuchTask(s) => KernelError::NoSuchTask(s),
+        }
+    }
+
     /// Whether the error is about what the user gave (the vmlinux, a pid or
     /// name) rather than a failure while reading the guest.
     pub fn is_usage(&self) -> bool {

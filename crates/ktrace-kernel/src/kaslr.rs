@@ -86,3 +86,95 @@ mod tests {
         assert!(err.contains("6.1.0-56") && err.contains("6.1.0-99"), "{err}");
     }
 }
+
+/// Where the kernel image is, found from physical memory alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PhysicalImage {
+    /// Physical address of `_text`.
+    pub text_phys: u64,
+    /// The virtual KASLR slide.
+    pub slide: u64,
+    /// `__START_KERNEL_map`: where the image mapping starts (not slid).
+    pub start_kernel_map: u64,
+}
+
+/// How far a gdb stub (which does not say how much RAM the guest has) is
+/// scanned for the image: physical KASLR keeps it below the RAM's end.
+const STUB_SCAN_LIMIT: u64 = 64 << 30;
+/// Candidates read per round trip.
+const SCAN_BATCH: usize = 512;
+
+/// Finds the image in guest physical memory: physical KASLR places it at a
+/// multiple of the load segments' alignment (`CONFIG_PHYSICAL_ALIGN`), so
+/// the candidates are those, and the image is where `linux_banner` equals
+/// the vmlinux's (tried first: the link-time load address, a `nokaslr`
+/// boot). The virtual slide then follows from `phys_base`, which the
+/// kernel keeps as "load address minus link-time load address":
+/// `__pa_symbol(x) = x - __START_KERNEL_map + phys_base`.
+pub(crate) async fn find_image_physical<T: crate::PhysicalMemory>(
+    target: &mut T,
+    vmlinux: &ktrace_symbols::Vmlinux,
+) -> Result<PhysicalImage, KernelError<T::Error>> {
+    let sym = |name: &str| vmlinux.symbol(name).map(|s| s.addr);
+    let lma = |addr: KernelAddr, what: &str| {
+        vmlinux.load_address(addr).ok_or_else(|| KernelError::Corrupt(format!("{what} lies in no load segment of the vmlinux")))
+    };
+    let text = sym("_text")?;
+    let text_lma = lma(text, "_text")?;
+    let align = vmlinux
+        .load_segments()
+        .iter()
+        .find(|s| s.paddr == text_lma || (text.0 >= s.vaddr && text.0 - s.vaddr < s.memsz))
+        .map(|s| s.align)
+        .filter(|a| a.is_power_of_two() && *a >= 4096)
+        .ok_or_else(|| KernelError::Corrupt("the vmlinux's text segment has no usable alignment".into()))?;
+    let banner = vmlinux.banner()?;
+    let want = banner.as_bytes();
+    let banner_off = lma(sym("linux_banner")?, "linux_banner")? - text_lma;
+    let ranges = target.ram().unwrap_or_else(|| vec![(0, STUB_SCAN_LIMIT)]);
+    let mut candidates = vec![text_lma];
+    for &(start, end) in &ranges {
+        let mut p = start.next_multiple_of(align);
+        while p + banner_off + want.len() as u64 <= end {
+            if p != text_lma {
+                candidates.push(p);
+            }
+            p += align;
+        }
+    }
+    let mut other_banner = None;
+    let mut text_phys = None;
+    'scan: for chunk in candidates.chunks(SCAN_BATCH) {
+        let reqs: Vec<(u64, usize)> = chunk.iter().map(|&p| (p + banner_off, want.len())).collect();
+        let found = target.read_physical_many(&reqs).await.map_err(KernelError::Target)?;
+        for (&p, bytes) in chunk.iter().zip(found) {
+            let Some(bytes) = bytes else { continue };
+            if bytes == want {
+                text_phys = Some(p);
+                break 'scan;
+            }
+            if other_banner.is_none() && bytes.starts_with(b"Linux version ") {
+                other_banner = Some(printable(&bytes));
+            }
+        }
+    }
+    let Some(text_phys) = text_phys else {
+        return Err(KernelError::BannerMismatch {
+            file: banner.trim_end().to_string(),
+            guest: other_banner.unwrap_or_else(|| {
+                format!("(no Linux banner at any 0x{align:x}-aligned physical load address of the guest's RAM)")
+            }),
+        });
+    };
+    let phys_base_at = text_phys + (lma(sym("phys_base")?, "phys_base")? - text_lma);
+    let raw = target.read_physical(phys_base_at, 8).await.map_err(KernelError::Target)?;
+    let phys_base = u64::from_le_bytes(crate::target::le_array(&raw)?);
+    let start_kernel_map = text.0.wrapping_sub(text_lma);
+    let slide = text_phys.wrapping_sub(phys_base).wrapping_sub(text_lma);
+    if slide % align != 0 || slide >= SLIDE_RANGE {
+        return Err(KernelError::Corrupt(format!(
+            "phys_base 0x{phys_base:x} with the image at physical 0x{text_phys:x} gives no valid KASLR slide"
+        )));
+    }
+    Ok(PhysicalImage { text_phys, slide, start_kernel_map })
+}

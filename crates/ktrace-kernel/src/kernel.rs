@@ -6,6 +6,9 @@ use ktrace_symbols::{KernelAddr, Vmlinux};
 use serde::Serialize;
 
 use crate::layout::{KernelLayout, PercpuOffset};
+use crate::memory::{GuestMemory, MemoryError, PhysicalMemory, Translation};
+use crate::x86::paging::PagingLevels;
+use crate::x86::AddressSpace;
 use crate::module_debug::{ModuleDebugDir, ModuleDebugFiles};
 use crate::task::{self, TaskInfo, TaskRef};
 use crate::{kaslr, CpuId, KernelError, Target};
@@ -27,6 +30,11 @@ pub struct Kernel {
     module_layout: Arc<std::sync::OnceLock<Result<crate::ModuleLayout, String>>>,
     /// Modules' debug files.
     module_debug: Arc<ModuleDebugFiles>,
+    /// The address-space layout the guest reports.
+    space: AddressSpace,
+    /// ktrace's own translation through the kernel's page tables, when the
+    /// guest is read through physical memory.
+    translation: Option<Arc<Translation>>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -94,8 +102,120 @@ impl Kernel {
         let banner = vmlinux.banner()?;
         let banner_addr = vmlinux.symbol("linux_banner")?.addr;
         let slide = kaslr::find_slide(target, banner_addr, &banner).await?;
+        // Through the stub's own translation: the paging mode from CR4 where
+        // the registers say it, the image mapping from the load segments.
+        let levels = match target.cpus().await.ok().and_then(|c| c.first().copied()) {
+            Some(cpu) => target.read_register(cpu, "cr4").await.map_or(PagingLevels::Four, PagingLevels::from_cr4),
+            None => PagingLevels::Four,
+        };
+        let image = image_mapping(&vmlinux, None)?;
+        Kernel::with_slide(target, vmlinux, layout, slide, AddressSpace::minimal(levels, image), None).await
+    }
+
+    /// Matches `vmlinux` to the guest behind a physical-memory backend and
+    /// reads it from then on through ktrace's own walk of the kernel's page
+    /// tables (read what a kernel-mode CPU would, whatever the CPUs run).
+    ///
+    /// The image is found in physical memory by its banner, the slide from
+    /// `phys_base`, the page tables at `init_top_pgt`; the paging mode from
+    /// CR4 (where the backend has registers) or the kernel's
+    /// `__pgtable_l5_enabled`; the layout from the kernel's
+    /// `page_offset_base`, `vmalloc_base`, `vmemmap_base` and vmcoreinfo.
+    /// Every later read goes through [`Kernel::memory`].
+    pub async fn attach_physical<T: PhysicalMemory>(
+        target: &mut T,
+        vmlinux: Arc<Vmlinux>,
+    ) -> Result<Kernel, KernelError<MemoryError<T::Error>>> {
+        let layout = KernelLayout::from_vmlinux(&vmlinux)?;
+        let t = |e: KernelError<T::Error>| e.map_target(MemoryError::Target);
+        let image = kaslr::find_image_physical(target, &vmlinux).await.map_err(t)?;
+        let text = vmlinux.symbol("_text")?.addr;
+        let text_lma = vmlinux.load_address(text).unwrap_or_default();
+        let phys_of = |name: &str| -> Result<u64, KernelError<MemoryError<T::Error>>> {
+            let addr = vmlinux.symbol(name)?.addr;
+            let lma = vmlinux.load_address(addr).ok_or_else(|| KernelError::Corrupt(format!("{name} is in no load segment")))?;
+            Ok(image.text_phys + (lma - text_lma))
+        };
+        let root = phys_of("init_top_pgt")?;
+        let banner_virt = vmlinux.symbol("linux_banner")?.addr.0.wrapping_add(image.slide);
+        let banner_phys = phys_of("linux_banner")?;
+        let cpu0 = target.cpus().await.ok().and_then(|c| c.first().copied());
+        let from_cr4 = match cpu0 {
+            Some(cpu) => target.read_register(cpu, "cr4").await.ok().map(PagingLevels::from_cr4),
+            None => None,
+        };
+        let from_kernel = match vmlinux.lookup_symbol("__pgtable_l5_enabled") {
+            Some(_) => {
+                let at = phys_of("__pgtable_l5_enabled")?;
+                let raw = target.read_physical(at, 4).await.map_err(|e| KernelError::Target(MemoryError::Target(e)))?;
+                let on = u32::from_le_bytes(crate::target::le_array(&raw)?) != 0;
+                Some(if on { PagingLevels::Five } else { PagingLevels::Four })
+            }
+            None => None,
+        };
+        let tries: Vec<PagingLevels> = match from_cr4.or(from_kernel) {
+            Some(l) => vec![l],
+            None => vec![PagingLevels::Four, PagingLevels::Five],
+        };
+        let mut found = None;
+        for levels in tries {
+            let probe = Translation::new(root, AddressSpace::minimal(levels, (image.start_kernel_map, u64::MAX)));
+            if let Ok(m) = probe.translate(target, banner_virt).await {
+                if m.phys_of(banner_virt) == banner_phys {
+                    found = Some(levels);
+                    break;
+                }
+            }
+        }
+        let levels = found.ok_or_else(|| {
+            KernelError::Corrupt(format!(
+                "the kernel's page tables (init_top_pgt at physical 0x{root:x}) do not map linux_banner at 0x{banner_virt:x} to where the image is (physical 0x{banner_phys:x})"
+            ))
+        })?;
+        let base = |name: &str| -> Option<u64> { vmlinux.lookup_symbol(name).and_then(|_| phys_of(name).ok()) };
+        let mut bases = [None; 3];
+        for (slot, name) in bases.iter_mut().zip(["page_offset_base", "vmalloc_base", "vmemmap_base"]) {
+            if let Some(at) = base(name) {
+                let raw = target.read_physical(at, 8).await.map_err(|e| KernelError::Target(MemoryError::Target(e)))?;
+                *slot = Some(u64::from_le_bytes(crate::target::le_array(&raw)?));
+            }
+        }
+        let probe = Translation::new(root, AddressSpace::minimal(levels, (image.start_kernel_map, u64::MAX)));
+        let image_size = {
+            let mut mem = GuestMemory::new(target, Some(&probe));
+            crate::vmcoreinfo::read(&mut mem, &vmlinux, image.slide).await.and_then(|v| v.number("KERNEL_IMAGE_SIZE"))
+        };
+        let mapping = image_mapping(&vmlinux, image_size.map(|size| (image.start_kernel_map, size)))?;
+        let space = AddressSpace {
+            levels,
+            page_offset_base: bases[0],
+            vmalloc_base: bases[1],
+            vmemmap_base: bases[2],
+            image: mapping,
+            modules: (mapping.1, u64::MAX),
+        };
+        let translation = Arc::new(Translation::new(root, space.clone()));
+        let mut mem = GuestMemory::new(target, Some(&translation));
+        let kernel = Kernel::with_slide(&mut mem, vmlinux, layout, image.slide, space, None).await?;
+        Ok(Kernel { translation: Some(translation), ..kernel })
+    }
+
+    /// The rest of an attach, once the slide is known.
+    async fn with_slide<T: Target>(
+        target: &mut T,
+        vmlinux: Arc<Vmlinux>,
+        layout: KernelLayout,
+        slide: u64,
+        space: AddressSpace,
+        translation: Option<Arc<Translation>>,
+    ) -> Result<Kernel, KernelError<T::Error>> {
         let release = vmlinux.release()?;
-        let cpus = target.cpus().await.map_err(KernelError::Target)?;
+        let cpus = match target.cpus().await {
+            Ok(cpus) => cpus,
+            // A backend without CPUs (guest RAM, a dump): the kernel's own
+            // online mask says which there are.
+            Err(e) => online_cpus(target, &vmlinux, slide).await?.ok_or(KernelError::Target(e))?,
+        };
         let table = layout.per_cpu_offset.0.wrapping_add(slide);
         let raw = target
             .read_memory(table, 8 * cpus.len())
@@ -122,7 +242,33 @@ impl Kernel {
             module_layout: Arc::default(),
             module_debug: Arc::new(ModuleDebugFiles::new(&ModuleDebugDir::Default, &release)),
             release,
+            space,
+            translation,
         })
+    }
+
+    /// The address-space layout of the guest.
+    pub fn space(&self) -> &AddressSpace {
+        &self.space
+    }
+
+    /// ktrace's own translation, when the kernel is read through physical memory.
+    pub fn translation(&self) -> Option<&Translation> {
+        self.translation.as_deref()
+    }
+
+    /// `target` as the kernel sees its memory: through ktrace's walk of the
+    /// kernel's page tables when attached with [`Kernel::attach_physical`],
+    /// else through the target's own virtual reads.
+    pub fn memory<'a, T: PhysicalMemory>(&'a self, target: &'a mut T) -> GuestMemory<'a, T> {
+        GuestMemory::new(target, self.translation.as_deref())
+    }
+
+    /// The guest ran: translations outside the fixed mappings are walked again.
+    pub fn resumed(&self) {
+        if let Some(t) = &self.translation {
+            t.resumed();
+        }
     }
 
     /// Looks for modules' debug files in `dir` (the default:
@@ -510,4 +656,35 @@ mod fixture_tests {
         let names: Vec<&str> = all.iter().map(|t| t.comm.as_str()).collect();
         assert_eq!(names, vec!["swapper/0", "swapper/1", "testprog"]);
     }
+}
+
+/// The image mapping `(start, end)`: `__START_KERNEL_map` (the text
+/// segment's link address minus its load address) and, with `known`
+/// (`KERNEL_IMAGE_SIZE` from vmcoreinfo), its size; else up to the end of
+/// the last segment, plus the largest slide. A vmlinux without `_text`
+/// (test fixtures) has no known image mapping.
+fn image_mapping<E>(vmlinux: &Vmlinux, known: Option<(u64, u64)>) -> Result<(u64, u64), KernelError<E>> {
+    if let Some((start, size)) = known {
+        return Ok((start, start.wrapping_add(size)));
+    }
+    let Some(text) = vmlinux.lookup_symbol("_text").map(|s| s.addr) else { return Ok((0, 0)) };
+    let lma = vmlinux.load_address(text).unwrap_or_default();
+    let start = text.0.wrapping_sub(lma);
+    let end = vmlinux
+        .load_segments()
+        .iter()
+        .filter(|s| s.vaddr >= start)
+        .map(|s| s.vaddr + s.memsz)
+        .max()
+        .unwrap_or(text.0);
+    Ok((start, end.saturating_add(kaslr::SLIDE_RANGE)))
+}
+
+/// The CPUs in the kernel's `__cpu_online_mask`, for backends with no CPUs of their own.
+async fn online_cpus<T: Target>(target: &mut T, vmlinux: &Vmlinux, slide: u64) -> Result<Option<Vec<CpuId>>, KernelError<T::Error>> {
+    let Some(sym) = vmlinux.lookup_symbol("__cpu_online_mask") else { return Ok(None) };
+    let size = vmlinux.type_size("cpumask").unwrap_or(8).clamp(8, 1024) as usize;
+    let bits = target.read_memory(sym.addr.0.wrapping_add(slide), size).await.map_err(KernelError::Target)?;
+    let cpus: Vec<CpuId> = (0..bits.len() * 8).filter(|&i| bits[i / 8] & (1 << (i % 8)) != 0).map(|i| CpuId(i as u32)).collect();
+    Ok((!cpus.is_empty()).then_some(cpus))
 }

@@ -36,6 +36,7 @@ mod module_sections;
 mod rsp_target;
 pub mod synthetic;
 mod target;
+pub mod vmcoreinfo;
 mod task;
 pub mod trampoline;
 pub mod unwind;

@@ -47,3 +47,20 @@ impl Target for Session {
         self.read_register_u64(name).await
     }
 }
+
+/// QEMU's physical mode (`Qqemu.PhyMemMode`): reads and writes of guest
+/// physical memory, whatever page tables the selected CPU runs on.
+impl crate::PhysicalMemory for Session {
+    async fn read_physical(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, RspError> {
+        Session::read_physical(self, addr, len).await
+    }
+
+    async fn read_physical_many(&mut self, reqs: &[(u64, usize)]) -> Result<Vec<Option<Vec<u8>>>, RspError> {
+        let replies = Session::read_physical_many(self, reqs).await?;
+        Ok(replies.into_iter().map(Result::ok).collect())
+    }
+
+    async fn write_physical(&mut self, addr: u64, bytes: &[u8]) -> Result<(), RspError> {
+        Session::write_physical(self, addr, bytes).await
+    }
+}
