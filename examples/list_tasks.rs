@@ -15,10 +15,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut session, _) = Session::connect(&addr.parse()?, ClientConfig::default()).await?;
     // Read everything while the guest is stopped, then always detach.
     let result = async {
-        let kernel = Kernel::attach(&mut session, vmlinux).await?;
-        let tasks = kernel.tasks(&mut session).await?;
-        let cpus = kernel.cpu_states(&mut session).await?;
-        Ok::<_, ktrace_kernel::KernelError<ktrace_rsp::RspError>>((kernel, tasks, cpus))
+        let kernel = Kernel::attach_stub(&mut session, vmlinux).await?;
+        let mut mem = kernel.memory(&mut session);
+        let tasks = kernel.tasks(&mut mem).await?;
+        let cpus = kernel.cpu_states(&mut mem).await?;
+        Ok::<_, ktrace_kernel::KernelError<ktrace_kernel::StubMemoryError>>((kernel, tasks, cpus))
     }
     .await;
     session.detach().await?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use ktrace_kernel::{Kernel, KernelError};
+use ktrace_kernel::{Kernel, KernelError, MemoryError, StubMemoryError};
 use ktrace_rsp::{ClientConfig, RspError, Session, StubAddr};
 use ktrace_tracer::{BtConfig, GuestRelease, TraceError};
 
@@ -67,7 +67,7 @@ pub struct BtArgs {
 pub fn explain(addr: &str, err: TraceError) -> anyhow::Error {
     match err {
         TraceError::Rsp(e) => explain_rsp(addr, e),
-        TraceError::Kernel(KernelError::Target(e)) => explain_rsp(addr, e),
+        TraceError::Kernel(KernelError::Target(MemoryError::Target(e))) => explain_rsp(addr, e),
         TraceError::GuestGone(_) => anyhow::Error::from(err),
         // Reading kernel data failed: not the user's doing (exit 1).
         TraceError::Kernel(e) if !e.is_usage() => anyhow::Error::from(e),
@@ -98,7 +98,7 @@ async fn attach(args: &TargetArgs) -> Result<(Session, Kernel)> {
     let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
     let stub = args.stub()?;
     let (mut session, _) = Session::connect(&stub, args.client()).await.map_err(|e| explain_rsp(&args.addr, e))?;
-    match Kernel::attach(&mut session, vm).await {
+    match Kernel::attach_stub(&mut session, vm).await {
         Ok(kernel) => Ok((session, kernel)),
         Err(e) => {
             let _ = session.detach().await;
@@ -107,7 +107,7 @@ async fn attach(args: &TargetArgs) -> Result<(Session, Kernel)> {
     }
 }
 
-async fn finish<T>(session: Session, release: GuestRelease, result: Result<T, KernelError<RspError>>) -> Result<T> {
+async fn finish<T>(session: Session, release: GuestRelease, result: Result<T, KernelError<StubMemoryError>>) -> Result<T> {
     let detached = release.release(session).await;
     let value = result?;
     detached.context("detaching (the guest may still be paused)")?;
@@ -117,8 +117,9 @@ async fn finish<T>(session: Session, release: GuestRelease, result: Result<T, Ke
 pub async fn ps(args: TargetArgs) -> Result<ExitCode> {
     let (mut session, kernel) = attach(&args).await?;
     let result = async {
-        let tasks = kernel.tasks(&mut session).await?;
-        let cpus = kernel.cpu_states(&mut session).await?;
+        let mut mem = kernel.memory(&mut session);
+        let tasks = kernel.tasks(&mut mem).await?;
+        let cpus = kernel.cpu_states(&mut mem).await?;
         Ok((tasks, cpus))
     }
     .await;
@@ -151,7 +152,7 @@ pub async fn ps(args: TargetArgs) -> Result<ExitCode> {
 
 pub async fn info(args: TargetArgs) -> Result<ExitCode> {
     let (mut session, kernel) = attach(&args).await?;
-    let result = kernel.info(&mut session).await;
+    let result = kernel.info(&mut kernel.memory(&mut session)).await;
     let info = finish(session, args.release(), result).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -176,7 +177,7 @@ pub async fn info(args: TargetArgs) -> Result<ExitCode> {
 
 pub async fn lsmod(args: TargetArgs) -> Result<ExitCode> {
     let (mut session, kernel) = attach(&args).await?;
-    let result = kernel.module_list(&mut session).await;
+    let result = kernel.module_list(&mut kernel.memory(&mut session)).await;
     let modules = finish(session, args.release(), result).await?;
     if args.json {
         for m in &modules {

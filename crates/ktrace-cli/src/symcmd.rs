@@ -60,12 +60,12 @@ async fn guest_modules(addr: &str, vm: Arc<Vmlinux>, debug: &ModulesArg, addrs: 
     let stub: StubAddr = addr.parse().map_err(|e| UsageError(format!("{addr}: not a stub address: {e}")))?;
     let (mut session, _) = Session::connect(&stub, ClientConfig::default()).await?;
     let result = async {
-        let kernel = Kernel::attach(&mut session, vm).await?.with_module_debug(&debug.dir());
-        let mut modules = kernel.modules(&mut session).await?;
+        let kernel = Kernel::attach_stub(&mut session, vm).await?.with_module_debug(&debug.dir());
+        let mut modules = kernel.modules(&mut kernel.memory(&mut session)).await?;
         for m in modules.modules.iter_mut().filter(|m| addrs.iter().any(|&a| m.info.contains_code(a))) {
-            m.debug = kernel.module_debug(&mut session, m).await;
+            m.debug = kernel.module_debug(&mut kernel.memory(&mut session), m).await;
         }
-        Ok::<_, ktrace_kernel::KernelError<ktrace_rsp::RspError>>(modules)
+        Ok::<_, ktrace_kernel::KernelError<ktrace_kernel::StubMemoryError>>(modules)
     }
     .await;
     let detached = session.detach().await;

@@ -663,7 +663,7 @@ mod fixture_tests {
 /// (`KERNEL_IMAGE_SIZE` from vmcoreinfo), its size; else up to the end of
 /// the last segment, plus the largest slide. A vmlinux without `_text`
 /// (test fixtures) has no known image mapping.
-fn image_mapping<E>(vmlinux: &Vmlinux, known: Option<(u64, u64)>) -> Result<(u64, u64), KernelError<E>> {
+pub(crate) fn image_mapping<E>(vmlinux: &Vmlinux, known: Option<(u64, u64)>) -> Result<(u64, u64), KernelError<E>> {
     if let Some((start, size)) = known {
         return Ok((start, start.wrapping_add(size)));
     }

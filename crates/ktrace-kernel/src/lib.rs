@@ -54,7 +54,7 @@ pub use module::{
 pub use module_debug::ModuleDebugDir;
 pub use module_sections::read_module_sections;
 #[cfg(feature = "rsp")]
-pub use rsp_target::cpu_of_thread;
+pub use rsp_target::{cpu_of_thread, StubMemoryError};
 pub use target::{CpuId, Target};
 pub use unwind::{Backtrace, Frame, FrameKind, Regs, StopReason, Unwinder};
 pub use task::{decode_comm, le_u64, TaskIdent, TaskInfo, TaskRef, TaskState, MAX_TASKS};

@@ -64,3 +64,24 @@ impl crate::PhysicalMemory for Session {
         Session::write_physical(self, addr, bytes).await
     }
 }
+
+/// What reading the kernel over a gdb stub can fail with.
+pub type StubMemoryError = crate::MemoryError<RspError>;
+
+impl crate::Kernel {
+    /// Matches `vmlinux` to the guest behind a gdb stub: through QEMU's
+    /// physical mode and ktrace's own walk of the kernel's page tables where
+    /// the stub has it ([`crate::Kernel::attach_physical`]), else through the
+    /// stub's own virtual reads ([`crate::Kernel::attach`]). Read the kernel
+    /// through [`crate::Kernel::memory`] from then on.
+    pub async fn attach_stub(
+        session: &mut Session,
+        vmlinux: std::sync::Arc<ktrace_symbols::Vmlinux>,
+    ) -> Result<crate::Kernel, crate::KernelError<StubMemoryError>> {
+        if session.has_physical_memory() {
+            crate::Kernel::attach_physical(session, vmlinux).await
+        } else {
+            crate::Kernel::attach(session, vmlinux).await.map_err(|e| e.map_target(crate::MemoryError::Target))
+        }
+    }
+}

@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 
+use crate::x86::paging::PagingLevels;
+use crate::x86::AddressSpace;
 use crate::{Kernel, Modules, Target};
 use ktrace_symbols::{
     CfaRule, CfiRow, KernelAddr, OrcEntry, OrcReg, OrcType, RegRule, SourceFrame, SymbolError, Vmlinux,
@@ -154,6 +156,8 @@ pub enum StopReason {
     OutsideKernelText {
         /// The pc.
         pc: u64,
+        /// It lies in the guest's module area.
+        in_module_area: bool,
     },
     /// The same frame came back: the unwind would loop.
     Loop {
@@ -178,8 +182,8 @@ impl std::fmt::Display for StopReason {
             StopReason::UserReturnAddress { pc } => {
                 write!(f, "return address 0x{pc:x} is not in the kernel, and no pt_regs frame leads there")
             }
-            StopReason::OutsideKernelText { pc } => {
-                if (MODULES_START..MODULES_END).contains(pc) {
+            StopReason::OutsideKernelText { pc, in_module_area } => {
+                if *in_module_area {
                     write!(f, "pc 0x{pc:x} is in the module area but in no loaded module's code (BPF or freed code?)")
                 } else {
                     write!(f, "pc 0x{pc:x} is outside the kernel's code")
@@ -190,9 +194,6 @@ impl std::fmt::Display for StopReason {
     }
 }
 
-/// Where x86-64 maps module code (`MODULES_VADDR` .. `MODULES_END`).
-const MODULES_START: u64 = 0xffff_ffff_a000_0000;
-const MODULES_END: u64 = 0xffff_ffff_ff00_0000;
 
 /// Offsets in `struct pt_regs`.
 #[derive(Clone, Copy, Debug)]
@@ -225,6 +226,8 @@ pub struct Unwinder {
     modules: Option<Modules>,
     /// When the module list was last read.
     modules_read_at: Option<std::time::Instant>,
+    /// The address space of the kernel being unwound (set by each unwind).
+    space: AddressSpace,
 }
 
 const PAGE: u64 = 2048;
@@ -257,9 +260,6 @@ impl<T: Target> StackReader<'_, T> {
     }
 }
 
-fn is_kernel(addr: u64) -> bool {
-    addr >= 0xffff_8000_0000_0000
-}
 
 /// The value of DWARF x86-64 register `reg` in `regs`, for the registers
 /// the CFA may be based on.
@@ -308,7 +308,7 @@ enum Step {
 async fn called_at_entry<T: Target>(kernel: &Kernel, frame: &Caller, stack: &mut StackReader<'_, T>) -> Option<Caller> {
     let state = &frame.regs;
     let vm = kernel.vmlinux();
-    if frame.return_address || !is_kernel(state.sp) || vm.symbolize(kernel.link(state.ip))?.offset != 0 {
+    if frame.return_address || !kernel.space().is_kernel(state.sp) || vm.symbolize(kernel.link(state.ip))?.offset != 0 {
         return None;
     }
     let ra = stack.u64(state.sp).await?;
@@ -379,6 +379,7 @@ impl Unwinder {
             symbolized: HashMap::new(),
             modules: None,
             modules_read_at: None,
+            space: AddressSpace::minimal(PagingLevels::Four, crate::kernel::image_mapping::<()>(vm, None).unwrap_or((0, 0))),
         })
     }
 
@@ -397,10 +398,11 @@ impl Unwinder {
 
     /// Unwinds from `regs` on a stopped CPU.
     pub async fn unwind<T: Target>(&mut self, kernel: &Kernel, target: &mut T, regs: Regs) -> Backtrace {
+        self.space.clone_from(kernel.space());
         let mut stack = StackReader { target, chunks: HashMap::new() };
         let mut frames = Vec::new();
         // A CPU stopped in user mode has no kernel stack to walk.
-        let first_kind = if is_kernel(regs.ip) { FrameKind::Stopped } else { FrameKind::User };
+        let first_kind = if self.space.is_kernel(regs.ip) { FrameKind::Stopped } else { FrameKind::User };
         let mut frame = Caller { regs, kind: first_kind, regs_at: None, return_address: false };
         let mut seen = std::collections::HashSet::new();
         let stopped = loop {
@@ -446,7 +448,7 @@ impl Unwinder {
     /// (its stack is checked by [`Unwinder::step`], past the end of the stack).
     fn check_frame(&self, regs: &Regs, in_code: bool) -> Result<(), StopReason> {
         if !in_code {
-            return Err(StopReason::OutsideKernelText { pc: regs.ip });
+            return Err(StopReason::OutsideKernelText { pc: regs.ip, in_module_area: self.space.is_module(regs.ip) });
         }
         Ok(())
     }
@@ -458,7 +460,7 @@ impl Unwinder {
         if caller.kind == FrameKind::User {
             return Ok(());
         }
-        if !is_kernel(caller.regs.ip) && caller.regs.ip != 0 {
+        if !self.space.is_kernel(caller.regs.ip) && caller.regs.ip != 0 {
             return Err(StopReason::UserReturnAddress { pc: caller.regs.ip });
         }
         let same_stack = callee.sp / self.stack_block == caller.regs.sp / self.stack_block;
@@ -479,7 +481,7 @@ impl Unwinder {
         if let Some(module) = self.modules.as_ref().and_then(|m| m.by_code_addr(state.ip)) {
             return match module.orc.as_ref().and_then(|t| t.lookup(KernelAddr(at))) {
                 Some(o) if o.kind == OrcType::EndOfStack => Step::End,
-                _ if !is_kernel(state.sp) => bad_sp(),
+                _ if !self.space.is_kernel(state.sp) => bad_sp(),
                 Some(o) if orc_usable(&o) => self.orc_step(&o, state, stack).await,
                 Some(o) if o.kind != OrcType::Undefined => {
                     Step::Stop(StopReason::UnsupportedOrc { pc: state.ip, entry: o })
@@ -499,7 +501,7 @@ impl Unwinder {
                 Some(caller) => Step::Next(caller),
                 None => Step::End,
             },
-            _ if !is_kernel(state.sp) => bad_sp(),
+            _ if !self.space.is_kernel(state.sp) => bad_sp(),
             Some(o) if orc_usable(&o) => self.orc_step(&o, state, stack).await,
             // No (usable) ORC data here: try the DWARF CFI.
             _ => match kernel.vmlinux().cfi(lookup) {
@@ -595,7 +597,7 @@ impl Unwinder {
                 }
             }
         }
-        let kind = if is_kernel(ip) { FrameKind::Interrupted } else { FrameKind::User };
+        let kind = if self.space.is_kernel(ip) { FrameKind::Interrupted } else { FrameKind::User };
         // A signal frame's pc is the interrupted instruction; otherwise
         // (e.g. a pt_regs built by a call) a return address.
         Ok(Caller { regs, kind, regs_at: Some(at), return_address: !orc.signal })
@@ -648,7 +650,7 @@ impl Unwinder {
     /// whether a module holds `pc`.
     async fn know_module<T: Target>(&mut self, kernel: &Kernel, target: &mut T, pc: u64) -> bool {
         let known = |m: &Option<Modules>| m.as_ref().is_some_and(|m| m.by_code_addr(pc).is_some());
-        if !known(&self.modules) && (MODULES_START..MODULES_END).contains(&pc) {
+        if !known(&self.modules) && self.space.is_module(pc) {
             if self.modules_read_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
                 return false;
             }
@@ -716,6 +718,7 @@ mod tests {
             symbolized: HashMap::new(),
             modules: None,
             modules_read_at: None,
+            space: AddressSpace::minimal(PagingLevels::Four, (0xffff_ffff_8000_0000, 0xffff_ffff_c000_0000)),
         }
     }
 
@@ -749,9 +752,9 @@ mod tests {
 
     #[test]
     fn stop_reasons_say_why() {
-        let r = StopReason::OutsideKernelText { pc: 0xffff_ffff_c012_3456 };
+        let r = StopReason::OutsideKernelText { pc: 0xffff_ffff_c012_3456, in_module_area: true };
         assert!(r.to_string().contains("in no loaded module's code"), "{r}");
-        let r = StopReason::OutsideKernelText { pc: 0xffff_8880_0012_3456 };
+        let r = StopReason::OutsideKernelText { pc: 0xffff_8880_0012_3456, in_module_area: false };
         assert_eq!(r.to_string(), "pc 0xffff888000123456 is outside the kernel's code");
         let r = StopReason::UserReturnAddress { pc: 0x246 };
         assert!(r.to_string().contains("no pt_regs frame"), "{r}");

@@ -57,7 +57,7 @@ async fn collect(
     module_debug: &ModuleDebugDir,
     unwinder: &mut Unwinder,
 ) -> Result<(Kernel, Vec<CpuBacktrace>), TraceError> {
-    let kernel = Kernel::attach(session, vmlinux).await?.with_module_debug(module_debug);
+    let kernel = Kernel::attach_stub(session, vmlinux).await?.with_module_debug(module_debug);
     let cpus = backtrace_cpus(session, &kernel, unwinder).await?;
     Ok((kernel, cpus))
 }
@@ -76,9 +76,9 @@ pub async fn backtrace_cpus(
         let Some(cpu) = cpu_of_thread(&tid) else { continue };
         session.set_thread(ThreadOp::General, tid).await?;
         let regs = glayout.decode(&session.read_registers().await?);
-        let task = kernel.current_task(session, cpu).await?;
-        let task = kernel.task_info(session, task).await?;
-        let backtrace = unwinder.unwind(kernel, session, regs).await;
+        let task = kernel.current_task(&mut kernel.memory(session), cpu).await?;
+        let task = kernel.task_info(&mut kernel.memory(session), task).await?;
+        let backtrace = unwinder.unwind(kernel, &mut kernel.memory(session), regs).await;
         out.push(CpuBacktrace { cpu, task, backtrace });
     }
     Ok(out)

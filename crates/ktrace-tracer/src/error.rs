@@ -1,4 +1,4 @@
-use ktrace_kernel::KernelError;
+use ktrace_kernel::{KernelError, MemoryError, StubMemoryError};
 use ktrace_rsp::{RspError, StopReply, ThreadId};
 use ktrace_symbols::SymbolError;
 
@@ -11,7 +11,7 @@ pub enum TraceError {
     Rsp(#[from] RspError),
     /// Reading the kernel failed.
     #[error(transparent)]
-    Kernel(#[from] KernelError<RspError>),
+    Kernel(#[from] KernelError<StubMemoryError>),
     /// The vmlinux could not answer.
     #[error(transparent)]
     Symbols(#[from] SymbolError),
@@ -37,6 +37,21 @@ pub enum TraceError {
     /// The background task running a [`crate::HitStream`] panicked or was aborted.
     #[error("the trace task failed: {0}")]
     TaskFailed(String),
+}
+
+impl From<KernelError<RspError>> for TraceError {
+    fn from(e: KernelError<RspError>) -> TraceError {
+        TraceError::Kernel(e.map_target(MemoryError::Target))
+    }
+}
+
+impl From<StubMemoryError> for TraceError {
+    fn from(e: StubMemoryError) -> TraceError {
+        match e {
+            MemoryError::Target(e) => TraceError::Rsp(e),
+            other => TraceError::Kernel(KernelError::Target(other)),
+        }
+    }
 }
 
 /// Why [`TraceError::GuestGone`]: what a caller can tell apart.

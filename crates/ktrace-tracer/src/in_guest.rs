@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use ktrace_kernel::trampoline::{self, FilterData, Plan, Refusal, Region, Trampoline, MAX_CPUS};
-use ktrace_kernel::{CpuId, Kernel, KernelError, TaskRef};
+use ktrace_kernel::{CpuId, Kernel, KernelError, TaskRef, Target};
 use ktrace_rsp::{BreakpointKind, Resume, Session, StubAddr, ThreadId, ThreadOp};
 use ktrace_symbols::Vmlinux;
 
@@ -95,19 +95,19 @@ pub(crate) async fn install(
     };
     // A trampoline a killed ktrace left: its sites hold calls, not the
     // ftrace NOP; put them back before looking at the sites.
-    if let Some((_, r)) = trampoline::restore_left_behind(session, &plan).await? {
+    if let Some((_, r)) = trampoline::restore_left_behind(&mut kernel.memory(session), &plan).await? {
         report.left_behind = r.restored.len();
     }
     // The body reads per-CPU data through %gs as the kernel does: check
     // that %gs's base is the per-CPU base ktrace read from __per_cpu_offset.
     let cpu0 = CpuId(0);
-    let gs = kernel.percpu_base_from_registers(session, cpu0).await?;
+    let gs = kernel.percpu_base_from_registers(&mut kernel.memory(session), cpu0).await?;
     if Some(gs) != kernel.percpu_base(cpu0) {
         let r = Refusal::Percpu(format!("CPU 0's gs base 0x{gs:x} is not its __per_cpu_offset"));
         return refused(report, r);
     }
     let vm = kernel.vmlinux();
-    let ftrace_sites = vm.ftrace_sites().map_err(KernelError::from)?;
+    let ftrace_sites = vm.ftrace_sites().map_err(TraceError::from)?;
     let mut sites = Vec::new();
     let mut moved = Vec::new();
     for (i, &(addr, loc)) in addrs.iter().enumerate() {
@@ -125,7 +125,7 @@ pub(crate) async fn install(
     if sites.is_empty() {
         return Ok(None);
     }
-    match trampoline::install(session, &plan, &data, &sites).await {
+    match trampoline::install(&mut kernel.memory(session), &plan, &data, &sites).await {
         Ok(tr) => {
             report.trampoline = Some(plan.region.base);
             report.patched = tr.sites.len();
@@ -156,7 +156,7 @@ async fn site_of(
         let why = "not a function's first instruction (only function entries have an ftrace NOP)".into();
         return Ok(Err(Refusal::Site { func: loc.spec.clone(), why }));
     }
-    let live = session.read_memory(addr, 16).await?;
+    let live = kernel.memory(session).read_memory(addr, 16).await?;
     Ok(trampoline::ftrace_site(&loc.spec, addr, &live, in_vmlinux.then_some((vm, ftrace_sites, link))))
 }
 
@@ -164,10 +164,11 @@ async fn site_of(
 /// out, before the breakpoints go.
 pub(crate) async fn restore_sites(
     session: &mut Session,
+    kernel: &Kernel,
     ig: &InGuest,
     report: &mut InGuestReport,
 ) -> Result<(), TraceError> {
-    let r = trampoline::restore_sites(session, &ig.plan.region, &ig.trampoline.header()).await?;
+    let r = trampoline::restore_sites(&mut kernel.memory(session), &ig.plan.region, &ig.trampoline.header()).await?;
     report.restored += r.restored.len();
     for (site, bytes) in r.foreign {
         report.fallbacks.push(format!("0x{site:x} holds {bytes:02x?}, not ktrace's call: left alone"));
@@ -179,7 +180,11 @@ pub(crate) async fn restore_sites(
 /// run briefly so that any CPU inside the trampoline leaves it, checks that
 /// no CPU is in it, and erases it. Returns the stopped session and whether
 /// it was erased (else it stays: dead code with no `int3`).
-pub(crate) async fn drain_and_erase(mut session: Session, region: &Region) -> Result<(Session, bool), TraceError> {
+pub(crate) async fn drain_and_erase(
+    mut session: Session,
+    kernel: &Kernel,
+    region: &Region,
+) -> Result<(Session, bool), TraceError> {
     for _ in 0..DRAIN_ROUNDS {
         // A CPU stopped on a hit `nop` stays there when continued (QEMU
         // reports the stop again, also once its client is gone): step it
@@ -190,8 +195,9 @@ pub(crate) async fn drain_and_erase(mut session: Session, region: &Region) -> Re
         let (s, stop) = running.interrupt().await?;
         tracing::debug!(?stop, "drained");
         session = s;
+        kernel.resumed();
         if !any_cpu_inside(&mut session, region).await? {
-            trampoline::erase(&mut session, region).await?;
+            trampoline::erase(&mut kernel.memory(&mut session), region).await?;
             return Ok((session, true));
         }
     }
@@ -253,13 +259,14 @@ pub async fn restore_left_behind(
     let (mut session, _) = Session::connect(addr, client).await?;
     let result = restore_in(&mut session, vmlinux).await;
     match result {
-        Ok((outcome, region)) => {
-            let (session, erased) = match region {
-                Some(region) => drain_and_erase(session, &region).await?,
-                None => (session, false),
-            };
+        Ok((outcome, Some((kernel, region)))) => {
+            let (session, erased) = drain_and_erase(session, &kernel, &region).await?;
             session.detach().await?;
             Ok(RestoreOutcome { erased, ..outcome })
+        }
+        Ok((outcome, None)) => {
+            session.detach().await?;
+            Ok(outcome)
         }
         Err(e) => {
             let _ = session.detach().await;
@@ -271,11 +278,13 @@ pub async fn restore_left_behind(
 async fn restore_in(
     session: &mut Session,
     vmlinux: std::sync::Arc<Vmlinux>,
-) -> Result<(RestoreOutcome, Option<Region>), TraceError> {
-    let kernel = Kernel::attach(session, vmlinux).await?;
+) -> Result<(RestoreOutcome, Option<(Kernel, Region)>), TraceError> {
+    let kernel = Kernel::attach_stub(session, vmlinux).await?;
     let none = RestoreOutcome { trampoline: None, restored: Vec::new(), foreign: Vec::new(), erased: false };
     let Ok(plan) = Plan::for_kernel(&kernel) else { return Ok((none, None)) };
-    let Some((region, r)) = trampoline::restore_left_behind(session, &plan).await? else { return Ok((none, None)) };
+    let Some((region, r)) = trampoline::restore_left_behind(&mut kernel.memory(session), &plan).await? else {
+        return Ok((none, None));
+    };
     // QEMU keeps the breakpoints of a client that went away without
     // detaching: a CPU would stop on a hit `nop` for good during the drain.
     for slot in 0..trampoline::SLOTS {
@@ -291,7 +300,7 @@ async fn restore_in(
     };
     // With a site someone else patched still pointing at it, it must stay.
     let erasable = outcome.foreign.is_empty();
-    Ok((outcome, erasable.then_some(region)))
+    Ok((outcome, erasable.then_some((kernel, region))))
 }
 
 #[cfg(test)]

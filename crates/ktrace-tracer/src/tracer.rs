@@ -4,7 +4,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ktrace_kernel::{cpu_of_thread, le_u64, CurrentTask, Kernel, TaskIdent, TaskRef};
+use ktrace_kernel::{cpu_of_thread, le_u64, CurrentTask, Kernel, TaskIdent, TaskRef, Target};
 use ktrace_rsp::{Batch, BreakpointKind, Resume, RspError, Session, StopReply, StubAddr, ThreadId};
 use ktrace_symbols::Vmlinux;
 use tokio_util::sync::CancellationToken;
@@ -131,7 +131,7 @@ impl Tracer {
             Ok(p) if locations.iter().any(|l| !l.is_resolved()) => {
                 // Functions the vmlinux lacks: look in the loaded modules.
                 let session = session.as_mut().ok_or_else(gone)?;
-                match p.0.modules(session).await {
+                match p.0.modules(&mut p.0.memory(session)).await {
                     Ok(modules) => {
                         let resolved = location::resolve_in_modules(&mut locations, &modules);
                         // The backtraces of the first hits need not read them again.
@@ -183,7 +183,7 @@ impl Tracer {
     ) -> Result<(Kernel, GLayout, Option<TaskRef>), TraceError> {
         let session = slot.as_mut().ok_or_else(gone)?;
         let glayout = GLayout::new(session.register_map())?;
-        let kernel = Kernel::attach(session, vmlinux).await?.with_module_debug(&cfg.module_debug);
+        let kernel = Kernel::attach_stub(session, vmlinux).await?.with_module_debug(&cfg.module_debug);
         for cpu in &cfg.filter.cpus {
             if cpu.0 as usize >= kernel.cpu_count() {
                 return Err(TraceError::Config(format!(
@@ -199,7 +199,7 @@ impl Tracer {
         };
         let session = slot.as_mut().ok_or_else(gone)?;
         if target_task.is_none() && (cfg.filter.tgid.is_some() || cfg.filter.comm.is_some()) && !cfg.wait_for_task {
-            let tasks = kernel.tasks(session).await?;
+            let tasks = kernel.tasks(&mut kernel.memory(session)).await?;
             if !tasks.iter().any(|t| cfg.filter.matches_task(t)) {
                 return Err(TraceError::NoSuchTask(format!(
                     "no task in the guest matches {} (use --wait to wait for one)",
@@ -217,7 +217,7 @@ impl Tracer {
         wait: bool,
     ) -> Result<Option<TaskRef>, TraceError> {
         let session = slot.as_mut().ok_or_else(gone)?;
-        match kernel.find_task_by_pid(session, pid).await {
+        match kernel.find_task_by_pid(&mut kernel.memory(session), pid).await {
             Ok(t) => Ok(Some(t.task)),
             // `run` waits for it (cancellably) before inserting breakpoints.
             Err(ktrace_kernel::KernelError::NoSuchTask(_)) if wait => Ok(None),
@@ -237,7 +237,7 @@ impl Tracer {
         cancel: &CancellationToken,
     ) -> Result<Session, Failed> {
         loop {
-            match self.kernel.find_task_by_pid(&mut session, pid).await {
+            match self.kernel.find_task_by_pid(&mut self.kernel.memory(&mut session), pid).await {
                 Ok(t) => {
                     self.target_task = Some(t.task);
                     return Ok(session);
@@ -256,7 +256,7 @@ impl Tracer {
     /// a loaded module (`--wait`), reading the module list again each time.
     async fn wait_for_modules(&mut self, mut session: Session, cancel: &CancellationToken) -> Result<Session, Failed> {
         loop {
-            let modules = self.kernel.modules(&mut session).await.map_err(|e| (e.into(), None))?;
+            let modules = self.kernel.modules(&mut self.kernel.memory(&mut session)).await.map_err(|e| (e.into(), None))?;
             let resolved = location::resolve_in_modules(&mut self.locations, &modules).is_ok();
             self.unwinder.know_modules(modules);
             if resolved {
@@ -288,6 +288,7 @@ impl Tracer {
             _ = cancel.cancelled() => { self.cancelled_while_waiting = true; }
         }
         let (session, _) = running.interrupt().await.map_err(|e| (e.into(), None))?;
+        self.kernel.resumed();
         Ok(session)
     }
 
@@ -365,7 +366,7 @@ impl Tracer {
     async fn take_out(&mut self, mut session: Session, error: &mut Option<TraceError>) -> Option<Session> {
         let in_guest = self.in_guest.take();
         if let Some(ig) = &in_guest {
-            if let Err(e) = in_guest::restore_sites(&mut session, ig, &mut self.in_guest_report).await {
+            if let Err(e) = in_guest::restore_sites(&mut session, &self.kernel, ig, &mut self.in_guest_report).await {
                 error.get_or_insert(e);
                 drop(session);
                 self.in_guest = in_guest;
@@ -379,7 +380,7 @@ impl Tracer {
         }
         let Some(ig) = &in_guest else { return Some(session) };
         match self.cfg.release {
-            GuestRelease::Resume => match in_guest::drain_and_erase(session, &ig.plan.region).await {
+            GuestRelease::Resume => match in_guest::drain_and_erase(session, &self.kernel, &ig.plan.region).await {
                 Ok((session, erased)) => {
                     self.in_guest_report.erased = erased;
                     Some(session)
@@ -498,6 +499,7 @@ impl Tracer {
                 Some(Err(e)) => return Err((guest_gone(e), None)),
             };
             session = s;
+            self.kernel.resumed();
             let thread = match &stop {
                 // Only SIGTRAP is a breakpoint; anything else (an interrupt) just resumes.
                 StopReply::Signal { signal, .. } if *signal != ktrace_rsp::SIGTRAP => {
@@ -570,7 +572,7 @@ impl Tracer {
                 self.insert(session, i, kind).await?;
                 continue;
             }
-            let code = session.read_memory(addr, 16).await?;
+            let code = self.kernel.memory(session).read_memory(addr, 16).await?;
             self.armed[i].past = match (self.cfg.resume, ktrace_kernel::x86::insn::nop_length(&code)) {
                 (ResumeMode::Auto, Some(n)) => Past::Skip(n),
                 (ResumeMode::Auto | ResumeMode::Step, _) => Past::Step { probed: false },
@@ -615,7 +617,17 @@ impl Tracer {
         let mut batch = Batch::new();
         let rip = batch.read_register(self.glayout.rip_regnum);
         let current = if wants_task { self.kernel.current_task_reads(cpu, self.target_task) } else { None };
-        let reads: Vec<_> = current.iter().flat_map(|c| c.ranges()).map(|&(a, l)| batch.read_memory(a, l)).collect();
+        let ranges: Vec<(u64, usize)> = current.iter().flat_map(|c| c.ranges()).copied().collect();
+        // Through the kernel's page tables: per-CPU data and task structs lie
+        // in fixed mappings, so their translation is cached and costs nothing.
+        let pieces: Vec<Vec<(u64, usize)>> = match self.kernel.translation() {
+            Some(t) => t.pieces(session, &ranges).await?.into_iter().collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        let reads: Vec<Vec<_>> = match self.kernel.translation() {
+            Some(_) => pieces.iter().map(|p| p.iter().map(|&(a, l)| batch.read_physical(a, l)).collect()).collect(),
+            None => ranges.iter().map(|&(a, l)| vec![batch.read_memory(a, l)]).collect(),
+        };
         let mut replies = session.run_batch(&batch).await?;
         let rip = replies.register_u64(rip)?;
         let Some(bp) = self.armed.iter().position(|a| a.addr == rip) else {
@@ -625,7 +637,10 @@ impl Tracer {
         stats.seen += 1;
         let matched_task = match current {
             Some(current) => {
-                let bytes = reads.into_iter().map(|r| replies.memory(r)).collect::<Result<Vec<_>, _>>()?;
+                let bytes = reads
+                    .into_iter()
+                    .map(|range| range.into_iter().map(|r| replies.memory(r)).collect::<Result<Vec<_>, _>>().map(|b| b.concat()))
+                    .collect::<Result<Vec<_>, _>>()?;
                 self.match_task(session, current.decode(&bytes)).await?
             }
             None => None,
@@ -645,7 +660,7 @@ impl Tracer {
                     regs.ip = pc;
                     regs.sp += 8;
                 }
-                Some(self.unwinder.unwind(&self.kernel, session, regs).await)
+                Some(self.unwinder.unwind(&self.kernel, &mut self.kernel.memory(session), regs).await)
             } else {
                 None
             };
@@ -685,10 +700,10 @@ impl Tracer {
             CurrentTask::Followed(_) => {
                 // The task exited and its task_struct was reused: look again.
                 let pid = self.cfg.filter.pid.unwrap_or(-1);
-                self.target_task = self.kernel.find_task_by_pid(session, pid).await.ok().map(|t| t.task);
+                self.target_task = self.kernel.find_task_by_pid(&mut self.kernel.memory(session), pid).await.ok().map(|t| t.task);
                 if let Some(ig) = &mut self.in_guest {
                     ig.filter.task = Some(self.target_task.map_or(0, |t| t.0));
-                    ktrace_kernel::trampoline::update_filter(session, &ig.plan.region, &ig.filter).await?;
+                    ktrace_kernel::trampoline::update_filter(&mut self.kernel.memory(session), &ig.plan.region, &ig.filter).await?;
                 }
                 Ok(None)
             }
