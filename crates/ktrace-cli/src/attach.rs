@@ -179,12 +179,12 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
     if !args.no_backtrace {
         warn_if_no_backtraces(&vm);
     }
-    let tracer = Tracer::attach(&stub, vm, cfg).await.map_err(|e| explain(&args.target.addr, e))?;
+    let tracer = Tracer::attach(&stub, vm, cfg).await.map_err(|e| explain(args.target.addr().unwrap_or(""), e))?;
     let kernel = tracer.kernel();
     let places: Vec<String> = tracer.locations().iter().map(|l| l.spec.clone()).collect();
     eprintln!(
         "ktrace: attached to {} ({}, {} CPUs, KASLR slide 0x{:x}); tracing {}{}",
-        args.target.addr,
+        args.target.addr().unwrap_or(""),
         kernel.release(),
         kernel.cpu_count(),
         kernel.slide(),
@@ -248,7 +248,7 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
                 eprintln!(
                     "ktrace: --in-guest: {} site(s) still call the trampoline (harmless); `ktrace restore {}` puts them back",
                     r.patched - r.restored,
-                    args.target.addr
+                    args.target.addr().unwrap_or("")
                 );
             }
         }

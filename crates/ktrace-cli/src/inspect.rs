@@ -4,20 +4,21 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use ktrace_kernel::{Kernel, KernelError, MemoryError, StubMemoryError};
-use ktrace_rsp::{ClientConfig, RspError, Session, StubAddr};
+use ktrace_kernel::{CpuState, Kernel, KernelError, MemoryError, Regs, TaskInfo, Unwinder};
+use ktrace_rsp::{ClientConfig, RspError, StubAddr};
 use ktrace_tracer::{BtConfig, GuestRelease, TraceError};
 
+use crate::source::{self, Source, SourceArgs};
 use crate::symcmd::open_vmlinux;
-use crate::{format, ModulesArg, UsageError, VmlinuxArg};
+use crate::{format, with_memory, ModulesArg, UsageError, VmlinuxArg};
 
 /// Where the stub is and which vmlinux to read it with.
 #[derive(Args, Debug, Clone)]
 pub struct TargetArgs {
-    /// The gdb stub: `:1234`, `host:port` or `unix:PATH`.
-    pub addr: String,
+    /// The gdb stub: `:1234`, `host:port` or `unix:PATH` (not needed with `--core`).
+    pub addr: Option<String>,
     #[command(flatten)]
     pub vmlinux: VmlinuxArg,
     /// JSON instead of text.
@@ -33,9 +34,15 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
+    /// The stub address as given.
+    pub fn addr(&self) -> Result<&str> {
+        self.addr.as_deref().ok_or_else(|| UsageError("give the gdb stub's address (:PORT, HOST:PORT or unix:PATH)".into()).into())
+    }
+
     pub fn stub(&self) -> Result<StubAddr> {
-        self.addr.parse().map_err(|e| {
-            UsageError(format!("{}: not a stub address (use :PORT, HOST:PORT or unix:PATH): {e}", self.addr)).into()
+        let addr = self.addr()?;
+        addr.parse().map_err(|e| {
+            UsageError(format!("{addr}: not a stub address (use :PORT, HOST:PORT or unix:PATH): {e}")).into()
         })
     }
 
@@ -59,7 +66,18 @@ pub struct BtArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
     pub modules: ModulesArg,
+}
+
+/// `ps`, `info`, `lsmod`, `dmesg`: a target, read through the stub, live or from a dump.
+#[derive(Args, Debug, Clone)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 /// Turns an error from connecting or matching the kernel into a message that
@@ -75,7 +93,7 @@ pub fn explain(addr: &str, err: TraceError) -> anyhow::Error {
     }
 }
 
-fn explain_rsp(addr: &str, err: RspError) -> anyhow::Error {
+pub fn explain_rsp(addr: &str, err: RspError) -> anyhow::Error {
     match err {
         RspError::Io(ref io) if io.kind() == std::io::ErrorKind::ConnectionRefused => UsageError(format!(
             "nothing is listening at {addr}: start QEMU with -s (port 1234) or -gdb tcp::PORT, and check the port"
@@ -93,37 +111,15 @@ fn explain_rsp(addr: &str, err: RspError) -> anyhow::Error {
     }
 }
 
-/// Connects and matches the kernel; on failure the guest is detached.
-async fn attach(args: &TargetArgs) -> Result<(Session, Kernel)> {
-    let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
-    let stub = args.stub()?;
-    let (mut session, _) = Session::connect(&stub, args.client()).await.map_err(|e| explain_rsp(&args.addr, e))?;
-    match Kernel::attach_stub(&mut session, vm).await {
-        Ok(kernel) => Ok((session, kernel)),
-        Err(e) => {
-            let _ = session.detach().await;
-            Err(explain(&args.addr, e.into()))
-        }
+pub async fn ps(read: ReadArgs) -> Result<ExitCode> {
+    let args = &read.target;
+    let (mut source, kernel) = source::open(args, &read.source).await?;
+    let live = source.is_live();
+    let result = list_tasks(&mut source, &kernel, live).await;
+    let (tasks, cpus, consistent) = source::finish(source, args, result).await?;
+    if !consistent {
+        eprintln!("ktrace: the task list changed while it was read (the guest runs): this listing may be inconsistent");
     }
-}
-
-async fn finish<T>(session: Session, release: GuestRelease, result: Result<T, KernelError<StubMemoryError>>) -> Result<T> {
-    let detached = release.release(session).await;
-    let value = result?;
-    detached.context("detaching (the guest may still be paused)")?;
-    Ok(value)
-}
-
-pub async fn ps(args: TargetArgs) -> Result<ExitCode> {
-    let (mut session, kernel) = attach(&args).await?;
-    let result = async {
-        let mut mem = kernel.memory(&mut session);
-        let tasks = kernel.tasks(&mut mem).await?;
-        let cpus = kernel.cpu_states(&mut mem).await?;
-        Ok((tasks, cpus))
-    }
-    .await;
-    let (tasks, cpus) = finish(session, args.release(), result).await?;
     let cpu_of = |t: &ktrace_kernel::TaskInfo| cpus.iter().find(|c| c.current.task == t.task).map(|c| c.cpu);
     if args.json {
         for t in &tasks {
@@ -150,10 +146,11 @@ pub async fn ps(args: TargetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn info(args: TargetArgs) -> Result<ExitCode> {
-    let (mut session, kernel) = attach(&args).await?;
-    let result = kernel.info(&mut kernel.memory(&mut session)).await;
-    let info = finish(session, args.release(), result).await?;
+pub async fn info(read: ReadArgs) -> Result<ExitCode> {
+    let args = &read.target;
+    let (mut source, kernel) = source::open(args, &read.source).await?;
+    let result = with_memory!(&mut source, kernel, |mem| kernel.info(&mut mem).await);
+    let info = source::finish(source, args, result).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
@@ -175,10 +172,11 @@ pub async fn info(args: TargetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn lsmod(args: TargetArgs) -> Result<ExitCode> {
-    let (mut session, kernel) = attach(&args).await?;
-    let result = kernel.module_list(&mut kernel.memory(&mut session)).await;
-    let modules = finish(session, args.release(), result).await?;
+pub async fn lsmod(read: ReadArgs) -> Result<ExitCode> {
+    let args = &read.target;
+    let (mut source, kernel) = source::open(args, &read.source).await?;
+    let result = with_memory!(&mut source, kernel, |mem| kernel.module_list(&mut mem).await);
+    let modules = source::finish(source, args, result).await?;
     if args.json {
         for m in &modules {
             println!("{}", serde_json::to_string(m)?);
@@ -196,7 +194,7 @@ pub async fn restore(args: TargetArgs) -> Result<ExitCode> {
     let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
     let stub = args.stub()?;
     let outcome =
-        ktrace_tracer::restore_left_behind(&stub, vm, args.client()).await.map_err(|e| explain(&args.addr, e))?;
+        ktrace_tracer::restore_left_behind(&stub, vm, args.client()).await.map_err(|e| explain(args.addr().unwrap_or(""), e))?;
     let Some(at) = outcome.trampoline else {
         println!("no ktrace trampoline in the guest; nothing to restore");
         return Ok(ExitCode::SUCCESS);
@@ -216,12 +214,16 @@ pub async fn restore(args: TargetArgs) -> Result<ExitCode> {
 
 pub async fn bt(bt: BtArgs) -> Result<ExitCode> {
     let args = &bt.target;
+    if bt.source.live || bt.source.core.is_some() {
+        return bt_without_stub(&bt).await;
+    }
     let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
     warn_if_no_backtraces(&vm);
     let stub = args.stub()?;
     let cfg =
         BtConfig { client: args.client(), max_frames: 64, release: args.release(), module_debug: bt.modules.dir() };
-    let (kernel, cpus) = ktrace_tracer::backtrace_all_cpus(&stub, vm, cfg).await.map_err(|e| explain(&args.addr, e))?;
+    let (kernel, cpus) =
+        ktrace_tracer::backtrace_all_cpus(&stub, vm, cfg).await.map_err(|e| explain(args.addr().unwrap_or(""), e))?;
     if args.json {
         for c in &cpus {
             println!("{}", serde_json::to_string(c)?);
@@ -242,4 +244,75 @@ pub fn warn_if_no_backtraces(vm: &ktrace_symbols::Vmlinux) {
     if let Err(e @ ktrace_symbols::SymbolError::BadOrc { .. }) = vm.orc() {
         eprintln!("ktrace: warning: backtraces are off: {e}");
     }
+}
+
+/// Every task and what each CPU runs. A running guest (`live`) is read
+/// until two walks agree (at most three times); `false` when they never did.
+async fn list_tasks(source: &mut Source, kernel: &Kernel, live: bool) -> Result<(Vec<TaskInfo>, Vec<CpuState>, bool)> {
+    let key = |tasks: &[TaskInfo]| tasks.iter().map(|t| (t.task, t.pid)).collect::<Vec<_>>();
+    let mut last: Option<Vec<TaskInfo>> = None;
+    for _ in 0..if live { 3 } else { 1 } {
+        let tasks = with_memory!(&mut *source, kernel, |mem| kernel.tasks(&mut mem).await)?;
+        let cpus = with_memory!(&mut *source, kernel, |mem| kernel.cpu_states(&mut mem).await)?;
+        if !live || last.as_ref().is_some_and(|l| key(l) == key(&tasks)) {
+            return Ok((tasks, cpus, true));
+        }
+        last = Some(tasks);
+    }
+    let tasks = last.unwrap_or_default();
+    let cpus = with_memory!(&mut *source, kernel, |mem| kernel.cpu_states(&mut mem).await)?;
+    Ok((tasks, cpus, false))
+}
+
+/// `ktrace dmesg`: the kernel log.
+pub async fn dmesg(read: ReadArgs) -> Result<ExitCode> {
+    let args = &read.target;
+    let (mut source, kernel) = source::open(args, &read.source).await?;
+    let result = with_memory!(&mut source, kernel, |mem| kernel.log(&mut mem).await);
+    let log = source::finish(source, args, result).await?;
+    for r in &log.records {
+        if args.json {
+            println!("{}", serde_json::to_string(r)?);
+        } else {
+            println!("{}", r.line());
+        }
+    }
+    if log.torn > 0 {
+        eprintln!("ktrace: {} record(s) changed while they were read (the guest runs) and are left out", log.torn);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bt --core` (every CPU's stack at the dump) and `bt --live` (what every
+/// CPU runs: a running CPU's registers need a stop, so no stacks).
+async fn bt_without_stub(bt: &BtArgs) -> Result<ExitCode> {
+    let args = &bt.target;
+    let (mut source, kernel) = source::open(args, &bt.source).await?;
+    let kernel = kernel.with_module_debug(&bt.modules.dir());
+    let states = with_memory!(&mut source, kernel, |mem| kernel.cpu_states(&mut mem).await)?;
+    let mut unwinder = Unwinder::new(kernel.vmlinux())?.with_max_frames(64);
+    if !args.json {
+        println!("{} ({} CPUs)", kernel.release(), kernel.cpu_count());
+    }
+    for state in &states {
+        let t = &state.current;
+        let backtrace = match &mut source {
+            Source::Core(core) => {
+                let regs = Regs::read_from(core, state.cpu).await?;
+                Some(unwinder.unwind(&kernel, &mut kernel.memory(core), regs).await)
+            }
+            _ => None,
+        };
+        if args.json {
+            let v = serde_json::json!({ "cpu": state.cpu, "task": t, "backtrace": backtrace, "running": backtrace.is_none() });
+            println!("{v}");
+            continue;
+        }
+        println!("\ncpu {}: pid {} tgid {} comm {}", state.cpu, t.pid, t.tgid, t.comm);
+        match backtrace {
+            Some(b) => print!("{}", format::backtrace(&b)),
+            None => println!("    (running: its registers need a stop; use `ktrace bt` without --live)"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

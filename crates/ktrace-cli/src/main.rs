@@ -3,6 +3,7 @@
 mod attach;
 mod format;
 mod inspect;
+mod source;
 mod symcmd;
 
 use std::path::PathBuf;
@@ -28,11 +29,13 @@ enum Command {
     /// Stop the guest once, print every CPU's backtrace and current task, resume.
     Bt(inspect::BtArgs),
     /// List every task (like `ps`/`lx-ps`).
-    Ps(inspect::TargetArgs),
+    Ps(inspect::ReadArgs),
     /// Kernel release, KASLR slide, CPUs and what each runs.
-    Info(inspect::TargetArgs),
+    Info(inspect::ReadArgs),
     /// List the loaded kernel modules: name, size, state, base (like `lsmod`/`lx-lsmod`).
-    Lsmod(inspect::TargetArgs),
+    Lsmod(inspect::ReadArgs),
+    /// The kernel log, from the printk ring buffer (like `dmesg`/`lx-dmesg`).
+    Dmesg(inspect::ReadArgs),
     /// Remove what a killed `ktrace attach --in-guest` left in the guest: put
     /// the ftrace NOPs back and erase its trampoline.
     Restore(inspect::TargetArgs),
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
             Command::Ps(args) => inspect::ps(args).await,
             Command::Info(args) => inspect::info(args).await,
             Command::Lsmod(args) => inspect::lsmod(args).await,
+            Command::Dmesg(args) => inspect::dmesg(args).await,
             Command::Restore(args) => inspect::restore(args).await,
             Command::Sym(args) => symcmd::sym(args).await,
             Command::Layout(args) => symcmd::layout(args),

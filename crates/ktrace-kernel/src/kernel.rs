@@ -264,6 +264,11 @@ impl Kernel {
         GuestMemory::new(target, self.translation.as_deref())
     }
 
+    /// The kernel log (`dmesg`), from the printk ring buffer.
+    pub async fn log<T: Target>(&self, target: &mut T) -> Result<crate::printk::KernelLog, KernelError<T::Error>> {
+        crate::printk::read_log(target, &self.vmlinux, self.slide).await
+    }
+
     /// The guest ran: translations outside the fixed mappings are walked again.
     pub fn resumed(&self) {
         if let Some(t) = &self.translation {

@@ -29,6 +29,7 @@ mod kaslr;
 mod kernel;
 mod layout;
 pub mod memory;
+mod printk;
 mod module;
 mod module_debug;
 mod module_sections;
@@ -45,6 +46,7 @@ pub mod x86;
 pub use current::{CurrentTask, CurrentTaskReads};
 pub use error::KernelError;
 pub use kernel::{CpuState, Kernel, KernelInfo};
+pub use printk::{KernelLog, LogRecord};
 pub use memory::{GuestMemory, MemoryError, PhysicalMemory, Translation};
 pub use layout::{CurrentTaskVar, KernelLayout, PercpuOffset, PercpuSection, PercpuVar};
 pub use module::{

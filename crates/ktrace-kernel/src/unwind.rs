@@ -40,6 +40,25 @@ pub struct Regs {
     pub r13: u64,
 }
 
+impl Regs {
+    /// A CPU's registers by name, from any target (a stub, a dump).
+    pub async fn read_from<T: Target>(target: &mut T, cpu: crate::CpuId) -> Result<Regs, T::Error> {
+        let mut r = Regs::default();
+        for (field, name) in [
+            (&mut r.ip, "rip"),
+            (&mut r.sp, "rsp"),
+            (&mut r.bp, "rbp"),
+            (&mut r.di, "rdi"),
+            (&mut r.dx, "rdx"),
+            (&mut r.r10, "r10"),
+            (&mut r.r13, "r13"),
+        ] {
+            *field = target.read_register(cpu, name).await?;
+        }
+        Ok(r)
+    }
+}
+
 /// How a frame was reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

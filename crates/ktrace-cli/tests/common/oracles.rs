@@ -14,11 +14,24 @@ const DRGN_ORACLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../ktrace-testgu
 /// command reads the same state (and its detach resumes the guest).
 /// `None` only outside CI when drgn is not installed.
 pub fn pause_and_ask_drgn(guest: &Guest, qmp: &mut Qmp) -> Option<Value> {
-    qmp.stop().expect("QMP stop");
-    let dump: PathBuf = std::env::temp_dir().join(format!("ktrace-e2e-dump-{}.elf", guest.port()));
-    qmp.dump_guest_memory(&dump).expect("dump-guest-memory");
-    let out = Command::new("python3").arg(DRGN_ORACLE).arg(&dump).arg(guest.vmlinux()).output();
+    let dump = pause_and_dump(guest, qmp);
+    let answer = ask_drgn(&dump, guest.vmlinux());
     let _ = std::fs::remove_file(&dump);
+    answer
+}
+
+/// Pauses the guest and dumps its memory to a file of its own (the guest
+/// stays paused: `qmp.cont()` resumes it).
+pub fn pause_and_dump(guest: &Guest, qmp: &mut Qmp) -> PathBuf {
+    qmp.stop().expect("QMP stop");
+    let dump: PathBuf = std::env::temp_dir().join(format!("ktrace-e2e-core-{}.elf", guest.port()));
+    qmp.dump_guest_memory(&dump).expect("dump-guest-memory");
+    dump
+}
+
+/// drgn's view of a dump (see `assets/drgn_oracle.py`); `None` outside CI when drgn is missing.
+pub fn ask_drgn(dump: &std::path::Path, vmlinux: &std::path::Path) -> Option<Value> {
+    let out = Command::new("python3").arg(DRGN_ORACLE).arg(dump).arg(vmlinux).output();
     match out {
         Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout).expect("drgn oracle JSON")),
         Ok(o) if !in_ci() && String::from_utf8_lossy(&o.stderr).contains("No module named 'drgn'") => {

@@ -1,0 +1,178 @@
+//! `ps`, `info`, `lsmod`, `dmesg` without stopping the guest (`--live`:
+//! QEMU's RAM read from the host, mapped through `/proc/PID/maps` or QMP),
+//! and from a memory dump (`--core`), against the real guests on QEMU 7.2
+//! and 10.0.
+//!
+//! Oracles: the same command through the stub (the guest stopped), the
+//! serial console for `dmesg`, drgn on the same dump for `--core`, and the
+//! guest's heartbeats on the console for "the guest keeps running".
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::oracles::{ask_drgn, hex, json_lines, pause_and_dump};
+use ktrace_testguest::{test_guest, BootOptions, Guest, KernelSeries, Qmp, QemuBuild};
+use serde_json::Value;
+
+static ONE_GUEST: Mutex<()> = Mutex::new(());
+
+fn ktrace(guest: &Guest, args: &[&str]) -> String {
+    let out = common::ktrace().args(args).arg("--vmlinux").arg(guest.vmlinux()).output().expect("run ktrace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ktrace {args:?} failed ({}): {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "ktrace {args:?}: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Tasks by task pointer: (pid, tgid, comm).
+fn tasks(json: &str) -> BTreeMap<u64, (i64, i64, String)> {
+    json_lines(json)
+        .iter()
+        .map(|t| {
+            let comm = t["comm"].as_str().unwrap_or_default().to_string();
+            (hex(&t["task"]), (t["pid"].as_i64().unwrap(), t["tgid"].as_i64().unwrap(), comm))
+        })
+        .collect()
+}
+
+/// The console lines a record shows (levels the console prints: below 7).
+fn console_lines(records: &[Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in records.iter().filter(|r| r["level"].as_u64().unwrap() < 7) {
+        let ts = r["ts_nsec"].as_u64().unwrap();
+        let prefix = format!("[{:5}.{:06}] ", ts / 1_000_000_000, ts % 1_000_000_000 / 1000);
+        out.extend(r["text"].as_str().unwrap().split('\n').map(|l| format!("{prefix}{l}").trim_end().to_string()));
+    }
+    out
+}
+
+fn check(series: KernelSeries, qemu: QemuBuild) {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = BootOptions { kernel: series, qemu, qmp: true, testprogs: 2, ..BootOptions::default() };
+    let Some(guest) = test_guest(opts) else { return };
+    let addr = guest.addr();
+    let qmp_socket = guest.qmp_socket().expect("QMP socket").to_str().unwrap().to_string();
+
+    // ps --live, in a loop, while the guest makes progress.
+    let beats = guest.heartbeats();
+    let started = Instant::now();
+    let mut live = String::new();
+    for _ in 0..5 {
+        live = ktrace(&guest, &["ps", &addr, "--live", "--json"]);
+    }
+    let took = started.elapsed();
+    // The guest beats once a second: it ran all along.
+    std::thread::sleep(Duration::from_millis(1500));
+    let progressed = guest.heartbeats() - beats;
+    assert!(progressed as f64 >= took.as_secs_f64() - 1.0, "{progressed} heartbeats in {took:?} of ps --live");
+    let stopped = ktrace(&guest, &["ps", &addr, "--json"]);
+    let (live, stopped) = (tasks(&live), tasks(&stopped));
+    for &pid in guest.testprog_pids() {
+        assert!(live.values().any(|t| t.0 == pid as i64 && t.2 == "testprog"), "testprog {pid} in ps --live");
+    }
+    let same: Vec<_> = live.iter().filter(|(k, v)| stopped.get(k) == Some(v)).collect();
+    // Tasks that did not change are equal; short-lived ones (the init
+    // loop's sleeps) may come and go between the two reads.
+    assert!(same.len() + 4 >= stopped.len() && same.len() * 10 >= live.len() * 9, "live {live:?}\nstopped {stopped:?}");
+
+    // With QMP's memory map, and its check of the mapping.
+    let via_qmp = tasks(&ktrace(&guest, &["ps", &addr, "--live", "--qmp", &qmp_socket, "--json"]));
+    assert!(via_qmp.iter().filter(|(k, v)| stopped.get(k) == Some(v)).count() + 4 >= stopped.len());
+
+    // lsmod and info.
+    assert_eq!(
+        ktrace(&guest, &["lsmod", &addr, "--live", "--json"]),
+        ktrace(&guest, &["lsmod", &addr, "--json"]),
+        "lsmod --live equals lsmod"
+    );
+    let info: Value = serde_json::from_str(&ktrace(&guest, &["info", &addr, "--live", "--json"])).unwrap();
+    assert_eq!(info["release"], guest.release());
+    assert_eq!(info["cpus"].as_array().unwrap().len(), 2);
+
+    // dmesg: live and through the stub, each line on the console.
+    let console: std::collections::HashSet<String> =
+        guest.console().replace('\r', "").lines().map(|l| l.trim_end().to_string()).collect();
+    for args in [&["dmesg", &addr, "--live", "--json"][..], &["dmesg", &addr, "--json"][..]] {
+        let records = json_lines(&ktrace(&guest, args));
+        let lines = console_lines(&records);
+        assert!(lines.iter().any(|l| l.contains("Linux version")), "{args:?}: no banner in {} lines", lines.len());
+        let missing: Vec<&String> = lines.iter().filter(|l| !console.contains(*l)).collect();
+        assert!(missing.is_empty(), "{args:?}: {} of {} lines not on the console: {missing:?}", missing.len(), lines.len());
+    }
+
+    // --core against drgn on the same dump.
+    let mut qmp = Qmp::connect(guest.qmp_socket().unwrap()).expect("QMP");
+    let dump = pause_and_dump(&guest, &mut qmp);
+    let dump_s = dump.to_str().unwrap().to_string();
+    let core_ps = tasks(&ktrace(&guest, &["ps", "--core", &dump_s, "--json"]));
+    let core_lsmod = json_lines(&ktrace(&guest, &["lsmod", "--core", &dump_s, "--json"]));
+    let core_bt = json_lines(&ktrace(&guest, &["bt", "--core", &dump_s, "--json"]));
+    let core_dmesg = json_lines(&ktrace(&guest, &["dmesg", "--core", &dump_s, "--json"]));
+    let drgn = ask_drgn(&dump, guest.vmlinux());
+    let _ = std::fs::remove_file(&dump);
+    qmp.cont().expect("QMP cont");
+    assert!(console_lines(&core_dmesg).iter().all(|l| console.contains(l)));
+    if let Some(drgn) = drgn {
+        let theirs: BTreeMap<u64, (i64, i64, String)> = drgn["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let v = (t["pid"].as_i64().unwrap(), t["tgid"].as_i64().unwrap(), t["comm"].as_str().unwrap().to_string());
+                (t["task"].as_u64().unwrap(), v)
+            })
+            .collect();
+        for (task, t) in &theirs {
+            assert_eq!(core_ps.get(task), Some(t), "task 0x{task:x}: drgn {t:?}");
+        }
+        let names: Vec<(String, u64)> =
+            core_lsmod.iter().map(|m| (m["name"].as_str().unwrap().to_string(), hex(&m["base"]))).collect();
+        let drgn_names: Vec<(String, u64)> = drgn["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["name"].as_str().unwrap().to_string(), m["base"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(names, drgn_names, "lsmod --core equals drgn's modules");
+        for (ours, theirs) in core_bt.iter().zip(drgn["cpus"].as_array().unwrap()) {
+            assert_eq!(ours["task"]["pid"], theirs["pid"], "CPU {}: {ours} vs drgn {theirs}", theirs["cpu"]);
+            if !theirs["error"].is_null() {
+                continue;
+            }
+            let drgn_pcs: Vec<u64> = theirs["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| !f["inline"].as_bool().unwrap_or(false))
+                .map(|f| f["pc"].as_u64().unwrap())
+                .take_while(|&pc| pc >= 0xffff_8000_0000_0000)
+                .collect();
+            let our_pcs: Vec<u64> = ours["backtrace"]["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| hex(&f["pc"]))
+                .take_while(|&pc| pc >= 0xffff_8000_0000_0000)
+                .collect();
+            assert!(
+                our_pcs.starts_with(&drgn_pcs) || drgn_pcs.starts_with(&our_pcs) && our_pcs.len() + 1 >= drgn_pcs.len(),
+                "CPU {} bt --core: ktrace {our_pcs:x?} drgn {drgn_pcs:x?}",
+                theirs["cpu"]
+            );
+        }
+    }
+    common::assert_guest_healthy(&guest);
+}
+
+#[test]
+fn kernel_6_12_on_qemu_10() {
+    check(KernelSeries::V6_12, QemuBuild::V10_0);
+}
+
+#[test]
+fn kernel_7_on_qemu_7_2() {
+    check(KernelSeries::V7, QemuBuild::V7_2);
+}
