@@ -69,6 +69,10 @@ pub struct BtArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub modules: ModulesArg,
+    /// One task's stack: a sleeping task from the frame the scheduler
+    /// saved, a running one from its CPU's registers.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<i32>,
 }
 
 /// `ps`, `info`, `lsmod`, `dmesg`: a target, read through the stub, live or from a dump.
@@ -214,6 +218,9 @@ pub async fn restore(args: TargetArgs) -> Result<ExitCode> {
 
 pub async fn bt(bt: BtArgs) -> Result<ExitCode> {
     let args = &bt.target;
+    if let Some(pid) = bt.pid {
+        return bt_task(&bt, pid).await;
+    }
     if bt.source.live || bt.source.core.is_some() {
         return bt_without_stub(&bt).await;
     }
@@ -315,4 +322,57 @@ async fn bt_without_stub(bt: &BtArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ktrace bt --pid N`.
+async fn bt_task(bt: &BtArgs, pid: i32) -> Result<ExitCode> {
+    let args = &bt.target;
+    let (mut source, kernel) = source::open(args, &bt.source).await?;
+    let kernel = kernel.with_module_debug(&bt.modules.dir());
+    let result = task_backtrace(&mut source, &kernel, pid).await;
+    let (task, cpu, backtrace) = source::finish(source, args, result).await?;
+    if args.json {
+        println!("{}", serde_json::json!({ "task": task, "cpu": cpu, "backtrace": backtrace }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let at = match cpu {
+        Some(c) => format!("running on cpu {c}"),
+        None => "not running".to_string(),
+    };
+    println!("pid {} tgid {} comm {} ({at})", task.pid, task.tgid, task.comm);
+    match backtrace {
+        Some(b) => print!("{}", format::backtrace(&b)),
+        None => println!("    (running: its registers need a stop; use `ktrace bt --pid` without --live)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn task_backtrace(
+    source: &mut Source,
+    kernel: &Kernel,
+    pid: i32,
+) -> Result<(TaskInfo, Option<ktrace_kernel::CpuId>, Option<ktrace_kernel::Backtrace>)> {
+    let task = with_memory!(&mut *source, kernel, |mem| kernel.find_task_by_pid(&mut mem, pid).await)
+        .map_err(|e| UsageError(e.to_string()))?;
+    let cpus = with_memory!(&mut *source, kernel, |mem| kernel.cpu_states(&mut mem).await)?;
+    let cpu = cpus.iter().find(|c| c.current.task == task.task).map(|c| c.cpu);
+    let mut unwinder = Unwinder::new(kernel.vmlinux())?.with_max_frames(64);
+    let backtrace = match (cpu, &mut *source) {
+        (Some(_), Source::Live(_)) => None,
+        (Some(cpu), Source::Stub(s)) => {
+            let regs = Regs::read_from(s, cpu).await?;
+            Some(unwinder.unwind(kernel, &mut kernel.memory(s), regs).await)
+        }
+        (Some(cpu), Source::Core(c)) => {
+            let regs = Regs::read_from(c, cpu).await?;
+            Some(unwinder.unwind(kernel, &mut kernel.memory(c), regs).await)
+        }
+        (None, _) => {
+            let regs = with_memory!(&mut *source, kernel, |mem| kernel.saved_regs(&mut mem, task.task).await)?;
+            Some(with_memory!(&mut *source, kernel, |mem| Ok::<_, std::convert::Infallible>(
+                unwinder.unwind_saved(kernel, &mut mem, regs).await
+            ))?)
+        }
+    };
+    Ok((task, cpu, backtrace))
 }

@@ -207,3 +207,49 @@ fn ps_and_info_show_the_guest_and_leave_it_running() {
     assert_ne!(info["slide"], "0x0", "the guest booted with KASLR");
     assert!(guest.is_running(Duration::from_secs(20)), "ps/info left the guest stopped");
 }
+
+/// Page-table isolation forced on: at `entry_SYSCALL_64`, before the CR3
+/// switch, the CPU runs on the user page tables, which map no per-CPU data
+/// or task structs (GDB and the stub's own reads fail there). ktrace reads
+/// through the kernel's page tables, so the `--pid` filter and the
+/// backtrace work on every hit (QEMU 10.0).
+#[test]
+fn attach_at_the_syscall_entry_on_a_pti_guest() {
+    let opts = BootOptions {
+        testprogs: 2,
+        pti: true,
+        qemu: ktrace_testguest::QemuBuild::V10_0,
+        ..BootOptions::default()
+    };
+    let Some(guest) = test_guest(opts) else { return };
+    let p1 = guest.testprog_pids()[0];
+    let got = hits(&guest, &["--break", "entry_SYSCALL_64", "--pid", &p1.to_string(), "--count", "20"]);
+    assert_eq!(got.len(), 20);
+    assert_eq!(pids(&got), BTreeSet::from([i64::from(p1)]));
+    for hit in &got {
+        assert_eq!(hit["comm"], "testprog");
+        assert_eq!(functions(hit).first().map(String::as_str), Some("entry_SYSCALL_64"), "{hit}");
+        assert!(hit["backtrace"]["stopped"].is_null(), "the syscall entry is the bottom of the stack: {hit}");
+    }
+}
+
+/// 5-level paging (`-cpu max`): stacks at 0xff…, the direct map at
+/// 0xff1…: whole backtraces down to the syscall entry (QEMU 7.2, Linux 7.x).
+#[test]
+fn whole_backtraces_on_a_five_level_guest() {
+    let opts = BootOptions {
+        kernel: ktrace_testguest::KernelSeries::V7,
+        testprogs: 1,
+        five_level: true,
+        ..BootOptions::default()
+    };
+    let Some(guest) = test_guest(opts) else { return };
+    let p1 = guest.testprog_pids()[0];
+    let got = hits(&guest, &["--break", "_raw_spin_lock", "--pid", &p1.to_string(), "--count", "40"]);
+    assert_eq!(got.len(), 40);
+    for hit in &got {
+        let sp_frames = hit["backtrace"]["frames"].as_array().unwrap().len();
+        assert!(hit["backtrace"]["stopped"].is_null() && sp_frames > 3, "a whole backtrace: {hit}");
+    }
+    assert!(reaches_syscall_entry(&got, "_raw_spin_lock"), "some stacks reach entry_SYSCALL_64");
+}

@@ -264,6 +264,23 @@ impl Kernel {
         GuestMemory::new(target, self.translation.as_deref())
     }
 
+    /// Where a task that is not running resumes: `switch_to` left a
+    /// `struct inactive_task_frame` at `task->thread.sp` (saved registers
+    /// and the return address into `__schedule`), the way drgn and the
+    /// kernel's own unwinder start a sleeping task's stack.
+    pub async fn saved_regs<T: Target>(&self, target: &mut T, task: TaskRef) -> Result<crate::Regs, KernelError<T::Error>> {
+        let vm = &self.vmlinux;
+        let sp_at = task.0 + vm.member("task_struct.thread.sp")?.offset;
+        let sp = target.read_u64(sp_at).await.map_err(|e| e.reading("the task's saved stack pointer", sp_at))?;
+        let size = vm.type_size("inactive_task_frame")?;
+        let frame = target.read_memory(sp, size as usize).await.map_err(KernelError::Target).map_err(|e| e.reading("the task's switch frame", sp))?;
+        let word = |member: &str| -> Result<u64, KernelError<T::Error>> {
+            let off = vm.member(&format!("inactive_task_frame.{member}"))?.offset as usize;
+            Ok(u64::from_le_bytes(crate::target::le_array(frame.get(off..).unwrap_or_default())?))
+        };
+        Ok(crate::Regs { ip: word("ret_addr")?, sp: sp + size, bp: word("bp")?, r13: word("r13")?, ..crate::Regs::default() })
+    }
+
     /// The kernel log (`dmesg`), from the printk ring buffer.
     pub async fn log<T: Target>(&self, target: &mut T) -> Result<crate::printk::KernelLog, KernelError<T::Error>> {
         crate::printk::read_log(target, &self.vmlinux, self.slide).await

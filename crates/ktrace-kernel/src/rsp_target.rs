@@ -79,9 +79,14 @@ impl crate::Kernel {
         vmlinux: std::sync::Arc<ktrace_symbols::Vmlinux>,
     ) -> Result<crate::Kernel, crate::KernelError<StubMemoryError>> {
         if session.has_physical_memory() {
-            crate::Kernel::attach_physical(session, vmlinux).await
-        } else {
-            crate::Kernel::attach(session, vmlinux).await.map_err(|e| e.map_target(crate::MemoryError::Target))
+            match crate::Kernel::attach_physical(session, vmlinux.clone()).await {
+                // A file that lacks what the physical view needs (another
+                // kernel, a fixture): the stub's own view says why, with
+                // both banners where they differ.
+                Err(crate::KernelError::Symbols(_)) => {}
+                other => return other,
+            }
         }
+        crate::Kernel::attach(session, vmlinux).await.map_err(|e| e.map_target(crate::MemoryError::Target))
     }
 }

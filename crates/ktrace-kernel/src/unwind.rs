@@ -417,12 +417,26 @@ impl Unwinder {
 
     /// Unwinds from `regs` on a stopped CPU.
     pub async fn unwind<T: Target>(&mut self, kernel: &Kernel, target: &mut T, regs: Regs) -> Backtrace {
+        self.unwind_from(kernel, target, regs, false).await
+    }
+
+    /// Unwinds a task that is not running, from the frame `switch_to` saved
+    /// ([`Kernel::saved_regs`]): its pc is a return address.
+    pub async fn unwind_saved<T: Target>(&mut self, kernel: &Kernel, target: &mut T, regs: Regs) -> Backtrace {
+        self.unwind_from(kernel, target, regs, true).await
+    }
+
+    async fn unwind_from<T: Target>(&mut self, kernel: &Kernel, target: &mut T, regs: Regs, saved: bool) -> Backtrace {
         self.space.clone_from(kernel.space());
         let mut stack = StackReader { target, chunks: HashMap::new() };
         let mut frames = Vec::new();
         // A CPU stopped in user mode has no kernel stack to walk.
-        let first_kind = if self.space.is_kernel(regs.ip) { FrameKind::Stopped } else { FrameKind::User };
-        let mut frame = Caller { regs, kind: first_kind, regs_at: None, return_address: false };
+        let first_kind = match (self.space.is_kernel(regs.ip), saved) {
+            (false, _) => FrameKind::User,
+            (true, false) => FrameKind::Stopped,
+            (true, true) => FrameKind::Call,
+        };
+        let mut frame = Caller { regs, kind: first_kind, regs_at: None, return_address: saved };
         let mut seen = std::collections::HashSet::new();
         let stopped = loop {
             let pc = frame.regs.ip;
