@@ -18,7 +18,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-const LIBRARIES: &[&str] = &["ktrace-rsp", "ktrace-symbols", "ktrace-kernel", "ktrace-tracer"];
+const LIBRARIES: &[&str] = &["ktrace-rsp", "ktrace-symbols", "ktrace-kernel", "ktrace-guestmem", "ktrace-tracer"];
 
 /// A package, `cargo tree` options, and packages that must not show up in its
 /// normal dependencies.
@@ -49,6 +49,12 @@ const DEP_RULES: &[DepRule] = &[
         why: "ktrace-kernel reads the guest only through Target (RSP only in the `rsp` feature's adapter)",
     },
     DepRule {
+        package: "ktrace-guestmem",
+        args: &[],
+        forbidden: &["ktrace-rsp", "ktrace-tracer", "ktrace-cli"],
+        why: "ktrace-guestmem reads guest RAM without a debugger: no RSP",
+    },
+    DepRule {
         package: "ktrace-tracer",
         args: &[],
         forbidden: &["ktrace-cli"],
@@ -74,6 +80,7 @@ const TEXT_RULES: &[TextRule] = &[
             "crates/ktrace-rsp/src",
             "crates/ktrace-symbols/src",
             "crates/ktrace-kernel/src",
+            "crates/ktrace-guestmem/src",
             "crates/ktrace-tracer/src",
         ],
         only: &[],
@@ -125,8 +132,10 @@ pub fn run() -> Result<()> {
     for lib in LIBRARIES {
         broken.extend(check_error_enums(&root.join("crates").join(lib).join("src"))?);
     }
-    for krate in ["ktrace-rsp", "ktrace-symbols", "ktrace-kernel", "ktrace-tracer", "ktrace-cli", "ktrace-testguest"] {
-        let graph = ModuleGraph::read(&root.join("crates").join(krate).join("src"))?;
+    let crates = ["ktrace-rsp", "ktrace-symbols", "ktrace-kernel", "ktrace-guestmem", "ktrace-tracer", "ktrace-cli", "ktrace-testguest"];
+    let dirs = crates.iter().map(|k| (k.to_string(), root.join("crates").join(k).join("src")));
+    for (krate, src) in dirs.chain([("xtask".to_string(), root.join("xtask").join("src"))]) {
+        let graph = ModuleGraph::read(&src)?;
         for cycle in graph.cycles() {
             broken.push(format!("{krate}: modules import each other: {}", cycle.join(" -> ")));
         }

@@ -13,9 +13,10 @@ use clap::{Args, ValueEnum};
 use ktrace_kernel::CpuId;
 use ktrace_tracer::{CancellationToken, Filter, Hit, HitSink, ResumeMode, StackCounts, TraceConfig, Tracer};
 
-use crate::inspect::{explain, warn_if_no_backtraces, TargetArgs};
+use crate::args::{explain, ModulesArg, TargetArgs};
+use crate::inspect::warn_if_no_backtraces;
 use crate::symcmd::open_vmlinux;
-use crate::{format, ModulesArg, UsageError};
+use crate::{format, UsageError};
 
 /// `ktrace attach`.
 #[derive(Args, Debug)]
@@ -212,6 +213,11 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         Ok(s) => (s, None),
         Err(f) => (f.summary, Some(f.error)),
     };
+    let stdout_closed = output.failed.as_ref().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
+    if stdout_closed && summary.guest_released && error.is_none() {
+        // `| head` has what it wanted: end as it expects, quietly.
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.stacks {
         print_stacks(&mut output)?;
     }

@@ -2,63 +2,16 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use ktrace_kernel::{CpuState, Kernel, KernelError, MemoryError, Regs, TaskInfo, Unwinder};
-use ktrace_rsp::{ClientConfig, RspError, StubAddr};
-use ktrace_tracer::{BtConfig, GuestRelease, TraceError};
+use ktrace_kernel::{CpuState, Kernel, Regs, TaskInfo, Unwinder};
+use ktrace_tracer::BtConfig;
 
 use crate::source::{self, Source, SourceArgs};
 use crate::symcmd::open_vmlinux;
-use crate::{format, with_memory, ModulesArg, UsageError, VmlinuxArg};
-
-/// Where the stub is and which vmlinux to read it with.
-#[derive(Args, Debug, Clone)]
-pub struct TargetArgs {
-    /// The gdb stub: `:1234`, `host:port` or `unix:PATH` (not needed with `--core`).
-    pub addr: Option<String>,
-    #[command(flatten)]
-    pub vmlinux: VmlinuxArg,
-    /// JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// Timeout for each request to the stub, in seconds.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
-    pub timeout: f64,
-    /// Leave the guest paused when done (close without detaching; QEMU's
-    /// detach would resume it). ktrace's breakpoints are removed first.
-    #[arg(long)]
-    pub leave_stopped: bool,
-}
-
-impl TargetArgs {
-    /// The stub address as given.
-    pub fn addr(&self) -> Result<&str> {
-        self.addr.as_deref().ok_or_else(|| UsageError("give the gdb stub's address (:PORT, HOST:PORT or unix:PATH)".into()).into())
-    }
-
-    pub fn stub(&self) -> Result<StubAddr> {
-        let addr = self.addr()?;
-        addr.parse().map_err(|e| {
-            UsageError(format!("{addr}: not a stub address (use :PORT, HOST:PORT or unix:PATH): {e}")).into()
-        })
-    }
-
-    /// How to let go of the guest at the end.
-    pub fn release(&self) -> GuestRelease {
-        if self.leave_stopped {
-            GuestRelease::LeaveStopped
-        } else {
-            GuestRelease::Resume
-        }
-    }
-
-    pub fn client(&self) -> ClientConfig {
-        ClientConfig { timeout: Duration::from_secs_f64(self.timeout.max(0.05)), ..ClientConfig::default() }
-    }
-}
+use crate::args::{explain, ModulesArg, TargetArgs};
+use crate::{format, with_memory, UsageError};
 
 /// `ktrace bt`.
 #[derive(Args, Debug, Clone)]
@@ -84,37 +37,6 @@ pub struct ReadArgs {
     pub source: SourceArgs,
 }
 
-/// Turns an error from connecting or matching the kernel into a message that
-/// says what to do (exit code 2), leaving run-time failures alone.
-pub fn explain(addr: &str, err: TraceError) -> anyhow::Error {
-    match err {
-        TraceError::Rsp(e) => explain_rsp(addr, e),
-        TraceError::Kernel(KernelError::Target(MemoryError::Target(e))) => explain_rsp(addr, e),
-        TraceError::GuestGone(_) => anyhow::Error::from(err),
-        // Reading kernel data failed: not the user's doing (exit 1).
-        TraceError::Kernel(e) if !e.is_usage() => anyhow::Error::from(e),
-        other => UsageError(other.to_string()).into(),
-    }
-}
-
-pub fn explain_rsp(addr: &str, err: RspError) -> anyhow::Error {
-    match err {
-        RspError::Io(ref io) if io.kind() == std::io::ErrorKind::ConnectionRefused => UsageError(format!(
-            "nothing is listening at {addr}: start QEMU with -s (port 1234) or -gdb tcp::PORT, and check the port"
-        ))
-        .into(),
-        RspError::Timeout { .. } => UsageError(format!(
-            "{addr} did not answer like a gdb stub ({err}); is it QEMU's -gdb port, and is no other debugger attached? (QEMU serves one at a time and pauses the guest when it reaches a queued connection: a later ktrace command resumes it)"
-        ))
-        .into(),
-        RspError::Protocol(_) => UsageError(format!(
-            "{addr} does not speak the gdb remote protocol ({err}); is it QEMU's -gdb port?"
-        ))
-        .into(),
-        other => anyhow::Error::from(other).context(format!("talking to the gdb stub at {addr}")),
-    }
-}
-
 pub async fn ps(read: ReadArgs) -> Result<ExitCode> {
     let args = &read.target;
     let (mut source, kernel) = source::open(args, &read.source).await?;
@@ -129,14 +51,14 @@ pub async fn ps(read: ReadArgs) -> Result<ExitCode> {
         for t in &tasks {
             let mut v = serde_json::to_value(t)?;
             v["cpu"] = serde_json::json!(cpu_of(t).map(|c| c.0));
-            println!("{v}");
+            outln!("{v}");
         }
     } else {
-        println!("{:>7} {:>7} {:>2} {:>3}  {:<18}  COMM", "PID", "TGID", "ST", "CPU", "TASK");
+        outln!("{:>7} {:>7} {:>2} {:>3}  {:<18}  COMM", "PID", "TGID", "ST", "CPU", "TASK");
         for t in &tasks {
             let cpu = cpu_of(t).map_or("-".to_string(), |c| c.to_string());
             let comm = if t.is_kthread() { format!("[{}]", t.comm) } else { t.comm.clone() };
-            println!(
+            outln!(
                 "{:>7} {:>7} {:>2} {:>3}  0x{:016x}  {}",
                 t.pid,
                 t.tgid,
@@ -156,18 +78,18 @@ pub async fn info(read: ReadArgs) -> Result<ExitCode> {
     let result = with_memory!(&mut source, kernel, |mem| kernel.info(&mut mem).await);
     let info = source::finish(source, args, result).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        outln!("{}", serde_json::to_string_pretty(&info)?);
     } else {
-        println!("release   {}", info.release);
-        println!("banner    {}", info.banner);
+        outln!("release   {}", info.release);
+        outln!("banner    {}", info.banner);
         if info.slide == 0 {
-            println!("kaslr     off (slide 0)");
+            outln!("kaslr     off (slide 0)");
         } else {
-            println!("kaslr     on, slide 0x{:x}", info.slide);
+            outln!("kaslr     on, slide 0x{:x}", info.slide);
         }
-        println!("cpus      {}", info.cpus.len());
+        outln!("cpus      {}", info.cpus.len());
         for c in &info.cpus {
-            println!(
+            outln!(
                 "cpu {:<3}  per-cpu 0x{:016x}  current pid {:<6} {} (task 0x{:x})",
                 c.cpu, c.percpu_base, c.current.pid, c.current.comm, c.current.task.0
             );
@@ -183,12 +105,12 @@ pub async fn lsmod(read: ReadArgs) -> Result<ExitCode> {
     let modules = source::finish(source, args, result).await?;
     if args.json {
         for m in &modules {
-            println!("{}", serde_json::to_string(m)?);
+            outln!("{}", serde_json::to_string(m)?);
         }
     } else {
-        println!("{:<24} {:>9}  {:<9} {:<18}  MODULE", "NAME", "SIZE", "STATE", "BASE");
+        outln!("{:<24} {:>9}  {:<9} {:<18}  MODULE", "NAME", "SIZE", "STATE", "BASE");
         for m in &modules {
-            println!("{:<24} {:>9}  {:<9} 0x{:016x}  0x{:x}", m.name, m.size, m.state, m.base, m.module);
+            outln!("{:<24} {:>9}  {:<9} 0x{:016x}  0x{:x}", m.name, m.size, m.state, m.base, m.module);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -200,10 +122,10 @@ pub async fn restore(args: TargetArgs) -> Result<ExitCode> {
     let outcome =
         ktrace_tracer::restore_left_behind(&stub, vm, args.client()).await.map_err(|e| explain(args.addr().unwrap_or(""), e))?;
     let Some(at) = outcome.trampoline else {
-        println!("no ktrace trampoline in the guest; nothing to restore");
+        outln!("no ktrace trampoline in the guest; nothing to restore");
         return Ok(ExitCode::SUCCESS);
     };
-    println!(
+    outln!(
         "trampoline at 0x{at:x}: {} site(s) restored to the ftrace NOP{}; {}",
         outcome.restored.len(),
         if outcome.foreign.is_empty() {
@@ -233,13 +155,13 @@ pub async fn bt(bt: BtArgs) -> Result<ExitCode> {
         ktrace_tracer::backtrace_all_cpus(&stub, vm, cfg).await.map_err(|e| explain(args.addr().unwrap_or(""), e))?;
     if args.json {
         for c in &cpus {
-            println!("{}", serde_json::to_string(c)?);
+            outln!("{}", serde_json::to_string(c)?);
         }
     } else {
-        println!("{} ({} CPUs)", kernel.release(), kernel.cpu_count());
+        outln!("{} ({} CPUs)", kernel.release(), kernel.cpu_count());
         for c in &cpus {
-            println!("\ncpu {}: pid {} tgid {} comm {}", c.cpu, c.task.pid, c.task.tgid, c.task.comm);
-            print!("{}", format::backtrace(&c.backtrace));
+            outln!("\ncpu {}: pid {} tgid {} comm {}", c.cpu, c.task.pid, c.task.tgid, c.task.comm);
+            out!("{}", format::backtrace(&c.backtrace));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -279,9 +201,9 @@ pub async fn dmesg(read: ReadArgs) -> Result<ExitCode> {
     let log = source::finish(source, args, result).await?;
     for r in &log.records {
         if args.json {
-            println!("{}", serde_json::to_string(r)?);
+            outln!("{}", serde_json::to_string(r)?);
         } else {
-            println!("{}", r.line());
+            outln!("{}", r.line());
         }
     }
     if log.torn > 0 {
@@ -299,7 +221,7 @@ async fn bt_without_stub(bt: &BtArgs) -> Result<ExitCode> {
     let states = with_memory!(&mut source, kernel, |mem| kernel.cpu_states(&mut mem).await)?;
     let mut unwinder = Unwinder::new(kernel.vmlinux())?.with_max_frames(64);
     if !args.json {
-        println!("{} ({} CPUs)", kernel.release(), kernel.cpu_count());
+        outln!("{} ({} CPUs)", kernel.release(), kernel.cpu_count());
     }
     for state in &states {
         let t = &state.current;
@@ -312,13 +234,13 @@ async fn bt_without_stub(bt: &BtArgs) -> Result<ExitCode> {
         };
         if args.json {
             let v = serde_json::json!({ "cpu": state.cpu, "task": t, "backtrace": backtrace, "running": backtrace.is_none() });
-            println!("{v}");
+            outln!("{v}");
             continue;
         }
-        println!("\ncpu {}: pid {} tgid {} comm {}", state.cpu, t.pid, t.tgid, t.comm);
+        outln!("\ncpu {}: pid {} tgid {} comm {}", state.cpu, t.pid, t.tgid, t.comm);
         match backtrace {
-            Some(b) => print!("{}", format::backtrace(&b)),
-            None => println!("    (running: its registers need a stop; use `ktrace bt` without --live)"),
+            Some(b) => out!("{}", format::backtrace(&b)),
+            None => outln!("    (running: its registers need a stop; use `ktrace bt` without --live)"),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -332,17 +254,17 @@ async fn bt_task(bt: &BtArgs, pid: i32) -> Result<ExitCode> {
     let result = task_backtrace(&mut source, &kernel, pid).await;
     let (task, cpu, backtrace) = source::finish(source, args, result).await?;
     if args.json {
-        println!("{}", serde_json::json!({ "task": task, "cpu": cpu, "backtrace": backtrace }));
+        outln!("{}", serde_json::json!({ "task": task, "cpu": cpu, "backtrace": backtrace }));
         return Ok(ExitCode::SUCCESS);
     }
     let at = match cpu {
         Some(c) => format!("running on cpu {c}"),
         None => "not running".to_string(),
     };
-    println!("pid {} tgid {} comm {} ({at})", task.pid, task.tgid, task.comm);
+    outln!("pid {} tgid {} comm {} ({at})", task.pid, task.tgid, task.comm);
     match backtrace {
-        Some(b) => print!("{}", format::backtrace(&b)),
-        None => println!("    (running: its registers need a stop; use `ktrace bt --pid` without --live)"),
+        Some(b) => out!("{}", format::backtrace(&b)),
+        None => outln!("    (running: its registers need a stop; use `ktrace bt --pid` without --live)"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,15 +1,31 @@
 //! `ktrace`: trace a Linux kernel running in QEMU from the outside, over the gdb stub.
 
+/// `println!` that returns a write error (a closed pipe) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// `print!` that returns a write error instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+mod args;
 mod attach;
 mod format;
 mod inspect;
 mod source;
 mod symcmd;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 /// Trace a Linux kernel in a QEMU guest from the outside, over QEMU's gdb stub.
 #[derive(Parser, Debug)]
@@ -38,40 +54,13 @@ enum Command {
     Dmesg(inspect::ReadArgs),
     /// Remove what a killed `ktrace attach --in-guest` left in the guest: put
     /// the ftrace NOPs back and erase its trampoline.
-    Restore(inspect::TargetArgs),
+    Restore(args::TargetArgs),
     /// Look up symbols by name or address in the vmlinux.
     Sym(symcmd::SymArgs),
     /// Print offsets and sizes of struct members (`task_struct.pid`).
     Layout(symcmd::LayoutArgs),
 }
 
-/// Options every command that reads a vmlinux takes.
-#[derive(Args, Debug, Clone)]
-pub struct VmlinuxArg {
-    /// The vmlinux with debug info of the guest's kernel.
-    #[arg(long, default_value = "vmlinux", value_name = "PATH")]
-    pub vmlinux: PathBuf,
-}
-
-/// Where the debug files of modules are, for commands that show module frames.
-#[derive(Args, Debug, Clone, Default)]
-pub struct ModulesArg {
-    /// The directory of the modules' `.ko` files with debug info, for
-    /// file:line and inlined frames in module code [default:
-    /// /usr/lib/debug/lib/modules/<release>/, where the -dbg package puts them].
-    #[arg(long = "modules", value_name = "DIR")]
-    pub modules: Option<PathBuf>,
-}
-
-impl ModulesArg {
-    /// The directory as ktrace-kernel takes it.
-    pub fn dir(&self) -> ktrace_kernel::ModuleDebugDir {
-        match &self.modules {
-            Some(dir) => ktrace_kernel::ModuleDebugDir::Given(dir.clone()),
-            None => ktrace_kernel::ModuleDebugDir::Default,
-        }
-    }
-}
 
 /// An error caused by what the user asked for (exit code 2), as opposed to a
 /// failure while running (exit code 1).
@@ -115,10 +104,18 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // stdout closed (`| head`): done, quietly, as head expects. Every
+        // command has released the guest before it writes.
+        Err(err) if is_closed_stdout(&err) => ExitCode::SUCCESS,
         Err(err) => {
             let usage = err.downcast_ref::<UsageError>().is_some();
             eprintln!("ktrace: {}", format::error_chain(&err));
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
+}
+
+/// True when `err` is a write to a closed stdout.
+fn is_closed_stdout(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }

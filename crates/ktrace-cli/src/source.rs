@@ -11,7 +11,7 @@ use ktrace_guestmem::{CoreDump, HostMemory};
 use ktrace_kernel::Kernel;
 use ktrace_rsp::Session;
 
-use crate::inspect::{explain, explain_rsp, TargetArgs};
+use crate::args::{explain, explain_rsp, TargetArgs};
 use crate::symcmd::open_vmlinux;
 use crate::UsageError;
 

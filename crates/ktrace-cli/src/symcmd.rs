@@ -10,7 +10,8 @@ use ktrace_rsp::{ClientConfig, Session, StubAddr};
 use ktrace_symbols::{KernelAddr, SourceFrame, Vmlinux};
 use serde_json::json;
 
-use crate::{ModulesArg, UsageError, VmlinuxArg};
+use crate::args::{ModulesArg, VmlinuxArg};
+use crate::UsageError;
 
 /// `ktrace sym`.
 #[derive(Args, Debug)]
@@ -157,21 +158,21 @@ pub async fn sym(args: SymArgs) -> Result<ExitCode> {
             };
             (!in_vmlinux).then(|| module_answer(m, name, args.json)).flatten()
         }) {
-            println!("{answer}");
+            outln!("{answer}");
             continue;
         }
         if let Some(addr) = parse_addr(name) {
             let sym = vm.symbolize(KernelAddr(addr));
             let frames = vm.frames(KernelAddr(addr)).unwrap_or_default();
             let symbol = sym.as_ref().map(|s| (s.name.as_str(), s.offset, s.size));
-            println!("{}", address_answer(name, addr, symbol, None, &frames, args.json));
+            outln!("{}", address_answer(name, addr, symbol, None, &frames, args.json));
             continue;
         }
         let addr = vm.resolve(name).map_err(|e| UsageError(e.to_string()))?;
         let base = name.split('+').next().unwrap_or(name);
         let sym = vm.symbol(base).map_err(|e| UsageError(e.to_string()))?;
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 json!({"query": name, "symbol": sym.name, "address": format!("0x{:x}", addr.0), "size": sym.size,
                        "kind": format!("{:?}", sym.kind), "percpu": sym.is_percpu()})
@@ -182,7 +183,7 @@ pub async fn sym(args: SymArgs) -> Result<ExitCode> {
                 _ if sym.is_percpu() => " (per-CPU: the template's address; add the slide and __per_cpu_offset[cpu])",
                 _ => "",
             };
-            println!("{name}  0x{:016x}  size 0x{:x}  {:?}{percpu}", addr.0, sym.size, sym.kind);
+            outln!("{name}  0x{:016x}  size 0x{:x}  {:?}{percpu}", addr.0, sym.size, sym.kind);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -194,16 +195,16 @@ pub fn layout(args: LayoutArgs) -> Result<ExitCode> {
         if path.contains('.') {
             let m = vm.member(path).map_err(|e| UsageError(e.to_string()))?;
             if args.json {
-                println!("{}", json!({"member": path, "offset": m.offset, "size": m.size, "type": m.type_name}));
+                outln!("{}", json!({"member": path, "offset": m.offset, "size": m.size, "type": m.type_name}));
             } else {
-                println!("{path}  offset {} (0x{:x})  size {}  {}", m.offset, m.offset, m.size, m.type_name);
+                outln!("{path}  offset {} (0x{:x})  size {}  {}", m.offset, m.offset, m.size, m.type_name);
             }
         } else {
             let size = vm.type_size(path).map_err(|e| UsageError(e.to_string()))?;
             if args.json {
-                println!("{}", json!({"type": path, "size": size}));
+                outln!("{}", json!({"type": path, "size": size}));
             } else {
-                println!("{path}  size {size} (0x{size:x})");
+                outln!("{path}  size {size} (0x{size:x})");
             }
         }
     }

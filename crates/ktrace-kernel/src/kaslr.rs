@@ -6,8 +6,7 @@ use crate::{KernelError, Target};
 
 /// KASLR moves the kernel by a multiple of this (CONFIG_PHYSICAL_ALIGN on x86-64).
 pub const SLIDE_ALIGN: u64 = 2 << 20;
-/// The kernel text mapping is 1 GiB, so the slide stays below it.
-pub const SLIDE_RANGE: u64 = 1 << 30;
+pub use crate::x86::space::SLIDE_RANGE;
 
 /// Finds the slide at which the guest's `linux_banner` equals `banner`.
 ///

@@ -108,7 +108,7 @@ impl Kernel {
             Some(cpu) => target.read_register(cpu, "cr4").await.map_or(PagingLevels::Four, PagingLevels::from_cr4),
             None => PagingLevels::Four,
         };
-        let image = image_mapping(&vmlinux, None)?;
+        let image = crate::x86::space::image_mapping(&vmlinux, None);
         Kernel::with_slide(target, vmlinux, layout, slide, AddressSpace::minimal(levels, image), None).await
     }
 
@@ -185,7 +185,7 @@ impl Kernel {
             let mut mem = GuestMemory::new(target, Some(&probe));
             crate::vmcoreinfo::read(&mut mem, &vmlinux, image.slide).await.and_then(|v| v.number("KERNEL_IMAGE_SIZE"))
         };
-        let mapping = image_mapping(&vmlinux, image_size.map(|size| (image.start_kernel_map, size)))?;
+        let mapping = crate::x86::space::image_mapping(&vmlinux, image_size.map(|size| (image.start_kernel_map, size)));
         let space = AddressSpace {
             levels,
             page_offset_base: bases[0],
@@ -268,7 +268,7 @@ impl Kernel {
     /// `struct inactive_task_frame` at `task->thread.sp` (saved registers
     /// and the return address into `__schedule`), the way drgn and the
     /// kernel's own unwinder start a sleeping task's stack.
-    pub async fn saved_regs<T: Target>(&self, target: &mut T, task: TaskRef) -> Result<crate::Regs, KernelError<T::Error>> {
+    pub async fn saved_regs<T: Target>(&self, target: &mut T, task: TaskRef) -> Result<crate::regs::Regs, KernelError<T::Error>> {
         let vm = &self.vmlinux;
         let sp_at = task.0 + vm.member("task_struct.thread.sp")?.offset;
         let sp = target.read_u64(sp_at).await.map_err(|e| e.reading("the task's saved stack pointer", sp_at))?;
@@ -278,7 +278,7 @@ impl Kernel {
             let off = vm.member(&format!("inactive_task_frame.{member}"))?.offset as usize;
             Ok(u64::from_le_bytes(crate::target::le_array(frame.get(off..).unwrap_or_default())?))
         };
-        Ok(crate::Regs { ip: word("ret_addr")?, sp: sp + size, bp: word("bp")?, r13: word("r13")?, ..crate::Regs::default() })
+        Ok(crate::regs::Regs { ip: word("ret_addr")?, sp: sp + size, bp: word("bp")?, r13: word("r13")?, ..crate::regs::Regs::default() })
     }
 
     /// The kernel log (`dmesg`), from the printk ring buffer.
@@ -678,28 +678,6 @@ mod fixture_tests {
         let names: Vec<&str> = all.iter().map(|t| t.comm.as_str()).collect();
         assert_eq!(names, vec!["swapper/0", "swapper/1", "testprog"]);
     }
-}
-
-/// The image mapping `(start, end)`: `__START_KERNEL_map` (the text
-/// segment's link address minus its load address) and, with `known`
-/// (`KERNEL_IMAGE_SIZE` from vmcoreinfo), its size; else up to the end of
-/// the last segment, plus the largest slide. A vmlinux without `_text`
-/// (test fixtures) has no known image mapping.
-pub(crate) fn image_mapping<E>(vmlinux: &Vmlinux, known: Option<(u64, u64)>) -> Result<(u64, u64), KernelError<E>> {
-    if let Some((start, size)) = known {
-        return Ok((start, start.wrapping_add(size)));
-    }
-    let Some(text) = vmlinux.lookup_symbol("_text").map(|s| s.addr) else { return Ok((0, 0)) };
-    let lma = vmlinux.load_address(text).unwrap_or_default();
-    let start = text.0.wrapping_sub(lma);
-    let end = vmlinux
-        .load_segments()
-        .iter()
-        .filter(|s| s.vaddr >= start)
-        .map(|s| s.vaddr + s.memsz)
-        .max()
-        .unwrap_or(text.0);
-    Ok((start, end.saturating_add(kaslr::SLIDE_RANGE)))
 }
 
 /// The CPUs in the kernel's `__cpu_online_mask`, for backends with no CPUs of their own.

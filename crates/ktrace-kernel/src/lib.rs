@@ -30,6 +30,7 @@ mod kernel;
 mod layout;
 pub mod memory;
 mod printk;
+mod regs;
 mod module;
 mod module_debug;
 mod module_sections;

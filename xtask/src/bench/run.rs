@@ -12,7 +12,7 @@ use ktrace_testguest::{cache_dir, BootOptions, Guest};
 use serde_json::{json, Value};
 
 use super::process::time_v;
-use super::stats::{Sample, StartupSample, Ticks};
+use super::stats::{median, Sample, StartupSample, Ticks};
 use super::{Env, Opts, BREAK, BUDGET};
 
 pub(super) struct Bench {
@@ -295,6 +295,19 @@ fn machine(release: &str, load_before: &str, load_after: &str) -> Value {
         "loadavg_before": load_before,
         "loadavg_after": load_after,
     })
+}
+
+impl Bench {
+    /// Median evaluated/s, matched/s and guest progress of a tool, and its number of runs.
+    pub(super) fn medians(&self, tool: &str) -> (Option<f64>, Option<f64>, Option<f64>, usize) {
+        let s = self.samples.get(tool).map(Vec::as_slice).unwrap_or(&[]);
+        (
+            median(s.iter().filter_map(|s| s.evals)),
+            median(s.iter().filter_map(|s| s.matched)),
+            median(s.iter().filter_map(|s| s.progress)),
+            s.len(),
+        )
+    }
 }
 
 #[cfg(test)]

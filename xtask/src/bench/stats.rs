@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::run::Bench;
 
 /// Polls the guest console for `ktrace-guest tick <uptime>` heartbeats and
 /// remembers when each first showed up on the host.
@@ -135,19 +134,6 @@ pub(crate) struct StartupSample {
     pub(crate) wall: f64,
     pub(crate) rss_kb: Option<u64>,
     pub(crate) ok: bool,
-}
-
-impl Bench {
-    /// Median evaluated/s, matched/s and guest progress of a tool, and its number of runs.
-    pub(super) fn medians(&self, tool: &str) -> (Option<f64>, Option<f64>, Option<f64>, usize) {
-        let s = self.samples.get(tool).map(Vec::as_slice).unwrap_or(&[]);
-        (
-            median(s.iter().filter_map(|s| s.evals)),
-            median(s.iter().filter_map(|s| s.matched)),
-            median(s.iter().filter_map(|s| s.progress)),
-            s.len(),
-        )
-    }
 }
 
 /// `ktrace: 2853 hits seen, 798 matched in 5.00s (…)` → (hits, matched, seconds).

@@ -4,6 +4,6 @@
 
 pub mod insn;
 pub mod paging;
-mod space;
+pub(crate) mod space;
 
 pub use space::AddressSpace;

@@ -71,6 +71,26 @@ impl AddressSpace {
     }
 }
 
+/// KASLR keeps the slide below this: the kernel text mapping is 1 GiB
+/// (`KERNEL_IMAGE_SIZE` where no vmcoreinfo says otherwise).
+pub const SLIDE_RANGE: u64 = 1 << 30;
+
+/// The image mapping `(start, end)`: `__START_KERNEL_map` (the text
+/// segment's link address minus its load address) and, with `known`
+/// (`__START_KERNEL_map` and `KERNEL_IMAGE_SIZE` from vmcoreinfo), its size;
+/// else up to the end of the last segment, plus the largest slide. A
+/// vmlinux without `_text` (test fixtures) has no known image mapping.
+pub(crate) fn image_mapping(vmlinux: &ktrace_symbols::Vmlinux, known: Option<(u64, u64)>) -> (u64, u64) {
+    if let Some((start, size)) = known {
+        return (start, start.wrapping_add(size));
+    }
+    let Some(text) = vmlinux.lookup_symbol("_text").map(|s| s.addr) else { return (0, 0) };
+    let lma = vmlinux.load_address(text).unwrap_or_default();
+    let start = text.0.wrapping_sub(lma);
+    let end = vmlinux.load_segments().iter().filter(|s| s.vaddr >= start).map(|s| s.vaddr + s.memsz).max().unwrap_or(text.0);
+    (start, end.saturating_add(SLIDE_RANGE))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,119 @@
+//! The arguments several commands share, and what the CLI says when
+//! connecting or matching the kernel fails.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use ktrace_kernel::{KernelError, MemoryError};
+use ktrace_rsp::{ClientConfig, RspError, StubAddr};
+use ktrace_tracer::{GuestRelease, TraceError};
+
+use crate::UsageError;
+
+/// Options every command that reads a vmlinux takes.
+#[derive(Args, Debug, Clone)]
+pub struct VmlinuxArg {
+    /// The vmlinux with debug info of the guest's kernel.
+    #[arg(long, default_value = "vmlinux", value_name = "PATH")]
+    pub vmlinux: PathBuf,
+}
+
+/// Where the debug files of modules are, for commands that show module frames.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ModulesArg {
+    /// The directory of the modules' `.ko` files with debug info, for
+    /// file:line and inlined frames in module code [default:
+    /// /usr/lib/debug/lib/modules/<release>/, where the -dbg package puts them].
+    #[arg(long = "modules", value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+}
+
+impl ModulesArg {
+    /// The directory as ktrace-kernel takes it.
+    pub fn dir(&self) -> ktrace_kernel::ModuleDebugDir {
+        match &self.modules {
+            Some(dir) => ktrace_kernel::ModuleDebugDir::Given(dir.clone()),
+            None => ktrace_kernel::ModuleDebugDir::Default,
+        }
+    }
+}
+
+/// Where the stub is and which vmlinux to read it with.
+#[derive(Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// The gdb stub: `:1234`, `host:port` or `unix:PATH` (not needed with `--core`).
+    pub addr: Option<String>,
+    #[command(flatten)]
+    pub vmlinux: VmlinuxArg,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Timeout for each request to the stub, in seconds.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub timeout: f64,
+    /// Leave the guest paused when done (close without detaching; QEMU's
+    /// detach would resume it). ktrace's breakpoints are removed first.
+    #[arg(long)]
+    pub leave_stopped: bool,
+}
+
+impl TargetArgs {
+    /// The stub address as given.
+    pub fn addr(&self) -> Result<&str> {
+        self.addr.as_deref().ok_or_else(|| UsageError("give the gdb stub's address (:PORT, HOST:PORT or unix:PATH)".into()).into())
+    }
+
+    pub fn stub(&self) -> Result<StubAddr> {
+        let addr = self.addr()?;
+        addr.parse().map_err(|e| {
+            UsageError(format!("{addr}: not a stub address (use :PORT, HOST:PORT or unix:PATH): {e}")).into()
+        })
+    }
+
+    /// How to let go of the guest at the end.
+    pub fn release(&self) -> GuestRelease {
+        if self.leave_stopped {
+            GuestRelease::LeaveStopped
+        } else {
+            GuestRelease::Resume
+        }
+    }
+
+    pub fn client(&self) -> ClientConfig {
+        ClientConfig { timeout: Duration::from_secs_f64(self.timeout.max(0.05)), ..ClientConfig::default() }
+    }
+}
+
+/// Turns an error from connecting or matching the kernel into a message that
+/// says what to do (exit code 2), leaving run-time failures alone.
+pub fn explain(addr: &str, err: TraceError) -> anyhow::Error {
+    match err {
+        TraceError::Rsp(e) => explain_rsp(addr, e),
+        TraceError::Kernel(KernelError::Target(MemoryError::Target(e))) => explain_rsp(addr, e),
+        TraceError::GuestGone(_) => anyhow::Error::from(err),
+        // Reading kernel data failed: not the user's doing (exit 1).
+        TraceError::Kernel(e) if !e.is_usage() => anyhow::Error::from(e),
+        other => UsageError(other.to_string()).into(),
+    }
+}
+
+pub fn explain_rsp(addr: &str, err: RspError) -> anyhow::Error {
+    match err {
+        RspError::Io(ref io) if io.kind() == std::io::ErrorKind::ConnectionRefused => UsageError(format!(
+            "nothing is listening at {addr}: start QEMU with -s (port 1234) or -gdb tcp::PORT, and check the port"
+        ))
+        .into(),
+        RspError::Timeout { .. } => UsageError(format!(
+            "{addr} did not answer like a gdb stub ({err}); is it QEMU's -gdb port, and is no other debugger attached? (QEMU serves one at a time and pauses the guest when it reaches a queued connection: a later ktrace command resumes it)"
+        ))
+        .into(),
+        RspError::Protocol(_) => UsageError(format!(
+            "{addr} does not speak the gdb remote protocol ({err}); is it QEMU's -gdb port?"
+        ))
+        .into(),
+        other => anyhow::Error::from(other).context(format!("talking to the gdb stub at {addr}")),
+    }
+}
+
