@@ -12,6 +12,7 @@
 
 mod bench;
 mod bench_in_guest;
+mod bench_memory;
 mod bench_kernels;
 mod guest;
 mod layers;
@@ -39,7 +40,7 @@ fn main() -> Result<()> {
             print!("{}", bench_kernels::run(reps)?);
             Ok(())
         }
-        ["bench", "in-guest", rest @ ..] => {
+        ["bench", which @ ("in-guest" | "memory"), rest @ ..] => {
             let (mut rounds, mut seconds) = (3, 5);
             let mut it = rest.iter();
             while let Some(&arg) = it.next() {
@@ -47,10 +48,14 @@ fn main() -> Result<()> {
                 match (arg, value) {
                     ("--rounds", Some(v)) => rounds = v,
                     ("--seconds", Some(v)) => seconds = v,
-                    _ => bail!("usage: cargo xtask bench in-guest [--rounds N] [--seconds S]"),
+                    _ => bail!("usage: cargo xtask bench {which} [--rounds N] [--seconds S]"),
                 }
             }
-            print!("{}", bench_in_guest::run(rounds.max(1), seconds.max(1) as u64)?);
+            let (rounds, seconds) = (rounds.max(1), seconds.max(1) as u64);
+            match *which {
+                "memory" => print!("{}", bench_memory::run(rounds, seconds)?),
+                _ => print!("{}", bench_in_guest::run(rounds, seconds)?),
+            }
             Ok(())
         }
         ["bench", rest @ ..] => bench::run(rest),
@@ -67,6 +72,7 @@ fn main() -> Result<()> {
                  bench [--rounds N] [--seconds S]         ktrace against GDB and a bare RSP loop, side by side\n  \
                  bench kernels [--reps N]                 attach-to-first-hit time and peak RSS on each kernel\n  \
                  bench in-guest [--rounds N] [--seconds S] the stop loop against --in-guest, and the guest's speed\n  \
+                 bench memory [--rounds N] [--seconds S]  the memory backends, live reads and the guest's speed\n  \
                  soak [--minutes N]                       trace for N minutes (default 10): RSS flat, no hit lost"
             );
             bail!("unknown or missing command")

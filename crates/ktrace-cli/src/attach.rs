@@ -76,6 +76,12 @@ pub struct AttachArgs {
     /// where that is not safe. Everything is restored at the end.
     #[arg(long)]
     in_guest: bool,
+    /// Read guest memory through the stub's own translation (the stopped
+    /// CPU's page tables, as GDB does) instead of the kernel's page tables
+    /// over physical memory: fails where the CPU runs on user page tables
+    /// (PTI). For comparisons.
+    #[arg(long, hide = true)]
+    stub_translation: bool,
     /// How to get past a breakpoint (auto probes the fastest safe way).
     #[arg(long, value_enum, default_value_t = ResumeArg::Auto)]
     resume: ResumeArg,
@@ -169,6 +175,7 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         client: args.target.client(),
         release: args.target.release(),
         in_guest: args.in_guest,
+        stub_translation: args.stub_translation,
         module_debug: args.modules.dir(),
     };
     if want_stacks && args.no_backtrace {

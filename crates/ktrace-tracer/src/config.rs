@@ -78,6 +78,10 @@ pub struct TraceConfig {
     pub in_guest: bool,
     /// Where modules' debug files are (source lines in module frames).
     pub module_debug: ModuleDebugDir,
+    /// Read the kernel through the stub's own translation (the selected
+    /// CPU's page tables, as GDB does) instead of ktrace's walk of the
+    /// kernel's page tables over QEMU's physical mode. For comparison only.
+    pub stub_translation: bool,
 }
 
 impl Default for TraceConfig {
@@ -96,6 +100,7 @@ impl Default for TraceConfig {
             client: ClientConfig::default(),
             in_guest: false,
             module_debug: ModuleDebugDir::Default,
+            stub_translation: false,
         }
     }
 }
@@ -158,6 +163,12 @@ impl TraceConfig {
     /// Captures (or not) a backtrace per matched hit.
     pub fn backtrace(mut self, yes: bool) -> Self {
         self.backtrace = yes;
+        self
+    }
+
+    /// Reads through the stub's own translation (see [`TraceConfig::stub_translation`]).
+    pub fn stub_translation(mut self, yes: bool) -> Self {
+        self.stub_translation = yes;
         self
     }
 

@@ -183,7 +183,11 @@ impl Tracer {
     ) -> Result<(Kernel, GLayout, Option<TaskRef>), TraceError> {
         let session = slot.as_mut().ok_or_else(gone)?;
         let glayout = GLayout::new(session.register_map())?;
-        let kernel = Kernel::attach_stub(session, vmlinux).await?.with_module_debug(&cfg.module_debug);
+        let kernel = match cfg.stub_translation {
+            true => Kernel::attach(session, vmlinux).await?,
+            false => Kernel::attach_stub(session, vmlinux).await?,
+        };
+        let kernel = kernel.with_module_debug(&cfg.module_debug);
         for cpu in &cfg.filter.cpus {
             if cpu.0 as usize >= kernel.cpu_count() {
                 return Err(TraceError::Config(format!(
