@@ -15,9 +15,13 @@ use crate::UsageError;
 /// Options every command that reads a vmlinux takes.
 #[derive(Args, Debug, Clone)]
 pub struct VmlinuxArg {
-    /// The vmlinux with debug info of the guest's kernel.
-    #[arg(long, default_value = "vmlinux", value_name = "PATH")]
-    pub vmlinux: PathBuf,
+    /// The vmlinux with debug info of the guest's kernel [default: the one
+    /// among ./vmlinux, /usr/lib/debug/boot/vmlinux-*,
+    /// /usr/lib/debug/lib/modules/*/vmlinux, /lib/modules/*/build/vmlinux
+    /// and ktrace's cache whose banner and build id the guest has; ./vmlinux
+    /// for `sym` and `layout`].
+    #[arg(long, value_name = "PATH")]
+    pub vmlinux: Option<PathBuf>,
 }
 
 /// Where the debug files of modules are, for commands that show module frames.

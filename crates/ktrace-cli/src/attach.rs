@@ -15,7 +15,6 @@ use ktrace_tracer::{CancellationToken, Filter, Hit, HitSink, ResumeMode, StackCo
 
 use crate::args::{explain, ModulesArg, TargetArgs};
 use crate::inspect::warn_if_no_backtraces;
-use crate::symcmd::open_vmlinux;
 use crate::{format, UsageError};
 
 /// `ktrace attach`.
@@ -149,7 +148,7 @@ impl HitSink for Output {
 }
 
 pub async fn run(args: AttachArgs) -> Result<ExitCode> {
-    let vm = Arc::new(open_vmlinux(&args.target.vmlinux)?);
+    let vm = Arc::new(crate::locate::vmlinux(&args.target, None).await?);
     let stub = args.target.stub()?;
     let filter = Filter {
         pid: args.pid,

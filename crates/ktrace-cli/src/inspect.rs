@@ -9,7 +9,6 @@ use ktrace_kernel::{CpuState, Kernel, Regs, TaskInfo, Unwinder};
 use ktrace_tracer::BtConfig;
 
 use crate::source::{self, Source, SourceArgs};
-use crate::symcmd::open_vmlinux;
 use crate::args::{explain, ModulesArg, TargetArgs};
 use crate::{format, with_memory, UsageError};
 
@@ -117,7 +116,7 @@ pub async fn lsmod(read: ReadArgs) -> Result<ExitCode> {
 }
 
 pub async fn restore(args: TargetArgs) -> Result<ExitCode> {
-    let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
+    let vm = Arc::new(crate::locate::vmlinux(&args, None).await?);
     let stub = args.stub()?;
     let outcome =
         ktrace_tracer::restore_left_behind(&stub, vm, args.client()).await.map_err(|e| explain(args.addr().unwrap_or(""), e))?;
@@ -146,7 +145,7 @@ pub async fn bt(bt: BtArgs) -> Result<ExitCode> {
     if bt.source.live || bt.source.core.is_some() {
         return bt_without_stub(&bt).await;
     }
-    let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
+    let vm = Arc::new(crate::locate::vmlinux(args, None).await?);
     warn_if_no_backtraces(&vm);
     let stub = args.stub()?;
     let cfg =

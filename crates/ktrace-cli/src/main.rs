@@ -20,6 +20,7 @@ mod args;
 mod attach;
 mod format;
 mod inspect;
+mod locate;
 mod source;
 mod symcmd;
 

@@ -12,7 +12,6 @@ use ktrace_kernel::Kernel;
 use ktrace_rsp::Session;
 
 use crate::args::{explain, explain_rsp, TargetArgs};
-use crate::symcmd::open_vmlinux;
 use crate::UsageError;
 
 /// How to read the guest without the stub.
@@ -75,7 +74,7 @@ macro_rules! with_memory {
 
 /// Opens the source `args` name and matches the kernel.
 pub async fn open(args: &TargetArgs, source: &SourceArgs) -> Result<(Source, Kernel)> {
-    let vm = Arc::new(open_vmlinux(&args.vmlinux)?);
+    let vm = Arc::new(crate::locate::vmlinux(args, source.core.as_deref()).await?);
     if let Some(path) = &source.core {
         let mut core = CoreDump::open(path).map_err(|e| UsageError(e.to_string()))?;
         let kernel = Kernel::attach_physical(&mut core, vm).await.map_err(|e| UsageError(e.to_string()))?;

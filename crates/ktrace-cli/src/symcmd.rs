@@ -46,8 +46,10 @@ pub struct LayoutArgs {
     json: bool,
 }
 
+/// The vmlinux of `sym` and `layout`, which need no guest: `--vmlinux`, else `./vmlinux`.
 pub fn open_vmlinux(arg: &VmlinuxArg) -> Result<Vmlinux> {
-    Vmlinux::open(&arg.vmlinux).map_err(|e| UsageError(e.to_string()).into())
+    let path = arg.vmlinux.clone().unwrap_or_else(|| "vmlinux".into());
+    Vmlinux::open(&path).map_err(|e| UsageError(e.to_string()).into())
 }
 
 fn parse_addr(text: &str) -> Option<u64> {

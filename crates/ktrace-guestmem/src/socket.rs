@@ -26,6 +26,13 @@ pub fn find_qemu(addr: &str) -> Result<u32, GuestMemError> {
     }
     let owner = process_with_socket(&inodes)
         .ok_or_else(|| GuestMemError::NoQemu(format!("no process of this user owns the socket listening at {addr}")))?;
+    let comm = fs::read_to_string(format!("/proc/{owner}/comm")).unwrap_or_default();
+    if !comm.starts_with("qemu") {
+        return Err(GuestMemError::NoQemu(format!(
+            "the process listening at {addr} is {} (pid {owner}), not QEMU (a proxy?): give --qemu-pid",
+            comm.trim()
+        )));
+    }
     Ok(owner)
 }
 

@@ -200,6 +200,31 @@ impl Kernel {
         Ok(Kernel { translation: Some(translation), ..kernel })
     }
 
+    /// Checks that `vmlinux` is the kernel the guest behind `target` runs,
+    /// from physical memory alone and cheaply (no DWARF): its banner at a
+    /// load address, and its GNU build id where the file has one. Returns
+    /// the build id (hex) when there is one.
+    pub async fn identify<T: PhysicalMemory>(
+        target: &mut T,
+        vmlinux: &Vmlinux,
+    ) -> Result<Option<String>, KernelError<T::Error>> {
+        let image = kaslr::find_image_physical(target, vmlinux).await?;
+        let Some((at, id)) = vmlinux.build_id() else { return Ok(None) };
+        let text = vmlinux.symbol("_text")?.addr;
+        let (Some(text_lma), Some(lma)) = (vmlinux.load_address(text), vmlinux.load_address(at)) else {
+            return Ok(None);
+        };
+        let live = target.read_physical(image.text_phys + (lma - text_lma), id.len()).await.map_err(KernelError::Target)?;
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        if live != id {
+            return Err(KernelError::BannerMismatch {
+                file: format!("{} (build id {})", vmlinux.banner()?.trim_end(), hex(id)),
+                guest: format!("the same banner, but build id {}", hex(&live)),
+            });
+        }
+        Ok(Some(hex(id)))
+    }
+
     /// The rest of an attach, once the slide is known.
     async fn with_slide<T: Target>(
         target: &mut T,

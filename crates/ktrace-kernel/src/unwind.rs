@@ -218,6 +218,10 @@ const PAGE: u64 = 2048;
 struct StackReader<'t, T> {
     target: &'t mut T,
     chunks: HashMap<u64, Option<Vec<u8>>>,
+    /// The stack block size: a miss reads on to the end of its block in
+    /// one pipelined batch (an unwind walks up the stack towards its end,
+    /// where the entry code's `pt_regs` are).
+    block: u64,
 }
 
 impl<T: Target> StackReader<'_, T> {
@@ -228,8 +232,16 @@ impl<T: Target> StackReader<'_, T> {
             return self.target.read_u64(addr).await.ok();
         }
         if !self.chunks.contains_key(&base) {
-            let chunk = self.target.read_memory(base, PAGE as usize).await.ok();
-            self.chunks.insert(base, chunk);
+            let end = (base | (self.block - 1)).wrapping_add(1);
+            let bases: Vec<u64> =
+                (0..).map(|k| base + k * PAGE).take_while(|&b| b < end || b == base).filter(|b| !self.chunks.contains_key(b)).collect();
+            let reqs: Vec<(u64, usize)> = bases.iter().map(|&b| (b, PAGE as usize)).collect();
+            match self.target.read_memory_many(&reqs).await {
+                Ok(chunks) => self.chunks.extend(bases.into_iter().zip(chunks)),
+                Err(_) => {
+                    self.chunks.insert(base, None);
+                }
+            }
         }
         let chunk = self.chunks.get(&base)?.as_ref()?;
         let off = (addr - base) as usize;
@@ -391,7 +403,7 @@ impl Unwinder {
 
     async fn unwind_from<T: Target>(&mut self, kernel: &Kernel, target: &mut T, regs: Regs, saved: bool) -> Backtrace {
         self.space.clone_from(kernel.space());
-        let mut stack = StackReader { target, chunks: HashMap::new() };
+        let mut stack = StackReader { target, chunks: HashMap::new(), block: self.stack_block };
         let mut frames = Vec::new();
         // A CPU stopped in user mode has no kernel stack to walk.
         let first_kind = match (self.space.is_kernel(regs.ip), saved) {
@@ -693,7 +705,7 @@ mod tests {
     }
 
     async fn step(t: &mut SyntheticTarget, row: CfiRow, regs: Regs) -> Result<Option<Regs>, String> {
-        let mut stack = StackReader { target: t, chunks: HashMap::new() };
+        let mut stack = StackReader { target: t, chunks: HashMap::new(), block: 16 << 10 };
         match cfi_step(&row, &regs, &mut stack).await {
             Step::Next(caller) => {
                 unwinder().check_caller(&regs, &caller).map_err(|e| e.to_string())?;

@@ -79,6 +79,26 @@ impl Vmlinux {
         })
     }
 
+    /// The GNU build id (`NT_GNU_BUILD_ID` in `.notes`): its link-time
+    /// address and bytes.
+    pub fn build_id(&self) -> Option<(KernelAddr, &[u8])> {
+        let notes = self.image.section(".notes")?;
+        let d = notes.data;
+        let mut at = 0usize;
+        let word = |o: usize| d.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+        while at + 12 <= d.len() {
+            let (namesz, descsz, kind) = (word(at)?, word(at + 4)?, word(at + 8)?);
+            let name_at = at + 12;
+            let desc_at = name_at + namesz.next_multiple_of(4);
+            let next = desc_at + descsz.next_multiple_of(4);
+            if kind == 3 && d.get(name_at..name_at + namesz) == Some(b"GNU\0") {
+                return Some((KernelAddr(notes.addr + desc_at as u64), d.get(desc_at..desc_at + descsz)?));
+            }
+            at = next;
+        }
+        None
+    }
+
     /// The `PT_LOAD` segments, in file order.
     pub fn load_segments(&self) -> &[LoadSegment] {
         &self.image.segments
