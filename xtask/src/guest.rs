@@ -60,7 +60,7 @@ fn boot(args: &[&str]) -> Result<()> {
             "--port" => opts.port = Some(value()?.parse().context("--port")?),
             "--testprogs" => opts.testprogs = value()?.parse().context("--testprogs")?,
             "--kaslr" => opts.kaslr = true,
-            "--qemu" => opts.qemu = value()?.parse().map_err(anyhow::Error::msg)?,
+            "--qemu" => opts.qemu = Some(value()?.parse().map_err(anyhow::Error::msg)?),
             "--pti" => opts.pti = true,
             "--five-level" => opts.five_level = true,
             "--qmp" => opts.qmp = true,

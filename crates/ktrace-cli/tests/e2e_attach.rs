@@ -218,7 +218,7 @@ fn attach_at_the_syscall_entry_on_a_pti_guest() {
     let opts = BootOptions {
         testprogs: 2,
         pti: true,
-        qemu: ktrace_testguest::QemuBuild::V10_0,
+        qemu: Some(ktrace_testguest::QemuBuild::V10_0),
         ..BootOptions::default()
     };
     let Some(guest) = test_guest(opts) else { return };

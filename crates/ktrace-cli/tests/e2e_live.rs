@@ -51,7 +51,7 @@ fn console_lines(records: &[Value]) -> Vec<String> {
 
 fn check(series: KernelSeries, qemu: QemuBuild) {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
-    let opts = BootOptions { kernel: series, qemu, qmp: true, testprogs: 2, ..BootOptions::default() };
+    let opts = BootOptions { kernel: series, qemu: Some(qemu), qmp: true, testprogs: 2, ..BootOptions::default() };
     let Some(guest) = test_guest(opts) else { return };
     let addr = guest.addr();
     let qmp_socket = guest.qmp_socket().expect("QMP socket").to_str().unwrap().to_string();

@@ -37,8 +37,10 @@ pub struct BootOptions {
     /// Also serve QMP on a unix socket ([`Guest::qmp_socket`]), to pause the
     /// VM and dump its memory.
     pub qmp: bool,
-    /// The QEMU build that runs the guest (7.2 by default).
-    pub qemu: QemuBuild,
+    /// The QEMU build that runs the guest; `None`: the kernel series'
+    /// own ([`KernelSeries::qemu`]), so that tests that run several
+    /// kernels run on both builds.
+    pub qemu: Option<QemuBuild>,
     /// Boot with page-table isolation forced on (`pti=on`), as on Intel
     /// hosts affected by Meltdown.
     pub pti: bool,
@@ -60,7 +62,7 @@ impl Default for BootOptions {
             daemon: false,
             timeout: Duration::from_secs(240),
             qmp: false,
-            qemu: QemuBuild::default(),
+            qemu: None,
             pti: false,
             five_level: false,
         }
@@ -159,7 +161,8 @@ impl Guest {
     }
 
     fn boot_once(image: &GuestImage, opts: &BootOptions) -> Result<Guest, GuestError> {
-        let qemu = Qemu::prepare(opts.qemu, &mut |line| eprintln!("ktrace-testguest: {line}"))?;
+        let build = opts.qemu.unwrap_or(image.series.qemu());
+        let qemu = Qemu::prepare(build, &mut |line| eprintln!("ktrace-testguest: {line}"))?;
         let port = match opts.port {
             Some(p) => p,
             None => free_port()?,
