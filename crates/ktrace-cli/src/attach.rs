@@ -11,7 +11,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use ktrace_kernel::CpuId;
-use ktrace_tracer::{CancellationToken, Filter, Hit, HitSink, ResumeMode, StackCounts, TraceConfig, Tracer};
+use ktrace_rsp::StubAddr;
+use ktrace_tracer::{CancellationToken, Filter, Hit, HitSink, Journal, ResumeMode, StackCounts, TraceConfig, Tracer};
+
+use crate::guard::{FileJournal, Guardian};
 
 use crate::args::{explain, ModulesArg, TargetArgs};
 use crate::inspect::warn_if_no_backtraces;
@@ -81,6 +84,10 @@ pub struct AttachArgs {
     /// (PTI). For comparisons.
     #[arg(long, hide = true)]
     stub_translation: bool,
+    /// Talk to the stub directly, without the guardian that cleans up after
+    /// a killed ktrace (for tests of what a killed ktrace leaves).
+    #[arg(long, hide = true)]
+    no_guardian: bool,
     /// How to get past a breakpoint (auto probes the fastest safe way).
     #[arg(long, value_enum, default_value_t = ResumeArg::Auto)]
     resume: ResumeArg,
@@ -176,6 +183,8 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         in_guest: args.in_guest,
         stub_translation: args.stub_translation,
         module_debug: args.modules.dir(),
+        journal: None,
+        reconnect_to: None,
     };
     if want_stacks && args.no_backtrace {
         return Err(UsageError("--stacks/--folded/--flamegraph need backtraces; drop --no-backtrace".into()).into());
@@ -186,7 +195,25 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
     if !args.no_backtrace {
         warn_if_no_backtraces(&vm);
     }
-    let tracer = Tracer::attach(&stub, vm, cfg).await.map_err(|e| explain(args.target.addr().unwrap_or(""), e))?;
+    // The guardian holds the stub connection and cleans up if ktrace is killed.
+    let (guardian, via, cfg) = if args.no_guardian {
+        (None, stub.clone(), cfg)
+    } else {
+        let g = Guardian::start(args.target.addr()?)?;
+        let journal = FileJournal::create(&g.journal, args.target.leave_stopped)?;
+        let via = StubAddr::Unix(g.socket.clone());
+        let cfg = TraceConfig { journal: Some(Journal(Arc::new(journal))), reconnect_to: Some(stub.clone()), ..cfg };
+        (Some(g), via, cfg)
+    };
+    let tracer = match Tracer::attach(&via, vm, cfg).await {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(g) = guardian {
+                g.finish();
+            }
+            return Err(explain(args.target.addr().unwrap_or(""), e));
+        }
+    };
     let kernel = tracer.kernel();
     let places: Vec<String> = tracer.locations().iter().map(|l| l.spec.clone()).collect();
     eprintln!(
@@ -211,6 +238,9 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         failed: None,
     };
     let result = tracer.run(&mut output, cancel).await;
+    if let Some(g) = guardian {
+        g.finish();
+    }
     let _ = output.out.flush();
     if output.status_line {
         eprint!("\r\x1b[2K");

@@ -19,6 +19,7 @@ macro_rules! out {
 mod args;
 mod attach;
 mod format;
+mod guard;
 mod inspect;
 mod locate;
 mod source;
@@ -60,6 +61,9 @@ enum Command {
     Sym(symcmd::SymArgs),
     /// Print offsets and sizes of struct members (`task_struct.pid`).
     Layout(symcmd::LayoutArgs),
+    /// The guardian of a running `attach` (started by it; not for users).
+    #[command(name = "__guard", hide = true)]
+    Guard { stub: String, socket: std::path::PathBuf, journal: std::path::PathBuf },
 }
 
 
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
             Command::Restore(args) => inspect::restore(args).await,
             Command::Sym(args) => symcmd::sym(args).await,
             Command::Layout(args) => symcmd::layout(args),
+            Command::Guard { stub, socket, journal } => guard::serve(&stub, &socket, &journal).map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

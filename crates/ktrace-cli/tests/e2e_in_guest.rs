@@ -182,13 +182,15 @@ fn on(series: KernelSeries) {
     assert!(!bed.guest.console().contains("Oops"), "the guest oopsed:\n{}", bed.guest.console());
 }
 
-/// SIGKILL while patched: QEMU keeps the VM paused; a client that attaches
+/// SIGKILL while patched, with no guardian (`--no-guardian`: what a killed
+/// ktrace leaves when nothing cleans up after it, e.g. the guardian killed
+/// too; `tests/guardian.rs` has the guardian's own clean-up): QEMU keeps the VM paused; a client that attaches
 /// and detaches lets it run with the patch in place (the trampoline has no
 /// int3, so it runs on at full speed); GDB disassembles the trampoline as
 /// ktrace wrote it; `ktrace restore` and a later `--in-guest` clean up.
 fn killed_while_patched(bed: &mut Bed, site: u64, trampoline: u64) {
     for cleanup in ["restore", "attach --in-guest"] {
-        let args = attach(bed, &["--in-guest"]);
+        let args = attach(bed, &["--in-guest", "--no-guardian"]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut running = common::spawn(&args);
         assert!(running.wait_lines(2, Duration::from_secs(60)), "no hits before SIGKILL");

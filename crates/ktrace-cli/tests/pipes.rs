@@ -1,6 +1,7 @@
 //! Every command in a pipe whose reader is gone (`ktrace ps | head -5` once
 //! head has exited): ktrace ends as head expects (exit 0, or 141 if killed
-//! by SIGPIPE), says nothing on stderr, and the guest is released first.
+//! by SIGPIPE), says nothing on stderr (but `attach`'s "attached to" line,
+//! written before any hit), and the guest is released first.
 //!
 //! Deterministic: the read end of ktrace's stdout is closed before ktrace
 //! writes anything, so its first write fails.
@@ -25,7 +26,10 @@ fn closed_stdout(args: &[&str]) {
     use std::os::unix::process::ExitStatusExt;
     let ok = out.status.code() == Some(0) || out.status.code() == Some(141) || out.status.signal() == Some(13);
     assert!(ok, "ktrace {args:?}: {} with stdout closed; stderr: {stderr}", out.status);
-    assert!(stderr.trim().is_empty(), "ktrace {args:?} wrote to stderr with stdout closed: {stderr}");
+    // `attach` says where it attached before it writes a hit (before it can
+    // know): that line only; no error, no summary, no panic.
+    let noise: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("ktrace: attached to ")).collect();
+    assert!(noise.is_empty(), "ktrace {args:?} wrote to stderr with stdout closed: {stderr}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use ktrace_symbols::{KernelAddr, Vmlinux};
 use serde::Serialize;
 
 use crate::layout::{KernelLayout, PercpuOffset};
-use crate::memory::{GuestMemory, MemoryError, PhysicalMemory, Translation};
+use crate::memory::{GuestMemory, MemoryError, PhysicalMemory, Translation, WriteJournal};
 use crate::x86::paging::PagingLevels;
 use crate::x86::AddressSpace;
 use crate::module_debug::{ModuleDebugDir, ModuleDebugFiles};
@@ -35,6 +35,8 @@ pub struct Kernel {
     /// ktrace's own translation through the kernel's page tables, when the
     /// guest is read through physical memory.
     translation: Option<Arc<Translation>>,
+    /// Told of every write first.
+    journal: Option<Arc<dyn WriteJournal>>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -269,7 +271,15 @@ impl Kernel {
             release,
             space,
             translation,
+            journal: None,
         })
+    }
+
+    /// Every write through [`Kernel::memory`] is recorded in `journal`
+    /// before it is made.
+    pub fn with_journal(mut self, journal: Arc<dyn WriteJournal>) -> Kernel {
+        self.journal = Some(journal);
+        self
     }
 
     /// The address-space layout of the guest.
@@ -286,7 +296,7 @@ impl Kernel {
     /// kernel's page tables when attached with [`Kernel::attach_physical`],
     /// else through the target's own virtual reads.
     pub fn memory<'a, T: PhysicalMemory>(&'a self, target: &'a mut T) -> GuestMemory<'a, T> {
-        GuestMemory::new(target, self.translation.as_deref())
+        GuestMemory::new(target, self.translation.as_deref()).with_journal(self.journal.as_deref())
     }
 
     /// Where a task that is not running resumes: `switch_to` left a

@@ -48,7 +48,7 @@ pub use current::{CurrentTask, CurrentTaskReads};
 pub use error::KernelError;
 pub use kernel::{CpuState, Kernel, KernelInfo};
 pub use printk::{KernelLog, LogRecord};
-pub use memory::{GuestMemory, MemoryError, PhysicalMemory, Translation};
+pub use memory::{GuestMemory, MemoryError, PhysicalMemory, Translation, WriteJournal, WrittenTo};
 pub use layout::{CurrentTaskVar, KernelLayout, PercpuOffset, PercpuSection, PercpuVar};
 pub use module::{
     read_module_list, read_module_orc, read_module_symbols, read_modules, LoadedModule, ModuleInfo, ModuleLayout,

@@ -71,6 +71,9 @@ pub enum MemoryError<E> {
         /// Physical address of the entry.
         table: u64,
     },
+    /// The undo log could not record a write, so it was not made.
+    #[error("the undo log refused a write: {0}")]
+    Journal(String),
     /// Not a canonical address in this paging mode.
     #[error("0x{addr:x} is not a canonical address")]
     NotCanonical {
@@ -343,6 +346,29 @@ impl Translation {
     }
 }
 
+/// Where a write went: guest physical memory, or a virtual address through
+/// the target's own translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WrittenTo {
+    /// A guest physical address, and the virtual address it was written at.
+    Physical {
+        /// The physical address.
+        phys: u64,
+        /// The virtual address the kernel sees it at.
+        virt: u64,
+    },
+    /// A virtual address (a target without a translation).
+    Virtual(u64),
+}
+
+/// Told of every write before it is made (a write-ahead undo log): what
+/// was there and what goes there, so that another process can put the
+/// guest back if ktrace dies.
+pub trait WriteJournal: Send + Sync {
+    /// Records a write of `new` over `old` at `at`. An error stops the write.
+    fn record(&self, at: WrittenTo, old: &[u8], new: &[u8]) -> std::io::Result<()>;
+}
+
 /// A backend read through the kernel's page tables: a [`Target`] whose
 /// virtual reads are ktrace's own translation and physical reads. Without
 /// a translation (a stub with no physical mode, synthetic memory) reads go
@@ -350,12 +376,19 @@ impl Translation {
 pub struct GuestMemory<'a, T> {
     target: &'a mut T,
     translation: Option<&'a Translation>,
+    journal: Option<&'a dyn WriteJournal>,
 }
 
 impl<'a, T: PhysicalMemory> GuestMemory<'a, T> {
     /// `target` through `translation` (or its own virtual reads).
     pub fn new(target: &'a mut T, translation: Option<&'a Translation>) -> GuestMemory<'a, T> {
-        GuestMemory { target, translation }
+        GuestMemory { target, translation, journal: None }
+    }
+
+    /// Every write recorded in `journal` first.
+    pub fn with_journal(mut self, journal: Option<&'a dyn WriteJournal>) -> GuestMemory<'a, T> {
+        self.journal = journal;
+        self
     }
 
     /// The backend.
@@ -407,12 +440,22 @@ impl<T: PhysicalMemory> Target for GuestMemory<'_, T> {
 
     async fn write_memory(&mut self, addr: u64, bytes: &[u8]) -> Result<(), Self::Error> {
         let Some(t) = self.translation else {
+            if let Some(j) = self.journal {
+                let old = self.target.read_memory(addr, bytes.len()).await.map_err(MemoryError::Target)?;
+                j.record(WrittenTo::Virtual(addr), &old, bytes).map_err(|e| MemoryError::Journal(e.to_string()))?;
+            }
             return self.target.write_memory(addr, bytes).await.map_err(MemoryError::Target);
         };
         let pieces = t.pieces(self.target, &[(addr, bytes.len())]).await?.pop().expect("one")?;
         let mut done = 0;
         for (p, n) in pieces {
-            self.target.write_physical(p, &bytes[done..done + n]).await.map_err(MemoryError::Target)?;
+            let new = &bytes[done..done + n];
+            if let Some(j) = self.journal {
+                let old = self.target.read_physical(p, n).await.map_err(MemoryError::Target)?;
+                let at = WrittenTo::Physical { phys: p, virt: addr + done as u64 };
+                j.record(at, &old, new).map_err(|e| MemoryError::Journal(e.to_string()))?;
+            }
+            self.target.write_physical(p, new).await.map_err(MemoryError::Target)?;
             done += n;
         }
         Ok(())

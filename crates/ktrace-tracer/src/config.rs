@@ -82,6 +82,23 @@ pub struct TraceConfig {
     /// CPU's page tables, as GDB does) instead of ktrace's walk of the
     /// kernel's page tables over QEMU's physical mode. For comparison only.
     pub stub_translation: bool,
+    /// Every write into the guest is recorded here first (an undo log a
+    /// guardian process replays if ktrace dies).
+    pub journal: Option<Journal>,
+    /// Where to connect again when the connection is lost (the stub itself,
+    /// when the trace talks to it through a guardian); the address given
+    /// to [`crate::Tracer::attach`] when `None`.
+    pub reconnect_to: Option<ktrace_rsp::StubAddr>,
+}
+
+/// A [`ktrace_kernel::WriteJournal`] for [`TraceConfig::journal`].
+#[derive(Clone)]
+pub struct Journal(pub std::sync::Arc<dyn ktrace_kernel::WriteJournal>);
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Journal")
+    }
 }
 
 impl Default for TraceConfig {
@@ -101,6 +118,8 @@ impl Default for TraceConfig {
             in_guest: false,
             module_debug: ModuleDebugDir::Default,
             stub_translation: false,
+            journal: None,
+            reconnect_to: None,
         }
     }
 }
@@ -163,6 +182,12 @@ impl TraceConfig {
     /// Captures (or not) a backtrace per matched hit.
     pub fn backtrace(mut self, yes: bool) -> Self {
         self.backtrace = yes;
+        self
+    }
+
+    /// Records every write into the guest in `journal` first.
+    pub fn journal(mut self, journal: std::sync::Arc<dyn ktrace_kernel::WriteJournal>) -> Self {
+        self.journal = Some(Journal(journal));
         self
     }
 

@@ -25,7 +25,7 @@ mod stream;
 mod tracer;
 
 pub use bt::{backtrace_all_cpus, backtrace_cpus, BtConfig, CpuBacktrace};
-pub use config::{GuestRelease, ResumeMode, TraceConfig};
+pub use config::{GuestRelease, Journal, ResumeMode, TraceConfig};
 pub use error::{GoneReason, TraceError, TraceFailure};
 pub use filter::{glob_match, Filter};
 pub use hit::{parse_duration, EndReason, Hit, InGuestReport, StackCounts, Summary};

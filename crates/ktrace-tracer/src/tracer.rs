@@ -187,7 +187,10 @@ impl Tracer {
             true => Kernel::attach(session, vmlinux).await?,
             false => Kernel::attach_stub(session, vmlinux).await?,
         };
-        let kernel = kernel.with_module_debug(&cfg.module_debug);
+        let mut kernel = kernel.with_module_debug(&cfg.module_debug);
+        if let Some(j) = &cfg.journal {
+            kernel = kernel.with_journal(j.0.clone());
+        }
         for cpu in &cfg.filter.cpus {
             if cpu.0 as usize >= kernel.cpu_count() {
                 return Err(TraceError::Config(format!(
@@ -410,7 +413,8 @@ impl Tracer {
             return;
         }
         let vm = self.kernel.vmlinux().clone();
-        if let Ok(outcome) = in_guest::restore_left_behind(&self.addr, vm, self.cfg.client.clone()).await {
+        let addr = self.cfg.reconnect_to.clone().unwrap_or_else(|| self.addr.clone());
+        if let Ok(outcome) = in_guest::restore_left_behind(&addr, vm, self.cfg.client.clone()).await {
             self.in_guest_report.restored += outcome.restored.len();
             self.in_guest_report.erased = outcome.erased;
             self.in_guest_report.reconnected = true;
