@@ -103,7 +103,11 @@ pub fn run(rounds: usize, seconds: u64) -> Result<String> {
                     _ => measure(&mut CoreDump::open(&dump)?, window, banner_phys, true).await,
                 }
             })?;
-            eprintln!("round {round}: {}: {small:.0} 8-byte reads/s, {:.1} MB/s in 64 KiB reads", backends[b], big / 1e6);
+            eprintln!(
+                "round {round}: {}: {small:.0} 8-byte reads/s, {:.1} MB/s in 64 KiB reads",
+                backends[b],
+                big / 1e6
+            );
             through[b].small_reads.push(small);
             through[b].big_bytes.push(big);
         }

@@ -12,8 +12,8 @@
 
 mod bench;
 mod bench_in_guest;
-mod bench_memory;
 mod bench_kernels;
+mod bench_memory;
 mod guest;
 mod layers;
 mod soak;

@@ -66,7 +66,9 @@ pub struct TargetArgs {
 impl TargetArgs {
     /// The stub address as given.
     pub fn addr(&self) -> Result<&str> {
-        self.addr.as_deref().ok_or_else(|| UsageError("give the gdb stub's address (:PORT, HOST:PORT or unix:PATH)".into()).into())
+        self.addr
+            .as_deref()
+            .ok_or_else(|| UsageError("give the gdb stub's address (:PORT, HOST:PORT or unix:PATH)".into()).into())
     }
 
     pub fn stub(&self) -> Result<StubAddr> {
@@ -120,4 +122,3 @@ pub fn explain_rsp(addr: &str, err: RspError) -> anyhow::Error {
         other => anyhow::Error::from(other).context(format!("talking to the gdb stub at {addr}")),
     }
 }
-

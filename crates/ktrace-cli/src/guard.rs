@@ -160,7 +160,12 @@ pub fn serve(stub: &str, socket: &Path, journal: &Path) -> Result<()> {
             }
         }
     }
-    let _tidy = Tidy(socket.parent().filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ktrace-guard-"))).map(Path::to_path_buf));
+    let _tidy = Tidy(
+        socket
+            .parent()
+            .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ktrace-guard-")))
+            .map(Path::to_path_buf),
+    );
     let mut upstream = connect(stub)?;
     let _ = fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
@@ -222,7 +227,11 @@ pub fn serve(stub: &str, socket: &Path, journal: &Path) -> Result<()> {
             let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
             match ev {
                 Event::Packet(p) => {
-                    if p.starts_with(b"vCont;c") || p.starts_with(b"vCont;s") || p.starts_with(b"vCont;C") || matches!(p.first(), Some(b'c' | b's' | b'C' | b'S')) {
+                    if p.starts_with(b"vCont;c")
+                        || p.starts_with(b"vCont;s")
+                        || p.starts_with(b"vCont;C")
+                        || matches!(p.first(), Some(b'c' | b's' | b'C' | b'S'))
+                    {
                         s.running = true;
                     } else if p.starts_with(b"D") {
                         s.detached = true;
@@ -580,7 +589,8 @@ impl Undo {
             if covered.contains(&(physical, addr)) {
                 continue;
             }
-            let mut r = Range { physical, addr, original: Vec::new(), latest: Vec::new(), virt: virts[&(physical, addr)] };
+            let mut r =
+                Range { physical, addr, original: Vec::new(), latest: Vec::new(), virt: virts[&(physical, addr)] };
             for a in addr..addr + len as u64 {
                 covered.insert((physical, a));
                 let (o, n) = bytes[&(physical, a)];

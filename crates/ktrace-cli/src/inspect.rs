@@ -8,8 +8,8 @@ use clap::Args;
 use ktrace_kernel::{CpuState, Kernel, Regs, TaskInfo, Unwinder};
 use ktrace_tracer::BtConfig;
 
-use crate::source::{self, Source, SourceArgs};
 use crate::args::{explain, ModulesArg, TargetArgs};
+use crate::source::{self, Source, SourceArgs};
 use crate::{format, with_memory, UsageError};
 
 /// `ktrace bt`.
@@ -90,7 +90,11 @@ pub async fn info(read: ReadArgs) -> Result<ExitCode> {
         for c in &info.cpus {
             outln!(
                 "cpu {:<3}  per-cpu 0x{:016x}  current pid {:<6} {} (task 0x{:x})",
-                c.cpu, c.percpu_base, c.current.pid, c.current.comm, c.current.task.0
+                c.cpu,
+                c.percpu_base,
+                c.current.pid,
+                c.current.comm,
+                c.current.task.0
             );
         }
     }
@@ -118,8 +122,9 @@ pub async fn lsmod(read: ReadArgs) -> Result<ExitCode> {
 pub async fn restore(args: TargetArgs) -> Result<ExitCode> {
     let vm = Arc::new(crate::locate::vmlinux(&args, None).await?);
     let stub = args.stub()?;
-    let outcome =
-        ktrace_tracer::restore_left_behind(&stub, vm, args.client()).await.map_err(|e| explain(args.addr().unwrap_or(""), e))?;
+    let outcome = ktrace_tracer::restore_left_behind(&stub, vm, args.client())
+        .await
+        .map_err(|e| explain(args.addr().unwrap_or(""), e))?;
     let Some(at) = outcome.trampoline else {
         outln!("no ktrace trampoline in the guest; nothing to restore");
         return Ok(ExitCode::SUCCESS);

@@ -68,7 +68,9 @@ async fn first_match<T: PhysicalMemory>(target: &mut T) -> Result<Vmlinux> {
         };
         match Kernel::identify(target, &vm).await {
             Ok(_) => return Ok(vm),
-            Err(e) => tried.push(format!("{}: not the guest's kernel ({})", path.display(), first_line(&e.to_string()))),
+            Err(e) => {
+                tried.push(format!("{}: not the guest's kernel ({})", path.display(), first_line(&e.to_string())))
+            }
         }
     }
     let looked = if tried.is_empty() {
@@ -101,9 +103,8 @@ pub async fn vmlinux(args: &TargetArgs, core: Option<&Path>) -> Result<Vmlinux> 
     if let Ok(mut host) = ktrace_guestmem::find_qemu(addr).and_then(|pid| HostMemory::open(pid, None)) {
         return first_match(&mut host).await;
     }
-    let (mut session, _) = Session::connect(&args.stub()?, args.client())
-        .await
-        .map_err(|e| crate::args::explain_rsp(addr, e))?;
+    let (mut session, _) =
+        Session::connect(&args.stub()?, args.client()).await.map_err(|e| crate::args::explain_rsp(addr, e))?;
     let found = first_match(&mut session).await;
     let released = args.release().release(session).await;
     let vm = found?;

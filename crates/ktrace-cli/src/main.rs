@@ -66,7 +66,6 @@ enum Command {
     Guard { stub: String, socket: std::path::PathBuf, journal: std::path::PathBuf },
 }
 
-
 /// An error caused by what the user asked for (exit code 2), as opposed to a
 /// failure while running (exit code 1).
 #[derive(Debug)]
@@ -105,7 +104,9 @@ fn main() -> ExitCode {
             Command::Restore(args) => inspect::restore(args).await,
             Command::Sym(args) => symcmd::sym(args).await,
             Command::Layout(args) => symcmd::layout(args),
-            Command::Guard { stub, socket, journal } => guard::serve(&stub, &socket, &journal).map(|()| ExitCode::SUCCESS),
+            Command::Guard { stub, socket, journal } => {
+                guard::serve(&stub, &socket, &journal).map(|()| ExitCode::SUCCESS)
+            }
         }
     });
     match result {
@@ -123,5 +124,6 @@ fn main() -> ExitCode {
 
 /// True when `err` is a write to a closed stdout.
 fn is_closed_stdout(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+    err.chain()
+        .any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }

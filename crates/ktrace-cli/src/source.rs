@@ -33,7 +33,8 @@ pub struct SourceArgs {
     pub core: Option<PathBuf>,
 }
 
-/// An open source.
+/// An open source (one per command: the size of a variant does not matter).
+#[allow(clippy::large_enum_variant)]
 pub enum Source {
     /// The gdb stub: the guest is stopped until released.
     Stub(Session),

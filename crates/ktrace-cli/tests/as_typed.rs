@@ -64,7 +64,8 @@ fn another_kernels_vmlinux_is_never_used() {
 /// Among the three kernels of the cache, the one the guest runs (7.x on QEMU 10.0).
 #[test]
 fn the_right_kernel_is_found_among_several() {
-    let Some(guest) = test_guest(BootOptions { kernel: KernelSeries::V7, qemu: Some(QemuBuild::V10_0), ..BootOptions::default() })
+    let Some(guest) =
+        test_guest(BootOptions { kernel: KernelSeries::V7, qemu: Some(QemuBuild::V10_0), ..BootOptions::default() })
     else {
         return;
     };

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::oracles::{ask_drgn, hex, json_lines, pause_and_dump};
-use ktrace_testguest::{test_guest, BootOptions, Guest, KernelSeries, Qmp, QemuBuild};
+use common::oracles::{ask_drgn_with_stacks, hex, json_lines, pause_and_dump};
+use ktrace_testguest::{test_guest, BootOptions, Guest, KernelSeries, QemuBuild, Qmp};
 use serde_json::Value;
 
 static ONE_GUEST: Mutex<()> = Mutex::new(());
@@ -100,7 +100,12 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
         let lines = console_lines(&records);
         assert!(lines.iter().any(|l| l.contains("Linux version")), "{args:?}: no banner in {} lines", lines.len());
         let missing: Vec<&String> = lines.iter().filter(|l| !console.contains(*l)).collect();
-        assert!(missing.is_empty(), "{args:?}: {} of {} lines not on the console: {missing:?}", missing.len(), lines.len());
+        assert!(
+            missing.is_empty(),
+            "{args:?}: {} of {} lines not on the console: {missing:?}",
+            missing.len(),
+            lines.len()
+        );
     }
 
     // --core against drgn on the same dump.
@@ -111,7 +116,15 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
     let core_lsmod = json_lines(&ktrace(&guest, &["lsmod", "--core", &dump_s, "--json"]));
     let core_bt = json_lines(&ktrace(&guest, &["bt", "--core", &dump_s, "--json"]));
     let core_dmesg = json_lines(&ktrace(&guest, &["dmesg", "--core", &dump_s, "--json"]));
-    let drgn = ask_drgn(&dump, guest.vmlinux());
+    // Sleeping tasks: init (pid 1) and kthreadd (pid 2).
+    let sleeping: Vec<Value> = [1, 2]
+        .iter()
+        .map(|pid| {
+            serde_json::from_str(&ktrace(&guest, &["bt", "--core", &dump_s, "--pid", &pid.to_string(), "--json"]))
+                .unwrap()
+        })
+        .collect();
+    let drgn = ask_drgn_with_stacks(&dump, guest.vmlinux(), &[1, 2]);
     let _ = std::fs::remove_file(&dump);
     qmp.cont().expect("QMP cont");
     assert!(console_lines(&core_dmesg).iter().all(|l| console.contains(l)));
@@ -121,7 +134,8 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
             .unwrap()
             .iter()
             .map(|t| {
-                let v = (t["pid"].as_i64().unwrap(), t["tgid"].as_i64().unwrap(), t["comm"].as_str().unwrap().to_string());
+                let v =
+                    (t["pid"].as_i64().unwrap(), t["tgid"].as_i64().unwrap(), t["comm"].as_str().unwrap().to_string());
                 (t["task"].as_u64().unwrap(), v)
             })
             .collect();
@@ -137,6 +151,28 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
             .map(|m| (m["name"].as_str().unwrap().to_string(), m["base"].as_u64().unwrap()))
             .collect();
         assert_eq!(names, drgn_names, "lsmod --core equals drgn's modules");
+        for (pid, ours) in [1, 2].iter().zip(&sleeping) {
+            let theirs = &drgn["stacks"][pid.to_string()];
+            assert!(theirs["error"].is_null(), "drgn could not unwind pid {pid}: {theirs}");
+            let drgn_pcs: Vec<u64> = theirs["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| !f["inline"].as_bool().unwrap_or(false))
+                .map(|f| f["pc"].as_u64().unwrap())
+                .take_while(|&pc| pc >= 0xffff_8000_0000_0000)
+                .collect();
+            let our_pcs: Vec<u64> = ours["backtrace"]["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| hex(&f["pc"]))
+                .take_while(|&pc| pc >= 0xffff_8000_0000_0000)
+                .collect();
+            assert!(ours["cpu"].is_null(), "pid {pid} sleeps: {ours}");
+            assert!(drgn_pcs.len() > 2, "drgn's stack of pid {pid}: {theirs}");
+            assert_eq!(our_pcs, drgn_pcs, "bt --pid {pid} --core: ktrace {ours} drgn {theirs}");
+        }
         for (ours, theirs) in core_bt.iter().zip(drgn["cpus"].as_array().unwrap()) {
             assert_eq!(ours["task"]["pid"], theirs["pid"], "CPU {}: {ours} vs drgn {theirs}", theirs["cpu"]);
             if !theirs["error"].is_null() {

@@ -59,7 +59,8 @@ fn the_guest_survives_a_killed_ktrace() {
     let vm = path(guest.vmlinux());
     let addr = guest.addr();
     let stop_loop = ["attach", &addr, "--vmlinux", vm, "--break", "_raw_spin_lock", "--pid", &pid, "--json"];
-    let in_guest = ["attach", &addr, "--vmlinux", vm, "--break", "urandom_read_iter", "--pid", &pid, "--json", "--in-guest"];
+    let in_guest =
+        ["attach", &addr, "--vmlinux", vm, "--break", "urandom_read_iter", "--pid", &pid, "--json", "--in-guest"];
     // Heartbeats come once a second: the guest ran again within about one.
     let limit = Duration::from_millis(2500);
 

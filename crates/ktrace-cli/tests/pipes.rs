@@ -14,12 +14,8 @@ use common::{guest, path};
 
 /// Runs ktrace with a stdout nobody reads; asserts the quiet, clean end.
 fn closed_stdout(args: &[&str]) {
-    let mut child = common::ktrace()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ktrace");
+    let mut child =
+        common::ktrace().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn ktrace");
     drop(child.stdout.take());
     let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -15,8 +15,8 @@ use crate::GuestMemError;
 const PR_REG: usize = 112;
 /// `struct user_regs_struct`, in order.
 const USER_REGS: [&str; 27] = [
-    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi",
-    "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax",
+    "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +50,8 @@ impl CoreDump {
         let file = std::fs::File::open(&path).map_err(|source| GuestMemError::Io { path: path.clone(), source })?;
         // SAFETY: mapped read-only; like every core reader we assume nobody
         // truncates the dump while it is open.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| GuestMemError::Io { path: path.clone(), source })?;
+        let map =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|source| GuestMemError::Io { path: path.clone(), source })?;
         let elf = ElfFile64::<Endianness>::parse(&map[..]).map_err(|e| bad(&format!("not an ELF memory dump: {e}")))?;
         let e = elf.endian();
         if elf.elf_header().e_type.get(e) != object::elf::ET_CORE {
@@ -60,11 +61,9 @@ impl CoreDump {
         let mut cpus = Vec::new();
         for ph in elf.elf_program_headers() {
             match ph.p_type(e) {
-                object::elf::PT_LOAD => loads.push(Load {
-                    paddr: ph.p_paddr(e),
-                    offset: ph.p_offset(e),
-                    filesz: ph.p_filesz(e),
-                }),
+                object::elf::PT_LOAD => {
+                    loads.push(Load { paddr: ph.p_paddr(e), offset: ph.p_offset(e), filesz: ph.p_filesz(e) })
+                }
                 object::elf::PT_NOTE => {
                     let Ok(Some(mut notes)) = ph.notes(e, &map[..]) else { continue };
                     while let Ok(Some(note)) = notes.next() {

@@ -156,7 +156,10 @@ FlatView #2
 
     #[test]
     fn valid_gpa2hva_and_xp_answers() {
-        assert_eq!(parse_gpa2hva("Host virtual address for 0x100000 (pc.ram) is 0x7f3a1bf00000\r\n"), Some(0x7f3a_1bf0_0000));
+        assert_eq!(
+            parse_gpa2hva("Host virtual address for 0x100000 (pc.ram) is 0x7f3a1bf00000\r\n"),
+            Some(0x7f3a_1bf0_0000)
+        );
         assert_eq!(parse_xp_bytes("0000000001000000: 0x4c 0x69 0x6e\r\n0000000001000003: 0x75\r\n"), b"Linu");
     }
 }

@@ -11,11 +11,9 @@ pub fn find_qemu(addr: &str) -> Result<u32, GuestMemError> {
     let inodes = match addr.strip_prefix("unix:") {
         Some(path) => unix_listeners(path),
         None => {
-            let port = addr
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.parse::<u16>().ok())
-                .ok_or_else(|| GuestMemError::NoQemu(format!("{addr}: not a stub address (:PORT, HOST:PORT or unix:PATH)")))?;
+            let port = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).ok_or_else(|| {
+                GuestMemError::NoQemu(format!("{addr}: not a stub address (:PORT, HOST:PORT or unix:PATH)"))
+            })?;
             tcp_listeners(port)
         }
     };

@@ -116,7 +116,9 @@ pub(crate) async fn find_image_physical<T: crate::PhysicalMemory>(
 ) -> Result<PhysicalImage, KernelError<T::Error>> {
     let sym = |name: &str| vmlinux.symbol(name).map(|s| s.addr);
     let lma = |addr: KernelAddr, what: &str| {
-        vmlinux.load_address(addr).ok_or_else(|| KernelError::Corrupt(format!("{what} lies in no load segment of the vmlinux")))
+        vmlinux
+            .load_address(addr)
+            .ok_or_else(|| KernelError::Corrupt(format!("{what} lies in no load segment of the vmlinux")))
     };
     let text = sym("_text")?;
     let text_lma = lma(text, "_text")?;

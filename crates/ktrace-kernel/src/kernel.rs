@@ -7,10 +7,10 @@ use serde::Serialize;
 
 use crate::layout::{KernelLayout, PercpuOffset};
 use crate::memory::{GuestMemory, MemoryError, PhysicalMemory, Translation, WriteJournal};
-use crate::x86::paging::PagingLevels;
-use crate::x86::AddressSpace;
 use crate::module_debug::{ModuleDebugDir, ModuleDebugFiles};
 use crate::task::{self, TaskInfo, TaskRef};
+use crate::x86::paging::PagingLevels;
+use crate::x86::AddressSpace;
 use crate::{kaslr, CpuId, KernelError, Target};
 
 /// A vmlinux matched to a running guest: the slide, the layout and each CPU's
@@ -135,7 +135,9 @@ impl Kernel {
         let text_lma = vmlinux.load_address(text).unwrap_or_default();
         let phys_of = |name: &str| -> Result<u64, KernelError<MemoryError<T::Error>>> {
             let addr = vmlinux.symbol(name)?.addr;
-            let lma = vmlinux.load_address(addr).ok_or_else(|| KernelError::Corrupt(format!("{name} is in no load segment")))?;
+            let lma = vmlinux
+                .load_address(addr)
+                .ok_or_else(|| KernelError::Corrupt(format!("{name} is in no load segment")))?;
             Ok(image.text_phys + (lma - text_lma))
         };
         let root = phys_of("init_top_pgt")?;
@@ -216,7 +218,8 @@ impl Kernel {
         let (Some(text_lma), Some(lma)) = (vmlinux.load_address(text), vmlinux.load_address(at)) else {
             return Ok(None);
         };
-        let live = target.read_physical(image.text_phys + (lma - text_lma), id.len()).await.map_err(KernelError::Target)?;
+        let live =
+            target.read_physical(image.text_phys + (lma - text_lma), id.len()).await.map_err(KernelError::Target)?;
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         if live != id {
             return Err(KernelError::BannerMismatch {
@@ -303,17 +306,31 @@ impl Kernel {
     /// `struct inactive_task_frame` at `task->thread.sp` (saved registers
     /// and the return address into `__schedule`), the way drgn and the
     /// kernel's own unwinder start a sleeping task's stack.
-    pub async fn saved_regs<T: Target>(&self, target: &mut T, task: TaskRef) -> Result<crate::regs::Regs, KernelError<T::Error>> {
+    pub async fn saved_regs<T: Target>(
+        &self,
+        target: &mut T,
+        task: TaskRef,
+    ) -> Result<crate::regs::Regs, KernelError<T::Error>> {
         let vm = &self.vmlinux;
         let sp_at = task.0 + vm.member("task_struct.thread.sp")?.offset;
         let sp = target.read_u64(sp_at).await.map_err(|e| e.reading("the task's saved stack pointer", sp_at))?;
         let size = vm.type_size("inactive_task_frame")?;
-        let frame = target.read_memory(sp, size as usize).await.map_err(KernelError::Target).map_err(|e| e.reading("the task's switch frame", sp))?;
+        let frame = target
+            .read_memory(sp, size as usize)
+            .await
+            .map_err(KernelError::Target)
+            .map_err(|e| e.reading("the task's switch frame", sp))?;
         let word = |member: &str| -> Result<u64, KernelError<T::Error>> {
             let off = vm.member(&format!("inactive_task_frame.{member}"))?.offset as usize;
             Ok(u64::from_le_bytes(crate::target::le_array(frame.get(off..).unwrap_or_default())?))
         };
-        Ok(crate::regs::Regs { ip: word("ret_addr")?, sp: sp + size, bp: word("bp")?, r13: word("r13")?, ..crate::regs::Regs::default() })
+        Ok(crate::regs::Regs {
+            ip: word("ret_addr")?,
+            sp: sp + size,
+            bp: word("bp")?,
+            r13: word("r13")?,
+            ..crate::regs::Regs::default()
+        })
     }
 
     /// The kernel log (`dmesg`), from the printk ring buffer.
@@ -555,6 +572,20 @@ impl Kernel {
     }
 }
 
+/// The CPUs in the kernel's `__cpu_online_mask`, for backends with no CPUs of their own.
+async fn online_cpus<T: Target>(
+    target: &mut T,
+    vmlinux: &Vmlinux,
+    slide: u64,
+) -> Result<Option<Vec<CpuId>>, KernelError<T::Error>> {
+    let Some(sym) = vmlinux.lookup_symbol("__cpu_online_mask") else { return Ok(None) };
+    let size = vmlinux.type_size("cpumask").unwrap_or(8).clamp(8, 1024) as usize;
+    let bits = target.read_memory(sym.addr.0.wrapping_add(slide), size).await.map_err(KernelError::Target)?;
+    let cpus: Vec<CpuId> =
+        (0..bits.len() * 8).filter(|&i| bits[i / 8] & (1 << (i % 8)) != 0).map(|i| CpuId(i as u32)).collect();
+    Ok((!cpus.is_empty()).then_some(cpus))
+}
+
 #[cfg(test)]
 mod fixture_tests {
     //! The `pcpu_hot` layout (Linux 6.2+) end to end, on the ELF fixture
@@ -713,13 +744,4 @@ mod fixture_tests {
         let names: Vec<&str> = all.iter().map(|t| t.comm.as_str()).collect();
         assert_eq!(names, vec!["swapper/0", "swapper/1", "testprog"]);
     }
-}
-
-/// The CPUs in the kernel's `__cpu_online_mask`, for backends with no CPUs of their own.
-async fn online_cpus<T: Target>(target: &mut T, vmlinux: &Vmlinux, slide: u64) -> Result<Option<Vec<CpuId>>, KernelError<T::Error>> {
-    let Some(sym) = vmlinux.lookup_symbol("__cpu_online_mask") else { return Ok(None) };
-    let size = vmlinux.type_size("cpumask").unwrap_or(8).clamp(8, 1024) as usize;
-    let bits = target.read_memory(sym.addr.0.wrapping_add(slide), size).await.map_err(KernelError::Target)?;
-    let cpus: Vec<CpuId> = (0..bits.len() * 8).filter(|&i| bits[i / 8] & (1 << (i % 8)) != 0).map(|i| CpuId(i as u32)).collect();
-    Ok((!cpus.is_empty()).then_some(cpus))
 }

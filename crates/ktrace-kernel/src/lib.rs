@@ -29,35 +29,35 @@ mod kaslr;
 mod kernel;
 mod layout;
 pub mod memory;
-mod printk;
-mod regs;
 mod module;
 mod module_debug;
 mod module_sections;
+mod printk;
+mod regs;
 #[cfg(feature = "rsp")]
 mod rsp_target;
 pub mod synthetic;
 mod target;
-pub mod vmcoreinfo;
 mod task;
 pub mod trampoline;
 pub mod unwind;
+pub mod vmcoreinfo;
 pub mod x86;
 
 pub use current::{CurrentTask, CurrentTaskReads};
 pub use error::KernelError;
 pub use kernel::{CpuState, Kernel, KernelInfo};
-pub use printk::{KernelLog, LogRecord};
-pub use memory::{GuestMemory, MemoryError, PhysicalMemory, Translation, WriteJournal, WrittenTo};
 pub use layout::{CurrentTaskVar, KernelLayout, PercpuOffset, PercpuSection, PercpuVar};
+pub use memory::{GuestMemory, MemoryError, PhysicalMemory, Translation, WriteJournal, WrittenTo};
 pub use module::{
     read_module_list, read_module_orc, read_module_symbols, read_modules, LoadedModule, ModuleInfo, ModuleLayout,
     ModuleRegion, ModuleSymbol, Modules, RegionLayout, SectAttrsLayout, MAX_MODULES,
 };
 pub use module_debug::ModuleDebugDir;
 pub use module_sections::read_module_sections;
+pub use printk::{KernelLog, LogRecord};
 #[cfg(feature = "rsp")]
 pub use rsp_target::{cpu_of_thread, StubMemoryError};
 pub use target::{CpuId, Target};
-pub use unwind::{Backtrace, Frame, FrameKind, Regs, StopReason, Unwinder};
 pub use task::{decode_comm, le_u64, TaskIdent, TaskInfo, TaskRef, TaskState, MAX_TASKS};
+pub use unwind::{Backtrace, Frame, FrameKind, Regs, StopReason, Unwinder};

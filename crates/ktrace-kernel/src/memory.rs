@@ -121,7 +121,10 @@ pub struct Translation {
 
 impl std::fmt::Debug for Translation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Translation").field("root", &format_args!("0x{:x}", self.root)).field("space", &self.space).finish()
+        f.debug_struct("Translation")
+            .field("root", &format_args!("0x{:x}", self.root))
+            .field("space", &self.space)
+            .finish()
     }
 }
 
@@ -262,11 +265,9 @@ impl Translation {
                 }
                 // Leaves found: remember them.
                 let epoch = c.epoch;
-                for r in out.iter().flatten() {
-                    if let Ok(m) = r {
-                        let shift = m.size.trailing_zeros();
-                        c.pages.insert((shift, m.virt >> shift), (*m, epoch));
-                    }
+                for m in out.iter().flatten().flatten() {
+                    let shift = m.size.trailing_zeros();
+                    c.pages.insert((shift, m.virt >> shift), (*m, epoch));
                 }
             }
             first_round = false;
@@ -289,7 +290,11 @@ impl Translation {
     }
 
     /// Translates one address.
-    pub async fn translate<T: PhysicalMemory>(&self, target: &mut T, vaddr: u64) -> Result<Mapping, MemoryError<T::Error>> {
+    pub async fn translate<T: PhysicalMemory>(
+        &self,
+        target: &mut T,
+        vaddr: u64,
+    ) -> Result<Mapping, MemoryError<T::Error>> {
         self.translate_many(target, &[vaddr]).await?.pop().expect("one result")
     }
 
@@ -419,7 +424,8 @@ impl<T: PhysicalMemory> Target for GuestMemory<'_, T> {
             return self.target.read_memory_many(reqs).await.map_err(MemoryError::Target);
         };
         let pieces = t.pieces(self.target, reqs).await?;
-        let flat: Vec<(u64, usize)> = pieces.iter().flat_map(|p| p.as_ref().map(|v| v.as_slice()).unwrap_or(&[])).copied().collect();
+        let flat: Vec<(u64, usize)> =
+            pieces.iter().flat_map(|p| p.as_ref().map(|v| v.as_slice()).unwrap_or(&[])).copied().collect();
         let mut replies = self.target.read_physical_many(&flat).await.map_err(MemoryError::Target)?.into_iter();
         Ok(pieces
             .into_iter()

@@ -116,9 +116,15 @@ pub(crate) async fn read_log<T: Target>(
     let prb_ptr = vm.symbol("prb")?.addr.0.wrapping_add(slide);
     let prb = target.read_u64(prb_ptr).await.map_err(|e| e.reading("prb", prb_ptr))?;
     let header_len = (o.data + 8).max(o.tail_id + 8).max(o.head_id + 8) as usize;
-    let h = target.read_memory(prb, header_len).await.map_err(KernelError::Target).map_err(|e| e.reading("the printk ring buffer", prb))?;
-    let count_bits = u32::from_le_bytes(h[o.count_bits as usize..o.count_bits as usize + 4].try_into().expect("4 bytes"));
-    let data_bits = u32::from_le_bytes(h[o.data_size_bits as usize..o.data_size_bits as usize + 4].try_into().expect("4 bytes"));
+    let h = target
+        .read_memory(prb, header_len)
+        .await
+        .map_err(KernelError::Target)
+        .map_err(|e| e.reading("the printk ring buffer", prb))?;
+    let count_bits =
+        u32::from_le_bytes(h[o.count_bits as usize..o.count_bits as usize + 4].try_into().expect("4 bytes"));
+    let data_bits =
+        u32::from_le_bytes(h[o.data_size_bits as usize..o.data_size_bits as usize + 4].try_into().expect("4 bytes"));
     if count_bits > 30 || data_bits > 40 {
         return Err(KernelError::Corrupt(format!("printk ring of 2^{count_bits} records, 2^{data_bits} bytes")));
     }
@@ -131,7 +137,10 @@ pub(crate) async fn read_log<T: Target>(
     let mut info_bytes = Vec::with_capacity((count * o.info_size) as usize);
     for start in (0..count).step_by(CHUNK as usize) {
         let n = CHUNK.min(count - start);
-        let reqs = [(descs + start * o.desc_size, (n * o.desc_size) as usize), (infos + start * o.info_size, (n * o.info_size) as usize)];
+        let reqs = [
+            (descs + start * o.desc_size, (n * o.desc_size) as usize),
+            (infos + start * o.info_size, (n * o.info_size) as usize),
+        ];
         let r = target.read_memory_many(&reqs).await.map_err(KernelError::Target)?;
         let [Some(d), Some(i)] = [r[0].clone(), r[1].clone()] else {
             return Err(KernelError::Corrupt(format!("printk descriptors {start}..{} cannot be read", start + n)));
@@ -139,7 +148,11 @@ pub(crate) async fn read_log<T: Target>(
         desc_bytes.extend(d);
         info_bytes.extend(i);
     }
-    let text = target.read_memory(data, data_len).await.map_err(KernelError::Target).map_err(|e| e.reading("the printk text ring", data))?;
+    let text = target
+        .read_memory(data, data_len)
+        .await
+        .map_err(KernelError::Target)
+        .map_err(|e| e.reading("the printk text ring", data))?;
     let mut records = Vec::new();
     let mut candidates = Vec::new();
     for idx in 0..count {
@@ -174,7 +187,8 @@ pub(crate) async fn read_log<T: Target>(
     }
     // Records whose descriptor changed while the text was read are torn.
     let mut torn = 0;
-    let reqs: Vec<(u64, usize)> = candidates.iter().map(|&(idx, _)| (descs + idx * o.desc_size + o.desc_state, 8)).collect();
+    let reqs: Vec<(u64, usize)> =
+        candidates.iter().map(|&(idx, _)| (descs + idx * o.desc_size + o.desc_state, 8)).collect();
     let mut keep = vec![true; records.len()];
     for (k, chunk) in reqs.chunks(CHUNK as usize).enumerate() {
         let again = target.read_memory_many(chunk).await.map_err(KernelError::Target)?;

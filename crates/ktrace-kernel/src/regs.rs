@@ -39,4 +39,3 @@ impl Regs {
         Ok(r)
     }
 }
-

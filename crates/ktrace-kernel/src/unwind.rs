@@ -13,9 +13,9 @@
 
 use std::collections::HashMap;
 
+pub use crate::regs::Regs;
 use crate::x86::paging::PagingLevels;
 use crate::x86::AddressSpace;
-pub use crate::regs::Regs;
 use crate::{Kernel, Modules, Target};
 use ktrace_symbols::{
     CfaRule, CfiRow, KernelAddr, OrcEntry, OrcReg, OrcType, RegRule, SourceFrame, SymbolError, Vmlinux,
@@ -176,7 +176,6 @@ impl std::fmt::Display for StopReason {
     }
 }
 
-
 /// Offsets in `struct pt_regs`.
 #[derive(Clone, Copy, Debug)]
 struct PtRegs {
@@ -233,8 +232,11 @@ impl<T: Target> StackReader<'_, T> {
         }
         if !self.chunks.contains_key(&base) {
             let end = (base | (self.block - 1)).wrapping_add(1);
-            let bases: Vec<u64> =
-                (0..).map(|k| base + k * PAGE).take_while(|&b| b < end || b == base).filter(|b| !self.chunks.contains_key(b)).collect();
+            let bases: Vec<u64> = (0..)
+                .map(|k| base + k * PAGE)
+                .take_while(|&b| b < end || b == base)
+                .filter(|b| !self.chunks.contains_key(b))
+                .collect();
             let reqs: Vec<(u64, usize)> = bases.iter().map(|&b| (b, PAGE as usize)).collect();
             match self.target.read_memory_many(&reqs).await {
                 Ok(chunks) => self.chunks.extend(bases.into_iter().zip(chunks)),
@@ -253,7 +255,6 @@ impl<T: Target> StackReader<'_, T> {
         self.u64(addr).await.ok_or(StopReason::UnreadableStack { what, addr })
     }
 }
-
 
 /// The value of DWARF x86-64 register `reg` in `regs`, for the registers
 /// the CFA may be based on.

@@ -89,12 +89,22 @@ fn check(opts: BootOptions) {
 
 #[test]
 fn pti_on_qemu_10() {
-    check(BootOptions { kernel: KernelSeries::V6_1, qemu: Some(QemuBuild::V10_0), pti: true, ..BootOptions::default() });
+    check(BootOptions {
+        kernel: KernelSeries::V6_1,
+        qemu: Some(QemuBuild::V10_0),
+        pti: true,
+        ..BootOptions::default()
+    });
 }
 
 #[test]
 fn five_level_paging_on_qemu_7_2() {
-    check(BootOptions { kernel: KernelSeries::V7, qemu: Some(QemuBuild::V7_2), five_level: true, ..BootOptions::default() });
+    check(BootOptions {
+        kernel: KernelSeries::V7,
+        qemu: Some(QemuBuild::V7_2),
+        five_level: true,
+        ..BootOptions::default()
+    });
 }
 
 #[test]

@@ -17,6 +17,15 @@ pub fn option<S: Serializer>(addr: &Option<u64>, s: S) -> Result<S::Ok, S::Error
     }
 }
 
+/// A `(start, end)` address pair as `["0x…", "0x…"]`.
+pub fn serialize_range<S: Serializer>(range: &(u64, u64), s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(2))?;
+    seq.serialize_element(&format!("0x{:x}", range.0))?;
+    seq.serialize_element(&format!("0x{:x}", range.1))?;
+    seq.end()
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(serde::Serialize)]
@@ -34,13 +43,4 @@ mod tests {
         let v = serde_json::to_string(&T { pc: 0, regs: Some(16) }).unwrap();
         assert_eq!(v, r#"{"pc":"0x0","regs":"0x10"}"#);
     }
-}
-
-/// A `(start, end)` address pair as `["0x…", "0x…"]`.
-pub fn serialize_range<S: Serializer>(range: &(u64, u64), s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeSeq;
-    let mut seq = s.serialize_seq(Some(2))?;
-    seq.serialize_element(&format!("0x{:x}", range.0))?;
-    seq.serialize_element(&format!("0x{:x}", range.1))?;
-    seq.end()
 }

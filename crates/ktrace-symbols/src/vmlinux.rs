@@ -110,9 +110,7 @@ impl Vmlinux {
     pub fn load_address(&self, addr: KernelAddr) -> Option<u64> {
         let mut segs: Vec<&LoadSegment> = self.image.segments.iter().collect();
         segs.sort_by_key(|s| s.vaddr == 0);
-        segs.iter()
-            .find(|s| addr.0 >= s.vaddr && addr.0 - s.vaddr < s.memsz)
-            .map(|s| s.paddr + (addr.0 - s.vaddr))
+        segs.iter().find(|s| addr.0 >= s.vaddr && addr.0 - s.vaddr < s.memsz).map(|s| s.paddr + (addr.0 - s.vaddr))
     }
 
     /// The path the file was opened from.

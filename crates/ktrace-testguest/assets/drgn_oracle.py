@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What drgn sees in a QEMU memory dump of a paused test guest, as JSON.
 
-usage: drgn_oracle.py DUMP.elf VMLINUX
+usage: drgn_oracle.py DUMP.elf VMLINUX [PID,PID...]
 
 QEMU's dump-guest-memory writes no VMCOREINFO note for these kernels, but
 the kernel's own vmcoreinfo text (OSRELEASE=..., KERNELOFFSET=...) is in its
@@ -10,7 +10,8 @@ slide on its own, not from ktrace.
 
 Prints one JSON object: release, kernel_offset, modules (name, struct
 module address, code base), tasks (pid, tgid, comm, state), and per CPU the
-current task and the backtrace pcs.
+current task and the backtrace pcs; with PIDs, each of those tasks' stack
+(`prog.stack_trace(task)`, from its saved context when it is not running).
 """
 
 import json
@@ -91,6 +92,21 @@ def main():
                 "error": error,
             }
         )
+    stacks = {}
+    if len(sys.argv) > 3:
+        from drgn.helpers.linux.pid import find_task
+        for pid in sys.argv[3].split(","):
+            task = find_task(prog, int(pid))
+            frames = []
+            try:
+                for frame in prog.stack_trace(task):
+                    try:
+                        frames.append({"pc": frame.pc, "name": frame.name, "inline": frame.is_inline})
+                    except LookupError:
+                        continue
+                stacks[pid] = {"frames": frames, "error": None}
+            except Exception as e:  # noqa: BLE001 - reported, compared by the test
+                stacks[pid] = {"frames": frames, "error": str(e)}
     modules = []
     for mod in for_each_module(prog):
         try:
@@ -105,6 +121,7 @@ def main():
             "kernel_offset": int(fields.get("KERNELOFFSET", "0"), 16),
             "tasks": tasks,
             "cpus": cpus,
+            "stacks": stacks,
         },
         sys.stdout,
     )

@@ -189,7 +189,16 @@ impl Guest {
         // TCG) was seen to oops on an int3 of that patching in
         // urandom_read_iter, which testprog was running on another vCPU.
         cmd.args(["-M", "pc", "-accel", if opts.kvm { "kvm" } else { "tcg" }])
-            .args(["-cpu", if opts.kvm { "host" } else if opts.five_level { "max" } else { "qemu64,+rdrand" }])
+            .args([
+                "-cpu",
+                if opts.kvm {
+                    "host"
+                } else if opts.five_level {
+                    "max"
+                } else {
+                    "qemu64,+rdrand"
+                },
+            ])
             .args(["-m", &opts.memory_mb.to_string(), "-smp", &opts.smp.to_string()])
             .args(["-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot"])
             .arg("-kernel")

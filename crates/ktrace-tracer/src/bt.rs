@@ -8,8 +8,8 @@ use ktrace_symbols::Vmlinux;
 use serde::Serialize;
 
 use crate::regs::GLayout;
-use ktrace_kernel::unwind::{Backtrace, Unwinder};
 use crate::TraceError;
+use ktrace_kernel::unwind::{Backtrace, Unwinder};
 
 /// One CPU's state at the stop.
 #[derive(Clone, Debug, Serialize)]

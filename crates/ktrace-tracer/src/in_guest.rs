@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use ktrace_kernel::trampoline::{self, FilterData, Plan, Refusal, Region, Trampoline, MAX_CPUS};
-use ktrace_kernel::{CpuId, Kernel, KernelError, TaskRef, Target};
+use ktrace_kernel::{CpuId, Kernel, KernelError, Target, TaskRef};
 use ktrace_rsp::{BreakpointKind, Resume, Session, StubAddr, ThreadId, ThreadOp};
 use ktrace_symbols::Vmlinux;
 

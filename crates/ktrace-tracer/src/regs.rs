@@ -2,8 +2,8 @@
 
 use ktrace_rsp::RegisterMap;
 
-use ktrace_kernel::unwind::Regs;
 use crate::TraceError;
+use ktrace_kernel::unwind::Regs;
 
 /// Byte offsets of the unwinder's registers in QEMU's `g` reply.
 #[derive(Clone, Copy, Debug)]

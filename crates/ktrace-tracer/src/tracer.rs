@@ -4,7 +4,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ktrace_kernel::{cpu_of_thread, le_u64, CurrentTask, Kernel, TaskIdent, TaskRef, Target};
+use ktrace_kernel::{cpu_of_thread, le_u64, CurrentTask, Kernel, Target, TaskIdent, TaskRef};
 use ktrace_rsp::{Batch, BreakpointKind, Resume, RspError, Session, StopReply, StubAddr, ThreadId};
 use ktrace_symbols::Vmlinux;
 use tokio_util::sync::CancellationToken;
@@ -15,8 +15,8 @@ use crate::hit::{EndReason, Hit, InGuestReport, Summary};
 use crate::in_guest::{self, BreakAt, InGuest};
 use crate::location::{self, Location};
 use crate::regs::GLayout;
-use ktrace_kernel::unwind::Unwinder;
 use crate::{GoneReason, TraceError, TraceFailure};
+use ktrace_kernel::unwind::Unwinder;
 
 /// Receives the hits of a trace, and progress while it runs.
 pub trait HitSink {
@@ -263,7 +263,8 @@ impl Tracer {
     /// a loaded module (`--wait`), reading the module list again each time.
     async fn wait_for_modules(&mut self, mut session: Session, cancel: &CancellationToken) -> Result<Session, Failed> {
         loop {
-            let modules = self.kernel.modules(&mut self.kernel.memory(&mut session)).await.map_err(|e| (e.into(), None))?;
+            let modules =
+                self.kernel.modules(&mut self.kernel.memory(&mut session)).await.map_err(|e| (e.into(), None))?;
             let resolved = location::resolve_in_modules(&mut self.locations, &modules).is_ok();
             self.unwinder.know_modules(modules);
             if resolved {
@@ -647,7 +648,9 @@ impl Tracer {
             Some(current) => {
                 let bytes = reads
                     .into_iter()
-                    .map(|range| range.into_iter().map(|r| replies.memory(r)).collect::<Result<Vec<_>, _>>().map(|b| b.concat()))
+                    .map(|range| {
+                        range.into_iter().map(|r| replies.memory(r)).collect::<Result<Vec<_>, _>>().map(|b| b.concat())
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 self.match_task(session, current.decode(&bytes)).await?
             }
@@ -708,10 +711,16 @@ impl Tracer {
             CurrentTask::Followed(_) => {
                 // The task exited and its task_struct was reused: look again.
                 let pid = self.cfg.filter.pid.unwrap_or(-1);
-                self.target_task = self.kernel.find_task_by_pid(&mut self.kernel.memory(session), pid).await.ok().map(|t| t.task);
+                self.target_task =
+                    self.kernel.find_task_by_pid(&mut self.kernel.memory(session), pid).await.ok().map(|t| t.task);
                 if let Some(ig) = &mut self.in_guest {
                     ig.filter.task = Some(self.target_task.map_or(0, |t| t.0));
-                    ktrace_kernel::trampoline::update_filter(&mut self.kernel.memory(session), &ig.plan.region, &ig.filter).await?;
+                    ktrace_kernel::trampoline::update_filter(
+                        &mut self.kernel.memory(session),
+                        &ig.plan.region,
+                        &ig.filter,
+                    )
+                    .await?;
                 }
                 Ok(None)
             }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-
 /// Polls the guest console for `ktrace-guest tick <uptime>` heartbeats and
 /// remembers when each first showed up on the host.
 pub(super) struct Ticks {

@@ -31,7 +31,17 @@ pub fn pause_and_dump(guest: &Guest, qmp: &mut Qmp) -> PathBuf {
 
 /// drgn's view of a dump (see `assets/drgn_oracle.py`); `None` outside CI when drgn is missing.
 pub fn ask_drgn(dump: &std::path::Path, vmlinux: &std::path::Path) -> Option<Value> {
-    let out = Command::new("python3").arg(DRGN_ORACLE).arg(dump).arg(vmlinux).output();
+    ask_drgn_with_stacks(dump, vmlinux, &[])
+}
+
+/// [`ask_drgn`], with the stacks of the tasks `pids` (`"stacks": {pid: …}`).
+pub fn ask_drgn_with_stacks(dump: &std::path::Path, vmlinux: &std::path::Path, pids: &[i64]) -> Option<Value> {
+    let mut cmd = Command::new("python3");
+    cmd.arg(DRGN_ORACLE).arg(dump).arg(vmlinux);
+    if !pids.is_empty() {
+        cmd.arg(pids.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
+    }
+    let out = cmd.output();
     match out {
         Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout).expect("drgn oracle JSON")),
         Ok(o) if !in_ci() && String::from_utf8_lossy(&o.stderr).contains("No module named 'drgn'") => {

@@ -34,9 +34,8 @@ pub fn nop_length(code: &[u8]) -> Option<u8> {
 pub fn ends_with_call(code: &[u8]) -> bool {
     let before = |len: usize| code.len().checked_sub(len).map(|at| &code[at..]);
     let direct = before(5).is_some_and(|c| c[0] == CALL_REL32);
-    let indirect = [2, 3, 6, 7]
-        .into_iter()
-        .any(|len| before(len).is_some_and(|c| c[0] == CALL_INDIRECT && (c[1] >> 3) & 7 == 2));
+    let indirect =
+        [2, 3, 6, 7].into_iter().any(|len| before(len).is_some_and(|c| c[0] == CALL_INDIRECT && (c[1] >> 3) & 7 == 2));
     direct || indirect
 }
 

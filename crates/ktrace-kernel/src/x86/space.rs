@@ -87,7 +87,8 @@ pub(crate) fn image_mapping(vmlinux: &ktrace_symbols::Vmlinux, known: Option<(u6
     let Some(text) = vmlinux.lookup_symbol("_text").map(|s| s.addr) else { return (0, 0) };
     let lma = vmlinux.load_address(text).unwrap_or_default();
     let start = text.0.wrapping_sub(lma);
-    let end = vmlinux.load_segments().iter().filter(|s| s.vaddr >= start).map(|s| s.vaddr + s.memsz).max().unwrap_or(text.0);
+    let end =
+        vmlinux.load_segments().iter().filter(|s| s.vaddr >= start).map(|s| s.vaddr + s.memsz).max().unwrap_or(text.0);
     (start, end.saturating_add(SLIDE_RANGE))
 }
 

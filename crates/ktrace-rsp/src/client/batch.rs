@@ -127,7 +127,9 @@ impl Session {
     /// Sends every read of `batch` pipelined (at most `pipeline_depth` in
     /// flight) and decodes each reply.
     pub async fn run_batch(&mut self, batch: &Batch) -> Result<BatchReplies, RspError> {
-        let wants = |physical: bool| batch.items.iter().any(|i| matches!(i, Item::Memory { physical: p, .. } if *p == physical));
+        let wants = |physical: bool| {
+            batch.items.iter().any(|i| matches!(i, Item::Memory { physical: p, .. } if *p == physical))
+        };
         let mut items: Vec<Result<Vec<u8>, RspError>> = batch.items.iter().map(|_| Ok(Vec::new())).collect();
         // One pass per address space asked for, the one the stub is in
         // first: a batch of one space costs one round trip (plus the switch).
