@@ -196,14 +196,17 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         warn_if_no_backtraces(&vm);
     }
     // The guardian holds the stub connection and cleans up if ktrace is killed.
-    let (guardian, via, cfg) = if args.no_guardian {
-        (None, stub.clone(), cfg)
-    } else {
-        let g = Guardian::start(args.target.addr()?)?;
+    let guardian = match args.no_guardian {
+        true => None,
+        false => Guardian::start(args.target.addr()?, args.target.client().timeout)?,
+    };
+    let (guardian, via, cfg) = if let Some(g) = guardian {
         let journal = FileJournal::create(&g.journal, args.target.leave_stopped)?;
         let via = StubAddr::Unix(g.socket.clone());
         let cfg = TraceConfig { journal: Some(Journal(Arc::new(journal))), reconnect_to: Some(stub.clone()), ..cfg };
         (Some(g), via, cfg)
+    } else {
+        (None, stub.clone(), cfg)
     };
     let tracer = match Tracer::attach(&via, vm, cfg).await {
         Ok(t) => t,

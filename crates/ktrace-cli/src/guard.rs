@@ -93,8 +93,10 @@ pub struct Guardian {
 }
 
 impl Guardian {
-    /// Starts a guardian in front of `stub`.
-    pub fn start(stub: &str) -> Result<Guardian> {
+    /// Starts a guardian in front of `stub`; `Ok(None)` when it could not
+    /// reach the stub within `timeout` (nothing listens, or another client
+    /// holds it and QEMU queues the next ones).
+    pub fn start(stub: &str, timeout: Duration) -> Result<Option<Guardian>> {
         let base = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
         let dir = base.join(format!("ktrace-guard-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -102,7 +104,7 @@ impl Guardian {
         let (socket, journal) = (dir.join("stub.sock"), dir.join("journal"));
         let exe = std::env::current_exe().context("ktrace's own path")?;
         let mut cmd = Command::new(exe);
-        cmd.args(["__guard", stub]).arg(&socket).arg(&journal);
+        cmd.args(["__guard", stub]).arg(&socket).arg(&journal).arg(format!("{}", timeout.as_millis()));
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
         // SAFETY: setsid is async-signal-safe.
         unsafe {
@@ -113,13 +115,25 @@ impl Guardian {
             });
         }
         let mut child = cmd.spawn().context("starting the guardian")?;
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().context("guardian stdout")?).read_line(&mut ready)?;
-        if ready.trim() != "ready" {
-            let _ = child.kill();
-            bail!("the guardian did not start: {}", ready.trim());
+        let out = child.stdout.take().context("guardian stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ready = String::new();
+            let _ = BufReader::new(out).read_line(&mut ready);
+            let _ = tx.send(ready);
+        });
+        let ready = rx.recv_timeout(timeout + Duration::from_secs(2)).unwrap_or_default();
+        match ready.trim() {
+            "ready" => Ok(Some(Guardian { socket, journal, dir, child })),
+            // The stub is busy or not there: the direct connection that
+            // follows says why, as it would without a guardian.
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = fs::remove_dir_all(&dir);
+                Ok(None)
+            }
         }
-        Ok(Guardian { socket, journal, dir, child })
     }
 
     /// Waits for the guardian to finish (after ktrace's clean detach it
@@ -149,8 +163,8 @@ struct Seen {
     breakpoints: std::collections::BTreeSet<String>,
 }
 
-/// `ktrace __guard STUB SOCKET JOURNAL`: the guardian process.
-pub fn serve(stub: &str, socket: &Path, journal: &Path) -> Result<()> {
+/// `ktrace __guard STUB SOCKET JOURNAL TIMEOUT_MS`: the guardian process.
+pub fn serve(stub: &str, socket: &Path, journal: &Path, timeout_ms: u64) -> Result<()> {
     /// Removes the guardian's directory (socket and journal) however it ends.
     struct Tidy(Option<PathBuf>);
     impl Drop for Tidy {
@@ -166,7 +180,14 @@ pub fn serve(stub: &str, socket: &Path, journal: &Path) -> Result<()> {
             .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ktrace-guard-")))
             .map(Path::to_path_buf),
     );
-    let mut upstream = connect(stub)?;
+    let mut upstream = match connect(stub, Duration::from_millis(timeout_ms.max(50))) {
+        Ok(s) => s,
+        Err(e) => {
+            // Refused: ktrace's own connect says why. Timed out: the stub is busy.
+            println!("{}", if format!("{e:#}").contains("timed out") { "unreachable".to_string() } else { format!("{e:#}") });
+            return Ok(());
+        }
+    };
     let _ = fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
     println!("ready");
@@ -336,12 +357,14 @@ impl Write for Stream {
     }
 }
 
-fn connect(stub: &str) -> Result<Stream> {
+fn connect(stub: &str, timeout: Duration) -> Result<Stream> {
     if let Some(path) = stub.strip_prefix("unix:") {
         return Ok(Stream::Unix(UnixStream::connect(path).with_context(|| format!("connecting to {stub}"))?));
     }
     let addr = if stub.starts_with(':') { format!("127.0.0.1{stub}") } else { stub.to_string() };
-    let s = std::net::TcpStream::connect(&addr).with_context(|| format!("connecting to {stub}"))?;
+    use std::net::ToSocketAddrs;
+    let sa = addr.to_socket_addrs()?.next().with_context(|| format!("{stub}: no address"))?;
+    let s = std::net::TcpStream::connect_timeout(&sa, timeout).with_context(|| format!("connecting to {stub}"))?;
     s.set_nodelay(true)?;
     Ok(Stream::Tcp(s))
 }

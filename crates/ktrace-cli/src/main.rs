@@ -63,7 +63,7 @@ enum Command {
     Layout(symcmd::LayoutArgs),
     /// The guardian of a running `attach` (started by it; not for users).
     #[command(name = "__guard", hide = true)]
-    Guard { stub: String, socket: std::path::PathBuf, journal: std::path::PathBuf },
+    Guard { stub: String, socket: std::path::PathBuf, journal: std::path::PathBuf, timeout_ms: u64 },
 }
 
 /// An error caused by what the user asked for (exit code 2), as opposed to a
@@ -104,8 +104,8 @@ fn main() -> ExitCode {
             Command::Restore(args) => inspect::restore(args).await,
             Command::Sym(args) => symcmd::sym(args).await,
             Command::Layout(args) => symcmd::layout(args),
-            Command::Guard { stub, socket, journal } => {
-                guard::serve(&stub, &socket, &journal).map(|()| ExitCode::SUCCESS)
+            Command::Guard { stub, socket, journal, timeout_ms } => {
+                guard::serve(&stub, &socket, &journal, timeout_ms).map(|()| ExitCode::SUCCESS)
             }
         }
     });

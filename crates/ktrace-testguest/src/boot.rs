@@ -37,9 +37,10 @@ pub struct BootOptions {
     /// Also serve QMP on a unix socket ([`Guest::qmp_socket`]), to pause the
     /// VM and dump its memory.
     pub qmp: bool,
-    /// The QEMU build that runs the guest; `None`: the kernel series'
-    /// own ([`KernelSeries::qemu`]), so that tests that run several
-    /// kernels run on both builds.
+    /// The QEMU build that runs the guest; `None`: `$KTRACE_QEMU` (`7.2`
+    /// or `10.0`) when set, else the kernel series' own
+    /// ([`KernelSeries::qemu`]), so that tests that run several kernels run
+    /// on both builds.
     pub qemu: Option<QemuBuild>,
     /// Boot with page-table isolation forced on (`pti=on`), as on Intel
     /// hosts affected by Meltdown.
@@ -161,7 +162,13 @@ impl Guest {
     }
 
     fn boot_once(image: &GuestImage, opts: &BootOptions) -> Result<Guest, GuestError> {
-        let build = opts.qemu.unwrap_or(image.series.qemu());
+        let from_env = std::env::var("KTRACE_QEMU").ok().map(|v| v.parse::<QemuBuild>());
+        let build = match (opts.qemu, from_env) {
+            (Some(b), _) => b,
+            (None, Some(Ok(b))) => b,
+            (None, Some(Err(e))) => return Err(GuestError::Command { command: "KTRACE_QEMU".into(), detail: e }),
+            (None, None) => image.series.qemu(),
+        };
         let qemu = Qemu::prepare(build, &mut |line| eprintln!("ktrace-testguest: {line}"))?;
         let port = match opts.port {
             Some(p) => p,
