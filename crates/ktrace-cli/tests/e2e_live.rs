@@ -49,6 +49,29 @@ fn console_lines(records: &[Value]) -> Vec<String> {
     out
 }
 
+/// The pcs of drgn's physical frames (inlined ones left out), up to the first user pc.
+fn drgn_kernel_pcs(stack: &Value) -> Vec<u64> {
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| !f["inline"].as_bool().unwrap_or(false))
+        .map(|f| f["pc"].as_u64().unwrap())
+        .take_while(|&pc| pc >= 0xffff_8000_0000_0000)
+        .collect()
+}
+
+/// The pcs of ktrace's frames (`{"backtrace": …}`), up to the first user pc.
+fn ktrace_kernel_pcs(bt: &Value) -> Vec<u64> {
+    bt["backtrace"]["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| hex(&f["pc"]))
+        .take_while(|&pc| pc >= 0xffff_8000_0000_0000)
+        .collect()
+}
+
 fn check(series: KernelSeries, qemu: QemuBuild) {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let opts = BootOptions { kernel: series, qemu: Some(qemu), qmp: true, testprogs: 2, ..BootOptions::default() };
@@ -154,21 +177,7 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
         for (pid, ours) in [1, 2].iter().zip(&sleeping) {
             let theirs = &drgn["stacks"][pid.to_string()];
             assert!(theirs["error"].is_null(), "drgn could not unwind pid {pid}: {theirs}");
-            let drgn_pcs: Vec<u64> = theirs["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|f| !f["inline"].as_bool().unwrap_or(false))
-                .map(|f| f["pc"].as_u64().unwrap())
-                .take_while(|&pc| pc >= 0xffff_8000_0000_0000)
-                .collect();
-            let our_pcs: Vec<u64> = ours["backtrace"]["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| hex(&f["pc"]))
-                .take_while(|&pc| pc >= 0xffff_8000_0000_0000)
-                .collect();
+            let (drgn_pcs, our_pcs) = (drgn_kernel_pcs(theirs), ktrace_kernel_pcs(ours));
             assert!(ours["cpu"].is_null(), "pid {pid} sleeps: {ours}");
             assert!(drgn_pcs.len() > 2, "drgn's stack of pid {pid}: {theirs}");
             assert_eq!(our_pcs, drgn_pcs, "bt --pid {pid} --core: ktrace {ours} drgn {theirs}");
@@ -178,21 +187,7 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
             if !theirs["error"].is_null() {
                 continue;
             }
-            let drgn_pcs: Vec<u64> = theirs["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|f| !f["inline"].as_bool().unwrap_or(false))
-                .map(|f| f["pc"].as_u64().unwrap())
-                .take_while(|&pc| pc >= 0xffff_8000_0000_0000)
-                .collect();
-            let our_pcs: Vec<u64> = ours["backtrace"]["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| hex(&f["pc"]))
-                .take_while(|&pc| pc >= 0xffff_8000_0000_0000)
-                .collect();
+            let (drgn_pcs, our_pcs) = (drgn_kernel_pcs(theirs), ktrace_kernel_pcs(ours));
             assert!(
                 our_pcs.starts_with(&drgn_pcs) || drgn_pcs.starts_with(&our_pcs) && our_pcs.len() + 1 >= drgn_pcs.len(),
                 "CPU {} bt --core: ktrace {our_pcs:x?} drgn {drgn_pcs:x?}",

@@ -39,7 +39,7 @@ pub struct BootOptions {
     pub qmp: bool,
     /// The QEMU build that runs the guest; `None`: `$KTRACE_QEMU` (`7.2`
     /// or `10.0`) when set, else the kernel series' own
-    /// ([`KernelSeries::qemu`]), so that tests that run several kernels run
+    /// ([`QemuBuild::for_series`]), so that tests that run several kernels run
     /// on both builds.
     pub qemu: Option<QemuBuild>,
     /// Boot with page-table isolation forced on (`pti=on`), as on Intel
@@ -167,7 +167,7 @@ impl Guest {
             (Some(b), _) => b,
             (None, Some(Ok(b))) => b,
             (None, Some(Err(e))) => return Err(GuestError::Command { command: "KTRACE_QEMU".into(), detail: e }),
-            (None, None) => image.series.qemu(),
+            (None, None) => QemuBuild::for_series(image.series),
         };
         let qemu = Qemu::prepare(build, &mut |line| eprintln!("ktrace-testguest: {line}"))?;
         let port = match opts.port {

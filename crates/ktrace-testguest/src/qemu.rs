@@ -11,6 +11,7 @@ use std::process::Command;
 use crate::apt::{output, run, Apt};
 use crate::error::{io_err, GuestError};
 use crate::prepare::{cache_dir, FileLock};
+use crate::series::KernelSeries;
 
 /// A QEMU build of the test bed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -31,6 +32,15 @@ impl QemuBuild {
         match self {
             QemuBuild::V7_2 => "bookworm",
             QemuBuild::V10_0 => "bookworm-backports",
+        }
+    }
+
+    /// The build a guest of `series` boots on unless told otherwise: 6.1 on
+    /// QEMU 7.2 (Debian 12's pair), 6.12 and 7.x on QEMU 10.0 (Debian 13's).
+    pub fn for_series(series: KernelSeries) -> QemuBuild {
+        match series {
+            KernelSeries::V6_1 => QemuBuild::V7_2,
+            KernelSeries::V6_12 | KernelSeries::V7 => QemuBuild::V10_0,
         }
     }
 

@@ -18,16 +18,6 @@ pub enum KernelSeries {
 }
 
 impl KernelSeries {
-    /// The QEMU build a guest of this series boots on unless told
-    /// otherwise: 6.1 on QEMU 7.2 (Debian 12's pair), 6.12 and 7.x on
-    /// QEMU 10.0 (Debian 13's).
-    pub fn qemu(self) -> crate::QemuBuild {
-        match self {
-            KernelSeries::V6_1 => crate::QemuBuild::V7_2,
-            KernelSeries::V6_12 | KernelSeries::V7 => crate::QemuBuild::V10_0,
-        }
-    }
-
     /// Every series, oldest first.
     pub const ALL: [KernelSeries; 3] = [KernelSeries::V6_1, KernelSeries::V6_12, KernelSeries::V7];
 
