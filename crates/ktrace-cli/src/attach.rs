@@ -195,6 +195,8 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
     if !args.no_backtrace {
         warn_if_no_backtraces(&vm);
     }
+    // Bad input is refused before the guardian (or anything) reaches the stub.
+    let plan = Tracer::plan(&vm, &cfg).map_err(|e| explain(args.target.addr().unwrap_or(""), e))?;
     // The guardian holds the stub connection and cleans up if ktrace is killed.
     let guardian = match args.no_guardian {
         true => None,
@@ -208,7 +210,7 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
     } else {
         (None, stub.clone(), cfg)
     };
-    let tracer = match Tracer::attach(&via, vm, cfg).await {
+    let tracer = match Tracer::attach_planned(&via, vm, cfg, plan).await {
         Ok(t) => t,
         Err(e) => {
             if let Some(g) = guardian {

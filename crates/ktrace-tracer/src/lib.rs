@@ -34,4 +34,4 @@ pub use ktrace_kernel::unwind::{Backtrace, Frame, FrameKind, Regs, StopReason, U
 pub use location::{resolve as resolve_location, Location};
 pub use stream::HitStream;
 pub use tokio_util::sync::CancellationToken;
-pub use tracer::{HitSink, Tracer};
+pub use tracer::{HitSink, Plan, Tracer};

@@ -112,17 +112,43 @@ pub struct Tracer {
     in_guest_report: InGuestReport,
 }
 
+/// What [`Tracer::plan`] found in the vmlinux before any connection.
+pub struct Plan {
+    locations: Vec<Location>,
+    unwinder: Unwinder,
+}
+
 impl Tracer {
     /// Resolves the locations in the vmlinux (before touching the guest),
     /// connects, matches the kernel and resolves the filter's task.
     /// On any error the guest is detached and left running.
     pub async fn attach(addr: &StubAddr, vmlinux: Arc<Vmlinux>, cfg: TraceConfig) -> Result<Tracer, TraceError> {
+        let plan = Self::plan(&vmlinux, &cfg)?;
+        Self::attach_planned(addr, vmlinux, cfg, plan).await
+    }
+
+    /// The checks `attach` makes before touching the guest: the locations
+    /// resolve in the vmlinux and its debug info can unwind. Callers that set
+    /// up something around the connection (a guardian) call this first, so
+    /// bad input never reaches the stub.
+    pub fn plan(vmlinux: &Vmlinux, cfg: &TraceConfig) -> Result<Plan, TraceError> {
         if cfg.breakpoints.is_empty() {
             return Err(TraceError::Config("no breakpoint given (--break LOCATION)".into()));
         }
         let locations: Vec<Location> =
-            cfg.breakpoints.iter().map(|spec| location::resolve(&vmlinux, spec)).collect::<Result<_, _>>()?;
-        let mut unwinder = Unwinder::new(&vmlinux)?.with_max_frames(cfg.max_frames);
+            cfg.breakpoints.iter().map(|spec| location::resolve(vmlinux, spec)).collect::<Result<_, _>>()?;
+        let unwinder = Unwinder::new(vmlinux)?.with_max_frames(cfg.max_frames);
+        Ok(Plan { locations, unwinder })
+    }
+
+    /// `attach` with a plan made by [`Tracer::plan`] from the same vmlinux.
+    pub async fn attach_planned(
+        addr: &StubAddr,
+        vmlinux: Arc<Vmlinux>,
+        cfg: TraceConfig,
+        plan: Plan,
+    ) -> Result<Tracer, TraceError> {
+        let Plan { locations, mut unwinder } = plan;
         let (session, _initial_stop) = Session::connect(addr, cfg.client.clone()).await?;
         let mut session = Some(session);
         let prepared = Self::prepare(&mut session, vmlinux, &cfg).await;
