@@ -25,6 +25,10 @@ pub struct BtArgs {
     /// saved, a running one from its CPU's registers.
     #[arg(long, value_name = "PID")]
     pub pid: Option<i32>,
+    /// Every task's stack, like `--pid` for each (drgn's `stack_trace` of
+    /// every task).
+    #[arg(long, conflicts_with = "pid")]
+    pub all_tasks: bool,
 }
 
 /// `ps`, `info`, `lsmod`, `dmesg`: a target, read through the stub, live or from a dump.
@@ -144,8 +148,8 @@ pub async fn restore(args: TargetArgs) -> Result<ExitCode> {
 
 pub async fn bt(bt: BtArgs) -> Result<ExitCode> {
     let args = &bt.target;
-    if let Some(pid) = bt.pid {
-        return bt_task(&bt, pid).await;
+    if bt.pid.is_some() || bt.all_tasks {
+        return bt_tasks(&bt).await;
     }
     if bt.source.live || bt.source.core.is_some() {
         return bt_without_stub(&bt).await;
@@ -197,23 +201,73 @@ async fn list_tasks(source: &mut Source, kernel: &Kernel, live: bool) -> Result<
     Ok((tasks, cpus, false))
 }
 
+/// `ktrace dmesg`.
+#[derive(Args, Debug, Clone)]
+pub struct DmesgArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Keep printing new records as the kernel logs them, read from the host
+    /// while the guest runs (implies `--live`), until Ctrl-C.
+    #[arg(long, short = 'w', conflicts_with = "core")]
+    pub follow: bool,
+}
+
+/// How often `dmesg --follow` looks for new records.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// `ktrace dmesg`: the kernel log.
-pub async fn dmesg(read: ReadArgs) -> Result<ExitCode> {
-    let args = &read.target;
-    let (mut source, kernel) = source::open(args, &read.source).await?;
+pub async fn dmesg(dmesg: DmesgArgs) -> Result<ExitCode> {
+    let args = &dmesg.read.target;
+    let mut source_args = dmesg.read.source.clone();
+    source_args.live |= dmesg.follow;
+    let (mut source, kernel) = source::open(args, &source_args).await?;
     let result = with_memory!(&mut source, kernel, |mem| kernel.log(&mut mem).await);
-    let log = source::finish(source, args, result).await?;
+    if !dmesg.follow {
+        let log = source::finish(source, args, result).await?;
+        print_log(&log, args.json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let log = result?;
+    print_log(&log, args.json)?;
+    let mut last = log.records.last().map(|r| r.seq);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
+            _ = tokio::time::sleep(FOLLOW_POLL) => {}
+        }
+        // The guest ran: mappings outside the fixed ones may have changed.
+        kernel.resumed();
+        let log = with_memory!(&mut source, kernel, |mem| kernel.log(&mut mem).await)?;
+        let new: Vec<_> = log.records.iter().filter(|r| last.is_none_or(|l| r.seq > l)).cloned().collect();
+        if let (Some(l), Some(first)) = (last, new.first()) {
+            if first.seq > l + 1 {
+                eprintln!("ktrace: {} record(s) were overwritten in the ring before they could be read", first.seq - l - 1);
+            }
+        }
+        // Torn records here are old ones being overwritten: the gap says what was lost.
+        print_log(&ktrace_kernel::KernelLog { records: new, torn: 0 }, args.json)?;
+        if let Some(r) = log.records.last() {
+            last = Some(r.seq);
+        }
+    }
+}
+
+/// Prints the records, and says on stderr how many were torn.
+fn print_log(log: &ktrace_kernel::KernelLog, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     for r in &log.records {
-        if args.json {
-            outln!("{}", serde_json::to_string(r)?);
-        } else {
-            outln!("{}", r.line());
+        use std::io::Write as _;
+        match json {
+            true => writeln!(out, "{}", serde_json::to_string(r)?)?,
+            false => writeln!(out, "{}", r.line())?,
         }
     }
     if log.torn > 0 {
         eprintln!("ktrace: {} record(s) changed while they were read (the guest runs) and are left out", log.torn);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// `bt --core` (every CPU's stack at the dump) and `bt --live` (what every
@@ -250,55 +304,67 @@ async fn bt_without_stub(bt: &BtArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `ktrace bt --pid N`.
-async fn bt_task(bt: &BtArgs, pid: i32) -> Result<ExitCode> {
+/// `ktrace bt --pid N` and `ktrace bt --all-tasks`.
+async fn bt_tasks(bt: &BtArgs) -> Result<ExitCode> {
     let args = &bt.target;
     let (mut source, kernel) = source::open(args, &bt.source).await?;
     let kernel = kernel.with_module_debug(&bt.modules.dir());
-    let result = task_backtrace(&mut source, &kernel, pid).await;
-    let (task, cpu, backtrace) = source::finish(source, args, result).await?;
-    if args.json {
-        outln!("{}", serde_json::json!({ "task": task, "cpu": cpu, "backtrace": backtrace }));
-        return Ok(ExitCode::SUCCESS);
-    }
-    let at = match cpu {
-        Some(c) => format!("running on cpu {c}"),
-        None => "not running".to_string(),
-    };
-    outln!("pid {} tgid {} comm {} ({at})", task.pid, task.tgid, task.comm);
-    match backtrace {
-        Some(b) => out!("{}", format::backtrace(&b)),
-        None => outln!("    (running: its registers need a stop; use `ktrace bt --pid` without --live)"),
+    let result = tasks_backtraces(&mut source, &kernel, bt.pid).await;
+    let stacks = source::finish(source, args, result).await?;
+    for (task, cpu, backtrace) in &stacks {
+        if args.json {
+            outln!("{}", serde_json::json!({ "task": task, "cpu": cpu, "backtrace": backtrace }));
+            continue;
+        }
+        let at = match cpu {
+            Some(c) => format!("running on cpu {c}"),
+            None => "not running".to_string(),
+        };
+        if bt.all_tasks {
+            outln!();
+        }
+        outln!("pid {} tgid {} comm {} ({at})", task.pid, task.tgid, task.comm);
+        match backtrace {
+            Some(b) => out!("{}", format::backtrace(b)),
+            None => outln!("    (running: its registers need a stop; use `ktrace bt` without --live)"),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn task_backtrace(
-    source: &mut Source,
-    kernel: &Kernel,
-    pid: i32,
-) -> Result<(TaskInfo, Option<ktrace_kernel::CpuId>, Option<ktrace_kernel::Backtrace>)> {
-    let task = with_memory!(&mut *source, kernel, |mem| kernel.find_task_by_pid(&mut mem, pid).await)
-        .map_err(|e| UsageError(e.to_string()))?;
-    let cpus = with_memory!(&mut *source, kernel, |mem| kernel.cpu_states(&mut mem).await)?;
-    let cpu = cpus.iter().find(|c| c.current.task == task.task).map(|c| c.cpu);
-    let mut unwinder = Unwinder::new(kernel.vmlinux())?.with_max_frames(64);
-    let backtrace = match (cpu, &mut *source) {
-        (Some(_), Source::Live(_)) => None,
-        (Some(cpu), Source::Stub(s)) => {
-            let regs = Regs::read_from(s, cpu).await?;
-            Some(unwinder.unwind(kernel, &mut kernel.memory(s), regs).await)
-        }
-        (Some(cpu), Source::Core(c)) => {
-            let regs = Regs::read_from(c, cpu).await?;
-            Some(unwinder.unwind(kernel, &mut kernel.memory(c), regs).await)
-        }
-        (None, _) => {
-            let regs = with_memory!(&mut *source, kernel, |mem| kernel.saved_regs(&mut mem, task.task).await)?;
-            Some(with_memory!(&mut *source, kernel, |mem| Ok::<_, std::convert::Infallible>(
-                unwinder.unwind_saved(kernel, &mut mem, regs).await
-            ))?)
-        }
+/// A task, the CPU it runs on, and its stack (none for a running task read live).
+type TaskStack = (TaskInfo, Option<ktrace_kernel::CpuId>, Option<ktrace_kernel::Backtrace>);
+
+/// The stacks of task `pid`, or of every task.
+async fn tasks_backtraces(source: &mut Source, kernel: &Kernel, pid: Option<i32>) -> Result<Vec<TaskStack>> {
+    let tasks = match pid {
+        Some(pid) => vec![with_memory!(&mut *source, kernel, |mem| kernel.find_task_by_pid(&mut mem, pid).await)
+            .map_err(|e| UsageError(e.to_string()))?],
+        None => with_memory!(&mut *source, kernel, |mem| kernel.tasks(&mut mem).await)?,
     };
-    Ok((task, cpu, backtrace))
+    let cpus = with_memory!(&mut *source, kernel, |mem| kernel.cpu_states(&mut mem).await)?;
+    let mut unwinder = Unwinder::new(kernel.vmlinux())?.with_max_frames(64);
+    let mut stacks = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let cpu = cpus.iter().find(|c| c.current.task == task.task).map(|c| c.cpu);
+        let backtrace = match (cpu, &mut *source) {
+            (Some(_), Source::Live(_)) => None,
+            (Some(cpu), Source::Stub(s)) => {
+                let regs = Regs::read_from(s, cpu).await?;
+                Some(unwinder.unwind(kernel, &mut kernel.memory(s), regs).await)
+            }
+            (Some(cpu), Source::Core(c)) => {
+                let regs = Regs::read_from(c, cpu).await?;
+                Some(unwinder.unwind(kernel, &mut kernel.memory(c), regs).await)
+            }
+            (None, _) => {
+                let regs = with_memory!(&mut *source, kernel, |mem| kernel.saved_regs(&mut mem, task.task).await)?;
+                Some(with_memory!(&mut *source, kernel, |mem| Ok::<_, std::convert::Infallible>(
+                    unwinder.unwind_saved(kernel, &mut mem, regs).await
+                ))?)
+            }
+        };
+        stacks.push((task, cpu, backtrace));
+    }
+    Ok(stacks)
 }

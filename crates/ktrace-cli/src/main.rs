@@ -53,7 +53,7 @@ enum Command {
     /// List the loaded kernel modules: name, size, state, base (like `lsmod`/`lx-lsmod`).
     Lsmod(inspect::ReadArgs),
     /// The kernel log, from the printk ring buffer (like `dmesg`/`lx-dmesg`).
-    Dmesg(inspect::ReadArgs),
+    Dmesg(inspect::DmesgArgs),
     /// Remove what a killed `ktrace attach --in-guest` left in the guest: put
     /// the ftrace NOPs back and erase its trampoline.
     Restore(args::TargetArgs),

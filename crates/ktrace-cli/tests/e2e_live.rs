@@ -131,6 +131,8 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
         );
     }
 
+    follow_the_log(&guest, &addr);
+
     // --core against drgn on the same dump.
     let mut qmp = Qmp::connect(guest.qmp_socket().unwrap()).expect("QMP");
     let dump = pause_and_dump(&guest, &mut qmp);
@@ -147,7 +149,10 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
                 .unwrap()
         })
         .collect();
-    let drgn = ask_drgn_with_stacks(&dump, guest.vmlinux(), &[1, 2]);
+    let all_tasks = json_lines(&ktrace(&guest, &["bt", "--core", &dump_s, "--all-tasks", "--json"]));
+    // drgn's stacks of every task (pid 0 names one idle task per CPU: left out).
+    let pids: Vec<i64> = core_ps.values().map(|t| t.0).filter(|&p| p > 0).collect();
+    let drgn = ask_drgn_with_stacks(&dump, guest.vmlinux(), &pids);
     let _ = std::fs::remove_file(&dump);
     qmp.cont().expect("QMP cont");
     assert!(console_lines(&core_dmesg).iter().all(|l| console.contains(l)));
@@ -174,6 +179,22 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
             .map(|m| (m["name"].as_str().unwrap().to_string(), m["base"].as_u64().unwrap()))
             .collect();
         assert_eq!(names, drgn_names, "lsmod --core equals drgn's modules");
+        // --all-tasks: one stack per task, each as --pid gives it.
+        assert_eq!(all_tasks.len(), core_ps.len(), "bt --all-tasks has every task");
+        for one in &sleeping {
+            let pid = &one["task"]["pid"];
+            let same = all_tasks.iter().find(|t| &t["task"]["pid"] == pid).expect("the task in --all-tasks");
+            assert_eq!(same, one, "bt --all-tasks and bt --pid {pid} agree");
+        }
+        let mut compared = 0;
+        for ours in all_tasks.iter().filter(|t| t["task"]["pid"].as_i64() > Some(0) && t["cpu"].is_null()) {
+            let pid = ours["task"]["pid"].as_i64().unwrap();
+            let theirs = &drgn["stacks"][pid.to_string()];
+            assert!(theirs["error"].is_null(), "drgn could not unwind pid {pid}: {theirs}");
+            assert_eq!(ktrace_kernel_pcs(ours), drgn_kernel_pcs(theirs), "bt --all-tasks, pid {pid}: {ours} vs {theirs}");
+            compared += 1;
+        }
+        assert!(compared * 10 >= all_tasks.len() * 8, "{compared} of {} sleeping stacks compared", all_tasks.len());
         for (pid, ours) in [1, 2].iter().zip(&sleeping) {
             let theirs = &drgn["stacks"][pid.to_string()];
             assert!(theirs["error"].is_null(), "drgn could not unwind pid {pid}: {theirs}");
@@ -196,6 +217,45 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
         }
     }
     common::assert_guest_healthy(&guest);
+}
+
+/// The numbers of init's `ktrace-guest kmsg N` records in `records`.
+fn kmsg_numbers(records: &[Value]) -> Vec<u64> {
+    records
+        .iter()
+        .filter_map(|r| r["text"].as_str()?.strip_prefix("ktrace-guest kmsg ")?.trim().parse().ok())
+        .collect()
+}
+
+/// `dmesg --follow` prints the log, then each record init logs once a
+/// second (at debug level, off the console), in order and without gaps,
+/// while the guest keeps running; Ctrl-C ends it with status 0.
+fn follow_the_log(guest: &Guest, addr: &str) {
+    let vmlinux = guest.vmlinux().to_str().unwrap().to_string();
+    let follow = common::spawn(&["dmesg", addr, "--follow", "--json", "--vmlinux", &vmlinux]);
+    let started = Instant::now();
+    let beats = guest.heartbeats();
+    while started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+        let so_far = follow.stdout_so_far();
+        let complete = &so_far[..so_far.rfind('\n').map_or(0, |i| i + 1)];
+        let seen = kmsg_numbers(&json_lines(complete));
+        // The log up to the start has some; four more arrive while it follows.
+        if seen.len() >= 2 && seen.last().unwrap() >= &(seen[0] + 4) {
+            break;
+        }
+    }
+    follow.signal("INT");
+    let out = follow.finish(Duration::from_secs(10));
+    assert!(out.status.success(), "dmesg --follow: {}", out.dump());
+    let records = out.json_lines();
+    let numbers = kmsg_numbers(&records);
+    assert!(numbers.len() >= 5, "dmesg --follow saw {numbers:?} in {:?}: {}", started.elapsed(), out.dump());
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "kmsg records in order, none missing: {numbers:?}");
+    let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "sequence numbers increase");
+    assert!(records.iter().all(|r| r["caller"].as_str().is_some_and(|c| c.starts_with('T') || c.starts_with('C'))));
+    assert!(guest.heartbeats() > beats + 2, "the guest ran while dmesg followed it");
 }
 
 #[test]

@@ -30,6 +30,10 @@ pub struct LogRecord {
     pub ts_nsec: u64,
     /// The log level (0 emergency … 7 debug).
     pub level: u8,
+    /// Who logged it, as `printk_info.caller_id` says: `T<pid>` for a task,
+    /// `C<cpu>` outside task context (what `CONFIG_PRINTK_CALLER` prints).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
     /// The text.
     pub text: String,
 }
@@ -69,6 +73,7 @@ struct Offsets {
     info_ts: u64,
     info_text_len: u64,
     info_level: u64,
+    info_caller: Option<u64>,
 }
 
 impl Offsets {
@@ -92,6 +97,7 @@ impl Offsets {
             info_text_len: m("printk_info.text_len")?,
             // `u8 flags:5; u8 level:3;` share the byte after `facility`.
             info_level: m("printk_info.level")?,
+            info_caller: vm.member("printk_info.caller_id").ok().map(|l| l.offset),
         })
     }
 }
@@ -104,6 +110,14 @@ const DESC_FINALIZED: u64 = 2;
 
 fn u64_at(b: &[u8], at: u64) -> u64 {
     b.get(at as usize..at as usize + 8).map_or(0, |s| u64::from_le_bytes(s.try_into().expect("8 bytes")))
+}
+
+/// `caller_id`: the top bit set means a CPU number, clear a task's pid.
+fn caller_name(id: u32) -> String {
+    match id & 0x8000_0000 {
+        0 => format!("T{id}"),
+        _ => format!("C{}", id & 0x7fff_ffff),
+    }
 }
 
 /// Reads the whole log.
@@ -183,7 +197,11 @@ pub(crate) async fn read_log<T: Target>(
         };
         let level = i[o.info_level as usize] >> 5;
         candidates.push((idx, state_var));
-        records.push(LogRecord { seq: u64_at(i, o.info_seq), ts_nsec: u64_at(i, o.info_ts), level, text: body });
+        let caller = o.info_caller.and_then(|at| i.get(at as usize..at as usize + 4)).map(|b| {
+            let id = u32::from_le_bytes(b.try_into().expect("4 bytes"));
+            caller_name(id)
+        });
+        records.push(LogRecord { seq: u64_at(i, o.info_seq), ts_nsec: u64_at(i, o.info_ts), level, caller, text: body });
     }
     // Records whose descriptor changed while the text was read are torn.
     let mut torn = 0;
@@ -212,9 +230,15 @@ mod tests {
 
     #[test]
     fn valid_lines_look_like_dmesg() {
-        let r = LogRecord { seq: 0, ts_nsec: 1_234_567_891, level: 6, text: "Linux version 6.1".into() };
+        let r = LogRecord { seq: 0, ts_nsec: 1_234_567_891, level: 6, caller: None, text: "Linux version 6.1".into() };
         assert_eq!(r.line(), "[    1.234567] Linux version 6.1");
-        let r = LogRecord { seq: 1, ts_nsec: 0, level: 5, text: "x\ny".into() };
+        let r = LogRecord { seq: 1, ts_nsec: 0, level: 5, caller: Some("T1".into()), text: "x\ny".into() };
         assert_eq!(r.line(), "[    0.000000] x\n[    0.000000] y");
+    }
+
+    #[test]
+    fn callers_are_tasks_or_cpus() {
+        assert_eq!(caller_name(1), "T1");
+        assert_eq!(caller_name(0x8000_0003), "C3");
     }
 }
