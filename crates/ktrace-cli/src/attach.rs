@@ -84,6 +84,13 @@ pub struct AttachArgs {
     /// (PTI). For comparisons.
     #[arg(long, hide = true)]
     stub_translation: bool,
+    /// Leave the arguments out of the backtraces.
+    #[arg(long)]
+    no_args: bool,
+    /// Print the stopped CPU's registers with each hit: general, segment
+    /// and control (CR3 included), like GDB's `info registers`.
+    #[arg(long)]
+    regs: bool,
     /// Talk to the stub directly, without the guardian that cleans up after
     /// a killed ktrace (for tests of what a killed ktrace leaves).
     #[arg(long, hide = true)]
@@ -124,7 +131,8 @@ impl HitSink for Output {
             serde_json::to_string(&hit).map_err(std::io::Error::other).and_then(|line| writeln!(self.out, "{line}"))
         } else if !self.quiet {
             let bt = hit.backtrace.as_ref().map(format::backtrace).unwrap_or_default();
-            writeln!(self.out, "{}\n{bt}", format::hit_header(&hit))
+            let regs = hit.registers.as_deref().map(format::registers).unwrap_or_default();
+            writeln!(self.out, "{}\n{regs}{bt}", format::hit_header(&hit))
         } else {
             Ok(())
         };
@@ -185,6 +193,8 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         module_debug: args.modules.dir(),
         journal: None,
         reconnect_to: None,
+        arguments: !args.no_args,
+        registers: args.regs,
     };
     if want_stacks && args.no_backtrace {
         return Err(UsageError("--stacks/--folded/--flamegraph need backtraces; drop --no-backtrace".into()).into());

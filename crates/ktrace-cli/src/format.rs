@@ -73,12 +73,33 @@ pub fn backtrace(bt: &Backtrace) -> String {
             } else {
                 format!("{name} (inlined){module}")
             };
-            let _ = writeln!(out, "#{n:<3} {pc:18} in {what}{loc}");
+            // The scopes: the inlined functions by name, the real one last.
+            let scope = match i == last {
+                true => f.args.last(),
+                false => f.args.iter().take(f.args.len().saturating_sub(1)).find(|a| a.function == name),
+            };
+            let args = scope.map(|s| arguments(&s.args)).unwrap_or_default();
+            let _ = writeln!(out, "#{n:<3} {pc:18} in {what}{args}{loc}");
             n += 1;
         }
     }
     if let Some(why) = &bt.stopped {
         let _ = writeln!(out, "    (backtrace stopped: {why})");
+    }
+    out
+}
+
+/// ` (start=0, end=1024, flags=32768)`, as a GDB `bt` line shows arguments.
+fn arguments(args: &[ktrace_kernel::values::Argument]) -> String {
+    let list: Vec<String> = args.iter().map(|a| format!("{}={}", a.name, a.text)).collect();
+    format!(" ({})", list.join(", "))
+}
+
+/// The stopped CPU's registers as `info registers` shows them: name, hex, decimal.
+pub fn registers(regs: &[(String, u64)]) -> String {
+    let mut out = String::new();
+    for (name, v) in regs {
+        let _ = writeln!(out, "    {name:<10} 0x{v:<18x} {}", *v as i64);
     }
     out
 }

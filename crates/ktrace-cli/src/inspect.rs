@@ -243,7 +243,10 @@ pub async fn dmesg(dmesg: DmesgArgs) -> Result<ExitCode> {
         let new: Vec<_> = log.records.iter().filter(|r| last.is_none_or(|l| r.seq > l)).cloned().collect();
         if let (Some(l), Some(first)) = (last, new.first()) {
             if first.seq > l + 1 {
-                eprintln!("ktrace: {} record(s) were overwritten in the ring before they could be read", first.seq - l - 1);
+                eprintln!(
+                    "ktrace: {} record(s) were overwritten in the ring before they could be read",
+                    first.seq - l - 1
+                );
             }
         }
         // Torn records here are old ones being overwritten: the gap says what was lost.

@@ -191,7 +191,11 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
             let pid = ours["task"]["pid"].as_i64().unwrap();
             let theirs = &drgn["stacks"][pid.to_string()];
             assert!(theirs["error"].is_null(), "drgn could not unwind pid {pid}: {theirs}");
-            assert_eq!(ktrace_kernel_pcs(ours), drgn_kernel_pcs(theirs), "bt --all-tasks, pid {pid}: {ours} vs {theirs}");
+            assert_eq!(
+                ktrace_kernel_pcs(ours),
+                drgn_kernel_pcs(theirs),
+                "bt --all-tasks, pid {pid}: {ours} vs {theirs}"
+            );
             compared += 1;
         }
         assert!(compared * 10 >= all_tasks.len() * 8, "{compared} of {} sleeping stacks compared", all_tasks.len());
@@ -221,10 +225,7 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
 
 /// The numbers of init's `ktrace-guest kmsg N` records in `records`.
 fn kmsg_numbers(records: &[Value]) -> Vec<u64> {
-    records
-        .iter()
-        .filter_map(|r| r["text"].as_str()?.strip_prefix("ktrace-guest kmsg ")?.trim().parse().ok())
-        .collect()
+    records.iter().filter_map(|r| r["text"].as_str()?.strip_prefix("ktrace-guest kmsg ")?.trim().parse().ok()).collect()
 }
 
 /// `dmesg --follow` prints the log, then each record init logs once a

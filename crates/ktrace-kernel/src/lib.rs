@@ -41,6 +41,7 @@ mod target;
 mod task;
 pub mod trampoline;
 pub mod unwind;
+pub mod values;
 pub mod vmcoreinfo;
 pub mod x86;
 

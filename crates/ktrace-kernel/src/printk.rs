@@ -201,7 +201,13 @@ pub(crate) async fn read_log<T: Target>(
             let id = u32::from_le_bytes(b.try_into().expect("4 bytes"));
             caller_name(id)
         });
-        records.push(LogRecord { seq: u64_at(i, o.info_seq), ts_nsec: u64_at(i, o.info_ts), level, caller, text: body });
+        records.push(LogRecord {
+            seq: u64_at(i, o.info_seq),
+            ts_nsec: u64_at(i, o.info_ts),
+            level,
+            caller,
+            text: body,
+        });
     }
     // Records whose descriptor changed while the text was read are torn.
     let mut torn = 0;

@@ -61,6 +61,37 @@ pub struct Frame {
     pub regs_at: Option<u64>,
     /// Source locations, innermost inlined function first.
     pub source: Vec<SourceFrame>,
+    /// The stack pointer in this frame.
+    #[serde(skip)]
+    pub sp: u64,
+    /// The frame's canonical frame address (its caller's stack pointer
+    /// before the call), where the step to the caller knew it.
+    #[serde(skip)]
+    pub cfa: Option<u64>,
+    /// The pc is a return address (its scope is looked up at pc - 1).
+    #[serde(skip)]
+    pub return_address: bool,
+    /// The arguments of the function and of each function inlined here,
+    /// innermost first, when asked for ([`crate::values::FrameArguments`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<crate::values::ScopeArguments>,
+}
+
+/// The placement fields of a frame before the walk fills them.
+fn unplaced(return_address: bool) -> Frame {
+    Frame {
+        pc: 0,
+        kind: FrameKind::Call,
+        function: None,
+        module: None,
+        offset: 0,
+        regs_at: None,
+        source: Vec::new(),
+        sp: 0,
+        cfa: None,
+        return_address,
+        args: Vec::new(),
+    }
 }
 
 /// A backtrace and why it ended.
@@ -423,8 +454,10 @@ impl Unwinder {
                 true => self.module_frame(pc, frame.kind, frame.regs_at, frame.return_address),
                 false => None,
             };
-            frames
-                .push(shown.unwrap_or_else(|| self.frame(kernel, pc, frame.kind, frame.regs_at, frame.return_address)));
+            let mut shown =
+                shown.unwrap_or_else(|| self.frame(kernel, pc, frame.kind, frame.regs_at, frame.return_address));
+            shown.sp = frame.regs.sp;
+            frames.push(shown);
             if frame.kind == FrameKind::User {
                 break None;
             }
@@ -444,6 +477,11 @@ impl Unwinder {
             };
             if let Err(why) = self.check_caller(&frame.regs, &caller) {
                 break Some(why);
+            }
+            if matches!(caller.kind, FrameKind::Call | FrameKind::CallCfi) {
+                if let Some(last) = frames.last_mut() {
+                    last.cfa = Some(caller.regs.sp);
+                }
             }
             if caller.regs.ip == 0 {
                 break None;
@@ -614,7 +652,16 @@ impl Unwinder {
 
     fn frame(&mut self, kernel: &Kernel, pc: u64, kind: FrameKind, regs_at: Option<u64>, ret: bool) -> Frame {
         if kind == FrameKind::User {
-            return Frame { pc, kind, function: None, module: None, offset: 0, regs_at, source: Vec::new() };
+            return Frame {
+                pc,
+                kind,
+                function: None,
+                module: None,
+                offset: 0,
+                regs_at,
+                source: Vec::new(),
+                ..unplaced(ret)
+            };
         }
         let vm = kernel.vmlinux();
         let link = kernel.link(pc);
@@ -636,7 +683,7 @@ impl Unwinder {
                 (sym.map(|s| s.name), offset, source)
             })
             .clone();
-        Frame { pc, kind, function, module: None, offset, regs_at, source }
+        Frame { pc, kind, function, module: None, offset, regs_at, source, ..unplaced(ret) }
     }
 
     /// A frame in module code, named from the module's kallsyms, with
@@ -649,7 +696,16 @@ impl Unwinder {
             None => (None, 0),
         };
         let source = module.source_frames(at);
-        Some(Frame { pc, kind, function, module: Some(module.info.name.clone()), offset, regs_at, source })
+        Some(Frame {
+            pc,
+            kind,
+            function,
+            module: Some(module.info.name.clone()),
+            offset,
+            regs_at,
+            source,
+            ..unplaced(ret)
+        })
     }
 
     /// Makes sure the module holding `pc` is known: the module list is read

@@ -115,6 +115,21 @@ impl CfiIndex {
 
     /// The unwind row at `addr`, `None` if no FDE covers it.
     pub(crate) fn row(&self, addr: KernelAddr) -> Result<Option<CfiRow>, SymbolError> {
+        self.with_row(addr, convert)
+    }
+
+    /// Where the caller's callee-saved registers are, at `addr`.
+    pub(crate) fn saved_registers(&self, addr: KernelAddr) -> Result<Option<SavedRegisters>, SymbolError> {
+        self.with_row(addr, |row, _| {
+            SavedRegisters(CALLEE_SAVED.map(|r| (r, rule_of(row, gimli::Register(r), RegRule::SameValue))))
+        })
+    }
+
+    fn with_row<T>(
+        &self,
+        addr: KernelAddr,
+        f: impl FnOnce(&gimli::UnwindTableRow<usize>, gimli::Register) -> T,
+    ) -> Result<Option<T>, SymbolError> {
         let Some(off) = self.fde_offset(addr.0) else {
             return Ok(None);
         };
@@ -129,7 +144,7 @@ impl CfiIndex {
             Err(gimli::Error::NoUnwindInfoForAddress) => return Ok(None),
             Err(e) => return Err(err(e)),
         };
-        Ok(Some(convert(row, fde.cie().return_address_register())))
+        Ok(Some(f(row, fde.cie().return_address_register())))
     }
 
     /// Like [`CfiIndex::row`] but finding the FDE with gimli's linear
@@ -173,18 +188,32 @@ fn index_fdes(data: &[u8], bases: &BaseAddresses) -> Result<Vec<(u64, u64, usize
     Ok(fdes)
 }
 
-fn convert(row: &gimli::UnwindTableRow<usize>, ra: gimli::Register) -> CfiRow {
-    let cfa = match *row.cfa() {
-        gimli::CfaRule::RegisterAndOffset { register, offset } => CfaRule::RegOffset { reg: register.0, offset },
-        gimli::CfaRule::Expression(_) => CfaRule::Unsupported,
-    };
-    let rule = |r: gimli::Register, default: RegRule| match row.register(r) {
+/// The callee-saved registers of the x86-64 ABI, DWARF numbers: rbx,
+/// rbp, r12..r15.
+pub const CALLEE_SAVED: [u16; 6] = [3, 6, 12, 13, 14, 15];
+
+/// Where the caller's value of each callee-saved register is:
+/// `(DWARF number, rule)` in [`CALLEE_SAVED`]'s order. A register without
+/// a rule keeps its value (GCC's convention, which GDB follows too).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SavedRegisters(pub [(u16, RegRule); 6]);
+
+fn rule_of(row: &gimli::UnwindTableRow<usize>, r: gimli::Register, default: RegRule) -> RegRule {
+    match row.register(r) {
         None => default,
         Some(gimli::RegisterRule::Offset(o)) => RegRule::Offset(o),
         Some(gimli::RegisterRule::SameValue) => RegRule::SameValue,
         Some(gimli::RegisterRule::Undefined) => RegRule::Undefined,
         Some(_) => RegRule::Unsupported,
+    }
+}
+
+fn convert(row: &gimli::UnwindTableRow<usize>, ra: gimli::Register) -> CfiRow {
+    let cfa = match *row.cfa() {
+        gimli::CfaRule::RegisterAndOffset { register, offset } => CfaRule::RegOffset { reg: register.0, offset },
+        gimli::CfaRule::Expression(_) => CfaRule::Unsupported,
     };
+    let rule = |r: gimli::Register, default: RegRule| rule_of(row, r, default);
     // A register without a rule: rbp is callee-saved (same value); a
     // return address column without a rule cannot be recovered.
     CfiRow { cfa, rip: rule(ra, RegRule::Undefined), rbp: rule(gimli::Register(DWARF_RBP), RegRule::SameValue) }

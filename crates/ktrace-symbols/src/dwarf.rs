@@ -316,6 +316,29 @@ impl DwarfInfo {
     }
 }
 
+impl DwarfInfo {
+    /// The value and enum type of enumerator `name`, from the enums the
+    /// anchor units define at top level (no scan of every unit).
+    pub(crate) fn find_enumerator(&self, name: &str, anchors: &[u64]) -> Result<Option<(i64, DieRef)>, SymbolError> {
+        for u in self.search_order(anchors) {
+            let unit = self.unit(u)?;
+            let mut tree = unit.entries_tree(None).map_err(derr("reading a unit"))?;
+            let root = tree.root().map_err(derr("reading a unit"))?;
+            let mut children = root.children();
+            while let Some(child) = children.next().map_err(derr("reading a unit"))? {
+                if child.entry().tag() != gimli::DW_TAG_enumeration_type {
+                    continue;
+                }
+                let enum_ref = DieRef { unit: u, off: child.entry().offset() };
+                if let Some((_, v)) = self.enumerators(enum_ref)?.into_iter().find(|(n, _)| n == name) {
+                    return Ok(Some((v, enum_ref)));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// The anchor function names.
 pub(crate) fn anchor_functions() -> &'static [&'static str] {
     ANCHOR_FUNCTIONS

@@ -24,13 +24,13 @@ const MAX_DEPTH: usize = 32;
 type Entry = gimli::DebuggingInformationEntry<R>;
 
 impl DwarfInfo {
-    fn entry(&self, d: DieRef) -> Result<(std::sync::Arc<crate::dwarf::Unit>, Entry), SymbolError> {
+    pub(crate) fn entry(&self, d: DieRef) -> Result<(std::sync::Arc<crate::dwarf::Unit>, Entry), SymbolError> {
         let unit = self.unit(d.unit)?;
         let e = unit.entry(d.off).map_err(|e| SymbolError::dwarf("reading a type", e))?;
         Ok((unit, e))
     }
 
-    fn type_of(&self, d: DieRef, e: &Entry) -> Option<DieRef> {
+    pub(crate) fn type_of(&self, d: DieRef, e: &Entry) -> Option<DieRef> {
         e.attr_value(gimli::DW_AT_type).and_then(|v| self.resolve_ref(d.unit, v))
     }
 
@@ -83,7 +83,7 @@ impl DwarfInfo {
     }
 
     /// Element counts of each dimension of an array type (None: unknown/flexible).
-    fn array_count(&self, d: DieRef) -> Result<Vec<Option<u64>>, SymbolError> {
+    pub(crate) fn array_count(&self, d: DieRef) -> Result<Vec<Option<u64>>, SymbolError> {
         let unit = self.unit(d.unit)?;
         let mut tree = unit.entries_tree(Some(d.off)).map_err(|e| SymbolError::dwarf("reading an array", e))?;
         let root = tree.root().map_err(|e| SymbolError::dwarf("reading an array", e))?;
@@ -219,7 +219,7 @@ impl DwarfInfo {
     }
 
     /// The direct `DW_TAG_member` children of the struct or union `s`.
-    fn members(&self, s: DieRef) -> Result<Vec<Member>, SymbolError> {
+    pub(crate) fn members(&self, s: DieRef) -> Result<Vec<Member>, SymbolError> {
         let mut out = Vec::new();
         self.for_each_child(s, gimli::DW_TAG_member, "reading struct members", |unit, e| {
             let (offset, bits) = member_location(e);
@@ -277,15 +277,15 @@ impl DwarfInfo {
 }
 
 /// One member of a struct or union, as DWARF describes it.
-struct Member {
+pub(crate) struct Member {
     /// `None` for an anonymous struct or union member.
-    name: Option<&'static [u8]>,
+    pub(crate) name: Option<&'static [u8]>,
     /// Byte offset in the containing type.
-    offset: u64,
+    pub(crate) offset: u64,
     /// (bit offset, bit size) for bit fields.
-    bits: Option<(u64, u64)>,
+    pub(crate) bits: Option<(u64, u64)>,
     /// The member's type.
-    ty: Option<DieRef>,
+    pub(crate) ty: Option<DieRef>,
 }
 
 /// Byte offset of a member, plus (bit offset, bit size) for bit fields.

@@ -237,7 +237,7 @@ impl Vmlinux {
             .ok_or_else(|| SymbolError::NoBanner { reason: format!("unexpected banner format: {b:?}") })
     }
 
-    fn dwarf(&self, what: &str) -> Result<&DwarfInfo, SymbolError> {
+    pub(crate) fn dwarf(&self, what: &str) -> Result<&DwarfInfo, SymbolError> {
         self.dwarf
             .get_or_init(|| dwarf::load_dwarf(&self.image, &self.owned).map(DwarfInfo::new))
             .as_ref()
@@ -245,7 +245,7 @@ impl Vmlinux {
     }
 
     /// Code addresses of the anchor functions (their units are searched first).
-    fn anchors(&self) -> Vec<u64> {
+    pub(crate) fn anchors(&self) -> Vec<u64> {
         dwarf::anchor_functions().iter().filter_map(|n| self.lookup_symbol(n)).map(|s| s.addr.0).collect()
     }
 
@@ -254,7 +254,7 @@ impl Vmlinux {
         self.btf.get_or_init(|| self.image.section(".BTF").and_then(|s| btf::BtfTypeNames::parse(s.data))).as_ref()
     }
 
-    fn find_type(&self, name: &str) -> Result<(&DwarfInfo, DieRef), SymbolError> {
+    pub(crate) fn find_type(&self, name: &str) -> Result<(&DwarfInfo, DieRef), SymbolError> {
         let d = self.dwarf(&format!("the layout of `{name}`"))?;
         // A type the kernel does not have is answered from BTF's names, not
         // by a scan of all of .debug_info.
@@ -429,6 +429,15 @@ impl Vmlinux {
         match (self.index(), self.image.section(".text")) {
             (Ok(idx), Some(text)) => idx.text_function_starts((text.addr, text.addr + text.size)),
             _ => Vec::new(),
+        }
+    }
+
+    /// Where the caller's callee-saved registers are at link-time address
+    /// `addr`, from `.debug_frame` (`Ok(None)`: no FDE covers it).
+    pub fn cfi_saved_registers(&self, addr: KernelAddr) -> Result<Option<cfi::SavedRegisters>, SymbolError> {
+        match self.cfi_index()? {
+            Some(idx) => idx.saved_registers(addr),
+            None => Ok(None),
         }
     }
 

@@ -89,6 +89,10 @@ pub struct TraceConfig {
     /// when the trace talks to it through a guardian); the address given
     /// to [`crate::Tracer::attach`] when `None`.
     pub reconnect_to: Option<ktrace_rsp::StubAddr>,
+    /// With backtraces: the arguments of every frame, from DWARF.
+    pub arguments: bool,
+    /// The stopped CPU's registers with each hit.
+    pub registers: bool,
 }
 
 /// A [`ktrace_kernel::WriteJournal`] for [`TraceConfig::journal`].
@@ -120,6 +124,8 @@ impl Default for TraceConfig {
             stub_translation: false,
             journal: None,
             reconnect_to: None,
+            arguments: true,
+            registers: false,
         }
     }
 }

@@ -36,6 +36,20 @@ pub struct Hit {
     /// The backtrace, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backtrace: Option<Backtrace>,
+    /// The stopped CPU's registers (`--regs`), in `info registers` order;
+    /// in JSON an object of `"0x…"` strings.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "registers_json")]
+    pub registers: Option<Vec<(String, u64)>>,
+}
+
+fn registers_json<S: serde::Serializer>(regs: &Option<Vec<(String, u64)>>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let regs = regs.as_deref().unwrap_or_default();
+    let mut map = s.serialize_map(Some(regs.len()))?;
+    for (name, v) in regs {
+        map.serialize_entry(name, &format!("0x{v:x}"))?;
+    }
+    map.end()
 }
 
 impl Hit {
@@ -197,6 +211,10 @@ mod tests {
                 offset: 0,
                 regs_at: None,
                 source: vec![SourceFrame { function: Some(f.to_string()), file: None, line: None, inlined: false }],
+                sp: 0,
+                cfa: None,
+                return_address: true,
+                args: Vec::new(),
             })
             .collect();
         Hit {

@@ -19,6 +19,98 @@ pub(crate) struct GLayout {
     pub rip_regnum: u32,
 }
 
+/// The integer registers `--regs` shows, in GDB's `info registers` order
+/// (general, segment, control), as the stub names them.
+const SHOWN: &[&str] = &[
+    "rax",
+    "rbx",
+    "rcx",
+    "rdx",
+    "rsi",
+    "rdi",
+    "rbp",
+    "rsp",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+    "rip",
+    "eflags",
+    "cs",
+    "ss",
+    "ds",
+    "es",
+    "fs",
+    "gs",
+    "fs_base",
+    "gs_base",
+    "k_gs_base",
+    "cr0",
+    "cr2",
+    "cr3",
+    "cr4",
+    "cr8",
+    "efer",
+];
+
+/// Where each register `--regs` shows lies: in the `g` reply, or only
+/// through `p` (QEMU leaves the control registers out of `g`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RegisterSet {
+    /// (name, offset in `g`, bytes) of those in the `g` reply.
+    in_g: Vec<(&'static str, usize, usize)>,
+    /// (name, regnum) of those read with `p`.
+    by_number: Vec<(&'static str, u32)>,
+}
+
+impl RegisterSet {
+    /// The registers of `SHOWN` the stub has; `g_len` is the size of its `g` reply.
+    pub(crate) fn new(map: &RegisterMap, g_len: usize) -> RegisterSet {
+        let mut set = RegisterSet::default();
+        for &name in SHOWN {
+            let Some(r) = map.get(name) else { continue };
+            let bytes = (r.bitsize as usize).div_ceil(8);
+            if bytes > 8 {
+                continue;
+            }
+            match r.offset + bytes <= g_len {
+                true => set.in_g.push((name, r.offset, bytes)),
+                false => set.by_number.push((name, r.regnum)),
+            }
+        }
+        set
+    }
+
+    /// The values in `g`.
+    pub(crate) fn from_g(&self, g: &[u8]) -> Vec<(&'static str, u64)> {
+        self.in_g
+            .iter()
+            .map(|&(name, at, n)| {
+                let mut b = [0u8; 8];
+                b[..n].copy_from_slice(&g[at..at + n]);
+                (name, u64::from_le_bytes(b))
+            })
+            .collect()
+    }
+
+    /// Those read one by one.
+    pub(crate) fn by_number(&self) -> &[(&'static str, u32)] {
+        &self.by_number
+    }
+
+    /// Back in `SHOWN`'s order.
+    pub(crate) fn ordered(values: Vec<(&'static str, u64)>) -> Vec<(String, u64)> {
+        let mut v: Vec<(usize, &'static str, u64)> =
+            values.into_iter().map(|(n, x)| (SHOWN.iter().position(|s| *s == n).unwrap_or(usize::MAX), n, x)).collect();
+        v.sort_by_key(|e| e.0);
+        v.into_iter().map(|(_, n, x)| (n.to_string(), x)).collect()
+    }
+}
+
 impl GLayout {
     pub(crate) fn new(map: Option<&RegisterMap>) -> Result<GLayout, TraceError> {
         let map = map.ok_or_else(|| {

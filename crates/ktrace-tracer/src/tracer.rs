@@ -14,9 +14,10 @@ use crate::filter::Filter;
 use crate::hit::{EndReason, Hit, InGuestReport, Summary};
 use crate::in_guest::{self, BreakAt, InGuest};
 use crate::location::{self, Location};
-use crate::regs::GLayout;
+use crate::regs::{GLayout, RegisterSet};
 use crate::{GoneReason, TraceError, TraceFailure};
 use ktrace_kernel::unwind::Unwinder;
+use ktrace_kernel::values::{FrameArguments, FrameRegisters};
 
 /// Receives the hits of a trace, and progress while it runs.
 pub trait HitSink {
@@ -102,6 +103,10 @@ pub struct Tracer {
     locations: Vec<Location>,
     armed: Vec<Armed>,
     glayout: GLayout,
+    /// The registers `--regs` shows and frame 0's argument registers.
+    register_set: Option<RegisterSet>,
+    /// Frame arguments, with their scopes cached per pc.
+    arguments: FrameArguments,
     unwinder: Unwinder,
     /// For `--pid`: the task_struct to compare the current-task pointer with.
     target_task: Option<TaskRef>,
@@ -185,6 +190,8 @@ impl Tracer {
                     locations,
                     armed,
                     glayout,
+                    register_set: None,
+                    arguments: FrameArguments::new(),
                     unwinder,
                     target_task,
                     inserted: Vec::new(),
@@ -690,16 +697,35 @@ impl Tracer {
         };
         if let Some(task) = matched_task {
             stats.matched += 1;
-            let backtrace = if self.cfg.backtrace {
-                let g = session.read_registers().await?;
-                let mut regs = self.glayout.decode(&g);
-                if entry_frame {
-                    regs.ip = pc;
-                    regs.sp += 8;
+            let g = match self.cfg.backtrace || self.cfg.registers {
+                true => Some(session.read_registers().await?),
+                false => None,
+            };
+            if let (None, Some(g), Some(map)) = (&self.register_set, &g, session.register_map()) {
+                self.register_set = Some(RegisterSet::new(map, g.len()));
+            }
+            let backtrace = match &g {
+                Some(g) if self.cfg.backtrace => {
+                    let mut regs = self.glayout.decode(g);
+                    if entry_frame {
+                        regs.ip = pc;
+                        regs.sp += 8;
+                    }
+                    let mut bt = self.unwinder.unwind(&self.kernel, &mut self.kernel.memory(session), regs).await;
+                    if self.cfg.arguments {
+                        let frame0 = self.frame_registers(g, regs);
+                        let mut memory = self.kernel.memory(session);
+                        if let Err(e) = self.arguments.fill(&self.kernel, &mut memory, &mut bt, &frame0).await {
+                            tracing::debug!("arguments: {e}");
+                        }
+                    }
+                    Some(bt)
                 }
-                Some(self.unwinder.unwind(&self.kernel, &mut self.kernel.memory(session), regs).await)
-            } else {
-                None
+                _ => None,
+            };
+            let registers = match &g {
+                Some(g) if self.cfg.registers => Some(self.registers(session, g, entry_frame.then_some(pc)).await?),
+                _ => None,
             };
             let hit = Hit {
                 seq: stats.matched,
@@ -713,6 +739,7 @@ impl Tracer {
                 breakpoint: self.locations[self.armed[bp].spec].spec.clone(),
                 pc,
                 backtrace,
+                registers,
             };
             if sink.hit(hit).is_break() {
                 return Ok(Step::End(EndReason::Stopped));
@@ -722,6 +749,47 @@ impl Tracer {
             }
         }
         self.past_breakpoint(session, bp, thread, rip).await
+    }
+
+    /// Frame 0's registers for DWARF locations: all of the `g` reply, as
+    /// the stopped function sees them (`regs`: after the entry adjustment).
+    fn frame_registers(&self, g: &[u8], regs: ktrace_kernel::Regs) -> FrameRegisters {
+        let mut frame = FrameRegisters::default();
+        for (name, v) in self.register_set.iter().flat_map(|set| set.from_g(g)) {
+            frame.set(name, v);
+        }
+        frame.set("rip", regs.ip);
+        frame.set("rsp", regs.sp);
+        // At entry the CFA is the stack pointer before the call.
+        frame.cfa = None;
+        frame
+    }
+
+    /// `--regs`: the `g` reply's registers and the control registers by
+    /// `p`; at a hit of the in-guest filter, rip and rsp as the traced
+    /// function's entry had them.
+    async fn registers(
+        &self,
+        session: &mut Session,
+        g: &[u8],
+        entry: Option<u64>,
+    ) -> Result<Vec<(String, u64)>, TraceError> {
+        let Some(set) = &self.register_set else { return Ok(Vec::new()) };
+        let mut values = set.from_g(g);
+        for &(name, regnum) in set.by_number() {
+            let b = session.read_register(regnum).await?;
+            values.push((name, le_u64(&b)));
+        }
+        if let Some(function) = entry {
+            for (name, v) in values.iter_mut() {
+                match *name {
+                    "rip" => *v = function,
+                    "rsp" => *v += 8,
+                    _ => {}
+                }
+            }
+        }
+        Ok(RegisterSet::ordered(values))
     }
 
     /// The task a stop ran in, if the filter takes it.

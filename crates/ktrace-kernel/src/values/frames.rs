@@ -1,0 +1,170 @@
+//! The arguments of every frame of a backtrace, as GDB's `bt` shows them.
+//!
+//! The frame where the CPU stopped knows every register; the frames the
+//! unwinder recovered know their stack pointer and CFA only, so an argument
+//! kept in a register there is `<optimized out>` (GDB, which also tracks
+//! callee-saved registers and entry values, may know more: never less
+//! correct).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ktrace_symbols::{KernelAddr, RegRule, Scope, CALLEE_SAVED};
+use serde::Serialize;
+
+use super::format::{format_value, value_json, Detail};
+use super::location::FrameRegisters;
+use super::value::{read_variable, VariableValue};
+use crate::unwind::{Backtrace, FrameKind};
+use crate::{Kernel, KernelError, Target};
+
+/// The arguments of one function of a frame (the real one or one inlined).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ScopeArguments {
+    /// The function.
+    pub function: String,
+    /// Its parameters, in order.
+    pub args: Vec<Argument>,
+}
+
+/// One argument's value.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Argument {
+    /// The parameter's name.
+    pub name: String,
+    /// Its C type.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// The value as JSON (absent when optimized out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+    /// The value as GDB prints it in a `bt` line, `<optimized out>` included.
+    pub text: String,
+    /// True when the frame cannot know the value.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub optimized_out: bool,
+}
+
+/// The caller's callee-saved registers, from the callee's (at `pc`, CFA
+/// `cfa`) and the CFI rules there.
+async fn callers_saved<T: Target>(
+    kernel: &Kernel,
+    target: &mut T,
+    pc: u64,
+    ret: bool,
+    cfa: u64,
+    callee: [Option<u64>; 6],
+) -> [Option<u64>; 6] {
+    let link = kernel.link(pc).0;
+    let at = KernelAddr(if ret { link - 1 } else { link });
+    let Ok(Some(rules)) = kernel.vmlinux().cfi_saved_registers(at) else { return [None; 6] };
+    let mut out = [None; 6];
+    for (i, (_, rule)) in rules.0.iter().enumerate() {
+        out[i] = match rule {
+            RegRule::SameValue => callee[i],
+            RegRule::Offset(o) => target.read_u64(cfa.wrapping_add(*o as u64)).await.ok(),
+            _ => None,
+        };
+    }
+    out
+}
+
+/// Bound on the scopes kept per pc.
+const MAX_CACHED: usize = 4096;
+
+/// Reads the arguments of backtraces, caching each pc's scopes.
+#[derive(Default)]
+pub struct FrameArguments {
+    scopes: HashMap<(u64, bool), Arc<Vec<Scope>>>,
+}
+
+impl FrameArguments {
+    /// A reader with an empty cache.
+    pub fn new() -> FrameArguments {
+        FrameArguments::default()
+    }
+
+    /// Fills the `args` of each frame of `bt`: frame 0 with `stopped`, the
+    /// registers of the stopped CPU, callers with what the unwinder knew.
+    pub async fn fill<T: Target>(
+        &mut self,
+        kernel: &Kernel,
+        target: &mut T,
+        bt: &mut Backtrace,
+        stopped: &FrameRegisters,
+    ) -> Result<(), KernelError<T::Error>> {
+        // The callee-saved registers, carried from frame to frame through
+        // the CFI's rules (where a rule is missing, the chain breaks).
+        let mut saved: [Option<u64>; 6] = CALLEE_SAVED.map(|r| stopped.get(r));
+        let mut previous: Option<(u64, bool, Option<u64>)> = None;
+        for (i, frame) in bt.frames.iter_mut().enumerate() {
+            let usable = frame.module.is_none()
+                && matches!(frame.kind, FrameKind::Stopped | FrameKind::Call | FrameKind::CallCfi);
+            if i > 0 {
+                saved = match (previous, usable && frame.kind != FrameKind::Stopped) {
+                    (Some((pc, ret, Some(cfa))), true) => callers_saved(kernel, target, pc, ret, cfa, saved).await,
+                    _ => [None; 6],
+                };
+            }
+            previous = Some((frame.pc, frame.return_address, frame.cfa));
+            if !usable {
+                continue;
+            }
+            let mut regs = match i {
+                0 if frame.kind == FrameKind::Stopped => stopped.clone(),
+                _ => {
+                    let mut r = FrameRegisters::unwound(frame.pc, frame.sp, frame.cfa);
+                    for (reg, v) in CALLEE_SAVED.iter().zip(saved) {
+                        if let Some(v) = v {
+                            r.set_number(*reg, v);
+                        }
+                    }
+                    r
+                }
+            };
+            regs.cfa = regs.cfa.or(frame.cfa);
+            let scopes = self.scopes(kernel, frame.pc, frame.return_address)?;
+            let mut out = Vec::with_capacity(scopes.len());
+            for scope in scopes.iter() {
+                let mut args = Vec::with_capacity(scope.params.len());
+                for p in &scope.params {
+                    let type_name = kernel.vmlinux().type_display(p.ty)?;
+                    let arg = match read_variable(kernel, target, p, &regs).await? {
+                        VariableValue::Known(v) => Argument {
+                            name: p.name.clone(),
+                            type_name,
+                            value: Some(value_json(kernel, &v)),
+                            text: format_value(kernel, target, &v, Detail::Summary).await,
+                            optimized_out: false,
+                        },
+                        VariableValue::OptimizedOut(_) => Argument {
+                            name: p.name.clone(),
+                            type_name,
+                            value: None,
+                            text: "<optimized out>".into(),
+                            optimized_out: true,
+                        },
+                    };
+                    args.push(arg);
+                }
+                out.push(ScopeArguments { function: scope.function.clone(), args });
+            }
+            frame.args = out;
+        }
+        Ok(())
+    }
+
+    fn scopes(&mut self, kernel: &Kernel, pc: u64, ret: bool) -> Result<Arc<Vec<Scope>>, ktrace_symbols::SymbolError> {
+        let link = kernel.link(pc).0;
+        if let Some(s) = self.scopes.get(&(link, ret)) {
+            return Ok(s.clone());
+        }
+        if self.scopes.len() >= MAX_CACHED {
+            self.scopes.clear();
+        }
+        let at = KernelAddr(if ret { link - 1 } else { link });
+        let s = Arc::new(kernel.vmlinux().scopes_at(at)?);
+        self.scopes.insert((link, ret), s.clone());
+        Ok(s)
+    }
+}
