@@ -381,13 +381,31 @@ pub trait WriteJournal: Send + Sync {
 pub struct GuestMemory<'a, T> {
     target: &'a mut T,
     translation: Option<&'a Translation>,
+    /// For user addresses: the page tables of the stopped task's process.
+    user: Option<&'a Translation>,
     journal: Option<&'a dyn WriteJournal>,
 }
 
 impl<'a, T: PhysicalMemory> GuestMemory<'a, T> {
     /// `target` through `translation` (or its own virtual reads).
     pub fn new(target: &'a mut T, translation: Option<&'a Translation>) -> GuestMemory<'a, T> {
-        GuestMemory { target, translation, journal: None }
+        GuestMemory { target, translation, user: None, journal: None }
+    }
+
+    /// Reads of user addresses through `user` (a process's page tables,
+    /// e.g. rooted at a stopped CPU's CR3) instead of the kernel's, which
+    /// map no user memory. Writes stay in kernel space.
+    pub fn with_user_space(mut self, user: Option<&'a Translation>) -> GuestMemory<'a, T> {
+        self.user = user;
+        self
+    }
+
+    /// The translation for reads that start at `addr`.
+    fn reads_at(&self, addr: u64) -> Option<&'a Translation> {
+        match (self.user, self.translation) {
+            (Some(u), Some(k)) if !k.space().is_kernel(addr) => Some(u),
+            _ => self.translation,
+        }
     }
 
     /// Every write recorded in `journal` first.
@@ -406,7 +424,7 @@ impl<T: PhysicalMemory> Target for GuestMemory<'_, T> {
     type Error = MemoryError<T::Error>;
 
     async fn read_memory(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, Self::Error> {
-        let Some(t) = self.translation else {
+        let Some(t) = self.reads_at(addr) else {
             return self.target.read_memory(addr, len).await.map_err(MemoryError::Target);
         };
         let pieces = t.pieces(self.target, &[(addr, len)]).await?.pop().expect("one")?;
@@ -420,7 +438,11 @@ impl<T: PhysicalMemory> Target for GuestMemory<'_, T> {
     }
 
     async fn read_memory_many(&mut self, reqs: &[(u64, usize)]) -> Result<Vec<Option<Vec<u8>>>, Self::Error> {
-        let Some(t) = self.translation else {
+        // One address space per batch: the user one only when every read is there.
+        let all_user =
+            !reqs.is_empty() && reqs.iter().all(|r| self.translation.is_some_and(|k| !k.space().is_kernel(r.0)));
+        let chosen = if all_user && self.user.is_some() { self.user } else { self.translation };
+        let Some(t) = chosen else {
             return self.target.read_memory_many(reqs).await.map_err(MemoryError::Target);
         };
         let pieces = t.pieces(self.target, reqs).await?;

@@ -18,6 +18,10 @@ use crate::regs::{GLayout, RegisterSet};
 use crate::{GoneReason, TraceError, TraceFailure};
 use ktrace_kernel::unwind::Unwinder;
 use ktrace_kernel::values::{FrameArguments, FrameRegisters};
+use ktrace_kernel::Translation;
+
+/// The page-table root bits of CR3 (the low 12 are the PCID, bit 63 no-flush).
+const CR3_ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 
 /// Receives the hits of a trace, and progress while it runs.
 pub trait HitSink {
@@ -714,7 +718,16 @@ impl Tracer {
                     let mut bt = self.unwinder.unwind(&self.kernel, &mut self.kernel.memory(session), regs).await;
                     if self.cfg.arguments {
                         let frame0 = self.frame_registers(g, regs);
-                        let mut memory = self.kernel.memory(session);
+                        // User pointers (`const char __user *`) through the task's page tables.
+                        let user = match (self.kernel.translation(), session.register_map().and_then(|m| m.get("cr3")))
+                        {
+                            (Some(k), Some(cr3)) => {
+                                let cr3 = le_u64(&session.read_register(cr3.regnum).await?);
+                                Some(Translation::new(cr3 & CR3_ADDRESS, k.space().clone()))
+                            }
+                            _ => None,
+                        };
+                        let mut memory = self.kernel.memory(session).with_user_space(user.as_ref());
                         if let Err(e) = self.arguments.fill(&self.kernel, &mut memory, &mut bt, &frame0).await {
                             tracing::debug!("arguments: {e}");
                         }

@@ -77,6 +77,8 @@ fn check_type(all: &HashMap<String, HashMap<String, Field>>, ty: &str, v: &Value
         "number" => v.is_number(),
         "string" => v.is_string(),
         "boolean" => v.is_boolean(),
+        "object" => v.is_object(),
+        "any" => true,
         "address" => v.as_str().is_some_and(|s| {
             s.strip_prefix("0x")
                 .is_some_and(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
