@@ -85,7 +85,10 @@ fn parse_gdb_frame(line: &str) -> Option<(String, Vec<(String, String)>)> {
 
 /// ktrace's frames as GDB numbers them: one per source entry (inlined
 /// functions their own frame), with that function's arguments.
-fn ktrace_frames(hit: &Value) -> Vec<(String, Vec<(String, Option<String>)>)> {
+/// A function and its arguments (`None`: optimized out).
+type FrameArgs = (String, Vec<(String, Option<String>)>);
+
+fn ktrace_frames(hit: &Value) -> Vec<FrameArgs> {
     let mut out = Vec::new();
     for f in hit["backtrace"]["frames"].as_array().unwrap() {
         let source = f["source"].as_array().unwrap();
@@ -144,7 +147,7 @@ fn compare(series: KernelSeries, function: &str, hit: &Value, gdb: &str, tally: 
             );
             break;
         };
-        let (gdb_fn, gdb_args) = &theirs[g + skip];
+        let (_, gdb_args) = &theirs[g + skip];
         g += skip + 1;
         tally.frames += 1;
         for (name, value) in our_args {

@@ -74,7 +74,7 @@ pub struct Frame {
     /// The arguments of the function and of each function inlined here,
     /// innermost first, when asked for ([`crate::values::FrameArguments`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<crate::values::ScopeArguments>,
+    pub args: Vec<crate::values::argument::ScopeArguments>,
 }
 
 /// The placement fields of a frame before the walk fills them.

@@ -229,6 +229,7 @@ mod tests {
             breakpoint: "x".into(),
             pc: 0,
             backtrace: Some(Backtrace { frames, stopped: None }),
+            registers: None,
         }
     }
 

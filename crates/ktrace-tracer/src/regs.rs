@@ -86,7 +86,7 @@ impl RegisterSet {
     }
 
     /// The values in `g`.
-    pub(crate) fn from_g(&self, g: &[u8]) -> Vec<(&'static str, u64)> {
+    pub(crate) fn values_in_g(&self, g: &[u8]) -> Vec<(&'static str, u64)> {
         self.in_g
             .iter()
             .map(|&(name, at, n)| {

@@ -768,7 +768,7 @@ impl Tracer {
     /// the stopped function sees them (`regs`: after the entry adjustment).
     fn frame_registers(&self, g: &[u8], regs: ktrace_kernel::Regs) -> FrameRegisters {
         let mut frame = FrameRegisters::default();
-        for (name, v) in self.register_set.iter().flat_map(|set| set.from_g(g)) {
+        for (name, v) in self.register_set.iter().flat_map(|set| set.values_in_g(g)) {
             frame.set(name, v);
         }
         frame.set("rip", regs.ip);
@@ -788,7 +788,7 @@ impl Tracer {
         entry: Option<u64>,
     ) -> Result<Vec<(String, u64)>, TraceError> {
         let Some(set) = &self.register_set else { return Ok(Vec::new()) };
-        let mut values = set.from_g(g);
+        let mut values = set.values_in_g(g);
         for &(name, regnum) in set.by_number() {
             let b = session.read_register(regnum).await?;
             values.push((name, le_u64(&b)));
