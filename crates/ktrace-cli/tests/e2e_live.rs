@@ -236,14 +236,17 @@ fn follow_the_log(guest: &Guest, addr: &str) {
     let follow = common::spawn(&["dmesg", addr, "--follow", "--json", "--vmlinux", &vmlinux]);
     let started = Instant::now();
     let beats = guest.heartbeats();
+    // The log up to the start has some; three more must arrive while it follows.
+    let mut first_seen: Option<u64> = None;
     while started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(200));
         let so_far = follow.stdout_so_far();
         let complete = &so_far[..so_far.rfind('\n').map_or(0, |i| i + 1)];
-        let seen = kmsg_numbers(&json_lines(complete));
-        // The log up to the start has some; four more arrive while it follows.
-        if seen.len() >= 2 && seen.last().unwrap() >= &(seen[0] + 4) {
-            break;
+        let newest = kmsg_numbers(&json_lines(complete)).last().copied();
+        match (first_seen, newest) {
+            (None, Some(n)) => first_seen = Some(n),
+            (Some(f), Some(n)) if n >= f + 3 => break,
+            _ => {}
         }
     }
     follow.signal("INT");
