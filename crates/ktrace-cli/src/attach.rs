@@ -84,6 +84,17 @@ pub struct AttachArgs {
     /// (PTI). For comparisons.
     #[arg(long, hide = true)]
     stub_translation: bool,
+    /// A C expression to print at each matching hit (repeatable): the
+    /// stopped function's arguments and locals, globals, `current`,
+    /// `this_cpu(var)`, `per_cpu(var, N)`, `$rdi`/`$cr3`, `.` `->` `[]` `*`
+    /// `&`, casts to kernel types, arithmetic, comparisons, `container_of`.
+    #[arg(long, value_name = "EXPR")]
+    print: Vec<String>,
+    /// Only hits where this C expression (same language as --print) is
+    /// non-zero match, ANDed with --pid/--tgid/--comm/--cpu; evaluated in
+    /// the stop loop.
+    #[arg(long = "if", value_name = "EXPR")]
+    condition: Option<String>,
     /// Leave the arguments out of the backtraces.
     #[arg(long)]
     no_args: bool,
@@ -132,7 +143,8 @@ impl HitSink for Output {
         } else if !self.quiet {
             let bt = hit.backtrace.as_ref().map(format::backtrace).unwrap_or_default();
             let regs = hit.registers.as_deref().map(format::registers).unwrap_or_default();
-            writeln!(self.out, "{}\n{regs}{bt}", format::hit_header(&hit))
+            let prints = format::prints(&hit.prints);
+            writeln!(self.out, "{}\n{prints}{regs}{bt}", format::hit_header(&hit))
         } else {
             Ok(())
         };
@@ -195,6 +207,8 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         reconnect_to: None,
         arguments: !args.no_args,
         registers: args.regs,
+        prints: args.print.clone(),
+        condition: args.condition.clone(),
     };
     if want_stacks && args.no_backtrace {
         return Err(UsageError("--stacks/--folded/--flamegraph need backtraces; drop --no-backtrace".into()).into());
@@ -240,6 +254,9 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         places.join(", "),
         if std::io::stderr().is_terminal() { "; Ctrl-C to stop" } else { "" }
     );
+    if let (true, Some(_)) = (args.in_guest, &args.condition) {
+        eprintln!("ktrace: --if is evaluated in the stop loop, on the hits the in-guest filter lets through (it compiles --pid, --tgid, --comm and --cpu)");
+    }
     if let (true, Some(pid)) = (args.wait, args.pid) {
         eprintln!("ktrace: waiting for pid {pid} to appear (the guest runs meanwhile)");
     }

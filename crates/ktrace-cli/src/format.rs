@@ -104,6 +104,11 @@ pub fn registers(regs: &[(String, u64)]) -> String {
     out
 }
 
+/// `--print` values as GDB's `print` shows them: `    current->pid = 2297`.
+pub fn prints(prints: &[ktrace_kernel::values::Printed]) -> String {
+    prints.iter().map(|p| format!("    {} = {}\n", p.expr, p.text)).collect()
+}
+
 /// The header line of a hit.
 pub fn hit_header(hit: &Hit) -> String {
     format!(

@@ -100,10 +100,35 @@ impl Vmlinux {
         }
     }
 
+    /// `t` with typedefs and qualifiers looked through, and a declaration
+    /// (`struct files_struct;` in a unit that only points to it) replaced
+    /// by the definition of the same name, as GDB does.
+    fn complete(&self, t: DieRef) -> Result<DieRef, SymbolError> {
+        let d = self.types()?;
+        let s = d.strip(t)?;
+        let (unit, e) = d.entry(s)?;
+        if e.attr(gimli::DW_AT_declaration).is_none() {
+            return Ok(s);
+        }
+        let keyword = match e.tag() {
+            gimli::DW_TAG_structure_type => "struct",
+            gimli::DW_TAG_union_type => "union",
+            gimli::DW_TAG_enumeration_type => "enum",
+            _ => return Ok(s),
+        };
+        let Some(name) = d.name_of(&unit, &e) else { return Ok(s) };
+        let name = format!("{keyword} {}", String::from_utf8_lossy(name));
+        match self.find_type(&name) {
+            Ok((_, def)) => Ok(def),
+            Err(SymbolError::UnknownType { .. }) => Ok(s),
+            Err(e) => Err(e),
+        }
+    }
+
     /// What `t` is, typedefs and qualifiers looked through.
     pub fn type_shape(&self, t: TypeRef) -> Result<TypeShape, SymbolError> {
         let d = self.types()?;
-        let s = d.strip(t.0)?;
+        let s = self.complete(t.0)?;
         let (unit, e) = d.entry(s)?;
         let name = || d.name_of(&unit, &e).map(|n| String::from_utf8_lossy(n).into_owned());
         let size = || e.attr_value(gimli::DW_AT_byte_size).and_then(|v| v.udata_value()).unwrap_or(0);
@@ -149,7 +174,11 @@ impl Vmlinux {
 
     /// The size of `t` in bytes.
     pub fn size_of_type(&self, t: TypeRef) -> Result<u64, SymbolError> {
-        self.types()?.size_of(t.0)
+        let d = self.types()?;
+        match d.size_of(t.0)? {
+            0 => d.size_of(self.complete(t.0)?),
+            n => Ok(n),
+        }
     }
 
     /// `t` as C spells it: `struct file *`, `pid_t`, `char [16]`.
@@ -160,7 +189,7 @@ impl Vmlinux {
     /// The direct members of struct or union `t` (anonymous ones with no name).
     pub fn fields(&self, t: TypeRef) -> Result<Vec<Field>, SymbolError> {
         let d = self.types()?;
-        let s = d.strip(t.0)?;
+        let s = self.complete(t.0)?;
         Ok(d.members(s)?
             .into_iter()
             .map(|m| Field {
@@ -177,7 +206,7 @@ impl Vmlinux {
     /// An error names the type and suggests close member names.
     pub fn field(&self, t: TypeRef, name: &str) -> Result<Field, SymbolError> {
         let d = self.types()?;
-        let s = d.strip(t.0)?;
+        let s = self.complete(t.0)?;
         if !d.is_aggregate(s)? {
             return Err(SymbolError::NotAStruct { type_name: d.type_name(Some(t.0))?, member: name.to_owned() });
         }
@@ -225,7 +254,7 @@ impl Vmlinux {
     /// The enumerators (name, value) of enum `t`, in declaration order.
     pub fn enumerators_of(&self, t: TypeRef) -> Result<Vec<(String, i64)>, SymbolError> {
         let d = self.types()?;
-        d.enumerators(d.strip(t.0)?)
+        d.enumerators(self.complete(t.0)?)
     }
 
     /// The enumerator called `name` in any enum the anchor units define

@@ -93,6 +93,11 @@ pub struct TraceConfig {
     pub arguments: bool,
     /// The stopped CPU's registers with each hit.
     pub registers: bool,
+    /// `--print`: C expressions evaluated at each matching hit.
+    pub prints: Vec<String>,
+    /// `--if`: a C expression that must be non-zero for a hit to match
+    /// (ANDed with the filter).
+    pub condition: Option<String>,
 }
 
 /// A [`ktrace_kernel::WriteJournal`] for [`TraceConfig::journal`].
@@ -126,6 +131,8 @@ impl Default for TraceConfig {
             reconnect_to: None,
             arguments: true,
             registers: false,
+            prints: Vec::new(),
+            condition: None,
         }
     }
 }

@@ -40,6 +40,9 @@ pub struct Hit {
     /// in JSON an object of `"0x…"` strings.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "registers_json")]
     pub registers: Option<Vec<(String, u64)>>,
+    /// The `--print` expressions' values, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prints: Vec<ktrace_kernel::values::Printed>,
 }
 
 fn registers_json<S: serde::Serializer>(regs: &Option<Vec<(String, u64)>>, s: S) -> Result<S::Ok, S::Error> {
@@ -230,6 +233,7 @@ mod tests {
             pc: 0,
             backtrace: Some(Backtrace { frames, stopped: None }),
             registers: None,
+            prints: Vec::new(),
         }
     }
 

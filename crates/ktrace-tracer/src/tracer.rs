@@ -17,7 +17,7 @@ use crate::location::{self, Location};
 use crate::regs::{GLayout, RegisterSet};
 use crate::{GoneReason, TraceError, TraceFailure};
 use ktrace_kernel::unwind::Unwinder;
-use ktrace_kernel::values::{FrameArguments, FrameRegisters};
+use ktrace_kernel::values::{EvalContext, FrameArguments, FrameRegisters, Printed};
 use ktrace_kernel::Translation;
 
 /// The page-table root bits of CR3 (the low 12 are the PCID, bit 63 no-flush).
@@ -111,6 +111,8 @@ pub struct Tracer {
     register_set: Option<RegisterSet>,
     /// Frame arguments, with their scopes cached per pc.
     arguments: FrameArguments,
+    /// `--print` and `--if`.
+    exprs: Expressions,
     unwinder: Unwinder,
     /// For `--pid`: the task_struct to compare the current-task pointer with.
     target_task: Option<TaskRef>,
@@ -125,6 +127,19 @@ pub struct Tracer {
 pub struct Plan {
     locations: Vec<Location>,
     unwinder: Unwinder,
+    exprs: Expressions,
+}
+
+/// The parsed `--print` and `--if` expressions.
+#[derive(Default)]
+struct Expressions {
+    /// Each as written, and parsed.
+    prints: Vec<(String, ktrace_expr::Expr)>,
+    condition: Option<ktrace_expr::Expr>,
+    /// They name a register QEMU leaves out of `g` (`$cr3`): read it with `p`.
+    control_registers: bool,
+    /// Reasons a condition could not be evaluated, each said once.
+    reported: std::collections::HashSet<String>,
 }
 
 impl Tracer {
@@ -147,7 +162,20 @@ impl Tracer {
         let locations: Vec<Location> =
             cfg.breakpoints.iter().map(|spec| location::resolve(vmlinux, spec)).collect::<Result<_, _>>()?;
         let unwinder = Unwinder::new(vmlinux)?.with_max_frames(cfg.max_frames);
-        Ok(Plan { locations, unwinder })
+        let is_type = |name: &str| vmlinux.type_named(name).is_ok();
+        let parse = |flag: &str, src: &str| {
+            ktrace_expr::parse(src, &is_type).map_err(|e| TraceError::Config(format!("{flag} {e}")))
+        };
+        let prints: Vec<(String, ktrace_expr::Expr)> =
+            cfg.prints.iter().map(|p| Ok((p.clone(), parse("--print", p)?))).collect::<Result<_, TraceError>>()?;
+        let condition = cfg.condition.as_deref().map(|c| parse("--if", c)).transpose()?;
+        let mut named = Vec::new();
+        for e in prints.iter().map(|(_, e)| e).chain(condition.as_ref()) {
+            registers_named(e, &mut named);
+        }
+        let control_registers = named.iter().any(|r| r.starts_with("cr") || r == "efer");
+        let exprs = Expressions { prints, condition, control_registers, reported: Default::default() };
+        Ok(Plan { locations, unwinder, exprs })
     }
 
     /// `attach` with a plan made by [`Tracer::plan`] from the same vmlinux.
@@ -157,7 +185,7 @@ impl Tracer {
         cfg: TraceConfig,
         plan: Plan,
     ) -> Result<Tracer, TraceError> {
-        let Plan { locations, mut unwinder } = plan;
+        let Plan { locations, mut unwinder, exprs } = plan;
         let (session, _initial_stop) = Session::connect(addr, cfg.client.clone()).await?;
         let mut session = Some(session);
         let prepared = Self::prepare(&mut session, vmlinux, &cfg).await;
@@ -196,6 +224,7 @@ impl Tracer {
                     glayout,
                     register_set: None,
                     arguments: FrameArguments::new(),
+                    exprs,
                     unwinder,
                     target_task,
                     inserted: Vec::new(),
@@ -700,35 +729,87 @@ impl Tracer {
             BreakAt::Function => (rip, false),
         };
         if let Some(task) = matched_task {
-            stats.matched += 1;
-            let g = match self.cfg.backtrace || self.cfg.registers {
+            let wants_exprs = self.exprs.condition.is_some() || !self.exprs.prints.is_empty();
+            let g = match self.cfg.backtrace || self.cfg.registers || wants_exprs {
                 true => Some(session.read_registers().await?),
                 false => None,
             };
             if let (None, Some(g), Some(map)) = (&self.register_set, &g, session.register_map()) {
                 self.register_set = Some(RegisterSet::new(map, g.len()));
             }
-            let backtrace = match &g {
-                Some(g) if self.cfg.backtrace => {
-                    let mut regs = self.glayout.decode(g);
-                    if entry_frame {
-                        regs.ip = pc;
-                        regs.sp += 8;
+            // Frame 0 as the stopped function sees it (at a hit of the
+            // in-guest filter: its entry, the trampoline's return popped).
+            let regs0 = g.as_ref().map(|g| {
+                let mut regs = self.glayout.decode(g);
+                if entry_frame {
+                    regs.ip = pc;
+                    regs.sp += 8;
+                }
+                regs
+            });
+            let frame0 = match (&g, regs0) {
+                (Some(g), Some(regs)) => Some(self.frame_registers(g, regs)),
+                _ => None,
+            };
+            // User pointers (`const char __user *`) through the task's page tables.
+            let user = match (self.cfg.backtrace && self.cfg.arguments) || wants_exprs {
+                true => self.user_space(session).await?,
+                false => None,
+            };
+            let named = match &g {
+                Some(g) if self.cfg.registers || wants_exprs => {
+                    let control = self.cfg.registers || self.exprs.control_registers;
+                    Some(self.registers(session, g, entry_frame.then_some(pc), control).await?)
+                }
+                _ => None,
+            };
+            let scopes = match wants_exprs {
+                true => self.arguments.scopes_at(&self.kernel, pc, false).unwrap_or_default(),
+                false => Default::default(),
+            };
+            let ctx = EvalContext {
+                kernel: &self.kernel,
+                cpu,
+                frame: frame0.as_ref(),
+                registers: named.as_deref().unwrap_or_default(),
+                scopes: &scopes,
+            };
+            if let Some(cond) = &self.exprs.condition {
+                let mut memory = self.kernel.memory(session).with_user_space(user.as_ref());
+                let holds = match ktrace_kernel::values::condition(&ctx, &mut memory, cond).await {
+                    Ok(holds) => holds,
+                    Err(e) => {
+                        // Like a filter that does not match; said once per reason.
+                        if self.exprs.reported.insert(e.to_string()) {
+                            tracing::warn!("--if {e}: such hits do not match");
+                        }
+                        false
                     }
-                    let mut bt = self.unwinder.unwind(&self.kernel, &mut self.kernel.memory(session), regs).await;
+                };
+                if !holds {
+                    return self.past_breakpoint(session, bp, thread, rip).await;
+                }
+            }
+            let mut prints = Vec::with_capacity(self.exprs.prints.len());
+            for (source, e) in &self.exprs.prints {
+                let mut memory = self.kernel.memory(session).with_user_space(user.as_ref());
+                prints.push(match ktrace_kernel::values::print(&ctx, &mut memory, source, e).await {
+                    Ok(p) => p,
+                    Err(err) => Printed {
+                        expr: source.clone(),
+                        type_name: String::new(),
+                        text: format!("<error: {}>", err.reason),
+                        value: serde_json::Value::Null,
+                    },
+                });
+            }
+            stats.matched += 1;
+            let backtrace = match (&regs0, &frame0) {
+                (Some(regs), Some(frame0)) if self.cfg.backtrace => {
+                    let mut bt = self.unwinder.unwind(&self.kernel, &mut self.kernel.memory(session), *regs).await;
                     if self.cfg.arguments {
-                        let frame0 = self.frame_registers(g, regs);
-                        // User pointers (`const char __user *`) through the task's page tables.
-                        let user = match (self.kernel.translation(), session.register_map().and_then(|m| m.get("cr3")))
-                        {
-                            (Some(k), Some(cr3)) => {
-                                let cr3 = le_u64(&session.read_register(cr3.regnum).await?);
-                                Some(Translation::new(cr3 & CR3_ADDRESS, k.space().clone()))
-                            }
-                            _ => None,
-                        };
                         let mut memory = self.kernel.memory(session).with_user_space(user.as_ref());
-                        if let Err(e) = self.arguments.fill(&self.kernel, &mut memory, &mut bt, &frame0).await {
+                        if let Err(e) = self.arguments.fill(&self.kernel, &mut memory, &mut bt, frame0).await {
                             tracing::debug!("arguments: {e}");
                         }
                     }
@@ -736,10 +817,7 @@ impl Tracer {
                 }
                 _ => None,
             };
-            let registers = match &g {
-                Some(g) if self.cfg.registers => Some(self.registers(session, g, entry_frame.then_some(pc)).await?),
-                _ => None,
-            };
+            let registers = named.filter(|_| self.cfg.registers);
             let hit = Hit {
                 seq: stats.matched,
                 time: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
@@ -753,6 +831,7 @@ impl Tracer {
                 pc,
                 backtrace,
                 registers,
+                prints,
             };
             if sink.hit(hit).is_break() {
                 return Ok(Step::End(EndReason::Stopped));
@@ -778,6 +857,18 @@ impl Tracer {
         frame
     }
 
+    /// The stopped task's address space (rooted at the CPU's CR3), for
+    /// reads of user pointers; `None` without ktrace's own translation.
+    async fn user_space(&self, session: &mut Session) -> Result<Option<Translation>, TraceError> {
+        match (self.kernel.translation(), session.register_map().and_then(|m| m.get("cr3")).map(|r| r.regnum)) {
+            (Some(k), Some(regnum)) => {
+                let cr3 = le_u64(&session.read_register(regnum).await?);
+                Ok(Some(Translation::new(cr3 & CR3_ADDRESS, k.space().clone())))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// `--regs`: the `g` reply's registers and the control registers by
     /// `p`; at a hit of the in-guest filter, rip and rsp as the traced
     /// function's entry had them.
@@ -786,10 +877,11 @@ impl Tracer {
         session: &mut Session,
         g: &[u8],
         entry: Option<u64>,
+        control: bool,
     ) -> Result<Vec<(String, u64)>, TraceError> {
         let Some(set) = &self.register_set else { return Ok(Vec::new()) };
         let mut values = set.values_in_g(g);
-        for &(name, regnum) in set.by_number() {
+        for &(name, regnum) in set.by_number().iter().filter(|_| control) {
             let b = session.read_register(regnum).await?;
             values.push((name, le_u64(&b)));
         }
@@ -956,5 +1048,36 @@ mod tests {
         let panic = caught.expect_err("the panic is caught");
         assert_eq!(panic.downcast_ref::<&str>(), Some(&"in the loop"));
         assert_eq!(rt.block_on(CatchUnwind(Box::pin(async { 7 }))).ok(), Some(7));
+    }
+}
+
+/// The registers (`$name`) an expression reads.
+fn registers_named(e: &ktrace_expr::Expr, out: &mut Vec<String>) {
+    use ktrace_expr::Expr;
+    match e {
+        Expr::Register(r) => out.push(r.clone()),
+        Expr::Int(_) | Expr::Str(_) | Expr::Name(_) | Expr::SizeOfType(_) => {}
+        Expr::Member { base, .. } => registers_named(base, out),
+        Expr::Index { base, index } => {
+            registers_named(base, out);
+            registers_named(index, out);
+        }
+        Expr::Unary { operand, .. } | Expr::Cast { operand, .. } => registers_named(operand, out),
+        Expr::Binary { lhs, rhs, .. } => {
+            registers_named(lhs, out);
+            registers_named(rhs, out);
+        }
+        Expr::Conditional { cond, then, otherwise } => {
+            for x in [cond, then, otherwise] {
+                registers_named(x, out);
+            }
+        }
+        Expr::SizeOfExpr(x) | Expr::ThisCpu(x) => registers_named(x, out),
+        Expr::ContainerOf { ptr, .. } => registers_named(ptr, out),
+        Expr::PerCpu { var, cpu } => {
+            registers_named(var, out);
+            registers_named(cpu, out);
+        }
+        Expr::Call { args, .. } => args.iter().for_each(|a| registers_named(a, out)),
     }
 }

@@ -96,7 +96,7 @@ impl FrameArguments {
                 }
             };
             regs.cfa = regs.cfa.or(frame.cfa);
-            let scopes = self.scopes(kernel, frame.pc, frame.return_address)?;
+            let scopes = self.scopes_at(kernel, frame.pc, frame.return_address)?;
             let mut out = Vec::with_capacity(scopes.len());
             for scope in scopes.iter() {
                 let mut args = Vec::with_capacity(scope.params.len());
@@ -127,7 +127,13 @@ impl FrameArguments {
         Ok(())
     }
 
-    fn scopes(&mut self, kernel: &Kernel, pc: u64, ret: bool) -> Result<Arc<Vec<Scope>>, ktrace_symbols::SymbolError> {
+    /// The scopes at runtime `pc` (a return address when `ret`), cached.
+    pub fn scopes_at(
+        &mut self,
+        kernel: &Kernel,
+        pc: u64,
+        ret: bool,
+    ) -> Result<Arc<Vec<Scope>>, ktrace_symbols::SymbolError> {
         let link = kernel.link(pc).0;
         if let Some(s) = self.scopes.get(&(link, ret)) {
             return Ok(s.clone());

@@ -3,12 +3,14 @@
 //! text (as GDB prints them) and JSON.
 
 pub(crate) mod argument;
+mod eval;
 mod format;
 mod frames;
 mod location;
 mod value;
 
 pub use argument::{Argument, ScopeArguments};
+pub use eval::{condition, print, EvalContext, EvalError, Printed};
 pub use format::{char_array, format_value, pointer, value_json, Detail};
 pub use frames::FrameArguments;
 pub use location::{evaluate, FrameRegisters, Place, DWARF_REGISTER_NAMES};
