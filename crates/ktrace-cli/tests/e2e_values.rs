@@ -127,6 +127,8 @@ struct Tally {
     /// GDB knows it, ktrace says optimized out.
     gdb_only: usize,
     frames: usize,
+    /// `--print` values equal to GDB's `print`.
+    prints: usize,
 }
 
 fn compare(series: KernelSeries, function: &str, hit: &Value, gdb: &str, tally: &mut Tally) {
@@ -184,9 +186,10 @@ fn check(series: KernelSeries) {
         one_stop(&guest, series, function, &mut tally);
     }
     eprintln!(
-        "{series:?}: {} argument values equal to GDB's in {} frames; {} that GDB knows (entry values, call sites) ktrace gives as <optimized out>",
-        tally.equal, tally.frames, tally.gdb_only
+        "{series:?}: {} argument values equal to GDB's in {} frames; {} that GDB knows (entry values, call sites) ktrace gives as <optimized out>; {} --print values equal to GDB's print",
+        tally.equal, tally.frames, tally.gdb_only, tally.prints
     );
+    conditions(&guest, series);
     assert!(tally.equal >= 6, "{series:?}: too few values compared: {tally:?}");
     common::assert_guest_healthy(&guest);
 }
@@ -195,7 +198,14 @@ fn one_stop(guest: &Guest, series: KernelSeries, function: &str, tally: &mut Tal
     let vmlinux = guest.vmlinux().to_str().unwrap().to_string();
     let addr = guest.addr();
     let args = ["attach", &addr, "--vmlinux", &vmlinux, "--break", function, "--count", "1", "--json", "--regs"];
-    let out = common::run(&[&args[..], &["--leave-stopped"]].concat(), common::LIMIT);
+    // The seeds' questions at a hit: the current task's pid and comm, CR3,
+    // an argument, a global; compared with GDB's `print` below.
+    let prints: &[&str] = match function {
+        "alloc_fd" => &["current->pid", "current->comm", "$cr3", "end", "flags & 0x8000", "jiffies"],
+        _ => &["current->pid", "current->comm"],
+    };
+    let print_args: Vec<&str> = prints.iter().flat_map(|p| ["--print", p]).collect();
+    let out = common::run(&[&args[..], &print_args, &["--leave-stopped"]].concat(), common::LIMIT);
     out.assert_no_panic();
     assert_eq!(out.code(), Some(0), "{}", out.dump());
     let hits = out.json_lines();
@@ -207,20 +217,78 @@ fn one_stop(guest: &Guest, series: KernelSeries, function: &str, tally: &mut Tal
         u64::from_str_radix(hex, 16).unwrap()
     };
     let cpu = hit["cpu"].as_u64().unwrap();
-    let cmds = vec![
+    let task = hit["task"].as_str().unwrap().to_string();
+    // GDB has no `current`: the hit's task_struct, cast.
+    let gdb_prints: Vec<String> = prints
+        .iter()
+        .map(|p| format!("print {}", p.replace("current", &format!("((struct task_struct *){task})"))))
+        .collect();
+    let mut cmds = vec![
         format!("thread {}", cpu + 1),
         "set print frame-arguments scalars".into(),
         "bt 12".into(),
         "info registers rip rsp rdi rsi cr3".into(),
     ];
+    cmds.extend(gdb_prints);
     let opts = GdbOptions { exit: GdbExit::Detach, symbol_offset: Some(slide), ..GdbOptions::default() };
     let gdb = gdb_batch_with(guest.vmlinux(), guest.port(), &cmds, &opts).expect("gdb");
     compare(series, function, hit, &gdb, tally);
+    // `$N = value` lines, in order.
+    let values: Vec<String> = gdb
+        .lines()
+        .filter(|l| l.starts_with('$'))
+        .filter_map(|l| l.split_once(" = ").map(|(_, v)| v.to_string()))
+        .collect();
+    let ours = hit["prints"].as_array().expect("prints");
+    assert_eq!(ours.len(), prints.len(), "{hit}");
+    assert_eq!(values.len(), prints.len(), "GDB printed:\n{gdb}");
+    for ((p, ours), theirs) in prints.iter().zip(ours).zip(&values) {
+        assert_eq!(ours["expr"], *p);
+        match theirs.strip_prefix("[ PDBR=") {
+            // GDB shows CR3 through target.xml's flags type: `[ PDBR=N PCID=M ]`.
+            Some(rest) => {
+                let cr3 = ours["value"].as_u64().unwrap();
+                let field = |name: &str| {
+                    rest.split_whitespace().find_map(|w| w.strip_prefix(name)).and_then(|v| v.parse::<u64>().ok())
+                };
+                assert_eq!(Some(cr3 >> 12), rest.split_whitespace().next().and_then(|v| v.parse().ok()), "{theirs}");
+                assert_eq!(Some(cr3 & 0xfff), field("PCID=").or(Some(0)), "{theirs}");
+            }
+            None => assert_eq!(ours["text"].as_str().unwrap(), theirs, "{series:?} {function}: --print {p}"),
+        }
+        tally.prints += 1;
+    }
     let regs = &hit["registers"];
     for name in ["rip", "rsp", "rdi", "rsi", "cr3"] {
         let ours = common::oracles::hex(&regs[name]);
         assert_eq!(Some(ours), gdb_register(&gdb, name), "{series:?} {function}: --regs {name}:\n{gdb}");
     }
+}
+
+/// `--if`: an argument compared with a constant, ANDed with a string
+/// comparison on `current`; a condition that never holds matches nothing;
+/// a condition with a typo is refused before the guest is touched.
+fn conditions(guest: &Guest, series: KernelSeries) {
+    let vmlinux = guest.vmlinux().to_str().unwrap().to_string();
+    let addr = guest.addr();
+    let base = ["attach", &addr, "--vmlinux", &vmlinux, "--break", "alloc_fd", "--json", "--no-backtrace"];
+    let holds = r#"end == 1024 && current->comm == "testprog""#;
+    let out = common::run(&[&base[..], &["--if", holds, "--count", "3", "--print", "end"]].concat(), common::LIMIT);
+    assert_eq!(out.code(), Some(0), "{series:?}: {}", out.dump());
+    let hits = out.json_lines();
+    assert_eq!(hits.len(), 3, "{}", out.dump());
+    for h in &hits {
+        assert_eq!(h["comm"], "testprog", "{h}");
+        assert_eq!(h["prints"][0]["text"], "1024", "{h}");
+    }
+    let never = common::run(&[&base[..], &["--if", "end == 7", "--duration", "3s"]].concat(), common::LIMIT);
+    assert_eq!(never.code(), Some(0), "{}", never.dump());
+    assert!(never.json_lines().is_empty(), "{}", never.dump());
+    let (seen, matched) = never.hits().expect("a summary");
+    assert!(seen > 0 && matched == 0, "{series:?}: hits happened and none matched: {}", never.dump());
+    let typo = common::run(&[&base[..], &["--if", "end ==", "--count", "1"]].concat(), common::LIMIT);
+    assert_eq!(typo.code(), Some(2), "{}", typo.dump());
+    assert!(typo.stderr.contains("--if end =="), "{}", typo.dump());
 }
 
 #[test]

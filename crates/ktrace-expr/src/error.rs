@@ -63,6 +63,11 @@ pub enum ParseErrorKind {
     TooDeep,
 }
 
+/// The 1-based column, in `char`s, of byte `offset` of `input`.
+pub(crate) fn column(input: &str, offset: usize) -> usize {
+    input.char_indices().take_while(|&(i, _)| i < offset).count() + 1
+}
+
 /// A parse failure: what went wrong and where, plus the input it was found in.
 ///
 /// Displays as `{input}: at column {column}: {kind}`.
@@ -81,9 +86,7 @@ pub struct ParseError {
 impl ParseError {
     /// Builds an error at byte offset `offset` of `input`.
     pub(crate) fn at(input: &str, offset: usize, kind: ParseErrorKind) -> Self {
-        let offset = offset.min(input.len());
-        let column = input.char_indices().take_while(|&(i, _)| i < offset).count() + 1;
-        ParseError { input: input.to_owned(), column, kind }
+        ParseError { input: input.to_owned(), column: column(input, offset), kind }
     }
 
     /// The error without the input: `at column N: message`.

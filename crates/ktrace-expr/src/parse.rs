@@ -1,7 +1,7 @@
 //! The recursive-descent parser: tokens to [`Expr`], with C's precedence.
 
 use crate::ast::{BinaryOp, Expr, TypeName, UnaryOp};
-use crate::error::{ParseError, ParseErrorKind};
+use crate::error::{column, ParseError, ParseErrorKind};
 use crate::lex::{lex, Punct, Tok, Token};
 
 /// The deepest nesting [`parse`] accepts, rejecting deeper input with
@@ -109,10 +109,6 @@ impl Parser<'_, '_> {
         Box::new(ParseError::at(self.source, self.peek().start, kind))
     }
 
-    fn column_of(&self, offset: usize) -> usize {
-        ParseError::at(self.source, offset, ParseErrorKind::Empty).column
-    }
-
     /// The current token is not what the grammar allows here.
     fn unexpected(&self) -> Box<ParseError> {
         let t = self.peek();
@@ -146,7 +142,7 @@ impl Parser<'_, '_> {
         if self.eat(p) {
             Ok(())
         } else {
-            Err(self.expected(format!("{what} at column {}", self.column_of(at))))
+            Err(self.expected(format!("{what} at column {}", column(self.source, at))))
         }
     }
 
