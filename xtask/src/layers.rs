@@ -18,7 +18,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-const LIBRARIES: &[&str] = &["ktrace-rsp", "ktrace-symbols", "ktrace-kernel", "ktrace-guestmem", "ktrace-tracer"];
+const LIBRARIES: &[&str] =
+    &["ktrace-rsp", "ktrace-expr", "ktrace-symbols", "ktrace-kernel", "ktrace-guestmem", "ktrace-tracer"];
 
 /// A package, `cargo tree` options, and packages that must not show up in its
 /// normal dependencies.
@@ -35,6 +36,12 @@ const DEP_RULES: &[DepRule] = &[
         args: &[],
         forbidden: &["ktrace-symbols", "ktrace-kernel", "ktrace-tracer", "ktrace-cli"],
         why: "ktrace-rsp knows nothing of Linux",
+    },
+    DepRule {
+        package: "ktrace-expr",
+        args: &[],
+        forbidden: &["ktrace-rsp", "ktrace-symbols", "ktrace-kernel", "ktrace-tracer", "ktrace-cli"],
+        why: "ktrace-expr only parses: no types, no memory, no guest",
     },
     DepRule {
         package: "ktrace-symbols",
@@ -78,6 +85,7 @@ const TEXT_RULES: &[TextRule] = &[
     TextRule {
         dirs: &[
             "crates/ktrace-rsp/src",
+            "crates/ktrace-expr/src",
             "crates/ktrace-symbols/src",
             "crates/ktrace-kernel/src",
             "crates/ktrace-guestmem/src",
@@ -134,6 +142,7 @@ pub fn run() -> Result<()> {
     }
     let crates = [
         "ktrace-rsp",
+        "ktrace-expr",
         "ktrace-symbols",
         "ktrace-kernel",
         "ktrace-guestmem",
