@@ -22,6 +22,7 @@ mod format;
 mod guard;
 mod inspect;
 mod locate;
+mod printcmd;
 mod source;
 mod symcmd;
 
@@ -54,6 +55,10 @@ enum Command {
     Lsmod(inspect::ReadArgs),
     /// The kernel log, from the printk ring buffer (like `dmesg`/`lx-dmesg`).
     Dmesg(inspect::DmesgArgs),
+    /// Evaluate C expressions once (`current->comm`, `$cr3`,
+    /// `this_cpu(runqueues).nr_running`) as GDB's `print` does: in the
+    /// stopped guest, live (`--live`, no registers) or in a dump (`--core`).
+    Print(printcmd::PrintArgs),
     /// Remove what a killed `ktrace attach --in-guest` left in the guest: put
     /// the ftrace NOPs back and erase its trampoline.
     Restore(args::TargetArgs),
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
             Command::Info(args) => inspect::info(args).await,
             Command::Lsmod(args) => inspect::lsmod(args).await,
             Command::Dmesg(args) => inspect::dmesg(args).await,
+            Command::Print(args) => printcmd::print(args).await,
             Command::Restore(args) => inspect::restore(args).await,
             Command::Sym(args) => symcmd::sym(args).await,
             Command::Layout(args) => symcmd::layout(args),

@@ -132,6 +132,7 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
     }
 
     follow_the_log(&guest, &addr);
+    print_once(&guest, &addr);
 
     // --core against drgn on the same dump.
     let mut qmp = Qmp::connect(guest.qmp_socket().unwrap()).expect("QMP");
@@ -152,6 +153,14 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
     let all_tasks = json_lines(&ktrace(&guest, &["bt", "--core", &dump_s, "--all-tasks", "--json"]));
     // drgn's stacks of every task (pid 0 names one idle task per CPU: left out).
     let pids: Vec<i64> = core_ps.values().map(|t| t.0).filter(|&p| p > 0).collect();
+    // `ktrace print --core`: what CPU 0 ran, as `bt --core` says, and a per-CPU walk.
+    let printed = json_lines(&ktrace(
+        &guest,
+        &["print", "--core", &dump_s, "--json", "per_cpu(runqueues, 0).curr->pid", "init_task.comm", "$rip"],
+    ));
+    assert_eq!(printed[0]["value"], core_bt[0]["task"]["pid"], "print --core: {printed:?}");
+    assert_eq!(printed[1]["value"], "swapper/0");
+    assert_eq!(hex(&printed[2]["value"]), hex(&core_bt[0]["backtrace"]["frames"][0]["pc"]), "$rip of CPU 0");
     let drgn = ask_drgn_with_stacks(&dump, guest.vmlinux(), &pids);
     let _ = std::fs::remove_file(&dump);
     qmp.cont().expect("QMP cont");
@@ -221,6 +230,30 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
         }
     }
     common::assert_guest_healthy(&guest);
+}
+
+/// `ktrace print`: through the stub (the CPU's registers and current task)
+/// and live (no registers: said so, the other values still printed).
+fn print_once(guest: &Guest, addr: &str) {
+    let exprs = ["init_task.comm", "sizeof(struct task_struct)", "per_cpu(runqueues, 1).cpu", "$cr3 != 0"];
+    let stopped = json_lines(&ktrace(guest, &[&["print", addr, "--json"][..], &exprs].concat()));
+    let size: Value = serde_json::from_str(&ktrace(guest, &["layout", "task_struct", "--json"])).unwrap();
+    assert_eq!(stopped[0]["value"], "swapper/0", "{stopped:?}");
+    assert_eq!(stopped[1]["value"], size["size"], "sizeof agrees with `ktrace layout`");
+    assert_eq!(stopped[2]["value"], 1, "runqueues of CPU 1 says cpu 1");
+    assert_eq!(stopped[3]["value"], 1, "CR3 is read: {stopped:?}");
+    let out = common::ktrace()
+        .args(["print", addr, "--live", "--json", "init_task.comm", "$rip"])
+        .arg("--vmlinux")
+        .arg(guest.vmlinux())
+        .output()
+        .expect("run ktrace");
+    assert_eq!(out.status.code(), Some(1), "a live read has no registers");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("$rip: registers need a stopped CPU"), "{stderr}");
+    let live = json_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(live.len(), 1, "the other expression is printed: {live:?}");
+    assert_eq!(live[0]["value"], "swapper/0");
 }
 
 /// The numbers of init's `ktrace-guest kmsg N` records in `records`.

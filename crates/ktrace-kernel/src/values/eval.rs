@@ -42,8 +42,13 @@ pub struct EvalContext<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Ty {
     Dwarf(TypeRef),
-    Int { size: u8, signed: bool },
+    Int {
+        size: u8,
+        signed: bool,
+    },
     Void,
+    /// Code (what `$rip` points to).
+    Code,
     Ptr(Box<Ty>),
 }
 
@@ -133,7 +138,7 @@ impl<T: Target> Eval<'_, '_, T> {
     fn shape(&self, ty: &Ty) -> Shape {
         match ty {
             Ty::Int { size, signed } => Shape::Int { size: *size as usize, signed: *signed },
-            Ty::Void => Shape::Other,
+            Ty::Void | Ty::Code => Shape::Other,
             Ty::Ptr(t) => Shape::Ptr((**t).clone()),
             Ty::Dwarf(t) => match self.vm().type_shape(*t) {
                 Ok(TypeShape::Int { size, signed, .. }) => Shape::Int { size: size as usize, signed },
@@ -150,7 +155,7 @@ impl<T: Target> Eval<'_, '_, T> {
     fn size(&self, ty: &Ty) -> u64 {
         match ty {
             Ty::Int { size, .. } => u64::from(*size),
-            Ty::Void => 1,
+            Ty::Void | Ty::Code => 1,
             Ty::Ptr(_) => 8,
             Ty::Dwarf(t) => self.vm().size_of_type(*t).unwrap_or(0),
         }
@@ -173,6 +178,8 @@ impl<T: Target> Eval<'_, '_, T> {
                 }
             }
             Ty::Void => "void".into(),
+            Ty::Code => "void ()".into(),
+            Ty::Ptr(t) if **t == Ty::Code => "void (*)()".into(),
             Ty::Ptr(t) => {
                 let inner = self.type_name(t);
                 if inner.ends_with('*') {
@@ -262,9 +269,18 @@ impl<T: Target> Eval<'_, '_, T> {
             Expr::Str(s) => Ok(Val::Str(s.clone())),
             Expr::Register(name) => {
                 let v = self.ctx.registers.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+                // As GDB types them: the pc a code pointer, the stack and frame pointers `void *`.
+                let ty = match name.as_str() {
+                    "rip" => Ty::Ptr(Box::new(Ty::Code)),
+                    "rsp" | "rbp" => Ty::Ptr(Box::new(Ty::Void)),
+                    _ => ULONG,
+                };
                 match v {
-                    Some(v) => Ok(Self::imm(ULONG, i128::from(v))),
-                    None => Err(err(e, "no such register here (the stub's names: $rdi, $rsp, $rip, $cr3, …)")),
+                    Some(v) => Ok(Self::imm(ty, i128::from(v))),
+                    None if self.ctx.registers.is_empty() => {
+                        Err(err(e, "registers need a stopped CPU (a live read or this hit has none)"))
+                    }
+                    None => Err(err(e, "no such register (the stub's names: $rdi, $rsp, $rip, $cr3, $gs_base, …)")),
                 }
             }
             Expr::Name(name) => self.name(e, name).await,
@@ -633,14 +649,11 @@ impl<T: Target> Eval<'_, '_, T> {
                 }
                 Ok((text, value_json(self.ctx.kernel, &value)))
             }
-            (Ty::Ptr(inner), _) => {
+            (Ty::Ptr(_), _) => {
                 let (p, _) = self.integer(e, v).await?;
                 let p = p as u64;
-                let mut text = pointer(self.ctx.kernel, p);
-                if matches!(**inner, Ty::Dwarf(_)) {
-                    // GDB: `(struct task_struct *) 0xffff…`.
-                    text = format!("({}) {text}", self.type_name(&ty));
-                }
+                // GDB: `(struct task_struct *) 0xffff…`, `(void (*)()) 0xffff… <f+4>`.
+                let text = format!("({}) {}", self.type_name(&ty), pointer(self.ctx.kernel, p));
                 Ok((text, serde_json::json!(format!("0x{p:x}"))))
             }
             _ => {
