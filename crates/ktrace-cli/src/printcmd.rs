@@ -90,15 +90,12 @@ pub async fn print(mut args: PrintArgs) -> Result<ExitCode> {
 
 /// Every expression; a parse error is the user's (exit 2), an evaluation
 /// error is reported with the others' values.
-async fn evaluate_all<T: ktrace_kernel::PhysicalMemory>(
+async fn evaluate_all<T: ktrace_kernel::PhysicalMemory + Target>(
     kernel: &Kernel,
     backend: &mut T,
     args: &PrintArgs,
     has_registers: bool,
-) -> Result<Vec<Result<Printed, values::EvalError>>>
-where
-    T: Target,
-{
+) -> Result<Vec<Result<Printed, values::EvalError>>> {
     let vm = kernel.vmlinux();
     let is_type = |n: &str| vm.type_named(n).is_ok();
     let exprs: Vec<ktrace_expr::Expr> = args

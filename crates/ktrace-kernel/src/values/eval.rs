@@ -115,7 +115,7 @@ pub async fn print<T: Target>(
 pub async fn condition<T: Target>(ctx: &EvalContext<'_>, target: &mut T, expr: &Expr) -> Result<bool, EvalError> {
     let mut ev = Eval { ctx, target };
     let v = ev.eval(expr, 0).await?;
-    Ok(ev.truth(expr, &v).await?)
+    ev.truth(expr, &v).await
 }
 
 impl Val {
