@@ -26,6 +26,7 @@ mod ast;
 mod error;
 mod lex;
 mod parse;
+mod walk;
 
 pub use ast::{BinaryOp, Expr, TypeName, UnaryOp};
 pub use error::{ParseError, ParseErrorKind};

@@ -169,10 +169,8 @@ impl Tracer {
         let prints: Vec<(String, ktrace_expr::Expr)> =
             cfg.prints.iter().map(|p| Ok((p.clone(), parse("--print", p)?))).collect::<Result<_, TraceError>>()?;
         let condition = cfg.condition.as_deref().map(|c| parse("--if", c)).transpose()?;
-        let mut named = Vec::new();
-        for e in prints.iter().map(|(_, e)| e).chain(condition.as_ref()) {
-            registers_named(e, &mut named);
-        }
+        let named: Vec<String> =
+            prints.iter().map(|(_, e)| e).chain(condition.as_ref()).flat_map(|e| e.registers()).collect();
         let control_registers = named.iter().any(|r| r.starts_with("cr") || r == "efer");
         let exprs = Expressions { prints, condition, control_registers, reported: Default::default() };
         Ok(Plan { locations, unwinder, exprs })
@@ -1048,36 +1046,5 @@ mod tests {
         let panic = caught.expect_err("the panic is caught");
         assert_eq!(panic.downcast_ref::<&str>(), Some(&"in the loop"));
         assert_eq!(rt.block_on(CatchUnwind(Box::pin(async { 7 }))).ok(), Some(7));
-    }
-}
-
-/// The registers (`$name`) an expression reads.
-fn registers_named(e: &ktrace_expr::Expr, out: &mut Vec<String>) {
-    use ktrace_expr::Expr;
-    match e {
-        Expr::Register(r) => out.push(r.clone()),
-        Expr::Int(_) | Expr::Str(_) | Expr::Name(_) | Expr::SizeOfType(_) => {}
-        Expr::Member { base, .. } => registers_named(base, out),
-        Expr::Index { base, index } => {
-            registers_named(base, out);
-            registers_named(index, out);
-        }
-        Expr::Unary { operand, .. } | Expr::Cast { operand, .. } => registers_named(operand, out),
-        Expr::Binary { lhs, rhs, .. } => {
-            registers_named(lhs, out);
-            registers_named(rhs, out);
-        }
-        Expr::Conditional { cond, then, otherwise } => {
-            for x in [cond, then, otherwise] {
-                registers_named(x, out);
-            }
-        }
-        Expr::SizeOfExpr(x) | Expr::ThisCpu(x) => registers_named(x, out),
-        Expr::ContainerOf { ptr, .. } => registers_named(ptr, out),
-        Expr::PerCpu { var, cpu } => {
-            registers_named(var, out);
-            registers_named(cpu, out);
-        }
-        Expr::Call { args, .. } => args.iter().for_each(|a| registers_named(a, out)),
     }
 }
