@@ -744,4 +744,59 @@ mod fixture_tests {
         let names: Vec<&str> = all.iter().map(|t| t.comm.as_str()).collect();
         assert_eq!(names, vec!["swapper/0", "swapper/1", "testprog"]);
     }
+
+    /// `--print`/`--if` expressions on the synthetic guest: `current`,
+    /// globals, per-CPU data, registers, casts, comparisons, strings, and
+    /// errors that say what is wrong.
+    #[test]
+    fn expressions_on_synthetic_memory() {
+        use crate::values::{condition, print, EvalContext};
+        let vm = fixture();
+        let l = layout(&vm);
+        let mut t = guest(&vm, &l);
+        let k = block_on(Kernel::attach_with_layout(&mut t, vm.clone(), l.clone())).expect("attach");
+        let registers = vec![("rdi".to_string(), USER_TASK), ("cr3".to_string(), 0x1234_5000)];
+        let ctx = EvalContext { kernel: &k, cpu: CpuId(1), frame: None, registers: &registers, scopes: &[] };
+        let is_type = |n: &str| vm.type_named(n).is_ok();
+        let mut show = |src: &str| {
+            let e = ktrace_expr::parse(src, &is_type).unwrap_or_else(|e| panic!("{e}"));
+            block_on(print(&ctx, &mut t, src, &e)).map(|p| p.text).map_err(|e| e.to_string())
+        };
+        assert_eq!(show("current->pid").as_deref(), Ok("42"));
+        assert_eq!(show("current->comm").as_deref(), Ok(r#""testprog\000\000\000\000\000\000\000""#));
+        assert_eq!(show("init_task.comm").as_deref(), Ok(r#""swapper/0\000\000\000\000\000\000""#));
+        assert_eq!(show("current->real_parent->pid").as_deref(), Ok("0"));
+        assert_eq!(show("((struct task_struct *)$rdi)->pid + 1").as_deref(), Ok("43"));
+        assert_eq!(show("$cr3 >> 12").as_deref(), Ok("74565"));
+        assert_eq!(show("current == (struct task_struct *)$rdi").as_deref(), Ok("1"));
+        assert_eq!(show("&init_task == current->real_parent").as_deref(), Ok("1"));
+        assert_eq!(show("this_cpu(pcpu_hot).current_task == current").as_deref(), Ok("1"));
+        assert_eq!(show("per_cpu(pcpu_hot, 0).current_task->pid").as_deref(), Ok("0"));
+        assert_eq!(show("sizeof(int) * 2 - 1").as_deref(), Ok("7"));
+        assert_eq!(show("-3 / 2").as_deref(), Ok("-1"));
+        let task = format!("0x{USER_TASK:x}");
+        assert_eq!(show("current").as_deref(), Ok(format!("(struct task_struct *) {task}").as_str()));
+        let e = show("current->pidd").unwrap_err();
+        assert!(e.contains("current->pidd") && e.contains("no member `pidd`") && e.contains("pid"), "{e}");
+        let e = show("pcpu_hot").unwrap_err();
+        assert!(e.contains("this_cpu(pcpu_hot)"), "{e}");
+        let e = show("1 / (current->pid - 42)").unwrap_err();
+        assert!(e.contains("division by zero"), "{e}");
+        let e = show("*(int *)0").unwrap_err();
+        assert!(e.contains("NULL"), "{e}");
+        let e = show("$r15").unwrap_err();
+        assert!(e.contains("no such register"), "{e}");
+        let e = show("per_cpu(pcpu_hot, 5)").unwrap_err();
+        assert!(e.contains("CPUs 0-1"), "{e}");
+        let e = show("nosuchthing + 1").unwrap_err();
+        assert!(e.contains("nosuchthing"), "{e}");
+        let mut holds = |src: &str| {
+            let e = ktrace_expr::parse(src, &is_type).unwrap();
+            block_on(condition(&ctx, &mut t, &e)).expect("evaluates")
+        };
+        assert!(holds(r#"current->comm == "testprog" && current->pid > 40"#));
+        assert!(!holds(r#"current->comm == "testpro""#));
+        assert!(holds(r#"current->comm != "sh" || *(int *)0"#), "|| short-circuits");
+        assert!(!holds("current->pid == 42 ? 0 : 1"));
+    }
 }

@@ -10,7 +10,9 @@ use super::BREAK;
 const ROWS: &[(&str, &str)] = &[
     ("idle", "no tracer"),
     ("ktrace", "ktrace --no-backtrace --quiet"),
-    ("ktrace-bt", "ktrace --json (full backtraces) >/dev/null"),
+    ("ktrace-bt", "ktrace --json (full backtraces, arguments in every frame) >/dev/null"),
+    ("ktrace-bt-noargs", "ktrace --json --no-args (full backtraces, no arguments) >/dev/null"),
+    ("ktrace-if", "ktrace --if 'lock == 0' (a condition on the argument, no --pid) --no-backtrace --quiet"),
     ("gdb-cond", "gdb: break if <$gs_base+current_task>->pid"),
     ("gdb-lx", "gdb: Python stop() with scripts/gdb lx_current"),
     ("gdb-bt", "gdb: break if ..., then `bt` per match"),
@@ -51,6 +53,14 @@ impl Bench {
         t += &format!("| ktrace / gdb lx_current stop() | {} | {} |\n", ratio(ke, le), ratio(km, lm));
         t += &format!("| ktrace --json / gdb bt (backtrace capture) | {} | {} |\n", ratio(be, gbe), ratio(bm, gbm));
         t += &format!("| ktrace / best bare loop | {} | - |\n", ratio(ke, best_bare));
+        let (ne, nm, ..) = self.medians("ktrace-bt-noargs");
+        let (ie, ..) = self.medians("ktrace-if");
+        t += &format!(
+            "| backtraces with arguments / without (target ≥ 0.9) | {} | {} |\n",
+            ratio(be, ne),
+            ratio(bm, nm)
+        );
+        t += &format!("| --if on an argument / --pid (target ≥ 1.0) | {} | - |\n", ratio(ie, ke));
         t += "\nStart-up, launch to done (median wall time, peak RSS)\n\n";
         t += "| case | ktrace | gdb | gdb / ktrace (time, RSS) |\n|---|---:|---:|---:|\n";
         for (case, desc) in [

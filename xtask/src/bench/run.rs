@@ -28,7 +28,8 @@ pub(super) struct Bench {
 }
 
 /// Throughput tools, in their round-0 order.
-pub(super) const TOOLS: &[&str] = &["idle", "ktrace", "gdb", "bare-skip", "ktrace-bt", "bare-cond", "bare-step"];
+pub(super) const TOOLS: &[&str] =
+    &["idle", "ktrace", "gdb", "bare-skip", "ktrace-bt", "ktrace-if", "bare-cond", "ktrace-bt-noargs", "bare-step"];
 
 impl Bench {
     pub(super) fn new(opts: Opts) -> Result<Bench> {

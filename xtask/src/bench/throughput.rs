@@ -21,7 +21,7 @@ impl Bench {
                 self.idle(round);
                 Ok(())
             }
-            "ktrace" | "ktrace-bt" => self.ktrace(tool, round, env),
+            "ktrace" | "ktrace-bt" | "ktrace-bt-noargs" | "ktrace-if" => self.ktrace(tool, round, env),
             "gdb" => self.gdb(round, env),
             bare => self.bare(bare, round, env),
         }
@@ -36,19 +36,26 @@ impl Bench {
         self.push("idle", Sample::new(round, None, None, secs as f64, (a, b), true));
     }
 
-    /// `ktrace attach --pid`, quiet or with `--json` backtraces.
+    /// `ktrace attach --pid`, quiet or with `--json` backtraces (with the
+    /// arguments of every frame, or `--no-args`); `ktrace-if`: the filter
+    /// is a condition on the traced function's argument instead of `--pid`
+    /// (one that never holds: every stop is evaluated, none matches).
     fn ktrace(&mut self, tool: &'static str, round: usize, env: &Env) -> Result<()> {
         let secs = self.opts.seconds;
         let mut cmd = Command::new(&self.ktrace);
-        cmd.args(["attach", env.addr, "--break", BREAK, "--pid", &env.pid.to_string()])
+        cmd.args(["attach", env.addr, "--break", BREAK])
             .arg("--vmlinux")
             .arg(env.vmlinux)
             .args(["--duration", &format!("{secs}s")]);
-        if tool == "ktrace" {
-            cmd.args(["--quiet", "--no-backtrace"]);
-        } else {
-            cmd.arg("--json");
+        if tool != "ktrace-if" {
+            cmd.args(["--pid", &env.pid.to_string()]);
         }
+        match tool {
+            "ktrace" => cmd.args(["--quiet", "--no-backtrace"]),
+            "ktrace-if" => cmd.args(["--quiet", "--no-backtrace", "--if", "lock == 0"]),
+            "ktrace-bt-noargs" => cmd.args(["--json", "--no-args"]),
+            _ => cmd.arg("--json"),
+        };
         // stdout (the per-hit output) goes to a file we discard: the
         // point is the cost of producing it, not of storing it.
         let sink = env.out_dir.join("ktrace-stdout.tmp");
