@@ -103,7 +103,14 @@ pub struct Backtrace {
     /// (in JSON: the reason as text).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_text")]
     pub stopped: Option<StopReason>,
+    /// The stack pages the unwind read (by page address), for readers of
+    /// the frames' values that would read them again.
+    #[serde(skip)]
+    pub stack: StackPages,
 }
+
+/// Stack pages read during an unwind, by page address.
+pub type StackPages = std::sync::Arc<HashMap<u64, Vec<u8>>>;
 
 fn as_text<S: serde::Serializer>(why: &Option<StopReason>, s: S) -> Result<S::Ok, S::Error> {
     match why {
@@ -242,7 +249,8 @@ pub struct Unwinder {
     space: AddressSpace,
 }
 
-const PAGE: u64 = 2048;
+/// The unit the unwinder reads stacks in (the pages of [`Backtrace::stack`]).
+pub const PAGE: u64 = 2048;
 
 /// Reads stack words through aligned, cached 2 KiB chunks.
 struct StackReader<'t, T> {
@@ -488,7 +496,8 @@ impl Unwinder {
             }
             frame = caller;
         };
-        Backtrace { frames, stopped }
+        let pages = stack.chunks.into_iter().filter_map(|(base, c)| Some((base, c?))).collect();
+        Backtrace { frames, stopped, stack: std::sync::Arc::new(pages) }
     }
 
     /// A frame the unwinder is about to step from must be in kernel code
@@ -823,10 +832,11 @@ mod tests {
         assert_eq!(r.to_string(), "pc 0xffff888000123456 is outside the kernel's code");
         let r = StopReason::UserReturnAddress { pc: 0x246 };
         assert!(r.to_string().contains("no pt_regs frame"), "{r}");
-        let bt = Backtrace { frames: Vec::new(), stopped: Some(StopReason::Loop { pc: 0x10 }) };
+        let bt =
+            Backtrace { frames: Vec::new(), stopped: Some(StopReason::Loop { pc: 0x10 }), stack: Default::default() };
         let json = serde_json::to_value(&bt).unwrap();
         assert_eq!(json["stopped"], "the unwind loops (frame 0x10 again)");
-        let bt = Backtrace { frames: Vec::new(), stopped: None };
+        let bt = Backtrace { frames: Vec::new(), stopped: None, stack: Default::default() };
         assert!(serde_json::to_value(&bt).unwrap().get("stopped").is_none());
     }
 

@@ -231,7 +231,7 @@ mod tests {
             task: TaskRef(0),
             breakpoint: "x".into(),
             pc: 0,
-            backtrace: Some(Backtrace { frames, stopped: None }),
+            backtrace: Some(Backtrace { frames, stopped: None, stack: Default::default() }),
             registers: None,
             prints: Vec::new(),
         }

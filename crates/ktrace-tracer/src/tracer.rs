@@ -689,6 +689,14 @@ impl Tracer {
         // task's identity too, confirmed only on a match).
         let mut batch = Batch::new();
         let rip = batch.read_register(self.glayout.rip_regnum);
+        // `--if` reads registers at every stop: in the same round trip.
+        let early = match (&self.exprs.condition, wants_task) {
+            (Some(_), true) => {
+                let cr3 = session.register_map().and_then(|m| m.get("cr3")).map(|r| r.regnum);
+                Some((batch.read_registers(), cr3.map(|n| batch.read_register(n))))
+            }
+            _ => None,
+        };
         let current = if wants_task { self.kernel.current_task_reads(cpu, self.target_task) } else { None };
         let ranges: Vec<(u64, usize)> = current.iter().flat_map(|c| c.ranges()).copied().collect();
         // Through the kernel's page tables: per-CPU data and task structs lie
@@ -703,6 +711,10 @@ impl Tracer {
         };
         let mut replies = session.run_batch(&batch).await?;
         let rip = replies.register_u64(rip)?;
+        let early = match early {
+            Some((g, cr3)) => Some((replies.register(g)?, cr3.map(|c| replies.register_u64(c)).transpose()?)),
+            None => None,
+        };
         let Some(bp) = self.armed.iter().position(|a| a.addr == rip) else {
             // Not one of ours (e.g. an interrupt from another client): just go on.
             return Ok(Step::Resume(None));
@@ -728,9 +740,21 @@ impl Tracer {
         };
         if let Some(task) = matched_task {
             let wants_exprs = self.exprs.condition.is_some() || !self.exprs.prints.is_empty();
-            let g = match self.cfg.backtrace || self.cfg.registers || wants_exprs {
-                true => Some(session.read_registers().await?),
-                false => None,
+            // User pointers (`const char __user *`) are read through the task's
+            // page tables: CR3 comes with the registers, in one round trip.
+            let needs_user = (self.cfg.backtrace && self.cfg.arguments) || wants_exprs;
+            let needs_g = self.cfg.backtrace || self.cfg.registers || wants_exprs;
+            let (g, cr3) = match early {
+                Some((g, cr3)) => (Some(g), cr3),
+                None if needs_g => {
+                    let mut batch = Batch::new();
+                    let g = batch.read_registers();
+                    let cr3_regnum = session.register_map().and_then(|m| m.get("cr3")).map(|r| r.regnum);
+                    let cr3 = cr3_regnum.filter(|_| needs_user).map(|n| batch.read_register(n));
+                    let mut replies = session.run_batch(&batch).await?;
+                    (Some(replies.register(g)?), cr3.map(|c| replies.register_u64(c)).transpose()?)
+                }
+                None => (None, None),
             };
             if let (None, Some(g), Some(map)) = (&self.register_set, &g, session.register_map()) {
                 self.register_set = Some(RegisterSet::new(map, g.len()));
@@ -749,10 +773,9 @@ impl Tracer {
                 (Some(g), Some(regs)) => Some(self.frame_registers(g, regs)),
                 _ => None,
             };
-            // User pointers (`const char __user *`) through the task's page tables.
-            let user = match (self.cfg.backtrace && self.cfg.arguments) || wants_exprs {
-                true => self.user_space(session).await?,
-                false => None,
+            let user = match (cr3, self.kernel.translation()) {
+                (Some(cr3), Some(k)) if needs_user => Some(Translation::new(cr3 & CR3_ADDRESS, k.space().clone())),
+                _ => None,
             };
             let named = match &g {
                 Some(g) if self.cfg.registers || wants_exprs => {
@@ -853,18 +876,6 @@ impl Tracer {
         // At entry the CFA is the stack pointer before the call.
         frame.cfa = None;
         frame
-    }
-
-    /// The stopped task's address space (rooted at the CPU's CR3), for
-    /// reads of user pointers; `None` without ktrace's own translation.
-    async fn user_space(&self, session: &mut Session) -> Result<Option<Translation>, TraceError> {
-        match (self.kernel.translation(), session.register_map().and_then(|m| m.get("cr3")).map(|r| r.regnum)) {
-            (Some(k), Some(regnum)) => {
-                let cr3 = le_u64(&session.read_register(regnum).await?);
-                Ok(Some(Translation::new(cr3 & CR3_ADDRESS, k.space().clone())))
-            }
-            _ => Ok(None),
-        }
     }
 
     /// `--regs`: the `g` reply's registers and the control registers by

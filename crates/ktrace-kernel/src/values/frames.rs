@@ -18,6 +18,45 @@ use super::value::{read_variable, VariableValue};
 use crate::unwind::{Backtrace, FrameKind};
 use crate::{Kernel, KernelError, Target};
 
+/// A target that answers reads inside the stack pages an unwind read from
+/// them, and the rest from the guest.
+struct StackFirst<'a, T> {
+    pages: &'a HashMap<u64, Vec<u8>>,
+    target: &'a mut T,
+}
+
+impl<T> StackFirst<'_, T> {
+    fn cached(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        let base = addr & !(crate::unwind::PAGE - 1);
+        let off = (addr - base) as usize;
+        let page = self.pages.get(&base)?;
+        page.get(off..off.checked_add(len)?).map(<[u8]>::to_vec)
+    }
+}
+
+impl<T: Target> Target for StackFirst<'_, T> {
+    type Error = T::Error;
+
+    async fn read_memory(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, Self::Error> {
+        match self.cached(addr, len) {
+            Some(b) => Ok(b),
+            None => self.target.read_memory(addr, len).await,
+        }
+    }
+
+    async fn write_memory(&mut self, addr: u64, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.target.write_memory(addr, bytes).await
+    }
+
+    async fn cpus(&mut self) -> Result<Vec<crate::CpuId>, Self::Error> {
+        self.target.cpus().await
+    }
+
+    async fn read_register(&mut self, cpu: crate::CpuId, name: &str) -> Result<u64, Self::Error> {
+        self.target.read_register(cpu, name).await
+    }
+}
+
 /// The caller's callee-saved registers, from the callee's (at `pc`, CFA
 /// `cfa`) and the CFI rules there.
 async fn callers_saved<T: Target>(
@@ -66,6 +105,9 @@ impl FrameArguments {
         bt: &mut Backtrace,
         stopped: &FrameRegisters,
     ) -> Result<(), KernelError<T::Error>> {
+        // Saved registers and stack slots are mostly on the pages the unwind read.
+        let pages = bt.stack.clone();
+        let target = &mut StackFirst { pages: &pages, target };
         // The callee-saved registers, carried from frame to frame through
         // the CFI's rules (where a rule is missing, the chain breaks).
         let mut saved: [Option<u64>; 6] = CALLEE_SAVED.map(|r| stopped.get(r));

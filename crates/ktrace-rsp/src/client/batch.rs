@@ -27,6 +27,7 @@ pub struct Batch {
 enum Item {
     Memory { addr: u64, len: usize, physical: bool },
     Register(u32),
+    AllRegisters,
 }
 
 /// The handle of a memory read in a [`Batch`]; redeem it with [`BatchReplies::memory`].
@@ -62,6 +63,13 @@ impl Batch {
     /// Reads register `regnum` (`p`) of the thread that last stopped.
     pub fn read_register(&mut self, regnum: u32) -> RegisterRead {
         self.items.push(Item::Register(regnum));
+        RegisterRead(self.items.len() - 1)
+    }
+
+    /// Reads every register (`g`) of the thread that last stopped, in the
+    /// stub's `g` layout; redeem it with [`BatchReplies::register`].
+    pub fn read_registers(&mut self) -> RegisterRead {
+        self.items.push(Item::AllRegisters);
         RegisterRead(self.items.len() - 1)
     }
 
@@ -165,7 +173,7 @@ impl Session {
         for (n, item) in batch.items.iter().enumerate() {
             match *item {
                 Item::Memory { physical, .. } if physical != space => {}
-                Item::Register(_) if !with_registers => {}
+                Item::Register(_) | Item::AllRegisters if !with_registers => {}
                 Item::Memory { addr, len, .. } => {
                     let mut off = 0;
                     while off < len {
@@ -177,6 +185,10 @@ impl Session {
                 }
                 Item::Register(regnum) => {
                     pkts.push(registers::read_one_request(regnum));
+                    owner.push(n);
+                }
+                Item::AllRegisters => {
+                    pkts.push(registers::READ_ALL.to_vec());
                     owner.push(n);
                 }
             }
@@ -191,6 +203,7 @@ impl Session {
             let decoded = match batch.items[n] {
                 Item::Memory { .. } => memory::parse_read(r),
                 Item::Register(_) => registers::parse_registers("p", r),
+                Item::AllRegisters => registers::parse_registers("g", r),
             };
             match decoded {
                 Ok(d) => buf.extend(d),
