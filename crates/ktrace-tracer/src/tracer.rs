@@ -130,6 +130,15 @@ pub struct Plan {
     exprs: Expressions,
 }
 
+/// What a matching stop's values are computed from.
+struct StopContext {
+    regs0: Option<ktrace_kernel::Regs>,
+    frame0: Option<FrameRegisters>,
+    user: Option<Translation>,
+    named: Option<Vec<(String, u64)>>,
+    scopes: std::sync::Arc<Vec<ktrace_symbols::Scope>>,
+}
+
 /// The parsed `--print` and `--if` expressions.
 #[derive(Default)]
 struct Expressions {
@@ -720,6 +729,25 @@ impl Tracer {
             return Ok(Step::Resume(None));
         };
         stats.seen += 1;
+        // A stop on a hit `nop` is the traced function's entry: the
+        // trampoline's return address is on the stack.
+        let (pc, entry_frame) = match self.armed[bp].at {
+            BreakAt::HitOf(function) => (function, true),
+            BreakAt::Function => (rip, false),
+        };
+        // Without a task filter, `--if` decides first: a stop it refuses
+        // costs no read of the task's identity.
+        let f = &self.cfg.filter;
+        let no_task_filter = f.pid.is_none() && f.tgid.is_none() && f.comm.is_none();
+        let mut early = early;
+        let mut decided = None;
+        if self.exprs.condition.is_some() && no_task_filter && current.is_some() {
+            let stop = self.stop_context(session, early.take(), pc, entry_frame).await?;
+            if !self.condition_holds(session, cpu, &stop).await {
+                return self.past_breakpoint(session, bp, thread, rip).await;
+            }
+            decided = Some(stop);
+        }
         let matched_task = match current {
             Some(current) => {
                 let bytes = reads
@@ -732,62 +760,18 @@ impl Tracer {
             }
             None => None,
         };
-        // A stop on a hit `nop` is the traced function's entry: the
-        // trampoline's return address is on the stack.
-        let (pc, entry_frame) = match self.armed[bp].at {
-            BreakAt::HitOf(function) => (function, true),
-            BreakAt::Function => (rip, false),
-        };
         if let Some(task) = matched_task {
-            let wants_exprs = self.exprs.condition.is_some() || !self.exprs.prints.is_empty();
-            // User pointers (`const char __user *`) are read through the task's
-            // page tables: CR3 comes with the registers, in one round trip.
-            let needs_user = (self.cfg.backtrace && self.cfg.arguments) || wants_exprs;
-            let needs_g = self.cfg.backtrace || self.cfg.registers || wants_exprs;
-            let (g, cr3) = match early {
-                Some((g, cr3)) => (Some(g), cr3),
-                None if needs_g => {
-                    let mut batch = Batch::new();
-                    let g = batch.read_registers();
-                    let cr3_regnum = session.register_map().and_then(|m| m.get("cr3")).map(|r| r.regnum);
-                    let cr3 = cr3_regnum.filter(|_| needs_user).map(|n| batch.read_register(n));
-                    let mut replies = session.run_batch(&batch).await?;
-                    (Some(replies.register(g)?), cr3.map(|c| replies.register_u64(c)).transpose()?)
+            let stop = match decided {
+                Some(stop) => stop,
+                None => {
+                    let stop = self.stop_context(session, early, pc, entry_frame).await?;
+                    if !self.condition_holds(session, cpu, &stop).await {
+                        return self.past_breakpoint(session, bp, thread, rip).await;
+                    }
+                    stop
                 }
-                None => (None, None),
             };
-            if let (None, Some(g), Some(map)) = (&self.register_set, &g, session.register_map()) {
-                self.register_set = Some(RegisterSet::new(map, g.len()));
-            }
-            // Frame 0 as the stopped function sees it (at a hit of the
-            // in-guest filter: its entry, the trampoline's return popped).
-            let regs0 = g.as_ref().map(|g| {
-                let mut regs = self.glayout.decode(g);
-                if entry_frame {
-                    regs.ip = pc;
-                    regs.sp += 8;
-                }
-                regs
-            });
-            let frame0 = match (&g, regs0) {
-                (Some(g), Some(regs)) => Some(self.frame_registers(g, regs)),
-                _ => None,
-            };
-            let user = match (cr3, self.kernel.translation()) {
-                (Some(cr3), Some(k)) if needs_user => Some(Translation::new(cr3 & CR3_ADDRESS, k.space().clone())),
-                _ => None,
-            };
-            let named = match &g {
-                Some(g) if self.cfg.registers || wants_exprs => {
-                    let control = self.cfg.registers || self.exprs.control_registers;
-                    Some(self.registers(session, g, entry_frame.then_some(pc), control).await?)
-                }
-                _ => None,
-            };
-            let scopes = match wants_exprs {
-                true => self.arguments.scopes_at(&self.kernel, pc, false).unwrap_or_default(),
-                false => Default::default(),
-            };
+            let StopContext { regs0, frame0, user, named, scopes } = stop;
             let ctx = EvalContext {
                 kernel: &self.kernel,
                 cpu,
@@ -795,22 +779,6 @@ impl Tracer {
                 registers: named.as_deref().unwrap_or_default(),
                 scopes: &scopes,
             };
-            if let Some(cond) = &self.exprs.condition {
-                let mut memory = self.kernel.memory(session).with_user_space(user.as_ref());
-                let holds = match ktrace_kernel::values::condition(&ctx, &mut memory, cond).await {
-                    Ok(holds) => holds,
-                    Err(e) => {
-                        // Like a filter that does not match; said once per reason.
-                        if self.exprs.reported.insert(e.to_string()) {
-                            tracing::warn!("--if {e}: such hits do not match");
-                        }
-                        false
-                    }
-                };
-                if !holds {
-                    return self.past_breakpoint(session, bp, thread, rip).await;
-                }
-            }
             let mut prints = Vec::with_capacity(self.exprs.prints.len());
             for (source, e) in &self.exprs.prints {
                 let mut memory = self.kernel.memory(session).with_user_space(user.as_ref());
@@ -862,6 +830,91 @@ impl Tracer {
             }
         }
         self.past_breakpoint(session, bp, thread, rip).await
+    }
+
+    /// What a matching stop's values are computed from: the registers
+    /// (from `early`, the stop's own round trip, or read now), frame 0,
+    /// the task's address space, and frame 0's scopes for expressions.
+    async fn stop_context(
+        &mut self,
+        session: &mut Session,
+        early: Option<(Vec<u8>, Option<u64>)>,
+        pc: u64,
+        entry_frame: bool,
+    ) -> Result<StopContext, TraceError> {
+        let wants_exprs = self.exprs.condition.is_some() || !self.exprs.prints.is_empty();
+        // User pointers (`const char __user *`) are read through the task's
+        // page tables: CR3 comes with the registers, in one round trip.
+        let needs_user = (self.cfg.backtrace && self.cfg.arguments) || wants_exprs;
+        let needs_g = self.cfg.backtrace || self.cfg.registers || wants_exprs;
+        let (g, cr3) = match early {
+            Some((g, cr3)) => (Some(g), cr3),
+            None if needs_g => {
+                let mut batch = Batch::new();
+                let g = batch.read_registers();
+                let cr3_regnum = session.register_map().and_then(|m| m.get("cr3")).map(|r| r.regnum);
+                let cr3 = cr3_regnum.filter(|_| needs_user).map(|n| batch.read_register(n));
+                let mut replies = session.run_batch(&batch).await?;
+                (Some(replies.register(g)?), cr3.map(|c| replies.register_u64(c)).transpose()?)
+            }
+            None => (None, None),
+        };
+        if let (None, Some(g), Some(map)) = (&self.register_set, &g, session.register_map()) {
+            self.register_set = Some(RegisterSet::new(map, g.len()));
+        }
+        // Frame 0 as the stopped function sees it (at a hit of the
+        // in-guest filter: its entry, the trampoline's return popped).
+        let regs0 = g.as_ref().map(|g| {
+            let mut regs = self.glayout.decode(g);
+            if entry_frame {
+                regs.ip = pc;
+                regs.sp += 8;
+            }
+            regs
+        });
+        let frame0 = match (&g, regs0) {
+            (Some(g), Some(regs)) => Some(self.frame_registers(g, regs)),
+            _ => None,
+        };
+        let user = match (cr3, self.kernel.translation()) {
+            (Some(cr3), Some(k)) if needs_user => Some(Translation::new(cr3 & CR3_ADDRESS, k.space().clone())),
+            _ => None,
+        };
+        let named = match &g {
+            Some(g) if self.cfg.registers || wants_exprs => {
+                let control = self.cfg.registers || self.exprs.control_registers;
+                Some(self.registers(session, g, entry_frame.then_some(pc), control).await?)
+            }
+            _ => None,
+        };
+        let scopes = match wants_exprs {
+            true => self.arguments.scopes_at(&self.kernel, pc, false).unwrap_or_default(),
+            false => Default::default(),
+        };
+        Ok(StopContext { regs0, frame0, user, named, scopes })
+    }
+
+    /// `--if` at this stop (true without one). A condition that cannot be
+    /// evaluated does not hold, and says why once per reason.
+    async fn condition_holds(&mut self, session: &mut Session, cpu: ktrace_kernel::CpuId, stop: &StopContext) -> bool {
+        let Some(cond) = &self.exprs.condition else { return true };
+        let ctx = EvalContext {
+            kernel: &self.kernel,
+            cpu,
+            frame: stop.frame0.as_ref(),
+            registers: stop.named.as_deref().unwrap_or_default(),
+            scopes: &stop.scopes,
+        };
+        let mut memory = self.kernel.memory(session).with_user_space(stop.user.as_ref());
+        match ktrace_kernel::values::condition(&ctx, &mut memory, cond).await {
+            Ok(holds) => holds,
+            Err(e) => {
+                if self.exprs.reported.insert(e.to_string()) {
+                    tracing::warn!("--if {e}: such hits do not match");
+                }
+                false
+            }
+        }
     }
 
     /// Frame 0's registers for DWARF locations: all of the `g` reply, as
