@@ -10,12 +10,11 @@
 //! Conditions rotate round by round; medians are reported.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ktrace_testguest::{BootOptions, Guest, KernelSeries, Qmp};
+use ktrace_testguest::Qmp;
 use serde_json::Value;
 
 use crate::bench::{median, parse_summary};
@@ -57,12 +56,7 @@ struct Sample {
 
 /// Runs `rounds` rounds of `seconds`-long windows; returns a Markdown table.
 pub fn run(rounds: usize, seconds: u64) -> Result<String> {
-    crate::run(crate::cargo().args(["build", "--release", "-p", "ktrace-cli"]))?;
-    let ktrace = Path::new("target/release/ktrace").canonicalize().context("target/release/ktrace")?;
-    let series = KernelSeries::V6_1;
-    let image = ktrace_testguest::prepare(series, &mut |step| eprintln!("guest: {step}"))?;
-    let opts = BootOptions { kernel: series, smp: 2, kaslr: true, testprogs: 2, qmp: true, ..BootOptions::default() };
-    let guest = Guest::boot(&image, &opts)?;
+    let crate::bench_guest::BenchGuest { ktrace, image, guest } = crate::bench_guest::boot()?;
     let mut qmp = Qmp::connect(guest.qmp_socket().context("QMP socket")?)?;
     let (traced, other) = (guest.testprog_pids()[0], guest.testprog_pids()[1]);
     let vmlinux = image.vmlinux.to_str().context("utf-8 path")?.to_string();

@@ -14,7 +14,6 @@
 //!
 //! Conditions take turns round by round; medians are reported.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use ktrace_guestmem::{CoreDump, HostMemory};
 use ktrace_kernel::{Kernel, PhysicalMemory};
 use ktrace_rsp::{ClientConfig, Session};
 use ktrace_symbols::Vmlinux;
-use ktrace_testguest::{BootOptions, Guest, KernelSeries, Qmp};
+use ktrace_testguest::Qmp;
 
 use crate::bench::{median, parse_summary};
 
@@ -39,12 +38,7 @@ struct Throughput {
 }
 
 pub fn run(rounds: usize, seconds: u64) -> Result<String> {
-    crate::run(crate::cargo().args(["build", "--release", "-p", "ktrace-cli"]))?;
-    let ktrace = Path::new("target/release/ktrace").canonicalize().context("target/release/ktrace")?;
-    let series = KernelSeries::V6_1;
-    let image = ktrace_testguest::prepare(series, &mut |step| eprintln!("guest: {step}"))?;
-    let opts = BootOptions { kernel: series, smp: 2, kaslr: true, testprogs: 2, qmp: true, ..BootOptions::default() };
-    let guest = Guest::boot(&image, &opts)?;
+    let crate::bench_guest::BenchGuest { ktrace, image, guest } = crate::bench_guest::boot()?;
     let qmp_socket = guest.qmp_socket().context("QMP socket")?.to_path_buf();
     let mut qmp = Qmp::connect(&qmp_socket)?;
     let vm = Arc::new(Vmlinux::open(&image.vmlinux)?);

@@ -11,6 +11,7 @@
 //! - `soak`: trace for minutes, checking that RSS stays flat and no hit is lost.
 
 mod bench;
+mod bench_guest;
 mod bench_in_guest;
 mod bench_kernels;
 mod bench_memory;

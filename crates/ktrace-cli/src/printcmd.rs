@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use ktrace_kernel::values::{self, EvalContext, FrameArguments, FrameRegisters, Printed, DWARF_REGISTER_NAMES};
+use ktrace_kernel::values::{self, EvalContext, FrameArguments, FrameRegisters, Printed};
 use ktrace_kernel::{CpuId, Kernel, Target, Translation};
 
 use crate::args::TargetArgs;
@@ -28,26 +28,6 @@ pub struct PrintArgs {
     #[arg(value_name = "EXPR")]
     pub exprs: Vec<String>,
 }
-
-/// The registers an expression can name besides the DWARF ones.
-const OTHER_REGISTERS: &[&str] = &[
-    "eflags",
-    "cs",
-    "ss",
-    "ds",
-    "es",
-    "fs",
-    "gs",
-    "fs_base",
-    "gs_base",
-    "k_gs_base",
-    "cr0",
-    "cr2",
-    "cr3",
-    "cr4",
-    "cr8",
-    "efer",
-];
 
 /// The page-table root bits of CR3.
 const CR3_ADDRESS: u64 = 0x000f_ffff_ffff_f000;
@@ -106,7 +86,7 @@ async fn evaluate_all<T: ktrace_kernel::PhysicalMemory + Target>(
     let cpu = CpuId(args.cpu);
     let mut registers = Vec::new();
     if has_registers {
-        for name in DWARF_REGISTER_NAMES.iter().chain(OTHER_REGISTERS) {
+        for name in ktrace_kernel::x86::registers::INFO_REGISTERS {
             if let Ok(v) = backend.read_register(cpu, name).await {
                 registers.push((name.to_string(), v));
             }

@@ -4,6 +4,8 @@ use ktrace_rsp::RegisterMap;
 
 use crate::TraceError;
 use ktrace_kernel::unwind::Regs;
+// The integer registers `--regs` shows, in GDB's `info registers` order.
+use ktrace_kernel::x86::registers::INFO_REGISTERS as SHOWN;
 
 /// Byte offsets of the unwinder's registers in QEMU's `g` reply.
 #[derive(Clone, Copy, Debug)]
@@ -18,44 +20,6 @@ pub(crate) struct GLayout {
     /// Register number of `rip` (for `p`/`P`).
     pub rip_regnum: u32,
 }
-
-/// The integer registers `--regs` shows, in GDB's `info registers` order
-/// (general, segment, control), as the stub names them.
-const SHOWN: &[&str] = &[
-    "rax",
-    "rbx",
-    "rcx",
-    "rdx",
-    "rsi",
-    "rdi",
-    "rbp",
-    "rsp",
-    "r8",
-    "r9",
-    "r10",
-    "r11",
-    "r12",
-    "r13",
-    "r14",
-    "r15",
-    "rip",
-    "eflags",
-    "cs",
-    "ss",
-    "ds",
-    "es",
-    "fs",
-    "gs",
-    "fs_base",
-    "gs_base",
-    "k_gs_base",
-    "cr0",
-    "cr2",
-    "cr3",
-    "cr4",
-    "cr8",
-    "efer",
-];
 
 /// Where each register `--regs` shows lies: in the `g` reply, or only
 /// through `p` (QEMU leaves the control registers out of `g`).
