@@ -29,9 +29,6 @@ pub struct PrintArgs {
     pub exprs: Vec<String>,
 }
 
-/// The page-table root bits of CR3.
-const CR3_ADDRESS: u64 = 0x000f_ffff_ffff_f000;
-
 pub async fn print(mut args: PrintArgs) -> Result<ExitCode> {
     // Without a stub (`--core FILE`) the first word is an expression.
     if args.source.core.is_some() {
@@ -102,7 +99,7 @@ async fn evaluate_all<T: ktrace_kernel::PhysicalMemory + Target>(
         _ => Default::default(),
     };
     let user = match (kernel.translation(), registers.iter().find(|(n, _)| n == "cr3")) {
-        (Some(k), Some((_, cr3))) => Some(Translation::new(cr3 & CR3_ADDRESS, k.space().clone())),
+        (Some(k), Some((_, cr3))) => Some(Translation::of_cr3(*cr3, k.space())),
         _ => None,
     };
     let ctx = EvalContext { kernel, cpu, frame: rip.map(|_| &frame), registers: &registers, scopes: &scopes };

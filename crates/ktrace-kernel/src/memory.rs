@@ -134,6 +134,12 @@ impl Translation {
         Translation { root, space, cache: Mutex::default() }
     }
 
+    /// The page tables a CPU's CR3 points to (a process's address space,
+    /// user mappings included), with the kernel's layout `space`.
+    pub fn of_cr3(cr3: u64, space: &AddressSpace) -> Translation {
+        Translation::new(cr3 & crate::x86::registers::CR3_ROOT, space.clone())
+    }
+
     /// Physical address of the top-level table (`init_top_pgt`).
     pub fn root(&self) -> u64 {
         self.root

@@ -7,9 +7,11 @@ use ktrace_rsp::{ClientConfig, Session, StubAddr, ThreadOp};
 use ktrace_symbols::Vmlinux;
 use serde::Serialize;
 
-use crate::regs::GLayout;
+use crate::regs::{GLayout, RegisterSet};
 use crate::TraceError;
 use ktrace_kernel::unwind::{Backtrace, Unwinder};
+use ktrace_kernel::values::FrameArguments;
+use ktrace_kernel::Translation;
 
 /// One CPU's state at the stop.
 #[derive(Clone, Debug, Serialize)]
@@ -70,15 +72,32 @@ pub async fn backtrace_cpus(
     unwinder: &mut Unwinder,
 ) -> Result<Vec<CpuBacktrace>, TraceError> {
     let glayout = GLayout::new(session.register_map())?;
+    let map = session.register_map().cloned().unwrap_or_default();
+    let cr3 = map.get("cr3").map(|r| r.regnum);
     let threads = session.threads().await?;
+    let mut arguments = FrameArguments::new();
     let mut out = Vec::new();
     for tid in threads {
         let Some(cpu) = cpu_of_thread(&tid) else { continue };
         session.set_thread(ThreadOp::General, tid).await?;
-        let regs = glayout.decode(&session.read_registers().await?);
+        let g = session.read_registers().await?;
+        let regs = glayout.decode(&g);
         let task = kernel.current_task(&mut kernel.memory(session), cpu).await?;
         let task = kernel.task_info(&mut kernel.memory(session), task).await?;
-        let backtrace = unwinder.unwind(kernel, &mut kernel.memory(session), regs).await;
+        let mut backtrace = unwinder.unwind(kernel, &mut kernel.memory(session), regs).await;
+        // The arguments of every frame, as GDB's `bt` shows them.
+        let frame0 = RegisterSet::new(&map, g.len()).frame(&g);
+        let user = match (cr3, kernel.translation()) {
+            (Some(n), Some(k)) => {
+                let root = ktrace_kernel::le_u64(&session.read_register(n).await?);
+                Some(Translation::of_cr3(root, k.space()))
+            }
+            _ => None,
+        };
+        let mut memory = kernel.memory(session).with_user_space(user.as_ref());
+        if let Err(e) = arguments.fill(kernel, &mut memory, &mut backtrace, &frame0).await {
+            tracing::debug!("arguments: {e}");
+        }
         out.push(CpuBacktrace { cpu, task, backtrace });
     }
     Ok(out)

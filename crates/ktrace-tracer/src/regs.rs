@@ -61,6 +61,15 @@ impl RegisterSet {
             .collect()
     }
 
+    /// Frame 0's registers for DWARF locations, from `g`.
+    pub(crate) fn frame(&self, g: &[u8]) -> ktrace_kernel::values::FrameRegisters {
+        let mut frame = ktrace_kernel::values::FrameRegisters::default();
+        for (name, v) in self.values_in_g(g) {
+            frame.set(name, v);
+        }
+        frame
+    }
+
     /// Those read one by one.
     pub(crate) fn by_number(&self) -> &[(&'static str, u32)] {
         &self.by_number

@@ -20,9 +20,6 @@ use ktrace_kernel::unwind::Unwinder;
 use ktrace_kernel::values::{EvalContext, FrameArguments, FrameRegisters, Printed};
 use ktrace_kernel::Translation;
 
-/// The page-table root bits of CR3 (the low 12 are the PCID, bit 63 no-flush).
-const CR3_ADDRESS: u64 = 0x000f_ffff_ffff_f000;
-
 /// Receives the hits of a trace, and progress while it runs.
 pub trait HitSink {
     /// A matched hit. Return `ControlFlow::Break(())` to end the trace.
@@ -877,7 +874,7 @@ impl Tracer {
             _ => None,
         };
         let user = match (cr3, self.kernel.translation()) {
-            (Some(cr3), Some(k)) if needs_user => Some(Translation::new(cr3 & CR3_ADDRESS, k.space().clone())),
+            (Some(cr3), Some(k)) if needs_user => Some(Translation::of_cr3(cr3, k.space())),
             _ => None,
         };
         let named = match &g {
@@ -920,14 +917,9 @@ impl Tracer {
     /// Frame 0's registers for DWARF locations: all of the `g` reply, as
     /// the stopped function sees them (`regs`: after the entry adjustment).
     fn frame_registers(&self, g: &[u8], regs: ktrace_kernel::Regs) -> FrameRegisters {
-        let mut frame = FrameRegisters::default();
-        for (name, v) in self.register_set.iter().flat_map(|set| set.values_in_g(g)) {
-            frame.set(name, v);
-        }
+        let mut frame = self.register_set.as_ref().map(|set| set.frame(g)).unwrap_or_default();
         frame.set("rip", regs.ip);
         frame.set("rsp", regs.sp);
-        // At entry the CFA is the stack pointer before the call.
-        frame.cfa = None;
         frame
     }
 

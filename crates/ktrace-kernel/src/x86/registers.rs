@@ -38,3 +38,7 @@ pub const INFO_REGISTERS: &[&str] = &[
     "cr8",
     "efer",
 ];
+
+/// The page-table root bits of CR3 (bits 0-11 are the PCID, bit 63 the
+/// no-flush hint).
+pub const CR3_ROOT: u64 = 0x000f_ffff_ffff_f000;
