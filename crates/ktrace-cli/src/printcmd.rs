@@ -94,6 +94,7 @@ async fn evaluate_all<T: ktrace_kernel::PhysicalMemory + Target>(
         frame.set(name, *v);
     }
     let rip = registers.iter().find(|(n, _)| n == "rip").map(|r| r.1);
+    frame.cfa = rip.and_then(|pc| values::stopped_frame_cfa(kernel, pc, &frame));
     let scopes = match rip {
         Some(pc) if kernel.space().is_kernel(pc) => FrameArguments::new().scopes_at(kernel, pc, false)?,
         _ => Default::default(),

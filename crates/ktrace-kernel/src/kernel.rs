@@ -774,6 +774,15 @@ mod fixture_tests {
         assert_eq!(show("per_cpu(pcpu_hot, 0).current_task->pid").as_deref(), Ok("0"));
         assert_eq!(show("sizeof(int) * 2 - 1").as_deref(), Ok("7"));
         assert_eq!(show("-3 / 2").as_deref(), Ok("-1"));
+        // C's conversions: to the common type before the operation.
+        assert_eq!(show("(unsigned int)-1 == -1").as_deref(), Ok("1"));
+        assert_eq!(show("(unsigned int)0 - 1").as_deref(), Ok("4294967295"));
+        assert_eq!(show("(unsigned long)0 - 1 > 10").as_deref(), Ok("1"));
+        assert_eq!(show("current->pid - 43 < 0").as_deref(), Ok("1"));
+        assert_eq!(show("~(unsigned int)0").as_deref(), Ok("4294967295"));
+        assert_eq!(show("(unsigned char)300").as_deref(), Ok("44"));
+        assert_eq!(show("(_Bool)256").as_deref(), Ok("1"));
+        assert_eq!(show("$cr3 == 0x12345000").as_deref(), Ok("1"));
         let task = format!("0x{USER_TASK:x}");
         assert_eq!(show("current").as_deref(), Ok(format!("(struct task_struct *) {task}").as_str()));
         let e = show("current->pidd").unwrap_err();

@@ -920,6 +920,7 @@ impl Tracer {
         let mut frame = self.register_set.as_ref().map(|set| set.frame(g)).unwrap_or_default();
         frame.set("rip", regs.ip);
         frame.set("rsp", regs.sp);
+        frame.cfa = ktrace_kernel::values::stopped_frame_cfa(&self.kernel, regs.ip, &frame);
         frame
     }
 

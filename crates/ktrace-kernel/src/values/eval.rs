@@ -70,6 +70,7 @@ enum Val {
     Str(Vec<u8>),
 }
 
+const INT: Ty = Ty::Int { size: 4, signed: true };
 const LONG: Ty = Ty::Int { size: 8, signed: true };
 const ULONG: Ty = Ty::Int { size: 8, signed: false };
 
@@ -265,7 +266,15 @@ impl<T: Target> Eval<'_, '_, T> {
 
     async fn eval_inner(&mut self, e: &Expr, depth: usize) -> Result<Val, EvalError> {
         match e {
-            Expr::Int(n) => Ok(Self::imm(if *n > i64::MAX as u64 { ULONG } else { LONG }, i128::from(*n))),
+            // C: int if it fits, then long, then unsigned long.
+            Expr::Int(n) => {
+                let ty = match *n {
+                    n if n <= i32::MAX as u64 => INT,
+                    n if n <= i64::MAX as u64 => LONG,
+                    _ => ULONG,
+                };
+                Ok(Self::imm(ty, i128::from(*n)))
+            }
             Expr::Str(s) => Ok(Val::Str(s.clone())),
             Expr::Register(name) => {
                 let v = self.ctx.registers.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
@@ -273,7 +282,9 @@ impl<T: Target> Eval<'_, '_, T> {
                 let ty = match name.as_str() {
                     "rip" => Ty::Ptr(Box::new(Ty::Code)),
                     "rsp" | "rbp" => Ty::Ptr(Box::new(Ty::Void)),
-                    _ => ULONG,
+                    // GDB's `int64` (eflags and the segment and control
+                    // registers are flags types there: shown as numbers here).
+                    _ => LONG,
                 };
                 match v {
                     Some(v) => Ok(Self::imm(ty, i128::from(v))),
@@ -313,16 +324,19 @@ impl<T: Target> Eval<'_, '_, T> {
                     },
                     UnaryOp::Plus => {
                         let (n, ty) = self.integer(operand, &v).await?;
-                        Ok(Self::imm(promote(ty), n))
+                        let ty = promote(self.int_type(&ty));
+                        Ok(Self::imm(ty.clone(), wrap(n, &ty)))
                     }
                     UnaryOp::Neg => {
                         let (n, ty) = self.integer(operand, &v).await?;
-                        Ok(Self::imm(promote(ty), -n))
+                        let ty = promote(self.int_type(&ty));
+                        Ok(Self::imm(ty.clone(), wrap(-n, &ty)))
                     }
                     UnaryOp::Not => Ok(Self::imm(LONG, i128::from(!self.truth(operand, &v).await?))),
                     UnaryOp::BitNot => {
                         let (n, ty) = self.integer(operand, &v).await?;
-                        Ok(Self::imm(promote(ty), !n))
+                        let ty = promote(self.int_type(&ty));
+                        Ok(Self::imm(ty.clone(), wrap(!n, &ty)))
                     }
                 }
             }
@@ -360,6 +374,10 @@ impl<T: Target> Eval<'_, '_, T> {
                 match self.shape(&to) {
                     Shape::Int { .. } | Shape::Ptr(_) | Shape::Enum(_) => {
                         let (n, _) = self.integer(operand, &v).await?;
+                        // To `_Bool`: any non-zero value is 1.
+                        let boolean = matches!(&to, Ty::Dwarf(t) if matches!(self.vm().type_shape(*t), Ok(TypeShape::Int { boolean: true, .. })))
+                            || matches!(ty.base.as_str(), "_Bool" | "bool") && ty.pointers == 0;
+                        let n = if boolean { i128::from(n != 0) } else { n };
                         let size = self.size(&to) as usize;
                         let mut bytes = (n as u64).to_le_bytes().to_vec();
                         bytes.resize(size.max(1), 0);
@@ -509,7 +527,10 @@ impl<T: Target> Eval<'_, '_, T> {
                 }
                 Place::Pieces(p) if p.iter().all(Option::is_some) => {
                     let mut b: Vec<u8> = p.into_iter().flatten().flatten().collect();
-                    b.resize(size, 0);
+                    if b.len() < size {
+                        return Err(err(e, "<optimized out> here (part of it is not described)"));
+                    }
+                    b.truncate(size);
                     Ok(Val::Imm { ty, bytes: b })
                 }
                 Place::OptimizedOut(why) => Err(err(e, format!("<optimized out> here ({why})"))),
@@ -572,21 +593,25 @@ impl<T: Target> Eval<'_, '_, T> {
             Shape::Ptr(t) => s.size(&t).max(1) as i128,
             _ => 1,
         };
-        let result_ty = if lptr {
-            lt.clone()
-        } else if rptr {
-            rt.clone()
-        } else {
-            arith(&lt, &rt)
+        // C's usual arithmetic conversions: both operands to the common
+        // type first (a shift: to the promoted left operand's type).
+        let common = match (lptr, rptr) {
+            (true, _) | (_, true) => ULONG,
+            _ if matches!(op, BinaryOp::Shl | BinaryOp::Shr) => promote(self.int_type(&lt)),
+            _ => arith(&self.int_type(&lt), &self.int_type(&rt)),
+        };
+        let (a, b) = match op {
+            BinaryOp::Shl | BinaryOp::Shr => (wrap(a, &common), b),
+            _ => (wrap(a, &common), wrap(b, &common)),
         };
         let n = match op {
-            BinaryOp::Add if lptr && !rptr => a + b * scale(&lt, self),
-            BinaryOp::Add if rptr && !lptr => b + a * scale(&rt, self),
+            BinaryOp::Add if lptr && !rptr => a.wrapping_add(b.wrapping_mul(scale(&lt, self))),
+            BinaryOp::Add if rptr && !lptr => b.wrapping_add(a.wrapping_mul(scale(&rt, self))),
             BinaryOp::Sub if lptr && rptr => (a - b) / scale(&lt, self),
-            BinaryOp::Sub if lptr => a - b * scale(&lt, self),
-            BinaryOp::Add => a + b,
-            BinaryOp::Sub => a - b,
-            BinaryOp::Mul => a * b,
+            BinaryOp::Sub if lptr => a.wrapping_sub(b.wrapping_mul(scale(&lt, self))),
+            BinaryOp::Add => a.wrapping_add(b),
+            BinaryOp::Sub => a.wrapping_sub(b),
+            BinaryOp::Mul => a.wrapping_mul(b),
             BinaryOp::Div | BinaryOp::Rem if b == 0 => return Err(err(e, "division by zero")),
             BinaryOp::Div => a / b,
             BinaryOp::Rem => a % b,
@@ -604,11 +629,28 @@ impl<T: Target> Eval<'_, '_, T> {
             BinaryOp::And | BinaryOp::Or => unreachable!("short-circuited above"),
         };
         let ty = match op {
-            BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq | BinaryOp::Ne => LONG,
+            BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq | BinaryOp::Ne => INT,
             BinaryOp::Sub if lptr && rptr => LONG,
-            _ => result_ty,
+            _ if lptr => lt,
+            _ if rptr => rt,
+            _ => common,
+        };
+        let n = match ty {
+            Ty::Int { .. } => wrap(n, &ty),
+            _ => wrap(n, &ULONG),
         };
         Ok(Self::imm(ty, n))
+    }
+
+    /// An integer-like type as a plain integer type of its size and sign
+    /// (DWARF integers, enums); anything else as `long`.
+    fn int_type(&self, ty: &Ty) -> Ty {
+        match self.shape(ty) {
+            Shape::Int { size, signed } => Ty::Int { size: size.clamp(1, 8) as u8, signed },
+            Shape::Enum(size) => Ty::Int { size: size.clamp(1, 8) as u8, signed: size < 8 },
+            Shape::Ptr(_) => ULONG,
+            _ => LONG,
+        }
     }
 
     /// `Some(equal)` when one side is a string literal and the other a
@@ -658,7 +700,11 @@ impl<T: Target> Eval<'_, '_, T> {
             }
             _ => {
                 let (n, _) = self.integer(e, v).await?;
-                Ok((n.to_string(), serde_json::json!(n as i64)))
+                let json = match i64::try_from(n) {
+                    Ok(n) => serde_json::json!(n),
+                    Err(_) => serde_json::json!(n as u64),
+                };
+                Ok((n.to_string(), json))
             }
         }
     }
@@ -684,6 +730,18 @@ fn c_integer(base: &str) -> Option<Ty> {
         return None;
     };
     Some(Ty::Int { size, signed: !unsigned })
+}
+
+/// `n` as a value of integer type `ty`: truncated to its size, then sign-
+/// or zero-extended (C's wrap-around).
+fn wrap(n: i128, ty: &Ty) -> i128 {
+    let Ty::Int { size, signed } = *ty else { return n };
+    let bits = 8 * u32::from(size.clamp(1, 8));
+    let u = (n as u128) & ((1u128 << bits) - 1);
+    match signed && u >> (bits - 1) == 1 {
+        true => u as i128 - (1i128 << bits),
+        false => u as i128,
+    }
 }
 
 /// C's integer promotion: to int at least.
@@ -727,6 +785,16 @@ mod tests {
         assert_eq!(c_integer("short"), Some(Ty::Int { size: 2, signed: true }));
         assert_eq!(c_integer("pid_t"), None);
         assert_eq!(c_integer("struct file"), None);
+    }
+
+    #[test]
+    fn wrapping_to_c_types() {
+        let uint = Ty::Int { size: 4, signed: false };
+        assert_eq!(wrap(-1, &uint), 0xffff_ffff);
+        assert_eq!(wrap(0x1_0000_0000, &uint), 0);
+        assert_eq!(wrap(0xffff_ffff, &INT), -1);
+        assert_eq!(wrap(-1, &ULONG), u64::MAX as i128);
+        assert_eq!(wrap(i128::from(u64::MAX), &LONG), -1);
     }
 
     #[test]

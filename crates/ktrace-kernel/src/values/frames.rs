@@ -143,8 +143,16 @@ impl FrameArguments {
             for scope in scopes.iter() {
                 let mut args = Vec::with_capacity(scope.params.len());
                 for p in &scope.params {
-                    let type_name = kernel.vmlinux().type_display(p.ty)?;
-                    let arg = match read_variable(kernel, target, p, &regs).await? {
+                    let type_name = kernel.vmlinux().type_display(p.ty).unwrap_or_else(|_| "?".into());
+                    // A location ktrace cannot evaluate is not known here, like any other.
+                    let value = match read_variable(kernel, target, p, &regs).await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::debug!("argument {} of {}: {e}", p.name, scope.function);
+                            VariableValue::OptimizedOut("its location cannot be evaluated")
+                        }
+                    };
+                    let arg = match value {
                         VariableValue::Known(v) => Argument {
                             name: p.name.clone(),
                             type_name,

@@ -60,6 +60,16 @@ impl FrameRegisters {
     }
 }
 
+/// The CFA of the frame stopped at `pc` (runtime) with registers `regs`,
+/// from the DWARF CFI there (`None` where no rule covers the pc or the
+/// rule's register is not known).
+pub fn stopped_frame_cfa(kernel: &Kernel, pc: u64, regs: &FrameRegisters) -> Option<u64> {
+    match kernel.vmlinux().cfi(kernel.link(pc)).ok()??.cfa {
+        ktrace_symbols::CfaRule::RegOffset { reg, offset } => Some(regs.get(reg)?.wrapping_add(offset as u64)),
+        ktrace_symbols::CfaRule::Unsupported => None,
+    }
+}
+
 /// Where a value is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Place {
@@ -142,7 +152,11 @@ async fn run<T: Target>(
                 None => return Ok(Evaluated::Unavailable("the frame's CFA is not known")),
             },
             EvaluationResult::RequiresRelocatedAddress(a) => {
-                eval.resume_with_relocated_address(kernel.runtime(ktrace_symbols::KernelAddr(a))).map_err(corrupt)?
+                // Per-CPU symbols of a section linked at 0 are offsets into
+                // each CPU's area: KASLR does not move them.
+                let percpu = kernel.vmlinux().percpu_section_range().is_some_and(|(lo, hi)| lo == 0 && a < hi);
+                let runtime = if percpu { a } else { kernel.runtime(ktrace_symbols::KernelAddr(a)) };
+                eval.resume_with_relocated_address(runtime).map_err(corrupt)?
             }
             EvaluationResult::RequiresEntryValue(_) => {
                 return Ok(Evaluated::Unavailable("its value at entry is not known"));

@@ -100,6 +100,9 @@ pub async fn read_variable<T: Target>(
                     None => return Ok(VariableValue::OptimizedOut("part of it is not available")),
                 }
             }
+            if out.len() < size {
+                return Ok(VariableValue::OptimizedOut("part of it is not described"));
+            }
             (fit(out), None)
         }
     };
