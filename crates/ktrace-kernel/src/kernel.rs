@@ -783,6 +783,9 @@ mod fixture_tests {
         assert_eq!(show("(unsigned char)300").as_deref(), Ok("44"));
         assert_eq!(show("(_Bool)256").as_deref(), Ok("1"));
         assert_eq!(show("$cr3 == 0x12345000").as_deref(), Ok("1"));
+        // An array decays to a pointer to its first element.
+        assert_eq!(show("*(current->comm + 4)").as_deref(), Ok("112 'p'"));
+        assert_eq!(show("current->comm[4] == *(current->comm + 4)").as_deref(), Ok("1"));
         let task = format!("0x{USER_TASK:x}");
         assert_eq!(show("current").as_deref(), Ok(format!("(struct task_struct *) {task}").as_str()));
         let e = show("current->pidd").unwrap_err();

@@ -217,9 +217,9 @@ impl<T: Target> Eval<'_, '_, T> {
             Shape::Int { size, signed, .. } => (size, signed),
             Shape::Enum(size) => (size, true),
             Shape::Ptr(_) => (8, false),
-            Shape::Array(_) => match v {
+            Shape::Array(elem) => match v {
                 // An array decays to a pointer to its first element.
-                Val::Mem { addr, .. } => return Ok((*addr as i128, ty)),
+                Val::Mem { addr, .. } => return Ok((*addr as i128, Ty::Ptr(Box::new(elem)))),
                 _ => return Err(err(e, "an array not in memory has no address")),
             },
             _ => return Err(err(e, format!("`{}` is not a number", self.type_name(&ty)))),

@@ -143,11 +143,7 @@ fn text(
                     let Some(fty) = f.ty else { continue };
                     let size = vm.size_of_type(fty).unwrap_or(0) as usize;
                     let start = f.offset as usize;
-                    let Some(fb) = bytes.get(start..start + size.max(1)) else { continue };
-                    let mut fb = fb[..size.min(fb.len())].to_vec();
-                    if let Some((bit, nbits)) = f.bits {
-                        fb = bitfield(&bytes[start..], bit, nbits);
-                    }
+                    let Some(fb) = member_bytes(bytes, start, size, f.bits) else { continue };
                     let s = text(kernel, strings, Some(fty), &fb, detail, depth + 1);
                     match f.name {
                         Some(name) => parts.push(format!("{name} = {s}")),
@@ -179,6 +175,18 @@ fn integer(bytes: &[u8], signed: bool) -> String {
         true => sign_extend(le(bytes), bytes.len()).to_string(),
         false if bytes.len() > 8 => format!("0x{}", bytes.iter().rev().map(|b| format!("{b:02x}")).collect::<String>()),
         false => le(bytes).to_string(),
+    }
+}
+
+/// A member's bytes in its struct's: a bit field from the bytes it spans
+/// (which may end before its type's size would), `None` past the end.
+fn member_bytes(bytes: &[u8], start: usize, size: usize, bits: Option<(u64, u64)>) -> Option<Vec<u8>> {
+    match bits {
+        Some((bit, nbits)) => {
+            let spanned = (bit + nbits).div_ceil(8) as usize;
+            bytes.get(start..start + spanned).map(|b| bitfield(b, bit, nbits))
+        }
+        None => bytes.get(start..start + size).map(<[u8]>::to_vec),
     }
 }
 
@@ -335,11 +343,7 @@ fn json_of(kernel: &Kernel, ty: Option<TypeRef>, bytes: &[u8], depth: usize) -> 
                 let Some(fty) = f.ty else { continue };
                 let size = vm.size_of_type(fty).unwrap_or(0) as usize;
                 let start = f.offset as usize;
-                let Some(fb) = bytes.get(start..start + size) else { continue };
-                let fb = match f.bits {
-                    Some((bit, nbits)) => bitfield(&bytes[start..], bit, nbits),
-                    None => fb.to_vec(),
-                };
+                let Some(fb) = member_bytes(bytes, start, size, f.bits) else { continue };
                 let v = json_of(kernel, Some(fty), &fb, depth + 1);
                 match (f.name, v) {
                     (Some(name), v) => {
@@ -378,6 +382,15 @@ mod tests {
         assert_eq!(integer(&[0xff, 0xff, 0xff, 0xff], true), "-1");
         assert_eq!(integer(&[0xff, 0xff, 0xff, 0xff], false), "4294967295");
         assert_eq!(integer(&[0x9c, 0xff, 0xff, 0xff], true), "-100");
+    }
+
+    #[test]
+    fn a_bit_field_may_end_before_its_type() {
+        // `struct { unsigned lo:16, hi:16; }`: `hi` at byte 2, its type 4 bytes.
+        let b = [0x34, 0x12, 0x78, 0x56];
+        assert_eq!(member_bytes(&b, 2, 4, Some((0, 16))), Some(vec![0x78, 0x56]));
+        assert_eq!(member_bytes(&b, 2, 4, None), None);
+        assert_eq!(member_bytes(&b, 0, 4, None), Some(b.to_vec()));
     }
 
     #[test]
