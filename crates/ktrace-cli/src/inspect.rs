@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Args;
-use ktrace_kernel::{CpuState, Kernel, Regs, TaskInfo, Unwinder};
+use ktrace_kernel::{trampoline, CpuState, Kernel, Regs, TaskInfo, Unwinder};
 use ktrace_tracer::BtConfig;
 
 use crate::args::{explain, ModulesArg, TargetArgs};
@@ -281,6 +281,7 @@ async fn bt_without_stub(bt: &BtArgs) -> Result<ExitCode> {
     let kernel = kernel.with_module_debug(&bt.modules.dir());
     let states = with_memory!(&mut source, kernel, |mem| kernel.cpu_states(&mut mem).await)?;
     let mut unwinder = Unwinder::new(kernel.vmlinux())?.with_max_frames(64);
+    unwinder.know_trampoline(trampoline_in(&mut source, &kernel).await);
     if !args.json {
         outln!("{} ({} CPUs)", kernel.release(), kernel.cpu_count());
     }
@@ -338,6 +339,15 @@ async fn bt_tasks(bt: &BtArgs) -> Result<ExitCode> {
 /// A task, the CPU it runs on, and its stack (none for a running task read live).
 type TaskStack = (TaskInfo, Option<ktrace_kernel::CpuId>, Option<ktrace_kernel::Backtrace>);
 
+/// ktrace's trampoline in the guest, if any (the unwinder steps through it).
+async fn trampoline_in(source: &mut Source, kernel: &Kernel) -> Option<trampoline::FrameMap> {
+    match source {
+        Source::Stub(s) => trampoline::frame_map_in(kernel, &mut kernel.memory(s)).await,
+        Source::Live(h) => trampoline::frame_map_in(kernel, &mut kernel.memory(h)).await,
+        Source::Core(c) => trampoline::frame_map_in(kernel, &mut kernel.memory(c)).await,
+    }
+}
+
 /// The stacks of task `pid`, or of every task.
 async fn tasks_backtraces(source: &mut Source, kernel: &Kernel, pid: Option<i32>) -> Result<Vec<TaskStack>> {
     let tasks = match pid {
@@ -347,6 +357,7 @@ async fn tasks_backtraces(source: &mut Source, kernel: &Kernel, pid: Option<i32>
     };
     let cpus = with_memory!(&mut *source, kernel, |mem| kernel.cpu_states(&mut mem).await)?;
     let mut unwinder = Unwinder::new(kernel.vmlinux())?.with_max_frames(64);
+    unwinder.know_trampoline(trampoline_in(source, kernel).await);
     let mut stacks = Vec::with_capacity(tasks.len());
     for task in tasks {
         let cpu = cpus.iter().find(|c| c.current.task == task.task).map(|c| c.cpu);

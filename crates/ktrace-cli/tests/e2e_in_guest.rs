@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ktrace_testguest::gdb::gdb_batch;
+use ktrace_testguest::gdb::{gdb_batch, gdb_batch_with, GdbExit, GdbOptions};
 use ktrace_testguest::proxy::{FaultConfig, FaultProxy};
 use ktrace_testguest::{test_guest_on, BootOptions, Guest, KernelSeries, Qmp};
 use serde_json::Value;
@@ -176,7 +176,7 @@ fn on(series: KernelSeries) {
 
     left_stopped(&mut bed, site, trampoline);
     in_a_module(&mut bed);
-    killed_while_patched(&mut bed, site, trampoline);
+    killed_while_patched(&mut bed, site, trampoline, &expected);
     foreign_site_is_refused(&mut bed, function, site);
     common::assert_guest_healthy(&bed.guest);
     assert!(!bed.guest.console().contains("Oops"), "the guest oopsed:\n{}", bed.guest.console());
@@ -188,7 +188,7 @@ fn on(series: KernelSeries) {
 /// and detaches lets it run with the patch in place (the trampoline has no
 /// int3, so it runs on at full speed); GDB disassembles the trampoline as
 /// ktrace wrote it; `ktrace restore` and a later `--in-guest` clean up.
-fn killed_while_patched(bed: &mut Bed, site: u64, trampoline: u64) {
+fn killed_while_patched(bed: &mut Bed, site: u64, trampoline: u64, expected: &BTreeSet<Vec<String>>) {
     for cleanup in ["restore", "attach --in-guest"] {
         let args = attach(bed, &["--in-guest", "--no-guardian"]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -214,6 +214,7 @@ fn killed_while_patched(bed: &mut Bed, site: u64, trampoline: u64) {
 
         if cleanup == "restore" {
             gdb_disassembles_the_trampoline(bed, trampoline, target);
+            unwound_through_the_trampoline(bed, site, target, expected);
             let out = run(&[
                 "restore".into(),
                 bed.guest.addr(),
@@ -291,6 +292,44 @@ fn gdb_disassembles_the_trampoline(bed: &Bed, trampoline: u64, entry: u64) {
     assert!(insns[2].contains("%gs:") && insns[2].contains("%rax"), "the current task through %gs: {}", insns[2]);
     assert!(insns[4].contains("(%rip)") && insns[5].contains("(%rip)"), "filter data rip-relative:\n{text}");
     assert!(insns[12].contains(&format!("0x{body:x}")), "the entry calls the body: {}", insns[12]);
+}
+
+/// A CPU stopped inside the trampoline's body (GDB's breakpoint there,
+/// the VM left paused): `ktrace bt` names the frame as ktrace's, steps
+/// through it into the patched function, and goes on to a real stack
+/// bottom, the stop loop's stack for the function.
+fn unwound_through_the_trampoline(bed: &mut Bed, site: u64, entry: u64, expected: &BTreeSet<Vec<String>>) {
+    let call = read_bytes(&mut bed.qmp, entry, 5);
+    assert_eq!(call[0], 0xe8, "the entry starts with its call of the body");
+    let body = (entry + 5).wrapping_add(i32::from_le_bytes(call[1..5].try_into().unwrap()) as i64 as u64);
+    // Two registers pushed: the return address into the function is 24 bytes up.
+    let cmds = vec![format!("break *0x{:x}", body + 2), "continue".to_string()];
+    let opts = GdbOptions { exit: GdbExit::LeavePaused, ..GdbOptions::default() };
+    let text = gdb_batch_with(std::path::Path::new("/bin/true"), bed.guest.port(), &cmds, &opts).expect("gdb");
+    assert!(text.contains(&format!("0x{:x}", body + 2)), "GDB did not stop in the body:\n{text}");
+    let g = &bed.guest;
+    let out = run(&["bt".into(), g.addr(), "--vmlinux".into(), common::path(g.vmlinux()).into(), "--json".into()]);
+    assert_eq!(out.code(), Some(0), "{}", out.dump());
+    let bts = out.json_lines();
+    let inside: Vec<&Value> = bts
+        .iter()
+        .filter(|bt| {
+            bt["backtrace"]["frames"][0]["pc"].is_string() && hex(&bt["backtrace"]["frames"][0]["pc"]) == body + 2
+        })
+        .collect();
+    // Both testprogs read: both CPUs may have reached the breakpoint.
+    assert!(!inside.is_empty(), "no CPU stopped in the trampoline: {}", out.dump());
+    for bt in inside {
+        let b = &bt["backtrace"];
+        let frames = b["frames"].as_array().expect("frames");
+        assert_eq!(frames[0]["function"], "[ktrace filter]", "{b}");
+        assert_eq!(hex(&frames[1]["pc"]), site + 5, "the next frame returns into the patched function: {b}");
+        assert!(b["stopped"].is_null(), "the unwind ended early: {b}");
+        assert_eq!(frames.last().unwrap()["kind"], "user", "{b}");
+        let names: Vec<String> = stack_names(bt).into_iter().skip(1).collect();
+        assert!(expected.contains(&names), "through the trampoline: {names:?}, none of the stop loop's {expected:?}");
+    }
+    assert!(bed.guest.is_running(Duration::from_secs(60)), "the guest runs again after ktrace bt");
 }
 
 /// A site that holds a call (as under ftrace) is refused with the reason;

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 
 pub use crate::regs::Regs;
+use crate::trampoline::{FrameMap, FRAME_NAME};
 use crate::x86::paging::PagingLevels;
 use crate::x86::AddressSpace;
 use crate::{Kernel, Modules, Target};
@@ -247,6 +248,9 @@ pub struct Unwinder {
     modules_read_at: Option<std::time::Instant>,
     /// The address space of the kernel being unwound (set by each unwind).
     space: AddressSpace,
+    /// ktrace's trampoline in the guest, when there is one: its frames are
+    /// stepped through with their known stack effect.
+    trampoline: Option<FrameMap>,
 }
 
 /// The unit the unwinder reads stacks in (the pages of [`Backtrace::stack`]).
@@ -414,6 +418,7 @@ impl Unwinder {
             modules: None,
             modules_read_at: None,
             space: AddressSpace::minimal(PagingLevels::Four, crate::x86::space::image_mapping(vm, None)),
+            trampoline: None,
         })
     }
 
@@ -422,6 +427,13 @@ impl Unwinder {
     pub fn know_modules(&mut self, modules: Modules) {
         self.modules = Some(modules);
         self.modules_read_at = Some(std::time::Instant::now());
+    }
+
+    /// Tells the unwinder where ktrace's trampoline is (or that there is
+    /// none): a pc inside it is shown as [`crate::trampoline::FRAME_NAME`]
+    /// and stepped through into the patched function.
+    pub fn know_trampoline(&mut self, map: Option<FrameMap>) {
+        self.trampoline = map;
     }
 
     /// Sets the most frames a backtrace may have.
@@ -455,6 +467,40 @@ impl Unwinder {
         let mut seen = std::collections::HashSet::new();
         let stopped = loop {
             let pc = frame.regs.ip;
+            // ktrace's own code: its stack effect is known at every pc.
+            if let Some(tf) = self.trampoline.as_ref().and_then(|m| m.at(pc)) {
+                frames.push(Frame {
+                    pc,
+                    kind: frame.kind,
+                    function: Some(FRAME_NAME.to_string()),
+                    offset: tf.offset,
+                    regs_at: frame.regs_at,
+                    sp: frame.regs.sp,
+                    ..unplaced(frame.return_address)
+                });
+                if frames.len() >= self.max_frames {
+                    break Some(StopReason::MaxFrames(self.max_frames));
+                }
+                let at = frame.regs.sp.wrapping_add(tf.depth);
+                let ret = match stack.word("return address into the traced function", at).await {
+                    Ok(v) => v,
+                    Err(why) => break Some(why),
+                };
+                let caller = Caller {
+                    regs: Regs { ip: ret, sp: at.wrapping_add(8), ..frame.regs },
+                    kind: FrameKind::Call,
+                    regs_at: None,
+                    return_address: true,
+                };
+                if let Err(why) = self.check_caller(&frame.regs, &caller) {
+                    break Some(why);
+                }
+                if let Some(last) = frames.last_mut() {
+                    last.cfa = Some(caller.regs.sp);
+                }
+                frame = caller;
+                continue;
+            }
             let in_vmlinux = kernel.vmlinux().is_code(kernel.link(pc));
             let in_module =
                 frame.kind != FrameKind::User && !in_vmlinux && self.know_module(kernel, stack.target, pc).await;
@@ -793,6 +839,7 @@ mod tests {
             modules: None,
             modules_read_at: None,
             space: AddressSpace::minimal(PagingLevels::Four, (0xffff_ffff_8000_0000, 0xffff_ffff_c000_0000)),
+            trampoline: None,
         }
     }
 

@@ -74,6 +74,7 @@ pub async fn backtrace_cpus(
     let glayout = GLayout::new(session.register_map())?;
     let map = session.register_map().cloned().unwrap_or_default();
     let cr3 = map.get("cr3").map(|r| r.regnum);
+    unwinder.know_trampoline(ktrace_kernel::trampoline::frame_map_in(kernel, &mut kernel.memory(session)).await);
     let threads = session.threads().await?;
     let mut arguments = FrameArguments::new();
     let mut out = Vec::new();

@@ -635,6 +635,8 @@ impl Tracer {
                 "--in-guest: {} function(s) patched to call the filter at 0x{:x}",
                 report.patched, installed.in_guest.plan.region.base
             ));
+            let region = installed.in_guest.plan.region;
+            self.unwinder.know_trampoline(Some(installed.in_guest.plan.frame_map(region.hit_page)));
             self.in_guest = Some(installed.in_guest);
         }
         self.in_guest_report = report;

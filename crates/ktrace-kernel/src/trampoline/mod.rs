@@ -10,10 +10,12 @@
 //! restore and erase it through [`Target`]. Nothing here runs the guest.
 
 pub mod code;
+mod frame;
 mod layout;
 mod refusal;
 mod site;
 
+pub use frame::{FrameMap, TrampolineFrame, FRAME_NAME};
 pub use layout::{FilterData, Header, Region, MAGIC, MAX_CPUS, REGION_LEN, SLOTS};
 pub use refusal::Refusal;
 pub use site::{ftrace_site, FTRACE_NOP};
@@ -89,6 +91,14 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The stack effect at each pc of this trampoline, with the hit page
+    /// `hit_page` (a trampoline left behind names its own in its header).
+    pub fn frame_map(&self, hit_page: u64) -> FrameMap {
+        FrameMap::new(Region { hit_page, ..self.region }, self.body)
+    }
+}
+
 /// The `%gs:` displacements and `task_struct` offsets the body uses.
 fn body_params(kernel: &Kernel) -> Result<BodyParams, Refusal> {
     let layout = kernel.layout();
@@ -148,6 +158,15 @@ pub async fn left_behind<T: Target>(target: &mut T, plan: &Plan) -> Result<Optio
         .map_err(KernelError::Target)
         .map_err(|e| e.reading("the trampoline's padding", plan.region.base))?;
     Ok(Header::decode(&bytes))
+}
+
+/// The frame map of a trampoline in the guest (this ktrace's or one left
+/// behind), for an unwinder ([`crate::unwind::Unwinder::know_trampoline`]);
+/// `None` when the padding holds none or cannot be read.
+pub async fn frame_map_in<T: Target>(kernel: &Kernel, target: &mut T) -> Option<FrameMap> {
+    let plan = Plan::for_kernel(kernel).ok()?;
+    let header = left_behind(target, &plan).await.ok()??;
+    Some(plan.frame_map(header.hit_page))
 }
 
 /// A trampoline a killed ktrace left: puts its sites back (see
