@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Args;
-use ktrace_kernel::{trampoline, CpuState, Kernel, Regs, TaskInfo, Unwinder};
+use ktrace_kernel::values::{FrameArguments, FrameRegisters};
+use ktrace_kernel::{trampoline, Backtrace, CpuState, Kernel, Regs, TaskInfo, Unwinder};
 use ktrace_tracer::BtConfig;
 
 use crate::args::{explain, ModulesArg, TargetArgs};
@@ -282,6 +283,7 @@ async fn bt_without_stub(bt: &BtArgs) -> Result<ExitCode> {
     let states = with_memory!(&mut source, kernel, |mem| kernel.cpu_states(&mut mem).await)?;
     let mut unwinder = Unwinder::new(kernel.vmlinux())?.with_max_frames(64);
     unwinder.know_trampoline(trampoline_in(&mut source, &kernel).await);
+    let mut arguments = FrameArguments::new();
     if !args.json {
         outln!("{} ({} CPUs)", kernel.release(), kernel.cpu_count());
     }
@@ -290,7 +292,10 @@ async fn bt_without_stub(bt: &BtArgs) -> Result<ExitCode> {
         let backtrace = match &mut source {
             Source::Core(core) => {
                 let regs = Regs::read_from(core, state.cpu).await?;
-                Some(unwinder.unwind(&kernel, &mut kernel.memory(core), regs).await)
+                let mut bt = unwinder.unwind(&kernel, &mut kernel.memory(core), regs).await;
+                let frame0 = FrameRegisters::read_from(core, state.cpu).await;
+                fill_arguments(&mut source, &kernel, &mut arguments, &mut bt, &frame0).await;
+                Some(bt)
             }
             _ => None,
         };
@@ -339,6 +344,20 @@ async fn bt_tasks(bt: &BtArgs) -> Result<ExitCode> {
 /// A task, the CPU it runs on, and its stack (none for a running task read live).
 type TaskStack = (TaskInfo, Option<ktrace_kernel::CpuId>, Option<ktrace_kernel::Backtrace>);
 
+/// Every frame's arguments, as GDB's `bt` shows them (frame 0 with
+/// `frame0`); a failure leaves them out and says why in the log.
+async fn fill_arguments(
+    source: &mut Source,
+    kernel: &Kernel,
+    arguments: &mut FrameArguments,
+    bt: &mut Backtrace,
+    frame0: &FrameRegisters,
+) {
+    if let Err(e) = with_memory!(source, kernel, |mem| arguments.fill(kernel, &mut mem, bt, frame0).await) {
+        tracing::debug!("arguments: {e}");
+    }
+}
+
 /// ktrace's trampoline in the guest, if any (the unwinder steps through it).
 async fn trampoline_in(source: &mut Source, kernel: &Kernel) -> Option<trampoline::FrameMap> {
     match source {
@@ -358,27 +377,38 @@ async fn tasks_backtraces(source: &mut Source, kernel: &Kernel, pid: Option<i32>
     let cpus = with_memory!(&mut *source, kernel, |mem| kernel.cpu_states(&mut mem).await)?;
     let mut unwinder = Unwinder::new(kernel.vmlinux())?.with_max_frames(64);
     unwinder.know_trampoline(trampoline_in(source, kernel).await);
+    let mut arguments = FrameArguments::new();
     let mut stacks = Vec::with_capacity(tasks.len());
     for task in tasks {
         let cpu = cpus.iter().find(|c| c.current.task == task.task).map(|c| c.cpu);
-        let backtrace = match (cpu, &mut *source) {
-            (Some(_), Source::Live(_)) => None,
+        let (mut bt, frame0) = match (cpu, &mut *source) {
+            (Some(_), Source::Live(_)) => {
+                stacks.push((task, cpu, None));
+                continue;
+            }
             (Some(cpu), Source::Stub(s)) => {
                 let regs = Regs::read_from(s, cpu).await?;
-                Some(unwinder.unwind(kernel, &mut kernel.memory(s), regs).await)
+                (unwinder.unwind(kernel, &mut kernel.memory(s), regs).await, FrameRegisters::read_from(s, cpu).await)
             }
             (Some(cpu), Source::Core(c)) => {
                 let regs = Regs::read_from(c, cpu).await?;
-                Some(unwinder.unwind(kernel, &mut kernel.memory(c), regs).await)
+                (unwinder.unwind(kernel, &mut kernel.memory(c), regs).await, FrameRegisters::read_from(c, cpu).await)
             }
             (None, _) => {
                 let regs = with_memory!(&mut *source, kernel, |mem| kernel.saved_regs(&mut mem, task.task).await)?;
-                Some(with_memory!(&mut *source, kernel, |mem| Ok::<_, std::convert::Infallible>(
+                let bt = with_memory!(&mut *source, kernel, |mem| Ok::<_, std::convert::Infallible>(
                     unwinder.unwind_saved(kernel, &mut mem, regs).await
-                ))?)
+                ))?;
+                // A task switched out: only what the switch saved is known.
+                let frame0 = match bt.frames.first() {
+                    Some(f) => FrameRegisters::unwound(f.pc, f.sp, f.cfa),
+                    None => FrameRegisters::default(),
+                };
+                (bt, frame0)
             }
         };
-        stacks.push((task, cpu, backtrace));
+        fill_arguments(source, kernel, &mut arguments, &mut bt, &frame0).await;
+        stacks.push((task, cpu, Some(bt)));
     }
     Ok(stacks)
 }

@@ -116,11 +116,13 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
     assert_eq!(info["cpus"].as_array().unwrap().len(), 2);
 
     // dmesg: live and through the stub, each line on the console.
-    let console: std::collections::HashSet<String> =
-        guest.console().replace('\r', "").lines().map(|l| l.trim_end().to_string()).collect();
     for args in [&["dmesg", &addr, "--live", "--json"][..], &["dmesg", &addr, "--json"][..]] {
         let records = json_lines(&ktrace(&guest, args));
         let lines = console_lines(&records);
+        // The console as it is now: a line logged while ktrace ran (the
+        // TSC's late calibration) is on it too.
+        let console: std::collections::HashSet<String> =
+            guest.console().replace('\r', "").lines().map(|l| l.trim_end().to_string()).collect();
         assert!(lines.iter().any(|l| l.contains("Linux version")), "{args:?}: no banner in {} lines", lines.len());
         let missing: Vec<&String> = lines.iter().filter(|l| !console.contains(*l)).collect();
         assert!(
@@ -164,7 +166,9 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
     let drgn = ask_drgn_with_stacks(&dump, guest.vmlinux(), &pids);
     let _ = std::fs::remove_file(&dump);
     qmp.cont().expect("QMP cont");
-    assert!(console_lines(&core_dmesg).iter().all(|l| console.contains(l)));
+    let console = guest.console().replace('\r', "");
+    let console: std::collections::HashSet<&str> = console.lines().map(str::trim_end).collect();
+    assert!(console_lines(&core_dmesg).iter().all(|l| console.contains(l.as_str())));
     if let Some(drgn) = drgn {
         let theirs: BTreeMap<u64, (i64, i64, String)> = drgn["tasks"]
             .as_array()
@@ -195,6 +199,17 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
             let same = all_tasks.iter().find(|t| &t["task"]["pid"] == pid).expect("the task in --all-tasks");
             assert_eq!(same, one, "bt --all-tasks and bt --pid {pid} agree");
         }
+        // Every argument value ktrace shows equals drgn's, sleeping tasks and CPUs alike.
+        let mut values = 0;
+        for ours in all_tasks.iter().filter(|t| t["task"]["pid"].as_i64() > Some(0) && t["cpu"].is_null()) {
+            let pid = ours["task"]["pid"].as_i64().unwrap();
+            values += same_argument_values(ours, &drgn["stacks"][pid.to_string()], &format!("pid {pid}"));
+        }
+        for (ours, theirs) in core_bt.iter().zip(drgn["cpus"].as_array().unwrap()) {
+            values += same_argument_values(ours, theirs, &format!("CPU {}", theirs["cpu"]));
+        }
+        assert!(values >= 20, "only {values} argument values compared with drgn's");
+        eprintln!("{values} argument values equal drgn's");
         let mut compared = 0;
         for ours in all_tasks.iter().filter(|t| t["task"]["pid"].as_i64() > Some(0) && t["cpu"].is_null()) {
             let pid = ours["task"]["pid"].as_i64().unwrap();
@@ -230,6 +245,38 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
         }
     }
     common::assert_guest_healthy(&guest);
+}
+
+/// Each argument ktrace gives a number (integers, pointers) in a frame of
+/// `ours` equals the variable of that name drgn reads in its frame of the
+/// same pc and function. Returns how many were compared.
+fn same_argument_values(ours: &Value, theirs: &Value, what: &str) -> usize {
+    let number = |v: &Value| match v {
+        Value::Number(n) => n.as_i64().map(|i| i as u64).or(n.as_u64()),
+        Value::String(s) if s.starts_with("0x") => u64::from_str_radix(&s[2..], 16).ok(),
+        _ => None,
+    };
+    let mut drgn_vars = BTreeMap::new();
+    for f in theirs["frames"].as_array().into_iter().flatten() {
+        if let (Some(pc), Some(name)) = (f["pc"].as_u64(), f["name"].as_str()) {
+            drgn_vars.insert((pc, name.to_string()), &f["vars"]);
+        }
+    }
+    let mut compared = 0;
+    for frame in ours["backtrace"]["frames"].as_array().into_iter().flatten() {
+        let pc = hex(&frame["pc"]);
+        for scope in frame["args"].as_array().into_iter().flatten() {
+            let function = scope["function"].as_str().unwrap_or_default().to_string();
+            let Some(vars) = drgn_vars.get(&(pc, function.clone())) else { continue };
+            for arg in scope["args"].as_array().into_iter().flatten() {
+                let name = arg["name"].as_str().unwrap_or_default();
+                let (Some(ours), Some(theirs)) = (number(&arg["value"]), number(&vars[name])) else { continue };
+                assert_eq!(ours, theirs, "{what}, {function} at 0x{pc:x}: {arg} but drgn reads 0x{theirs:x}");
+                compared += 1;
+            }
+        }
+    }
+    compared
 }
 
 /// `ktrace print`: through the stub (the CPU's registers and current task)

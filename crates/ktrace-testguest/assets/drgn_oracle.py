@@ -41,6 +41,28 @@ def find_vmcoreinfo(path):
             at += 1
 
 
+def frame_vars(frame):
+    """The frame's parameters and locals drgn can read, as numbers: those
+    of integer, boolean, enum and pointer type (absent ones left out)."""
+    import drgn
+
+    numeric = (drgn.TypeKind.INT, drgn.TypeKind.BOOL, drgn.TypeKind.ENUM, drgn.TypeKind.POINTER)
+    out = {}
+    try:
+        names = frame.locals()
+    except Exception:  # noqa: BLE001 - a frame without debug info has none
+        return out
+    for name in names:
+        try:
+            obj = frame[name]
+            if obj.absent_ or obj.type_.unqualified().kind not in numeric:
+                continue
+            out[name] = int(obj.value_())
+        except Exception:  # noqa: BLE001 - unreadable: left out, as absent
+            continue
+    return out
+
+
 def current_task(prog, cpu):
     try:
         return per_cpu(prog["current_task"], cpu)
@@ -79,7 +101,15 @@ def main():
                 except LookupError:
                     continue
                 name = frame.name
-                frames.append({"pc": pc, "name": name, "inline": frame.is_inline, "interrupted": frame.interrupted})
+                frames.append(
+                    {
+                        "pc": pc,
+                        "name": name,
+                        "inline": frame.is_inline,
+                        "interrupted": frame.interrupted,
+                        "vars": frame_vars(frame),
+                    }
+                )
         except Exception as e:  # noqa: BLE001 - reported, compared by the test
             error = str(e)
         cpus.append(
@@ -101,7 +131,9 @@ def main():
             try:
                 for frame in prog.stack_trace(task):
                     try:
-                        frames.append({"pc": frame.pc, "name": frame.name, "inline": frame.is_inline})
+                        frames.append(
+                            {"pc": frame.pc, "name": frame.name, "inline": frame.is_inline, "vars": frame_vars(frame)}
+                        )
                     except LookupError:
                         continue
                 stacks[pid] = {"frames": frames, "error": None}

@@ -9,7 +9,7 @@
 use gimli::{EndianSlice, EvaluationResult, Location, RunTimeEndian};
 use ktrace_symbols::LocationExpr;
 
-use crate::{Kernel, KernelError, Target};
+use crate::{CpuId, Kernel, KernelError, Target};
 
 /// x86-64 DWARF register numbers 0..=16: rax, rdx, rcx, rbx, rsi, rdi,
 /// rbp, rsp, r8..r15, rip.
@@ -32,6 +32,16 @@ impl FrameRegisters {
         let mut r = FrameRegisters { cfa, ..FrameRegisters::default() };
         r.values[7] = Some(sp);
         r.values[16] = Some(pc);
+        r
+    }
+
+    /// Every register of frame 0 a target can read for `cpu` (a stub, a
+    /// dump's notes); those it cannot read stay unknown.
+    pub async fn read_from<T: Target>(target: &mut T, cpu: CpuId) -> FrameRegisters {
+        let mut r = FrameRegisters::default();
+        for (slot, name) in r.values.iter_mut().zip(DWARF_REGISTER_NAMES) {
+            *slot = target.read_register(cpu, name).await.ok();
+        }
         r
     }
 
