@@ -36,6 +36,7 @@ mod printk;
 mod regs;
 #[cfg(feature = "rsp")]
 mod rsp_target;
+mod stack_copy;
 pub mod synthetic;
 mod target;
 mod task;
@@ -59,6 +60,7 @@ pub use module_sections::read_module_sections;
 pub use printk::{KernelLog, LogRecord};
 #[cfg(feature = "rsp")]
 pub use rsp_target::{cpu_of_thread, StubMemoryError};
+pub use stack_copy::{StackCopy, StackCopyError};
 pub use target::{CpuId, Target};
 pub use task::{decode_comm, le_u64, TaskIdent, TaskInfo, TaskRef, TaskState, MAX_TASKS};
 pub use unwind::{Backtrace, Frame, FrameKind, Regs, StopReason, Unwinder};

@@ -8,4 +8,4 @@ pub mod paging;
 pub mod registers;
 pub(crate) mod space;
 
-pub use space::AddressSpace;
+pub use space::{thread_size, AddressSpace};

@@ -77,6 +77,19 @@ pub const SLIDE_RANGE: u64 = 1 << 30;
 
 /// The image mapping `(start, end)`: `__START_KERNEL_map` (the text
 /// segment's link address minus its load address) and, with `known`
+/// The size (and alignment) of a task's kernel stack, `THREAD_SIZE`: that of
+/// init's stack, between `init_stack` and its end (`__end_init_stack` since
+/// 6.2, `__end_init_task` before); `None` when the vmlinux has neither.
+pub fn thread_size(vmlinux: &ktrace_symbols::Vmlinux) -> Option<u64> {
+    let start = vmlinux.lookup_symbol("init_stack")?.addr.0;
+    ["__end_init_stack", "__end_init_task"]
+        .iter()
+        .find_map(|end| vmlinux.lookup_symbol(end))
+        .map(|end| end.addr.0.wrapping_sub(start))
+        .filter(|size| size.is_power_of_two())
+}
+
+/// The kernel image's mapping: from the start of the image mapping
 /// (`__START_KERNEL_map` and `KERNEL_IMAGE_SIZE` from vmcoreinfo), its size;
 /// else up to the end of the last segment, plus the largest slide. A
 /// vmlinux without `_text` (test fixtures) has no known image mapping.
