@@ -9,12 +9,14 @@
 //! are ftrace sites, the code and its data, and how to install, update,
 //! restore and erase it through [`Target`]. Nothing here runs the guest.
 
+mod borrow;
 pub mod code;
 mod frame;
 mod layout;
 mod refusal;
 mod site;
 
+pub use borrow::{borrowable_low_memory, LowMemory};
 pub use frame::{FrameMap, TrampolineFrame, FRAME_NAME};
 pub use layout::{FilterData, Header, Region, MAGIC, MAX_CPUS, REGION_LEN, SLOTS};
 pub use refusal::Refusal;

@@ -32,6 +32,9 @@ pub enum Refusal {
     /// The filter cannot be evaluated safely in the guest.
     #[error("{0}")]
     Filter(String),
+    /// No guest memory can be proven unused for in-guest records.
+    #[error("no memory to borrow for records: {0}")]
+    Borrow(String),
     /// More functions than the trampoline has slots.
     #[error("more than {SLOTS} functions to patch")]
     TooManySites,
