@@ -73,7 +73,7 @@ pub async fn backtrace_cpus(
 ) -> Result<Vec<CpuBacktrace>, TraceError> {
     let glayout = GLayout::new(session.register_map())?;
     let map = session.register_map().cloned().unwrap_or_default();
-    let cr3 = map.get("cr3").map(|r| r.regnum);
+    let cr3 = glayout.cr3_regnum;
     unwinder.know_trampoline(ktrace_kernel::trampoline::frame_map_in(kernel, &mut kernel.memory(session)).await);
     let threads = session.threads().await?;
     let mut arguments = FrameArguments::new();

@@ -19,6 +19,9 @@ pub(crate) struct GLayout {
     r13: usize,
     /// Register number of `rip` (for `p`/`P`).
     pub rip_regnum: u32,
+    /// Register number of `cr3`, which QEMU leaves out of `g` (read with
+    /// `p`), where the stub has it.
+    pub cr3_regnum: Option<u32>,
 }
 
 /// Where each register `--regs` shows lies: in the `g` reply, or only
@@ -103,6 +106,7 @@ impl GLayout {
             r10: off("r10")?,
             r13: off("r13")?,
             rip_regnum: map.get("rip").map(|r| r.regnum).unwrap_or(16),
+            cr3_regnum: map.get("cr3").map(|r| r.regnum),
         })
     }
 

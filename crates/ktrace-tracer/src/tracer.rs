@@ -700,8 +700,7 @@ impl Tracer {
         // `--if` reads registers at every stop: in the same round trip.
         let early = match (&self.exprs.condition, wants_task) {
             (Some(_), true) => {
-                let cr3 = session.register_map().and_then(|m| m.get("cr3")).map(|r| r.regnum);
-                Some((batch.read_registers(), cr3.map(|n| batch.read_register(n))))
+                Some((batch.read_registers(), self.glayout.cr3_regnum.map(|n| batch.read_register(n))))
             }
             _ => None,
         };
@@ -851,8 +850,7 @@ impl Tracer {
             None if needs_g => {
                 let mut batch = Batch::new();
                 let g = batch.read_registers();
-                let cr3_regnum = session.register_map().and_then(|m| m.get("cr3")).map(|r| r.regnum);
-                let cr3 = cr3_regnum.filter(|_| needs_user).map(|n| batch.read_register(n));
+                let cr3 = self.glayout.cr3_regnum.filter(|_| needs_user).map(|n| batch.read_register(n));
                 let mut replies = session.run_batch(&batch).await?;
                 (Some(replies.register(g)?), cr3.map(|c| replies.register_u64(c)).transpose()?)
             }
