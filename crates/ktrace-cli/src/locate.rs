@@ -2,7 +2,9 @@
 //! candidate in the usual places is checked against the guest's memory
 //! (its banner and GNU build id, `Kernel::identify`), and only a match is
 //! used. The guest is read from the host when QEMU runs here (no stop),
-//! else through the stub (one short stop).
+//! else through the stub (one short stop). When none matches and
+//! `DEBUGINFOD_URLS` is set, the guest's build id (from the vmcoreinfo in
+//! its RAM) is asked of those servers, into ktrace's cache.
 
 use std::path::{Path, PathBuf};
 
@@ -73,6 +75,36 @@ async fn first_match<T: PhysicalMemory>(target: &mut T) -> Result<Vmlinux> {
             }
         }
     }
+    // The guest's build id, from its vmcoreinfo, for the debuginfod servers.
+    let servers = crate::debuginfod::servers();
+    if !servers.is_empty() {
+        match ktrace_kernel::vmcoreinfo::find_in_ram(target).await {
+            Ok(Some(info)) if info.get("BUILD-ID").is_some() => {
+                let id = info.get("BUILD-ID").unwrap_or_default().to_ascii_lowercase();
+                let mut progress = |m: &str| eprintln!("ktrace: {m}");
+                match crate::debuginfod::fetch(&id, &ktrace_cache(), &mut progress) {
+                    crate::debuginfod::Fetched::File(path) => match Vmlinux::open(&path) {
+                        Ok(vm) => match Kernel::identify(target, &vm).await {
+                            Ok(_) => return Ok(vm),
+                            Err(e) => tried.push(format!(
+                                "{}: not the guest's kernel ({})",
+                                path.display(),
+                                first_line(&e.to_string())
+                            )),
+                        },
+                        Err(e) => tried.push(format!("{}: {e}", path.display())),
+                    },
+                    crate::debuginfod::Fetched::Missing(why) => {
+                        tried.extend(why.into_iter().map(|w| format!("debuginfod, build id {id}: {w}")))
+                    }
+                }
+            }
+            Ok(_) => {
+                tried.push("debuginfod: the guest's vmcoreinfo (and so its build id) was not found in its RAM".into())
+            }
+            Err(e) => tried.push(format!("debuginfod: the guest's RAM to find its build id: {e}")),
+        }
+    }
     let looked = if tried.is_empty() {
         "  (no vmlinux in ./vmlinux, /usr/lib/debug/boot/vmlinux-*, /usr/lib/debug/lib/modules/*/vmlinux, /lib/modules/*/build/vmlinux or ktrace's cache)".to_string()
     } else {
@@ -80,7 +112,7 @@ async fn first_match<T: PhysicalMemory>(target: &mut T) -> Result<Vmlinux> {
     };
     Err(UsageError(format!(
         "no vmlinux matches the guest's kernel; looked at:\n{looked}\n\
-         install the debug package of the kernel the guest booted (Debian: linux-image-<release>-dbg, the release `uname -r` prints in the guest), or give --vmlinux PATH"
+         install the debug package of the kernel the guest booted (Debian: linux-image-<release>-dbg, the release `uname -r` prints in the guest), set DEBUGINFOD_URLS (Debian's: https://debuginfod.debian.net), or give --vmlinux PATH"
     ))
     .into())
 }

@@ -18,6 +18,7 @@ macro_rules! out {
 
 mod args;
 mod attach;
+mod debuginfod;
 mod format;
 mod guard;
 mod inspect;

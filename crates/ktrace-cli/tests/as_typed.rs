@@ -79,3 +79,114 @@ fn the_right_kernel_is_found_among_several() {
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["release"], guest.release());
 }
+
+/// A debuginfod server (elfutils' `debuginfod`, started here over the test
+/// bed's vmlinux from its `-dbg` package), killed when dropped.
+struct Debuginfod {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Debuginfod {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The HTTP status of a GET of `path` on `127.0.0.1:port` (debuginfod
+/// answers HEAD with 400); the body is not read.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).ok()?;
+    let mut head = [0u8; 32];
+    let n = s.read(&mut head).ok()?;
+    std::str::from_utf8(&head[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn debuginfod_over(vmlinux: &std::path::Path, build_id: &str) -> Option<Debuginfod> {
+    let dir = tmp("debuginfod");
+    std::fs::create_dir_all(dir.join("files")).unwrap();
+    std::os::unix::fs::symlink(vmlinux, dir.join("files/vmlinux")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = match std::process::Command::new("debuginfod")
+        .args(["-p", &port.to_string(), "-d"])
+        .arg(dir.join("index.sqlite"))
+        .args(["-F", "-L"])
+        .arg(dir.join("files"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if !ktrace_testguest::in_ci() => {
+            eprintln!("skipping: debuginfod is not installed ({e}; apt install debuginfod)");
+            return None;
+        }
+        Err(e) => panic!("debuginfod (CI installs it from .ci/packages): {e}"),
+    };
+    let server = Debuginfod { child, url: format!("http://127.0.0.1:{port}") };
+    // It indexes in the background: wait until it serves the file.
+    let path = format!("/buildid/{build_id}/debuginfo");
+    let start = std::time::Instant::now();
+    while http_status(port, &path) != Some(200) {
+        assert!(start.elapsed() < Duration::from_secs(120), "debuginfod never served {path}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Some(server)
+}
+
+/// No vmlinux anywhere ktrace looks, `DEBUGINFOD_URLS` set: the guest's
+/// build id (from its vmcoreinfo) is fetched from the server into ktrace's
+/// cache, checked against the guest, and used; the next run needs no server.
+#[test]
+fn found_through_debuginfod() {
+    let Some(g) = guest() else { return };
+    let guest = g.guest();
+    let vm = ktrace_symbols::Vmlinux::open(guest.vmlinux()).expect("vmlinux");
+    let id: String = vm.build_id().expect("build id").1.iter().map(|b| format!("{b:02x}")).collect();
+    let Some(server) = debuginfod_over(guest.vmlinux(), &id) else { return };
+    let cache = tmp("debuginfod-cache");
+    let cwd = tmp("debuginfod-cwd");
+    let info = |urls: &str| {
+        common::ktrace()
+            .current_dir(&cwd)
+            .env("KTRACE_CACHE_DIR", &cache)
+            .env("DEBUGINFOD_URLS", urls)
+            .args(["info", &guest.addr(), "--json"])
+            .output()
+            .expect("run ktrace")
+    };
+    let out = info(&server.url);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("info JSON");
+    assert_eq!(json["release"], guest.release());
+    assert!(
+        stderr.contains(&format!("downloading the vmlinux from {}/buildid/{id}/debuginfo", server.url)),
+        "{stderr}"
+    );
+    let cached = cache.join("debuginfod").join(&id).join("debuginfo");
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(size(&cached), size(guest.vmlinux()), "the whole file is in the cache");
+
+    // The server gone: the cache serves.
+    drop(server);
+    let out = info("http://127.0.0.1:9");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("downloading"), "{stderr}");
+
+    // A server that has no such file: the error says what was asked of whom.
+    let _ = std::fs::remove_dir_all(&cache);
+    let out = info("http://127.0.0.1:9");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("debuginfod, build id {id}: http://127.0.0.1:9/buildid/{id}/debuginfo")),
+        "{stderr}"
+    );
+    assert!(guest.is_running(Duration::from_secs(30)));
+}

@@ -4,10 +4,39 @@
 
 use ktrace_symbols::Vmlinux;
 
-use crate::Target;
+use crate::{PhysicalMemory, Target};
 
 /// The largest vmcoreinfo read (the kernel keeps it in one page).
 const MAX_SIZE: u64 = 4096;
+
+/// Bytes read at a time by [`find_in_ram`].
+const SCAN_CHUNK: u64 = 4 << 20;
+
+/// The vmcoreinfo text found in the guest's RAM without a vmlinux: the
+/// kernel keeps it in a page of its own, `OSRELEASE=` first, `NUL`-ended,
+/// with `PAGESIZE=` and `KERNELOFFSET=` in it (so a stray copy of the word
+/// elsewhere is not taken). Needs a backend that knows the RAM's ranges
+/// ([`PhysicalMemory::ram`]); `Ok(None)` when none is found.
+pub async fn find_in_ram<T: PhysicalMemory>(target: &mut T) -> Result<Option<VmcoreInfo>, T::Error> {
+    const KEY: &[u8] = b"OSRELEASE=";
+    for (start, end) in target.ram().unwrap_or_default() {
+        // `vmcoreinfo_data` is a page of its own: only page starts are looked at.
+        let mut at = start.next_multiple_of(MAX_SIZE);
+        while at + MAX_SIZE <= end {
+            let len = SCAN_CHUNK.min(end - at) & !(MAX_SIZE - 1);
+            let bytes = target.read_physical(at, len as usize).await?;
+            for page in bytes.chunks_exact(MAX_SIZE as usize).filter(|p| p.starts_with(KEY)) {
+                let text = &page[..page.iter().position(|&b| b == 0).unwrap_or(page.len())];
+                let text = String::from_utf8_lossy(text);
+                if text.contains("\nPAGESIZE=") && text.contains("\nKERNELOFFSET=") {
+                    return Ok(Some(VmcoreInfo::parse(&text)));
+                }
+            }
+            at += len;
+        }
+    }
+    Ok(None)
+}
 
 /// The parsed lines.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

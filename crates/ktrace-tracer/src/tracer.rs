@@ -699,9 +699,7 @@ impl Tracer {
         let rip = batch.read_register(self.glayout.rip_regnum);
         // `--if` reads registers at every stop: in the same round trip.
         let early = match (&self.exprs.condition, wants_task) {
-            (Some(_), true) => {
-                Some((batch.read_registers(), self.glayout.cr3_regnum.map(|n| batch.read_register(n))))
-            }
+            (Some(_), true) => Some((batch.read_registers(), self.glayout.cr3_regnum.map(|n| batch.read_register(n)))),
             _ => None,
         };
         let current = if wants_task { self.kernel.current_task_reads(cpu, self.target_task) } else { None };
