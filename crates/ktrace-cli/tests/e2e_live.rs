@@ -119,10 +119,17 @@ fn check(series: KernelSeries, qemu: QemuBuild) {
     for args in [&["dmesg", &addr, "--live", "--json"][..], &["dmesg", &addr, "--json"][..]] {
         let records = json_lines(&ktrace(&guest, args));
         let lines = console_lines(&records);
-        // The console as it is now: a line logged while ktrace ran (the
-        // TSC's late calibration) is on it too.
-        let console: std::collections::HashSet<String> =
-            guest.console().replace('\r', "").lines().map(|l| l.trim_end().to_string()).collect();
+        // A line logged while ktrace ran (the TSC's late calibration) is
+        // in the log before it is on the console: wait for the console.
+        let waited = Instant::now();
+        let console = loop {
+            let console: std::collections::HashSet<String> =
+                guest.console().replace('\r', "").lines().map(|l| l.trim_end().to_string()).collect();
+            if lines.iter().all(|l| console.contains(l)) || waited.elapsed() > Duration::from_secs(20) {
+                break console;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
         assert!(lines.iter().any(|l| l.contains("Linux version")), "{args:?}: no banner in {} lines", lines.len());
         let missing: Vec<&String> = lines.iter().filter(|l| !console.contains(*l)).collect();
         assert!(
