@@ -15,6 +15,7 @@
 
 mod bt;
 mod config;
+mod connection;
 mod error;
 mod filter;
 mod hit;

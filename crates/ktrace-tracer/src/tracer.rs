@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ktrace_kernel::{cpu_of_thread, le_u64, CurrentTask, Kernel, Target, TaskIdent, TaskRef};
-use ktrace_rsp::{Batch, BreakpointKind, Resume, RspError, Session, StopReply, StubAddr, ThreadId};
+use ktrace_rsp::{Batch, BreakpointKind, Session, StopReply, StubAddr, ThreadId};
 use ktrace_symbols::Vmlinux;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{GuestRelease, ResumeMode, TraceConfig};
+use crate::connection::{Connection, Waited, Woken};
 use crate::filter::Filter;
 use crate::hit::{EndReason, Hit, InGuestReport, Summary};
 use crate::in_guest::{self, BreakAt, InGuest};
@@ -98,7 +99,7 @@ fn armed_for(kernel: &Kernel, locations: &[Location]) -> Vec<Armed> {
 /// ```
 pub struct Tracer {
     addr: StubAddr,
-    session: Option<Session>,
+    conn: Connection,
     kernel: Kernel,
     cfg: TraceConfig,
     locations: Vec<Location>,
@@ -114,7 +115,6 @@ pub struct Tracer {
     /// For `--pid`: the task_struct to compare the current-task pointer with.
     target_task: Option<TaskRef>,
     inserted: Vec<u64>,
-    cancelled_while_waiting: bool,
     /// The in-guest filter, while installed.
     in_guest: Option<InGuest>,
     in_guest_report: InGuestReport,
@@ -190,15 +190,12 @@ impl Tracer {
         plan: Plan,
     ) -> Result<Tracer, TraceError> {
         let Plan { locations, mut unwinder, exprs } = plan;
-        let (session, _initial_stop) = Session::connect(addr, cfg.client.clone()).await?;
-        let mut session = Some(session);
-        let prepared = Self::prepare(&mut session, vmlinux, &cfg).await;
+        let (mut session, _initial_stop) = Session::connect(addr, cfg.client.clone()).await?;
         let mut locations = locations;
-        let prepared = match prepared {
+        let prepared = match Self::prepare(&mut session, vmlinux, &cfg).await {
             Ok(p) if locations.iter().any(|l| !l.is_resolved()) => {
                 // Functions the vmlinux lacks: look in the loaded modules.
-                let session = session.as_mut().ok_or_else(gone)?;
-                match p.0.modules(&mut p.0.memory(session)).await {
+                match p.0.modules(&mut p.0.memory(&mut session)).await {
                     Ok(modules) => {
                         let resolved = location::resolve_in_modules(&mut locations, &modules);
                         // The backtraces of the first hits need not read them again.
@@ -220,7 +217,7 @@ impl Tracer {
                 let armed = armed_for(&kernel, &locations);
                 Ok(Tracer {
                     addr: addr.clone(),
-                    session,
+                    conn: Connection::Stopped(session),
                     kernel,
                     cfg,
                     locations,
@@ -232,26 +229,22 @@ impl Tracer {
                     unwinder,
                     target_task,
                     inserted: Vec::new(),
-                    cancelled_while_waiting: false,
                     in_guest: None,
                     in_guest_report: InGuestReport::default(),
                 })
             }
             Err(err) => {
-                if let Some(session) = session {
-                    let _ = session.detach().await;
-                }
+                let _ = session.detach().await;
                 Err(err)
             }
         }
     }
 
     async fn prepare(
-        slot: &mut Option<Session>,
+        session: &mut Session,
         vmlinux: Arc<Vmlinux>,
         cfg: &TraceConfig,
     ) -> Result<(Kernel, GLayout, Option<TaskRef>), TraceError> {
-        let session = slot.as_mut().ok_or_else(gone)?;
         let glayout = GLayout::new(session.register_map())?;
         let kernel = match cfg.stub_translation {
             true => Kernel::attach(session, vmlinux).await?,
@@ -271,10 +264,9 @@ impl Tracer {
             }
         }
         let target_task = match cfg.filter.pid {
-            Some(pid) => Self::find_pid(slot, &kernel, pid, cfg.wait_for_task).await?,
+            Some(pid) => Self::find_pid(session, &kernel, pid, cfg.wait_for_task).await?,
             None => None,
         };
-        let session = slot.as_mut().ok_or_else(gone)?;
         if target_task.is_none() && (cfg.filter.tgid.is_some() || cfg.filter.comm.is_some()) && !cfg.wait_for_task {
             let tasks = kernel.tasks(&mut kernel.memory(session)).await?;
             if !tasks.iter().any(|t| cfg.filter.matches_task(t)) {
@@ -288,12 +280,11 @@ impl Tracer {
     }
 
     async fn find_pid(
-        slot: &mut Option<Session>,
+        session: &mut Session,
         kernel: &Kernel,
         pid: i32,
         wait: bool,
     ) -> Result<Option<TaskRef>, TraceError> {
-        let session = slot.as_mut().ok_or_else(gone)?;
         match kernel.find_task_by_pid(&mut kernel.memory(session), pid).await {
             Ok(t) => Ok(Some(t.task)),
             // `run` waits for it (cancellably) before inserting breakpoints.
@@ -305,69 +296,60 @@ impl Tracer {
         }
     }
 
-    /// Lets the guest run in short slices until the `--pid` task exists (or
-    /// the trace is cancelled: `cancelled_while_waiting`).
+    /// Lets the guest run in short slices until the `--pid` task exists
+    /// (or the trace is cancelled).
     async fn wait_for_pid(
         &mut self,
-        mut session: Session,
+        conn: &mut Connection,
         pid: i32,
         cancel: &CancellationToken,
-    ) -> Result<Session, Failed> {
+    ) -> Result<Waited, TraceError> {
         loop {
-            match self.kernel.find_task_by_pid(&mut self.kernel.memory(&mut session), pid).await {
+            match self.kernel.find_task_by_pid(&mut self.kernel.memory(conn.stopped()?), pid).await {
                 Ok(t) => {
                     self.target_task = Some(t.task);
-                    return Ok(session);
+                    return Ok(Waited::Done);
                 }
                 Err(ktrace_kernel::KernelError::NoSuchTask(_)) => {}
-                Err(e) => return Err((e.into(), Some(session))),
+                Err(e) => return Err(e.into()),
             }
-            session = self.run_a_while(session, Duration::from_millis(250), cancel).await?;
-            if self.cancelled_while_waiting {
-                return Ok(session);
+            if self.run_a_while(conn, Duration::from_millis(250), cancel).await? == Waited::Cancelled {
+                return Ok(Waited::Cancelled);
             }
         }
     }
 
     /// Lets the guest run in short slices until every module location is in
     /// a loaded module (`--wait`), reading the module list again each time.
-    async fn wait_for_modules(&mut self, mut session: Session, cancel: &CancellationToken) -> Result<Session, Failed> {
+    async fn wait_for_modules(
+        &mut self,
+        conn: &mut Connection,
+        cancel: &CancellationToken,
+    ) -> Result<Waited, TraceError> {
         loop {
-            let modules =
-                self.kernel.modules(&mut self.kernel.memory(&mut session)).await.map_err(|e| (e.into(), None))?;
+            let modules = self.kernel.modules(&mut self.kernel.memory(conn.stopped()?)).await?;
             let resolved = location::resolve_in_modules(&mut self.locations, &modules).is_ok();
             self.unwinder.know_modules(modules);
             if resolved {
                 self.armed = armed_for(&self.kernel, &self.locations);
-                return Ok(session);
+                return Ok(Waited::Done);
             }
-            session = self.run_a_while(session, Duration::from_millis(500), cancel).await?;
-            if self.cancelled_while_waiting {
-                return Ok(session);
+            if self.run_a_while(conn, Duration::from_millis(500), cancel).await? == Waited::Cancelled {
+                return Ok(Waited::Cancelled);
             }
         }
     }
 
-    /// Resumes the guest for `slice` (less if `cancel` fires: then
-    /// `cancelled_while_waiting` is set) and stops it again.
+    /// Resumes the guest for `slice` (less if `cancel` fires) and stops it again.
     async fn run_a_while(
         &mut self,
-        session: Session,
+        conn: &mut Connection,
         slice: Duration,
         cancel: &CancellationToken,
-    ) -> Result<Session, Failed> {
-        if cancel.is_cancelled() {
-            self.cancelled_while_waiting = true;
-            return Ok(session);
-        }
-        let running = session.resume(Resume::Continue).await.map_err(|e| (e.into(), None))?;
-        tokio::select! {
-            _ = tokio::time::sleep(slice) => {}
-            _ = cancel.cancelled() => { self.cancelled_while_waiting = true; }
-        }
-        let (session, _) = running.interrupt().await.map_err(|e| (e.into(), None))?;
+    ) -> Result<Waited, TraceError> {
+        let waited = conn.run_for(slice, cancel).await?;
         self.kernel.resumed();
-        Ok(session)
+        Ok(waited)
     }
 
     /// The kernel as matched at attach (release, slide, CPUs).
@@ -382,7 +364,7 @@ impl Tracer {
 
     /// Detaches without tracing; the guest keeps running.
     pub async fn detach(mut self) -> Result<(), TraceError> {
-        Ok(self.session.take().ok_or_else(gone)?.detach().await?)
+        Ok(self.conn.take_stopped().ok_or_else(gone)?.detach().await?)
     }
 
     fn bp_kind(&self) -> BreakpointKind {
@@ -403,22 +385,25 @@ impl Tracer {
     ) -> Result<Summary, TraceFailure> {
         let start = Instant::now();
         let mut stats = Stats { seen: 0, matched: 0, start };
-        let result = CatchUnwind(Box::pin(self.run_loop(sink, &cancel, &mut stats))).await;
+        let mut conn = std::mem::take(&mut self.conn);
+        let result = CatchUnwind(Box::pin(self.run_loop(&mut conn, sink, &cancel, &mut stats))).await;
         let result = match result {
             Ok(r) => r,
             Err(panic) => {
-                // The session went down with the panic: put the sites back
-                // over a new connection before going on unwinding.
+                // The loop's state is unknown after a panic: let the session
+                // go and put the sites back over a new connection before
+                // going on unwinding.
+                drop(conn);
                 self.restore_over_new_connection().await;
                 std::panic::resume_unwind(panic)
             }
         };
         let elapsed = start.elapsed();
-        let (end, mut error, session) = match result {
-            Ok((end, session)) => (end, None, Some(session)),
-            Err((error, session)) => (EndReason::Error, Some(error), session),
+        let (end, mut error) = match result {
+            Ok(end) => (end, None),
+            Err(error) => (EndReason::Error, Some(error)),
         };
-        let session = match session {
+        let session = match conn.take_stopped() {
             Some(session) => self.take_out(session, &mut error).await,
             None => {
                 self.restore_over_new_connection().await;
@@ -503,101 +488,57 @@ impl Tracer {
         }
     }
 
-    /// The loop proper. Returns the stopped session to clean up with, when
-    /// there still is one.
+    /// The loop proper. Leaves `conn` stopped when it can still be used to
+    /// clean up, lost otherwise.
     async fn run_loop<S: HitSink + ?Sized>(
         &mut self,
+        conn: &mut Connection,
         sink: &mut S,
         cancel: &CancellationToken,
         stats: &mut Stats,
-    ) -> Result<(EndReason, Session), Failed> {
-        let Some(mut session) = self.session.take() else { return Err((gone(), None)) };
+    ) -> Result<EndReason, TraceError> {
         if let (Some(pid), None) = (self.cfg.filter.pid, self.target_task) {
-            session = self.wait_for_pid(session, pid, cancel).await?;
-            if self.cancelled_while_waiting {
-                return Ok((EndReason::Cancelled, session));
+            if self.wait_for_pid(conn, pid, cancel).await? == Waited::Cancelled {
+                return Ok(EndReason::Cancelled);
             }
         }
-        if self.locations.iter().any(|l| !l.is_resolved()) {
-            session = self.wait_for_modules(session, cancel).await?;
-            if self.cancelled_while_waiting {
-                return Ok((EndReason::Cancelled, session));
-            }
+        if self.locations.iter().any(|l| !l.is_resolved())
+            && self.wait_for_modules(conn, cancel).await? == Waited::Cancelled
+        {
+            return Ok(EndReason::Cancelled);
         }
         if self.cfg.in_guest {
-            if let Err(e) = self.install_in_guest(&mut session, sink).await {
-                return Err((e, Some(session)));
-            }
+            self.install_in_guest(conn.stopped()?, sink).await?;
         }
-        if let Err(e) = self.arm(&mut session).await {
-            return Err((e, Some(session)));
-        }
+        self.arm(conn.stopped()?).await?;
         let deadline = self.cfg.duration.map(|d| tokio::time::Instant::now() + d);
+        let quiet = self.cfg.client.timeout.max(Duration::from_secs(1));
         let mut last_progress = Instant::now();
         let mut resume: Option<u64> = None;
         loop {
             // Resume: `c ADDR` past a skipped NOP (one packet), or plain continue.
-            let running = match resume.take() {
-                Some(pc) => session.continue_at(pc).await,
-                None => session.resume(Resume::Continue).await,
+            conn.resume(resume.take()).await?;
+            let stop = match conn.wait(cancel, deadline, quiet).await? {
+                Woken::Stop(stop) => stop,
+                Woken::Cancelled => return Ok(EndReason::Cancelled),
+                Woken::Deadline => return Ok(EndReason::Duration),
             };
-            let mut running = match running {
-                Ok(r) => r,
-                Err(e) => return Err((e.into(), None)),
-            };
-            let probe = self.cfg.client.timeout.max(Duration::from_secs(1));
-            let stop = tokio::select! {
-                biased;
-                stop = running.wait_stop() => Some(stop),
-                _ = cancel.cancelled() => {
-                    return match running.interrupt().await {
-                        Ok((s, _)) => Ok((EndReason::Cancelled, s)),
-                        Err(e) => Err((e.into(), None)),
-                    };
-                }
-                _ = sleep_until(deadline) => {
-                    return match running.interrupt().await {
-                        Ok((s, _)) => Ok((EndReason::Duration, s)),
-                        Err(e) => Err((e.into(), None)),
-                    };
-                }
-                // No stop for a while: is the stub still there? A silent stub
-                // would otherwise be waited for forever. The probe's stop is
-                // not one of ours and is resumed like any other.
-                _ = tokio::time::sleep(probe) => None,
-            };
-            let (s, stop) = match stop {
-                Some(Ok(stop)) => match running.into_stopped() {
-                    Ok(s) => (s, stop),
-                    Err(e) => return Err((e.into(), None)),
-                },
-                None => match running.interrupt().await {
-                    Ok(pair) => pair,
-                    Err(e) => return Err((e.into(), None)),
-                },
-                Some(Err(e)) => return Err((guest_gone(e), None)),
-            };
-            session = s;
             self.kernel.resumed();
             let thread = match &stop {
                 // Only SIGTRAP is a breakpoint; anything else (an interrupt) just resumes.
-                StopReply::Signal { signal, .. } if *signal != ktrace_rsp::SIGTRAP => {
-                    resume = None;
-                    continue;
-                }
+                StopReply::Signal { signal, .. } if *signal != ktrace_rsp::SIGTRAP => continue,
                 StopReply::Signal { thread, .. } => *thread,
-                other => return Err((TraceError::GuestGone(GoneReason::TargetEnded(other.clone())), Some(session))),
+                other => return Err(TraceError::GuestGone(GoneReason::TargetEnded(other.clone()))),
             };
-            match self.on_stop(&mut session, thread, sink, stats).await {
-                Ok(Step::Resume(r)) => resume = r,
-                Ok(Step::End(reason)) => return Ok((reason, session)),
-                Err(e) => return Err((e, Some(session))),
+            match self.on_stop(conn.stopped()?, thread, sink, stats).await? {
+                Step::Resume(r) => resume = r,
+                Step::End(reason) => return Ok(reason),
             }
             if cancel.is_cancelled() {
-                return Ok((EndReason::Cancelled, session));
+                return Ok(EndReason::Cancelled);
             }
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                return Ok((EndReason::Duration, session));
+                return Ok(EndReason::Duration);
             }
             if last_progress.elapsed() >= Duration::from_millis(200) {
                 last_progress = Instant::now();
@@ -1039,10 +980,6 @@ impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
     }
 }
 
-/// An error inside the loop, with the session when it is still usable (to
-/// remove breakpoints and detach).
-type Failed = (TraceError, Option<Session>);
-
 enum Step {
     /// Resume; with `Some(pc)` continue at that address (`c ADDR`).
     Resume(Option<u64>),
@@ -1057,20 +994,6 @@ struct Stats {
 
 fn gone() -> TraceError {
     TraceError::GuestGone(GoneReason::SessionLost)
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn guest_gone(e: RspError) -> TraceError {
-    match e {
-        RspError::Closed => TraceError::GuestGone(GoneReason::StubClosed),
-        other => other.into(),
-    }
 }
 
 fn describe_filter(f: &Filter) -> String {
