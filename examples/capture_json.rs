@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use ktrace_symbols::Vmlinux;
-use ktrace_tracer::{CancellationToken, Filter, Hit, TraceConfig, Tracer};
+use ktrace_tracer::{CancellationToken, Hit, TraceConfig, Tracer};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,12 +15,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pid: i32 = rest.first().ok_or("PID missing")?.parse()?;
     let out = rest.get(1).cloned().unwrap_or_else(|| "hits.json".into());
 
-    let cfg = TraceConfig {
-        breakpoints: vec!["_raw_spin_lock".into(), "ksys_write".into()],
-        filter: Filter { pid: Some(pid), ..Filter::default() },
-        count: Some(25),
-        ..TraceConfig::default()
-    };
+    let cfg = TraceConfig::new().breakpoint("_raw_spin_lock").breakpoint("ksys_write").pid(pid).count(25);
     let tracer = Tracer::attach(&addr.parse()?, Arc::new(Vmlinux::open(vmlinux)?), cfg).await?;
     let mut hits: Vec<Hit> = Vec::new();
     let mut sink = |hit: Hit| {

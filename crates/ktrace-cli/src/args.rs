@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use ktrace_kernel::{KernelError, MemoryError};
 use ktrace_rsp::{ClientConfig, RspError, StubAddr};
-use ktrace_tracer::{GuestRelease, TraceError};
+use ktrace_tracer::{ExprRole, Filter, GuestRelease, TraceError};
 
 use crate::UsageError;
 
@@ -95,14 +94,46 @@ impl TargetArgs {
 /// Turns an error from connecting or matching the kernel into a message that
 /// says what to do (exit code 2), leaving run-time failures alone.
 pub fn explain(addr: &str, err: TraceError) -> anyhow::Error {
+    let usage = |text: String| UsageError(text).into();
     match err {
         TraceError::Rsp(e) => explain_rsp(addr, e),
-        TraceError::Kernel(KernelError::Target(MemoryError::Target(e))) => explain_rsp(addr, e),
         TraceError::GuestGone(_) => anyhow::Error::from(err),
+        TraceError::NoBreakpoints => usage("no breakpoint given (--break LOCATION)".into()),
+        TraceError::ModuleLocation { spec, reason } => {
+            usage(format!("--break {spec}: {reason} (is the module loaded? --wait waits for it to load)"))
+        }
+        TraceError::CpuOutOfRange { cpu, count } => {
+            usage(format!("--cpu {cpu}: the guest has {count} CPUs (0-{})", count.saturating_sub(1)))
+        }
+        TraceError::Expression { role, error } => usage(match role {
+            ExprRole::Condition => format!("--if {error}"),
+            _ => format!("--print {error}"),
+        }),
+        TraceError::NoTaskWithPid { pid } => {
+            usage(format!("no task with pid {pid} in the guest (use --wait to wait for it)"))
+        }
+        TraceError::NoMatchingTask { filter } => {
+            usage(format!("no task in the guest matches {} (use --wait to wait for one)", filter_flags(&filter)))
+        }
         // Reading kernel data failed: not the user's doing (exit 1).
         TraceError::Kernel(e) if !e.is_usage() => anyhow::Error::from(e),
         other => UsageError(other.to_string()).into(),
     }
+}
+
+/// A filter as the flags that give it.
+fn filter_flags(f: &Filter) -> String {
+    let mut parts = Vec::new();
+    if let Some(p) = f.pid {
+        parts.push(format!("--pid {p}"));
+    }
+    if let Some(p) = f.tgid {
+        parts.push(format!("--tgid {p}"));
+    }
+    if let Some(c) = &f.comm {
+        parts.push(format!("--comm {c}"));
+    }
+    parts.join(" ")
 }
 
 pub fn explain_rsp(addr: &str, err: RspError) -> anyhow::Error {
@@ -120,5 +151,40 @@ pub fn explain_rsp(addr: &str, err: RspError) -> anyhow::Error {
         ))
         .into(),
         other => anyhow::Error::from(other).context(format!("talking to the gdb stub at {addr}")),
+    }
+}
+
+/// How long a `--duration` is: `10s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (try 10s, 500ms, 2m)");
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    if !(n >= 0.0 && n.is_finite()) {
+        return Err(bad());
+    }
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("3 parsecs").is_err());
+        assert!(parse_duration("-1s").unwrap_err().contains("not a duration"));
     }
 }

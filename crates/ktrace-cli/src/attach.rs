@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use ktrace_kernel::CpuId;
 use ktrace_rsp::StubAddr;
-use ktrace_tracer::{CancellationToken, Filter, Hit, HitSink, Journal, ResumeMode, StackCounts, TraceConfig, Tracer};
+use ktrace_tracer::{CancellationToken, Filter, Hit, HitSink, ResumeMode, StackCounts, TraceConfig, Tracer};
 
 use crate::guard::{FileJournal, Guardian};
 
@@ -49,7 +49,7 @@ pub struct AttachArgs {
     #[arg(long, short = 'n')]
     count: Option<u64>,
     /// Stop after this long (`10s`, `500ms`, `2m`).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = crate::args::parse_duration)]
     duration: Option<Duration>,
     /// Wait for the --pid/--tgid/--comm task to appear instead of failing.
     #[arg(long)]
@@ -118,10 +118,6 @@ enum ResumeArg {
     Reinsert,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    ktrace_tracer::parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration (try 10s, 500ms, 2m)"))
-}
-
 /// Prints or streams hits as they come, and counts stacks.
 struct Output {
     json: bool,
@@ -184,32 +180,39 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         cpus: args.cpu.iter().map(|&c| CpuId(c)).collect(),
     };
     let want_stacks = args.stacks || args.folded.is_some() || args.flamegraph.is_some();
-    let cfg = TraceConfig {
-        breakpoints: args.breaks.clone(),
-        hardware: args.hw,
-        filter,
-        count: args.count,
-        duration: args.duration,
-        backtrace: !args.no_backtrace,
-        max_frames: args.max_frames,
-        resume: match args.resume {
+    let mut cfg = TraceConfig::new()
+        .hardware(args.hw)
+        .filter(filter)
+        .backtrace(!args.no_backtrace)
+        .max_frames(args.max_frames)
+        .resume(match args.resume {
             ResumeArg::Auto => ResumeMode::Auto,
             ResumeArg::Step => ResumeMode::Step,
             ResumeArg::Reinsert => ResumeMode::RemoveStepReinsert,
-        },
-        wait_for_task: args.wait,
-        client: args.target.client(),
-        release: args.target.release(),
-        in_guest: args.in_guest,
-        stub_translation: args.stub_translation,
-        module_debug: args.modules.dir(),
-        journal: None,
-        reconnect_to: None,
-        arguments: !args.no_args,
-        registers: args.regs,
-        prints: args.print.clone(),
-        condition: args.condition.clone(),
-    };
+        })
+        .wait_for_task(args.wait)
+        .client(args.target.client())
+        .release(args.target.release())
+        .in_guest(args.in_guest)
+        .stub_translation(args.stub_translation)
+        .module_debug_dir(args.modules.dir())
+        .arguments(!args.no_args)
+        .registers(args.regs);
+    for b in &args.breaks {
+        cfg = cfg.breakpoint(b);
+    }
+    for p in &args.print {
+        cfg = cfg.print(p);
+    }
+    if let Some(c) = &args.condition {
+        cfg = cfg.condition(c);
+    }
+    if let Some(n) = args.count {
+        cfg = cfg.count(n);
+    }
+    if let Some(d) = args.duration {
+        cfg = cfg.duration(d);
+    }
     if want_stacks && args.no_backtrace {
         return Err(UsageError("--stacks/--folded/--flamegraph need backtraces; drop --no-backtrace".into()).into());
     }
@@ -229,7 +232,7 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
     let (guardian, via, cfg) = if let Some(g) = guardian {
         let journal = FileJournal::create(&g.journal, args.target.leave_stopped)?;
         let via = StubAddr::Unix(g.socket.clone());
-        let cfg = TraceConfig { journal: Some(Journal(Arc::new(journal))), reconnect_to: Some(stub.clone()), ..cfg };
+        let cfg = cfg.journal(Arc::new(journal)).reconnect_to(stub.clone());
         (Some(g), via, cfg)
     } else {
         (None, stub.clone(), cfg)

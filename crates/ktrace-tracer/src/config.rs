@@ -47,62 +47,64 @@ impl GuestRelease {
     }
 }
 
-/// What to trace and how.
+/// What to trace and how, built with [`TraceConfig::new`] and its methods:
+/// `TraceConfig::new().breakpoint("_raw_spin_lock").pid(2297).count(10)`.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct TraceConfig {
     /// Breakpoint locations (`symbol`, `symbol+off`, `0xaddr` (link-time), `file.c:line`).
-    pub breakpoints: Vec<String>,
+    pub(crate) breakpoints: Vec<String>,
     /// Use hardware breakpoints (`Z1`).
-    pub hardware: bool,
+    pub(crate) hardware: bool,
     /// Which hits to report.
-    pub filter: Filter,
+    pub(crate) filter: Filter,
     /// Stop after this many matched hits.
-    pub count: Option<u64>,
+    pub(crate) count: Option<u64>,
     /// Stop after this long.
-    pub duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
     /// Capture a backtrace for each matched hit.
-    pub backtrace: bool,
+    pub(crate) backtrace: bool,
     /// The most frames per backtrace.
-    pub max_frames: usize,
+    pub(crate) max_frames: usize,
     /// How to get past a breakpoint.
-    pub resume: ResumeMode,
+    pub(crate) resume: ResumeMode,
     /// Wait for a `--pid`/`--tgid`/`--comm` task to appear instead of failing.
-    pub wait_for_task: bool,
+    pub(crate) wait_for_task: bool,
     /// The RSP client settings.
-    pub client: ClientConfig,
+    pub(crate) client: ClientConfig,
     /// Resume the guest at the end, or leave it paused.
-    pub release: GuestRelease,
+    pub(crate) release: GuestRelease,
     /// Evaluate the filter inside the guest (`--in-guest`): a trampoline
     /// called from each function's ftrace NOP, so the guest stops only on
     /// matching hits. Where that cannot be made safe, the stop loop is used.
-    pub in_guest: bool,
+    pub(crate) in_guest: bool,
     /// Where modules' debug files are (source lines in module frames).
-    pub module_debug: ModuleDebugDir,
+    pub(crate) module_debug: ModuleDebugDir,
     /// Read the kernel through the stub's own translation (the selected
     /// CPU's page tables, as GDB does) instead of ktrace's walk of the
     /// kernel's page tables over QEMU's physical mode. For comparison only.
-    pub stub_translation: bool,
+    pub(crate) stub_translation: bool,
     /// Every write into the guest is recorded here first (an undo log a
     /// guardian process replays if ktrace dies).
-    pub journal: Option<Journal>,
+    pub(crate) journal: Option<Journal>,
     /// Where to connect again when the connection is lost (the stub itself,
     /// when the trace talks to it through a guardian); the address given
     /// to [`crate::Tracer::attach`] when `None`.
-    pub reconnect_to: Option<ktrace_rsp::StubAddr>,
+    pub(crate) reconnect_to: Option<ktrace_rsp::StubAddr>,
     /// With backtraces: the arguments of every frame, from DWARF.
-    pub arguments: bool,
+    pub(crate) arguments: bool,
     /// The stopped CPU's registers with each hit.
-    pub registers: bool,
+    pub(crate) registers: bool,
     /// `--print`: C expressions evaluated at each matching hit.
-    pub prints: Vec<String>,
+    pub(crate) prints: Vec<String>,
     /// `--if`: a C expression that must be non-zero for a hit to match
     /// (ANDed with the filter).
-    pub condition: Option<String>,
+    pub(crate) condition: Option<String>,
 }
 
-/// A [`ktrace_kernel::WriteJournal`] for [`TraceConfig::journal`].
+/// A [`ktrace_kernel::WriteJournal`] for [`TraceConfig::journal`] (`Debug` for the config).
 #[derive(Clone)]
-pub struct Journal(pub std::sync::Arc<dyn ktrace_kernel::WriteJournal>);
+pub(crate) struct Journal(pub(crate) std::sync::Arc<dyn ktrace_kernel::WriteJournal>);
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,6 +227,73 @@ impl TraceConfig {
     /// Waits for the filtered task to appear instead of failing.
     pub fn wait_for_task(mut self, yes: bool) -> Self {
         self.wait_for_task = yes;
+        self
+    }
+
+    /// The whole task and CPU filter at once.
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// The most frames per backtrace (64 unless set).
+    pub fn max_frames(mut self, n: usize) -> Self {
+        self.max_frames = n;
+        self
+    }
+
+    /// How to get past a breakpoint.
+    pub fn resume(mut self, mode: ResumeMode) -> Self {
+        self.resume = mode;
+        self
+    }
+
+    /// The RSP client settings (timeouts).
+    pub fn client(mut self, client: ClientConfig) -> Self {
+        self.client = client;
+        self
+    }
+
+    /// How to let go of the guest at the end.
+    pub fn release(mut self, release: GuestRelease) -> Self {
+        self.release = release;
+        self
+    }
+
+    /// Where modules' debug files are (default, given, or none).
+    pub fn module_debug_dir(mut self, dir: ModuleDebugDir) -> Self {
+        self.module_debug = dir;
+        self
+    }
+
+    /// Where to connect again when the connection is lost (the stub
+    /// itself, when [`crate::Tracer::attach`] is given a guardian's address).
+    pub fn reconnect_to(mut self, addr: ktrace_rsp::StubAddr) -> Self {
+        self.reconnect_to = Some(addr);
+        self
+    }
+
+    /// With backtraces, shows (or not) every frame's arguments.
+    pub fn arguments(mut self, yes: bool) -> Self {
+        self.arguments = yes;
+        self
+    }
+
+    /// Reports (or not) the stopped CPU's registers with each hit.
+    pub fn registers(mut self, yes: bool) -> Self {
+        self.registers = yes;
+        self
+    }
+
+    /// Adds a C expression to evaluate at each matching hit.
+    pub fn print(mut self, expr: impl Into<String>) -> Self {
+        self.prints.push(expr.into());
+        self
+    }
+
+    /// A C condition a hit must meet (ANDed with the filter).
+    pub fn condition(mut self, expr: impl Into<String>) -> Self {
+        self.condition = Some(expr.into());
         self
     }
 }

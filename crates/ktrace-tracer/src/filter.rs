@@ -15,6 +15,29 @@ pub struct Filter {
     pub cpus: Vec<CpuId>,
 }
 
+impl std::fmt::Display for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(p) = self.pid {
+            parts.push(format!("pid {p}"));
+        }
+        if let Some(p) = self.tgid {
+            parts.push(format!("tgid {p}"));
+        }
+        if let Some(c) = &self.comm {
+            parts.push(format!("comm {c}"));
+        }
+        if !self.cpus.is_empty() {
+            let cpus: Vec<String> = self.cpus.iter().map(|c| c.to_string()).collect();
+            parts.push(format!("cpu {}", cpus.join(",")));
+        }
+        match parts.is_empty() {
+            true => f.write_str("any task"),
+            false => f.write_str(&parts.join(", ")),
+        }
+    }
+}
+
 impl Filter {
     /// True when nothing is filtered.
     pub fn is_empty(&self) -> bool {
@@ -50,7 +73,7 @@ impl Filter {
 }
 
 /// Shell-style matching: `*` any run, `?` one character, `[abc]`/`[a-z]`/`[!a]` a set.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0, 0);

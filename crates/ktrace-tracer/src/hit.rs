@@ -179,24 +179,6 @@ impl StackCounts {
     }
 }
 
-/// How long a `--duration` is: `10s`, `500ms`, `2m`, or plain seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let (num, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len()));
-    let n: f64 = num.trim().parse().ok()?;
-    if !(n >= 0.0 && n.is_finite()) {
-        return None;
-    }
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,15 +229,5 @@ mod tests {
         assert_eq!(sorted[0].1, 2);
         assert_eq!(sorted[0].0, ["_raw_spin_lock", "do_sys_open"]);
         assert_eq!(s.folded(), "do_sys_open;_raw_spin_lock 2\nksys_read;_raw_spin_lock 1\n");
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_duration("3 parsecs"), None);
-        assert_eq!(parse_duration("-1s"), None);
     }
 }

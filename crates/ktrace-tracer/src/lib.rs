@@ -26,10 +26,10 @@ mod stream;
 mod tracer;
 
 pub use bt::{backtrace_all_cpus, backtrace_cpus, BtConfig, CpuBacktrace};
-pub use config::{GuestRelease, Journal, ResumeMode, TraceConfig};
-pub use error::{GoneReason, TraceError, TraceFailure};
-pub use filter::{glob_match, Filter};
-pub use hit::{parse_duration, EndReason, Hit, InGuestReport, StackCounts, Summary};
+pub use config::{GuestRelease, ResumeMode, TraceConfig};
+pub use error::{ExprRole, GoneReason, TraceError, TraceFailure};
+pub use filter::Filter;
+pub use hit::{EndReason, Hit, InGuestReport, StackCounts, Summary};
 pub use in_guest::{restore_left_behind, RestoreOutcome};
 pub use ktrace_kernel::unwind::{Backtrace, Frame, FrameKind, Regs, StopReason, Unwinder};
 pub use location::{resolve as resolve_location, Location};

@@ -117,10 +117,7 @@ pub fn resolve_in_modules(locations: &mut [Location], modules: &Modules) -> Resu
                     (None, _) if m.vmlinux_error.is_empty() => format!("no loaded module has `{}`", m.symbol),
                     (None, _) => format!("{}, and no loaded module has it either", m.vmlinux_error),
                 };
-                missing = Some(TraceError::Config(format!(
-                    "--break {}: {why} (is the module loaded? --wait waits for it to load)",
-                    loc.spec
-                )));
+                missing = Some(TraceError::ModuleLocation { spec: loc.spec.clone(), reason: why });
             }
             None => {}
         }

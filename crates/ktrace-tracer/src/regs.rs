@@ -90,12 +90,12 @@ impl RegisterSet {
 impl GLayout {
     pub(crate) fn new(map: Option<&RegisterMap>) -> Result<GLayout, TraceError> {
         let map = map.ok_or_else(|| {
-            TraceError::Config("the stub did not describe its registers (no qXfer:features:read target.xml)".into())
+            TraceError::NoRegisterMap
         })?;
-        let off = |name: &str| {
+        let off = |name: &'static str| {
             map.get(name)
                 .map(|r| r.offset)
-                .ok_or_else(|| TraceError::Config(format!("the stub has no register {name}; is this an x86-64 guest?")))
+                .ok_or(TraceError::MissingRegister(name))
         };
         Ok(GLayout {
             ip: off("rip")?,

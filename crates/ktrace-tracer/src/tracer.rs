@@ -11,12 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{GuestRelease, ResumeMode, TraceConfig};
 use crate::connection::{Connection, Waited, Woken};
-use crate::filter::Filter;
 use crate::hit::{EndReason, Hit, InGuestReport, Summary};
 use crate::in_guest::{self, BreakAt, InGuest};
 use crate::location::{self, Location};
 use crate::regs::{GLayout, RegisterSet};
-use crate::{GoneReason, TraceError, TraceFailure};
+use crate::{ExprRole, GoneReason, TraceError, TraceFailure};
 use ktrace_kernel::unwind::Unwinder;
 use ktrace_kernel::values::{EvalContext, FrameArguments, FrameRegisters, Printed};
 use ktrace_kernel::Translation;
@@ -78,16 +77,11 @@ fn armed_for(kernel: &Kernel, locations: &[Location]) -> Vec<Armed> {
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::{ops::ControlFlow, sync::Arc};
-/// use ktrace_tracer::{Filter, TraceConfig, Tracer};
+/// use ktrace_tracer::{TraceConfig, Tracer};
 ///
 /// let vmlinux = Arc::new(ktrace_symbols::Vmlinux::open("vmlinux")?);
-/// let cfg = TraceConfig {
-///     breakpoints: vec!["_raw_spin_lock".into()],
-///     filter: Filter { pid: Some(2297), ..Filter::default() },
-///     count: Some(10),
-///     ..TraceConfig::default()
-/// };
-/// let tracer = Tracer::attach(&":1234".parse()?, vmlinux, cfg).await?;
+/// let cfg = TraceConfig::new().breakpoint("_raw_spin_lock").pid(2297).count(10);
+// let tracer = Tracer::attach(&":1234".parse()?, vmlinux, cfg).await?;
 /// let summary = tracer
 ///     .run(&mut |hit: ktrace_tracer::Hit| {
 ///         println!("{} {} {}", hit.cpu, hit.pid, hit.comm);
@@ -163,18 +157,21 @@ impl Tracer {
     /// bad input never reaches the stub.
     pub fn plan(vmlinux: &Vmlinux, cfg: &TraceConfig) -> Result<Plan, TraceError> {
         if cfg.breakpoints.is_empty() {
-            return Err(TraceError::Config("no breakpoint given (--break LOCATION)".into()));
+            return Err(TraceError::NoBreakpoints);
         }
         let locations: Vec<Location> =
             cfg.breakpoints.iter().map(|spec| location::resolve(vmlinux, spec)).collect::<Result<_, _>>()?;
         let unwinder = Unwinder::new(vmlinux)?.with_max_frames(cfg.max_frames);
         let is_type = |name: &str| vmlinux.type_named(name).is_ok();
-        let parse = |flag: &str, src: &str| {
-            ktrace_expr::parse(src, &is_type).map_err(|e| TraceError::Config(format!("{flag} {e}")))
+        let parse = |role: ExprRole, src: &str| {
+            ktrace_expr::parse(src, &is_type).map_err(|error| TraceError::Expression { role, error })
         };
-        let prints: Vec<(String, ktrace_expr::Expr)> =
-            cfg.prints.iter().map(|p| Ok((p.clone(), parse("--print", p)?))).collect::<Result<_, TraceError>>()?;
-        let condition = cfg.condition.as_deref().map(|c| parse("--if", c)).transpose()?;
+        let prints: Vec<(String, ktrace_expr::Expr)> = cfg
+            .prints
+            .iter()
+            .map(|p| Ok((p.clone(), parse(ExprRole::Print, p)?)))
+            .collect::<Result<_, TraceError>>()?;
+        let condition = cfg.condition.as_deref().map(|c| parse(ExprRole::Condition, c)).transpose()?;
         let named: Vec<String> =
             prints.iter().map(|(_, e)| e).chain(condition.as_ref()).flat_map(|e| e.registers()).collect();
         let control_registers = named.iter().any(|r| r.starts_with("cr") || r == "efer");
@@ -254,14 +251,9 @@ impl Tracer {
         if let Some(j) = &cfg.journal {
             kernel = kernel.with_journal(j.0.clone());
         }
-        for cpu in &cfg.filter.cpus {
-            if cpu.0 as usize >= kernel.cpu_count() {
-                return Err(TraceError::Config(format!(
-                    "--cpu {cpu}: the guest has {} CPUs (0-{})",
-                    kernel.cpu_count(),
-                    kernel.cpu_count() - 1
-                )));
-            }
+        let count = kernel.cpu_count();
+        if let Some(cpu) = cfg.filter.cpus.iter().find(|cpu| cpu.0 as usize >= count) {
+            return Err(TraceError::CpuOutOfRange { cpu: cpu.0, count });
         }
         let target_task = match cfg.filter.pid {
             Some(pid) => Self::find_pid(session, &kernel, pid, cfg.wait_for_task).await?,
@@ -270,10 +262,7 @@ impl Tracer {
         if target_task.is_none() && (cfg.filter.tgid.is_some() || cfg.filter.comm.is_some()) && !cfg.wait_for_task {
             let tasks = kernel.tasks(&mut kernel.memory(session)).await?;
             if !tasks.iter().any(|t| cfg.filter.matches_task(t)) {
-                return Err(TraceError::NoSuchTask(format!(
-                    "no task in the guest matches {} (use --wait to wait for one)",
-                    describe_filter(&cfg.filter)
-                )));
+                return Err(TraceError::NoMatchingTask { filter: cfg.filter.clone() });
             }
         }
         Ok((kernel, glayout, target_task))
@@ -289,9 +278,7 @@ impl Tracer {
             Ok(t) => Ok(Some(t.task)),
             // `run` waits for it (cancellably) before inserting breakpoints.
             Err(ktrace_kernel::KernelError::NoSuchTask(_)) if wait => Ok(None),
-            Err(ktrace_kernel::KernelError::NoSuchTask(_)) => {
-                Err(TraceError::NoSuchTask(format!("no task with pid {pid} in the guest (use --wait to wait for it)")))
-            }
+            Err(ktrace_kernel::KernelError::NoSuchTask(_)) => Err(TraceError::NoTaskWithPid { pid }),
             Err(e) => Err(e.into()),
         }
     }
@@ -994,20 +981,6 @@ struct Stats {
 
 fn gone() -> TraceError {
     TraceError::GuestGone(GoneReason::SessionLost)
-}
-
-fn describe_filter(f: &Filter) -> String {
-    let mut parts = Vec::new();
-    if let Some(p) = f.pid {
-        parts.push(format!("--pid {p}"));
-    }
-    if let Some(p) = f.tgid {
-        parts.push(format!("--tgid {p}"));
-    }
-    if let Some(c) = &f.comm {
-        parts.push(format!("--comm {c}"));
-    }
-    parts.join(" ")
 }
 
 #[cfg(test)]
