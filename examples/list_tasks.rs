@@ -4,26 +4,22 @@
 
 use std::sync::Arc;
 
-use ktrace_kernel::Kernel;
-use ktrace_rsp::{ClientConfig, Session};
+use ktrace_kernel::{Guest, GuestConfig};
 use ktrace_symbols::Vmlinux;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (addr, vmlinux, _) = ktrace_examples::addr_and_vmlinux("list_tasks ADDR VMLINUX");
     let vmlinux = Arc::new(Vmlinux::open(vmlinux)?);
-    let (mut session, _) = Session::connect(&addr.parse()?, ClientConfig::default()).await?;
-    // Read everything while the guest is stopped, then always detach.
-    let result = async {
-        let kernel = Kernel::attach_stub(&mut session, vmlinux).await?;
-        let mut mem = kernel.memory(&mut session);
-        let tasks = kernel.tasks(&mut mem).await?;
-        let cpus = kernel.cpu_states(&mut mem).await?;
-        Ok::<_, ktrace_kernel::KernelError<ktrace_kernel::StubMemoryError>>((kernel, tasks, cpus))
-    }
-    .await;
-    session.detach().await?;
-    let (kernel, tasks, cpus) = result?;
+    // Read everything while the guest is stopped; the scope always lets it go.
+    let cfg = GuestConfig::default();
+    let (kernel, tasks, cpus) = Guest::scope(&addr.parse()?, vmlinux, &cfg, async |guest: &mut Guest| {
+        let mut mem = guest.kernel.memory(&mut guest.session);
+        let tasks = guest.kernel.tasks(&mut mem).await?;
+        let cpus = guest.kernel.cpu_states(&mut mem).await?;
+        Ok::<_, Box<dyn std::error::Error>>((guest.kernel.clone(), tasks, cpus))
+    })
+    .await?;
     println!("{} on {} CPUs, KASLR slide 0x{:x}", kernel.release(), kernel.cpu_count(), kernel.slide());
     for t in &tasks {
         let running = cpus.iter().find(|c| c.current.task == t.task).map(|c| format!("cpu {}", c.cpu));

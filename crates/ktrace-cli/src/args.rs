@@ -87,8 +87,22 @@ impl TargetArgs {
     }
 
     pub fn client(&self) -> ClientConfig {
-        ClientConfig { timeout: Duration::from_secs_f64(self.timeout.max(0.05)), ..ClientConfig::default() }
+        client_config(self.timeout)
     }
+
+    /// How the commands that read and release the guest connect.
+    pub fn guest(&self) -> ktrace_kernel::GuestConfig {
+        ktrace_kernel::GuestConfig {
+            client: self.client(),
+            release: self.release(),
+            ..ktrace_kernel::GuestConfig::default()
+        }
+    }
+}
+
+/// The RSP client with a request timeout of `secs` (at least 50 ms).
+pub fn client_config(secs: f64) -> ClientConfig {
+    ClientConfig { timeout: Duration::from_secs_f64(secs.max(0.05)), ..ClientConfig::default() }
 }
 
 /// Turns an error from connecting or matching the kernel into a message that

@@ -46,7 +46,7 @@ pub async fn ps(read: ReadArgs) -> Result<ExitCode> {
     let (mut source, kernel) = source::open(args, &read.source).await?;
     let live = source.is_live();
     let result = list_tasks(&mut source, &kernel, live).await;
-    let (tasks, cpus, consistent) = source::finish(source, args, result).await?;
+    let (tasks, cpus, consistent) = source::finish(source, result).await?;
     if !consistent {
         eprintln!("ktrace: the task list changed while it was read (the guest runs): this listing may be inconsistent");
     }
@@ -80,7 +80,7 @@ pub async fn info(read: ReadArgs) -> Result<ExitCode> {
     let args = &read.target;
     let (mut source, kernel) = source::open(args, &read.source).await?;
     let result = with_memory!(&mut source, kernel, |mem| kernel.info(&mut mem).await);
-    let info = source::finish(source, args, result).await?;
+    let info = source::finish(source, result).await?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&info)?);
     } else {
@@ -110,7 +110,7 @@ pub async fn lsmod(read: ReadArgs) -> Result<ExitCode> {
     let args = &read.target;
     let (mut source, kernel) = source::open(args, &read.source).await?;
     let result = with_memory!(&mut source, kernel, |mem| kernel.module_list(&mut mem).await);
-    let modules = source::finish(source, args, result).await?;
+    let modules = source::finish(source, result).await?;
     if args.json {
         for m in &modules {
             outln!("{}", serde_json::to_string(m)?);
@@ -224,7 +224,7 @@ pub async fn dmesg(dmesg: DmesgArgs) -> Result<ExitCode> {
     let (mut source, kernel) = source::open(args, &source_args).await?;
     let result = with_memory!(&mut source, kernel, |mem| kernel.log(&mut mem).await);
     if !dmesg.follow {
-        let log = source::finish(source, args, result).await?;
+        let log = source::finish(source, result).await?;
         print_log(&log, args.json)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -319,7 +319,7 @@ async fn bt_tasks(bt: &BtArgs) -> Result<ExitCode> {
     let (mut source, kernel) = source::open(args, &bt.source).await?;
     let kernel = kernel.with_module_debug(&bt.modules.dir());
     let result = tasks_backtraces(&mut source, &kernel, bt.pid).await;
-    let stacks = source::finish(source, args, result).await?;
+    let stacks = source::finish(source, result).await?;
     for (task, cpu, backtrace) in &stacks {
         if args.json {
             outln!("{}", serde_json::json!({ "task": task, "cpu": cpu, "backtrace": backtrace }));
@@ -361,7 +361,7 @@ async fn fill_arguments(
 /// ktrace's trampoline in the guest, if any (the unwinder steps through it).
 async fn trampoline_in(source: &mut Source, kernel: &Kernel) -> Option<trampoline::FrameMap> {
     match source {
-        Source::Stub(s) => trampoline::frame_map_in(kernel, &mut kernel.memory(s)).await,
+        Source::Stub(s, _) => trampoline::frame_map_in(kernel, &mut kernel.memory(s)).await,
         Source::Live(h) => trampoline::frame_map_in(kernel, &mut kernel.memory(h)).await,
         Source::Core(c) => trampoline::frame_map_in(kernel, &mut kernel.memory(c)).await,
     }
@@ -386,7 +386,7 @@ async fn tasks_backtraces(source: &mut Source, kernel: &Kernel, pid: Option<i32>
                 stacks.push((task, cpu, None));
                 continue;
             }
-            (Some(cpu), Source::Stub(s)) => {
+            (Some(cpu), Source::Stub(s, _)) => {
                 let regs = Regs::read_from(s, cpu).await?;
                 (unwinder.unwind(kernel, &mut kernel.memory(s), regs).await, FrameRegisters::read_from(s, cpu).await)
             }

@@ -42,15 +42,15 @@ pub async fn print(mut args: PrintArgs) -> Result<ExitCode> {
     let (mut source, kernel) = source::open(&args.target, &args.source).await?;
     if args.cpu as usize >= kernel.cpu_count() {
         let n = kernel.cpu_count();
-        source::finish(source, &args.target, Ok(())).await?;
+        source::finish(source, Ok(())).await?;
         return Err(UsageError(format!("--cpu {}: the guest has CPUs 0-{}", args.cpu, n - 1)).into());
     }
     let result = match &mut source {
-        Source::Stub(s) => evaluate_all(&kernel, s, &args, true).await,
+        Source::Stub(s, _) => evaluate_all(&kernel, s, &args, true).await,
         Source::Core(c) => evaluate_all(&kernel, c, &args, true).await,
         Source::Live(h) => evaluate_all(&kernel, h, &args, false).await,
     };
-    let printed = source::finish(source, &args.target, result).await?;
+    let printed = source::finish(source, result).await?;
     let mut failed = false;
     for p in printed {
         match p {

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use ktrace_guestmem::{CoreDump, HostMemory};
-use ktrace_kernel::Kernel;
+use ktrace_kernel::{Guest, Kernel, Release};
 use ktrace_rsp::Session;
 
-use crate::args::{explain, explain_rsp, TargetArgs};
+use crate::args::{explain, TargetArgs};
 use crate::UsageError;
 
 /// How to read the guest without the stub.
@@ -36,8 +36,8 @@ pub struct SourceArgs {
 /// An open source (one per command: the size of a variant does not matter).
 #[allow(clippy::large_enum_variant)]
 pub enum Source {
-    /// The gdb stub: the guest is stopped until released.
-    Stub(Session),
+    /// The gdb stub: the guest is stopped until released (as the command said).
+    Stub(Session, Release),
     /// QEMU's RAM, the guest running.
     Live(HostMemory),
     /// A dump.
@@ -57,7 +57,7 @@ impl Source {
 macro_rules! with_memory {
     ($source:expr, $kernel:expr, |$mem:ident| $body:expr) => {
         match $source {
-            $crate::source::Source::Stub(s) => {
+            $crate::source::Source::Stub(s, _) => {
                 let mut $mem = $kernel.memory(s);
                 $body.map_err(anyhow::Error::from)
             }
@@ -99,22 +99,17 @@ pub async fn open(args: &TargetArgs, source: &SourceArgs) -> Result<(Source, Ker
         return Ok((Source::Live(host), kernel));
     }
     let stub = args.stub()?;
-    let (mut session, _) = Session::connect(&stub, args.client()).await.map_err(|e| explain_rsp(addr, e))?;
-    match Kernel::attach_stub(&mut session, vm).await {
-        Ok(kernel) => Ok((Source::Stub(session), kernel)),
-        Err(e) => {
-            let _ = session.detach().await;
-            Err(explain(addr, e.into()))
-        }
-    }
+    let guest = Guest::connect(&stub, vm, &args.guest()).await.map_err(|e| explain(addr, e.into()))?;
+    let (session, kernel, release) = guest.into_parts();
+    Ok((Source::Stub(session, release), kernel))
 }
 
 /// Lets go of the source: detaches from the stub (or leaves it stopped),
 /// after `result`, which is returned.
-pub async fn finish<T>(source: Source, args: &TargetArgs, result: Result<T>) -> Result<T> {
+pub async fn finish<T>(source: Source, result: Result<T>) -> Result<T> {
     match source {
-        Source::Stub(session) => {
-            let detached = args.release().release(session).await;
+        Source::Stub(session, release) => {
+            let detached = release.release(session).await;
             let value = result?;
             detached.context("detaching (the guest may still be paused)")?;
             Ok(value)

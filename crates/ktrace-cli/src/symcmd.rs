@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Args;
-use ktrace_kernel::{Kernel, Modules, PercpuSection};
-use ktrace_rsp::{ClientConfig, Session, StubAddr};
+use ktrace_kernel::{Guest, GuestConfig, Modules, PercpuSection};
+use ktrace_rsp::StubAddr;
+use ktrace_tracer::TraceError;
 use ktrace_symbols::{KernelAddr, SourceFrame, Vmlinux};
 use serde_json::json;
 
-use crate::args::{ModulesArg, VmlinuxArg};
+use crate::args::{client_config, explain, ModulesArg, VmlinuxArg};
 use crate::UsageError;
 
 /// `ktrace sym`.
@@ -29,6 +30,9 @@ pub struct SymArgs {
     /// addresses (runtime addresses, as backtraces show them).
     #[arg(long, value_name = "ADDR")]
     guest: Option<String>,
+    /// Timeout for each request to the `--guest` stub, in seconds.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    timeout: f64,
     #[command(flatten)]
     modules: ModulesArg,
 }
@@ -59,21 +63,24 @@ fn parse_addr(text: &str) -> Option<u64> {
 
 /// The modules loaded in the guest at `addr` (one stop, then detach), with
 /// the debug files of those holding one of `addrs`.
-async fn guest_modules(addr: &str, vm: Arc<Vmlinux>, debug: &ModulesArg, addrs: &[u64]) -> Result<Modules> {
+async fn guest_modules(
+    addr: &str,
+    vm: Arc<Vmlinux>,
+    debug: &ModulesArg,
+    timeout: f64,
+    addrs: &[u64],
+) -> Result<Modules> {
     let stub: StubAddr = addr.parse().map_err(|e| UsageError(format!("{addr}: not a stub address: {e}")))?;
-    let (mut session, _) = Session::connect(&stub, ClientConfig::default()).await?;
-    let result = async {
-        let kernel = Kernel::attach_stub(&mut session, vm).await?.with_module_debug(&debug.dir());
-        let mut modules = kernel.modules(&mut kernel.memory(&mut session)).await?;
+    let cfg = GuestConfig { client: client_config(timeout), module_debug: debug.dir(), ..GuestConfig::default() };
+    let modules = Guest::scope(&stub, vm, &cfg, async |guest: &mut Guest| {
+        let mut modules = guest.kernel.modules(&mut guest.kernel.memory(&mut guest.session)).await?;
         for m in modules.modules.iter_mut().filter(|m| addrs.iter().any(|&a| m.info.contains_code(a))) {
-            m.debug = kernel.module_debug(&mut kernel.memory(&mut session), m).await;
+            m.debug = guest.kernel.module_debug(&mut guest.kernel.memory(&mut guest.session), m).await;
         }
-        Ok::<_, ktrace_kernel::KernelError<ktrace_kernel::StubMemoryError>>(modules)
-    }
-    .await;
-    let detached = session.detach().await;
-    let modules = result?;
-    detached?;
+        Ok::<_, TraceError>(modules)
+    })
+    .await
+    .map_err(|e| explain(addr, e))?;
     Ok(modules)
 }
 
@@ -145,7 +152,7 @@ pub async fn sym(args: SymArgs) -> Result<ExitCode> {
     let modules = match &args.guest {
         Some(addr) => {
             let addrs: Vec<u64> = args.names.iter().filter_map(|n| parse_addr(n)).collect();
-            Some(guest_modules(addr, vm.clone(), &args.modules, &addrs).await?)
+            Some(guest_modules(addr, vm.clone(), &args.modules, args.timeout, &addrs).await?)
         }
         None if args.modules.modules.is_some() => {
             return Err(UsageError("--modules DIR is for module addresses: add --guest ADDR".into()).into())

@@ -25,6 +25,8 @@
 
 mod current;
 mod error;
+#[cfg(feature = "rsp")]
+pub mod guest;
 mod kaslr;
 mod kernel;
 mod layout;
@@ -48,6 +50,8 @@ pub mod x86;
 
 pub use current::{CurrentTask, CurrentTaskReads};
 pub use error::KernelError;
+#[cfg(feature = "rsp")]
+pub use guest::{Guest, GuestConfig, ReadThrough, Release};
 pub use kernel::{CpuState, Kernel, KernelInfo};
 pub use layout::{CurrentTaskVar, KernelLayout, PercpuOffset, PercpuSection, PercpuVar};
 pub use memory::{GuestMemory, MemoryError, PhysicalMemory, Translation, WriteJournal, WrittenTo};

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ktrace_kernel::{cpu_of_thread, CpuId, Kernel, ModuleDebugDir, TaskInfo};
+use ktrace_kernel::{cpu_of_thread, CpuId, Guest, GuestConfig, Kernel, ModuleDebugDir, TaskInfo};
 use ktrace_rsp::{ClientConfig, Session, StubAddr, ThreadOp};
 use ktrace_symbols::Vmlinux;
 use serde::Serialize;
@@ -45,23 +45,17 @@ pub async fn backtrace_all_cpus(
     cfg: BtConfig,
 ) -> Result<(Kernel, Vec<CpuBacktrace>), TraceError> {
     let mut unwinder = Unwinder::new(&vmlinux)?.with_max_frames(cfg.max_frames);
-    let (mut session, _) = Session::connect(addr, cfg.client).await?;
-    let result = collect(&mut session, vmlinux, &cfg.module_debug, &mut unwinder).await;
-    let detached = cfg.release.release(session).await;
-    let out = result?;
-    detached?;
-    Ok(out)
-}
-
-async fn collect(
-    session: &mut Session,
-    vmlinux: Arc<Vmlinux>,
-    module_debug: &ModuleDebugDir,
-    unwinder: &mut Unwinder,
-) -> Result<(Kernel, Vec<CpuBacktrace>), TraceError> {
-    let kernel = Kernel::attach_stub(session, vmlinux).await?.with_module_debug(module_debug);
-    let cpus = backtrace_cpus(session, &kernel, unwinder).await?;
-    Ok((kernel, cpus))
+    let guest_cfg = GuestConfig {
+        client: cfg.client,
+        release: cfg.release,
+        module_debug: cfg.module_debug,
+        ..GuestConfig::default()
+    };
+    Guest::scope(addr, vmlinux, &guest_cfg, async |guest: &mut Guest| {
+        let cpus = backtrace_cpus(&mut guest.session, &guest.kernel, &mut unwinder).await?;
+        Ok::<_, TraceError>((guest.kernel.clone(), cpus))
+    })
+    .await
 }
 
 /// Unwinds every CPU of a stopped session (for embedding: the session stays

@@ -23,29 +23,7 @@ pub enum ResumeMode {
 }
 
 /// How ktrace lets go of the guest when it is done.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum GuestRelease {
-    /// Detach: QEMU removes every breakpoint and resumes the VM, also one
-    /// that was paused before ktrace came.
-    #[default]
-    Resume,
-    /// Remove ktrace's breakpoints, then close the connection without
-    /// detaching: QEMU leaves the VM paused (`--leave-stopped`).
-    LeaveStopped,
-}
-
-impl GuestRelease {
-    /// Lets go of `session` this way.
-    pub async fn release(self, session: ktrace_rsp::Session) -> Result<(), ktrace_rsp::RspError> {
-        match self {
-            GuestRelease::Resume => session.detach().await,
-            GuestRelease::LeaveStopped => {
-                session.disconnect();
-                Ok(())
-            }
-        }
-    }
-}
+pub use ktrace_kernel::guest::Release as GuestRelease;
 
 /// What to trace and how, built with [`TraceConfig::new`] and its methods:
 /// `TraceConfig::new().breakpoint("_raw_spin_lock").pid(2297).count(10)`.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use ktrace_kernel::trampoline::{self, FilterData, Plan, Refusal, Region, Trampoline, MAX_CPUS};
-use ktrace_kernel::{CpuId, Kernel, KernelError, Target, TaskRef};
+use ktrace_kernel::{CpuId, Guest, GuestConfig, Kernel, KernelError, Target, TaskRef};
 use ktrace_rsp::{BreakpointKind, Resume, Session, StubAddr, ThreadId, ThreadOp};
 use ktrace_symbols::Vmlinux;
 
@@ -256,20 +256,21 @@ pub async fn restore_left_behind(
     vmlinux: std::sync::Arc<Vmlinux>,
     client: ktrace_rsp::ClientConfig,
 ) -> Result<RestoreOutcome, TraceError> {
-    let (mut session, _) = Session::connect(addr, client).await?;
-    let result = restore_in(&mut session, vmlinux).await;
+    let cfg = GuestConfig { client, ..GuestConfig::default() };
+    let (mut session, kernel, release) = Guest::connect(addr, vmlinux, &cfg).await?.into_parts();
+    let result = restore_in(&mut session, kernel).await;
     match result {
         Ok((outcome, Some((kernel, region)))) => {
             let (session, erased) = drain_and_erase(session, &kernel, &region).await?;
-            session.detach().await?;
+            release.release(session).await?;
             Ok(RestoreOutcome { erased, ..outcome })
         }
         Ok((outcome, None)) => {
-            session.detach().await?;
+            release.release(session).await?;
             Ok(outcome)
         }
         Err(e) => {
-            let _ = session.detach().await;
+            let _ = release.release(session).await;
             Err(e)
         }
     }
@@ -277,9 +278,8 @@ pub async fn restore_left_behind(
 
 async fn restore_in(
     session: &mut Session,
-    vmlinux: std::sync::Arc<Vmlinux>,
+    kernel: Kernel,
 ) -> Result<(RestoreOutcome, Option<(Kernel, Region)>), TraceError> {
-    let kernel = Kernel::attach_stub(session, vmlinux).await?;
     let none = RestoreOutcome { trampoline: None, restored: Vec::new(), foreign: Vec::new(), erased: false };
     let Ok(plan) = Plan::for_kernel(&kernel) else { return Ok((none, None)) };
     let Some((region, r)) = trampoline::restore_left_behind(&mut kernel.memory(session), &plan).await? else {

@@ -4,7 +4,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ktrace_kernel::{cpu_of_thread, le_u64, CurrentTask, Kernel, Target, TaskIdent, TaskRef};
+use ktrace_kernel::{cpu_of_thread, le_u64, CurrentTask, Guest, GuestConfig, Kernel, ReadThrough, Target, TaskIdent, TaskRef};
 use ktrace_rsp::{Batch, BreakpointKind, Session, StopReply, StubAddr, ThreadId};
 use ktrace_symbols::Vmlinux;
 use tokio_util::sync::CancellationToken;
@@ -187,9 +187,19 @@ impl Tracer {
         plan: Plan,
     ) -> Result<Tracer, TraceError> {
         let Plan { locations, mut unwinder, exprs } = plan;
-        let (mut session, _initial_stop) = Session::connect(addr, cfg.client.clone()).await?;
+        let guest_cfg = GuestConfig {
+            client: cfg.client.clone(),
+            release: cfg.release,
+            module_debug: cfg.module_debug.clone(),
+            read_through: match cfg.stub_translation {
+                true => ReadThrough::StubTranslation,
+                false => ReadThrough::KernelPageTables,
+            },
+        };
+        let guest = Guest::connect(addr, vmlinux, &guest_cfg).await?;
+        let (mut session, kernel, release) = guest.into_parts();
         let mut locations = locations;
-        let prepared = match Self::prepare(&mut session, vmlinux, &cfg).await {
+        let prepared = match Self::prepare(&mut session, kernel, &cfg).await {
             Ok(p) if locations.iter().any(|l| !l.is_resolved()) => {
                 // Functions the vmlinux lacks: look in the loaded modules.
                 match p.0.modules(&mut p.0.memory(&mut session)).await {
@@ -231,7 +241,7 @@ impl Tracer {
                 })
             }
             Err(err) => {
-                let _ = session.detach().await;
+                let _ = release.release(session).await;
                 Err(err)
             }
         }
@@ -239,15 +249,10 @@ impl Tracer {
 
     async fn prepare(
         session: &mut Session,
-        vmlinux: Arc<Vmlinux>,
+        mut kernel: Kernel,
         cfg: &TraceConfig,
     ) -> Result<(Kernel, GLayout, Option<TaskRef>), TraceError> {
         let glayout = GLayout::new(session.register_map())?;
-        let kernel = match cfg.stub_translation {
-            true => Kernel::attach(session, vmlinux).await?,
-            false => Kernel::attach_stub(session, vmlinux).await?,
-        };
-        let mut kernel = kernel.with_module_debug(&cfg.module_debug);
         if let Some(j) = &cfg.journal {
             kernel = kernel.with_journal(j.0.clone());
         }
