@@ -1004,3 +1004,7 @@ mod tests {
         assert_eq!(rt.block_on(CatchUnwind(Box::pin(async { 7 }))).ok(), Some(7));
     }
 }
+
+#[cfg(test)]
+#[path = "stop_loop_tests.rs"]
+mod stop_loop_tests;
