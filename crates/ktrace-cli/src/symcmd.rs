@@ -7,8 +7,8 @@ use anyhow::Result;
 use clap::Args;
 use ktrace_kernel::{Guest, GuestConfig, Modules, PercpuSection};
 use ktrace_rsp::StubAddr;
-use ktrace_tracer::TraceError;
 use ktrace_symbols::{KernelAddr, SourceFrame, Vmlinux};
+use ktrace_tracer::TraceError;
 use serde_json::json;
 
 use crate::args::{client_config, explain, ModulesArg, VmlinuxArg};

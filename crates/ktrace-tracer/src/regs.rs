@@ -89,14 +89,8 @@ impl RegisterSet {
 
 impl GLayout {
     pub(crate) fn new(map: Option<&RegisterMap>) -> Result<GLayout, TraceError> {
-        let map = map.ok_or_else(|| {
-            TraceError::NoRegisterMap
-        })?;
-        let off = |name: &'static str| {
-            map.get(name)
-                .map(|r| r.offset)
-                .ok_or(TraceError::MissingRegister(name))
-        };
+        let map = map.ok_or(TraceError::NoRegisterMap)?;
+        let off = |name: &'static str| map.get(name).map(|r| r.offset).ok_or(TraceError::MissingRegister(name));
         Ok(GLayout {
             ip: off("rip")?,
             sp: off("rsp")?,

@@ -4,7 +4,9 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ktrace_kernel::{cpu_of_thread, le_u64, CurrentTask, Guest, GuestConfig, Kernel, ReadThrough, Target, TaskIdent, TaskRef};
+use ktrace_kernel::{
+    cpu_of_thread, le_u64, CurrentTask, Guest, GuestConfig, Kernel, ReadThrough, Target, TaskIdent, TaskRef,
+};
 use ktrace_rsp::{Batch, BreakpointKind, Session, StopReply, StubAddr, ThreadId};
 use ktrace_symbols::Vmlinux;
 use tokio_util::sync::CancellationToken;
