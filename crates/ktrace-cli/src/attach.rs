@@ -137,10 +137,7 @@ impl HitSink for Output {
         let res = if self.json {
             serde_json::to_string(&hit).map_err(std::io::Error::other).and_then(|line| writeln!(self.out, "{line}"))
         } else if !self.quiet {
-            let bt = hit.backtrace.as_ref().map(format::backtrace).unwrap_or_default();
-            let regs = hit.registers.as_deref().map(format::registers).unwrap_or_default();
-            let prints = format::prints(&hit.prints);
-            writeln!(self.out, "{}\n{prints}{regs}{bt}", format::hit_header(&hit))
+            write!(self.out, "{}", format::hit_text(&hit))
         } else {
             Ok(())
         };
@@ -298,38 +295,7 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
     if let Some(path) = &args.flamegraph {
         write_flamegraph(&output.stacks, path, &places.join(", "))?;
     }
-    eprintln!(
-        "ktrace: {} hits seen, {} matched in {:.2}s ({:.0} hits/s, {:.0} matched/s); ended by {:?}; {}",
-        summary.seen,
-        summary.matched,
-        summary.elapsed.as_secs_f64(),
-        summary.seen_rate(),
-        summary.matched_rate(),
-        summary.end,
-        match (summary.guest_released, args.target.leave_stopped) {
-            (true, false) => "breakpoints removed, guest running",
-            (true, true) => "breakpoints removed, guest left paused (--leave-stopped)",
-            (false, _) => "guest NOT released",
-        }
-    );
-    if let Some(r) = &summary.in_guest {
-        if let Some(at) = r.trampoline {
-            eprintln!(
-                "ktrace: --in-guest: {} of {} site(s) restored{}; trampoline at 0x{at:x} {}",
-                r.restored,
-                r.patched,
-                if r.reconnected { " over a new connection" } else { "" },
-                if r.erased { "erased" } else { "left in place (harmless; `ktrace restore` erases it)" }
-            );
-            if r.restored < r.patched {
-                eprintln!(
-                    "ktrace: --in-guest: {} site(s) still call the trampoline (harmless); `ktrace restore {}` puts them back",
-                    r.patched - r.restored,
-                    args.target.addr().unwrap_or("")
-                );
-            }
-        }
-    }
+    eprint!("{}", format::summary_text(&summary, args.target.leave_stopped, args.target.addr().unwrap_or("")));
     if let Some(error) = error {
         return Err(anyhow::Error::from(error).context("tracing stopped"));
     }

@@ -2,8 +2,9 @@
 
 use std::fmt::Write;
 
+use ktrace_kernel::{CpuState, KernelInfo, TaskInfo};
 use ktrace_symbols::short_source_path;
-use ktrace_tracer::{Backtrace, FrameKind, Hit};
+use ktrace_tracer::{Backtrace, CpuBacktrace, FrameKind, Hit, Summary};
 
 /// `error: cause: cause`, each cause once.
 pub fn error_chain(err: &anyhow::Error) -> String {
@@ -117,7 +118,111 @@ pub fn hit_header(hit: &Hit) -> String {
     )
 }
 
+/// A hit as `attach` prints it: the header, the `--print` values, the
+/// `--regs` registers, the backtrace, and a blank line.
+pub fn hit_text(hit: &Hit) -> String {
+    let bt = hit.backtrace.as_ref().map(backtrace).unwrap_or_default();
+    let regs = hit.registers.as_deref().map(registers).unwrap_or_default();
+    let prints = prints(&hit.prints);
+    format!("{}\n{prints}{regs}{bt}\n", hit_header(hit))
+}
+
+/// The end-of-trace lines of `attach` (on stderr): the counters, why it
+/// ended, what became of the guest, and what `--in-guest` left; `addr` is
+/// the stub's address, for the `ktrace restore` hint.
+pub fn summary_text(summary: &Summary, leave_stopped: bool, addr: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "ktrace: {} hits seen, {} matched in {:.2}s ({:.0} hits/s, {:.0} matched/s); ended by {:?}; {}",
+        summary.seen,
+        summary.matched,
+        summary.elapsed.as_secs_f64(),
+        summary.seen_rate(),
+        summary.matched_rate(),
+        summary.end,
+        match (summary.guest_released, leave_stopped) {
+            (true, false) => "breakpoints removed, guest running",
+            (true, true) => "breakpoints removed, guest left paused (--leave-stopped)",
+            (false, _) => "guest NOT released",
+        }
+    );
+    if let Some(r) = &summary.in_guest {
+        if let Some(at) = r.trampoline {
+            let _ = writeln!(
+                out,
+                "ktrace: --in-guest: {} of {} site(s) restored{}; trampoline at 0x{at:x} {}",
+                r.restored,
+                r.patched,
+                if r.reconnected { " over a new connection" } else { "" },
+                if r.erased { "erased" } else { "left in place (harmless; `ktrace restore` erases it)" }
+            );
+            if r.restored < r.patched {
+                let _ = writeln!(
+                    out,
+                    "ktrace: --in-guest: {} site(s) still call the trampoline (harmless); `ktrace restore {addr}` puts them back",
+                    r.patched - r.restored,
+                );
+            }
+        }
+    }
+    out
+}
+
 /// A state column like `ps`.
 pub fn state(letter: char) -> String {
     letter.to_string()
+}
+
+/// `ktrace ps`: every task, with the CPU it runs on (from `cpus`).
+pub fn ps_text(tasks: &[TaskInfo], cpus: &[CpuState]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:>7} {:>7} {:>2} {:>3}  {:<18}  COMM", "PID", "TGID", "ST", "CPU", "TASK");
+    for t in tasks {
+        let cpu = cpus.iter().find(|c| c.current.task == t.task).map_or("-".to_string(), |c| c.cpu.to_string());
+        let comm = if t.is_kthread() { format!("[{}]", t.comm) } else { t.comm.clone() };
+        let _ = writeln!(
+            out,
+            "{:>7} {:>7} {:>2} {:>3}  0x{:016x}  {}",
+            t.pid,
+            t.tgid,
+            state(t.state.letter()),
+            cpu,
+            t.task.0,
+            comm
+        );
+    }
+    out
+}
+
+/// `ktrace info`: release, banner, KASLR, and what each CPU runs.
+pub fn info_text(info: &KernelInfo) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "release   {}", info.release);
+    let _ = writeln!(out, "banner    {}", info.banner);
+    if info.slide == 0 {
+        let _ = writeln!(out, "kaslr     off (slide 0)");
+    } else {
+        let _ = writeln!(out, "kaslr     on, slide 0x{:x}", info.slide);
+    }
+    let _ = writeln!(out, "cpus      {}", info.cpus.len());
+    for c in &info.cpus {
+        let _ = writeln!(
+            out,
+            "cpu {:<3}  per-cpu 0x{:016x}  current pid {:<6} {} (task 0x{:x})",
+            c.cpu, c.percpu_base, c.current.pid, c.current.comm, c.current.task.0
+        );
+    }
+    out
+}
+
+/// `ktrace bt`: the release and CPU count, then each CPU's task and backtrace.
+pub fn bt_text(release: &str, cpu_count: usize, cpus: &[CpuBacktrace]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{release} ({cpu_count} CPUs)");
+    for c in cpus {
+        let _ = writeln!(out, "\ncpu {}: pid {} tgid {} comm {}", c.cpu, c.task.pid, c.task.tgid, c.task.comm);
+        out.push_str(&backtrace(&c.backtrace));
+    }
+    out
 }

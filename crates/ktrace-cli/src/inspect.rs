@@ -50,28 +50,15 @@ pub async fn ps(read: ReadArgs) -> Result<ExitCode> {
     if !consistent {
         eprintln!("ktrace: the task list changed while it was read (the guest runs): this listing may be inconsistent");
     }
-    let cpu_of = |t: &ktrace_kernel::TaskInfo| cpus.iter().find(|c| c.current.task == t.task).map(|c| c.cpu);
     if args.json {
+        let cpu_of = |t: &TaskInfo| cpus.iter().find(|c| c.current.task == t.task).map(|c| c.cpu);
         for t in &tasks {
             let mut v = serde_json::to_value(t)?;
             v["cpu"] = serde_json::json!(cpu_of(t).map(|c| c.0));
             outln!("{v}");
         }
     } else {
-        outln!("{:>7} {:>7} {:>2} {:>3}  {:<18}  COMM", "PID", "TGID", "ST", "CPU", "TASK");
-        for t in &tasks {
-            let cpu = cpu_of(t).map_or("-".to_string(), |c| c.to_string());
-            let comm = if t.is_kthread() { format!("[{}]", t.comm) } else { t.comm.clone() };
-            outln!(
-                "{:>7} {:>7} {:>2} {:>3}  0x{:016x}  {}",
-                t.pid,
-                t.tgid,
-                format::state(t.state.letter()),
-                cpu,
-                t.task.0,
-                comm
-            );
-        }
+        out!("{}", format::ps_text(&tasks, &cpus));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -84,24 +71,7 @@ pub async fn info(read: ReadArgs) -> Result<ExitCode> {
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&info)?);
     } else {
-        outln!("release   {}", info.release);
-        outln!("banner    {}", info.banner);
-        if info.slide == 0 {
-            outln!("kaslr     off (slide 0)");
-        } else {
-            outln!("kaslr     on, slide 0x{:x}", info.slide);
-        }
-        outln!("cpus      {}", info.cpus.len());
-        for c in &info.cpus {
-            outln!(
-                "cpu {:<3}  per-cpu 0x{:016x}  current pid {:<6} {} (task 0x{:x})",
-                c.cpu,
-                c.percpu_base,
-                c.current.pid,
-                c.current.comm,
-                c.current.task.0
-            );
-        }
+        out!("{}", format::info_text(&info));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -167,11 +137,7 @@ pub async fn bt(bt: BtArgs) -> Result<ExitCode> {
             outln!("{}", serde_json::to_string(c)?);
         }
     } else {
-        outln!("{} ({} CPUs)", kernel.release(), kernel.cpu_count());
-        for c in &cpus {
-            outln!("\ncpu {}: pid {} tgid {} comm {}", c.cpu, c.task.pid, c.task.tgid, c.task.comm);
-            out!("{}", format::backtrace(&c.backtrace));
-        }
+        out!("{}", format::bt_text(kernel.release(), kernel.cpu_count(), &cpus));
     }
     Ok(ExitCode::SUCCESS)
 }

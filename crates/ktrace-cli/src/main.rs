@@ -24,6 +24,8 @@ mod guard;
 mod inspect;
 mod locate;
 mod printcmd;
+#[cfg(test)]
+mod snapshot_tests;
 mod source;
 mod symcmd;
 
