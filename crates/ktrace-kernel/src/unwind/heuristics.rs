@@ -13,21 +13,21 @@ use crate::x86::registers::Reg;
 use crate::{Kernel, Target};
 
 /// Whether runtime `ra` is a return address in the vmlinux: an address
-/// in its code right after a call (to `target`, a runtime address, when
-/// given: then a `call rel32` to it).
-fn after_call(kernel: &Kernel, ra: u64, target: Option<u64>) -> bool {
+/// in its code right after a call.
+fn after_call(kernel: &Kernel, ra: u64) -> bool {
     let vm = kernel.vmlinux();
     let link = kernel.link(ra);
-    if !vm.is_code(link) {
-        return false;
-    }
-    match target {
-        None => vm.section_bytes_at(KernelAddr(link.0.wrapping_sub(7)), 7).is_some_and(ends_with_call),
-        Some(target) => vm.section_bytes_at(KernelAddr(link.0.wrapping_sub(5)), 5).is_some_and(|c| {
-            let rel = i32::from_le_bytes([c[1], c[2], c[3], c[4]]);
-            c[0] == CALL_REL32 && ra.wrapping_add(rel as i64 as u64) == target
-        }),
-    }
+    vm.is_code(link) && vm.section_bytes_at(KernelAddr(link.0.wrapping_sub(7)), 7).is_some_and(ends_with_call)
+}
+
+/// Where the `call rel32` right before runtime return address `ra` goes
+/// (runtime), when `ra` is one in the vmlinux's code.
+fn called_from(kernel: &Kernel, ra: u64) -> Option<u64> {
+    let vm = kernel.vmlinux();
+    let link = kernel.link(ra);
+    let c = vm.section_bytes_at(KernelAddr(link.0.wrapping_sub(5)), 5)?;
+    let rel = i32::from_le_bytes([c[1], c[2], c[3], c[4]]);
+    (vm.is_code(link) && c[0] == CALL_REL32).then(|| ra.wrapping_add(rel as i64 as u64))
 }
 
 /// A CPU stopped in code whose rules say "end of stack" (or nothing)
@@ -36,10 +36,11 @@ fn after_call(kernel: &Kernel, ra: u64, target: Option<u64>) -> bool {
 /// go through. On the function's first instruction nothing has touched
 /// the stack: when `[SP]` is a return address in the vmlinux (right after
 /// a call), that is the caller. Further in, `[SP]` must be right after a
-/// `call` to this very function; or, inside a retpoline's inner call
-/// (`call 1f; 2: pause; lfence; jmp 2b; 1: mov %reg,(%rsp); ret`), `[SP]`
-/// is that call's return address (in this function, at or before the pc)
-/// and `[SP + 8]` the one after the call to the function. `None`: a real
+/// `call rel32` into this function at or before the pc; or, inside a
+/// retpoline's inner call (`call 1f; 2: pause; lfence; jmp 2b; 1: mov
+/// %reg,(%rsp); ret`), `[SP]` is that call's return address (past the
+/// call's target, at or before the pc) and `[SP + 8]` the one after the
+/// call to the thunk. `None`: a real
 /// bottom of the stack.
 pub(super) async fn called_here<T: Target>(
     kernel: &Kernel,
@@ -52,15 +53,20 @@ pub(super) async fn called_here<T: Target>(
         return None;
     }
     let offset = kernel.vmlinux().symbolize(kernel.link(pc))?.offset;
-    let start = pc - offset;
     let top = stack.u64(sp).await?;
     if offset == 0 {
-        return after_call(kernel, top, None).then(|| UnwindRow::call(Reg::Rsp, 8, Source::Heuristic));
+        return after_call(kernel, top).then(|| UnwindRow::call(Reg::Rsp, 8, Source::Heuristic));
     }
-    if after_call(kernel, top, Some(start)) {
+    // Called into this function (at or before the pc: the thunks of an
+    // array share one symbol).
+    let start = pc - offset;
+    let called_here = |ra: u64| called_from(kernel, ra).is_some_and(|t| start <= t && t <= pc);
+    if called_here(top) {
         return Some(UnwindRow::call(Reg::Rsp, 8, Source::Heuristic));
     }
-    if start < top && top <= pc && after_call(kernel, stack.u64(sp.wrapping_add(8)).await?, Some(start)) {
+    let outer = stack.u64(sp.wrapping_add(8)).await?;
+    let inner_call = called_from(kernel, outer).is_some_and(|t| start <= t && t < top && top <= pc);
+    if inner_call && called_here(outer) {
         return Some(UnwindRow::call(Reg::Rsp, 16, Source::Heuristic));
     }
     None

@@ -3,7 +3,7 @@
 use super::row::{orc_usable, PtRegsLayout};
 use super::*;
 use crate::synthetic::SyntheticTarget;
-use ktrace_symbols::{CfaRule, CfiRow, OrcEntry, OrcReg, RegRule};
+use ktrace_symbols::{CfaRule, CfiRow, OrcEntry, OrcReg, OrcType, RegRule};
 
 const STACK: u64 = 0xffff_c900_0000_0000;
 const CALLER: u64 = 0xffff_ffff_8123_4567;
@@ -252,6 +252,137 @@ async fn a_called_thunk_is_not_the_bottom_of_the_stack() {
     // Not called (no return address at SP): the bottom, as ORC says.
     t.write_u64(sp, 0);
     let bt = u.unwind(&kernel, &mut t, Regs::new(thunk + SLIDE, sp, 0)).await;
+    assert_eq!((bt.frames.len(), bt.stopped.clone()), (1, None), "{bt:?}");
+}
+
+/// The call sites of runtime-independent `target` in the vmlinux's text:
+/// the return address after the first `call rel32` to it.
+fn a_call_to(vm: &Vmlinux, target: u64) -> Option<u64> {
+    let (text, end) = (vm.symbol("_stext").ok()?.addr.0, vm.symbol("_etext").ok()?.addr.0);
+    let code = vm.section_bytes_at(KernelAddr(text), (end - text) as usize)?;
+    let call = (0..code.len() - 5).find(|&i| {
+        code[i] == 0xe8
+            && (text + i as u64 + 5)
+                .wrapping_add(i32::from_le_bytes(code[i + 1..i + 5].try_into().unwrap()) as i64 as u64)
+                == target
+    })?;
+    Some(text + call as u64 + 5)
+}
+
+/// A kernel over synthetic memory for `vm`, slid by `slide`.
+async fn synthetic_kernel(vm: &std::sync::Arc<Vmlinux>, slide: u64) -> (SyntheticTarget, Kernel) {
+    let sym = |n: &str| vm.symbol(n).unwrap().addr.0;
+    let mut t = target();
+    t.map(sym("linux_banner") + slide, vm.banner().unwrap().as_bytes());
+    t.map(sym("__per_cpu_offset") + slide, &0xffff_8880_0000_0000u64.to_le_bytes());
+    let kernel = Kernel::attach(&mut t, vm.clone()).await.expect("attach to synthetic memory");
+    (t, kernel)
+}
+
+/// 6.1's retpoline thunks end the stack in ORC past their first
+/// instruction too: in the `pause; lfence; jmp` loop of the inner call,
+/// `[SP]` is that call's return address and `[SP + 8]` the one into the
+/// function that called the thunk.
+#[tokio::test]
+async fn a_thunk_is_not_the_bottom_of_the_stack_anywhere_inside() {
+    let Some(vm) = real_vmlinux() else { return };
+    const SLIDE: u64 = 10 * (2 << 20);
+    let thunk_sym = vm.symbol("__x86_indirect_thunk_rax").unwrap();
+    let thunk = thunk_sym.addr.0;
+    let orc = vm.orc().unwrap();
+    if orc.lookup(KernelAddr(thunk)).unwrap().kind != OrcType::EndOfStack {
+        return; // only kernels whose thunks end the stack (6.1) have the case
+    }
+    // The inner call is the thunk's first instruction (5 bytes): the loop follows.
+    let inner_ra = thunk + 5;
+    let size = thunk_sym.size.max(16);
+    let pc = (5..size)
+        .map(|o| thunk + o)
+        .find(|&pc| {
+            orc.lookup(KernelAddr(pc)).is_none_or(|o| matches!(o.kind, OrcType::EndOfStack | OrcType::Undefined))
+        })
+        .expect("a pc inside the thunk that ends the stack");
+    let ra = a_call_to(&vm, thunk).expect("some function calls the rax thunk");
+    let (mut t, kernel) = synthetic_kernel(&vm, SLIDE).await;
+    let mut u = Unwinder::new(&vm).unwrap();
+    let sp = STACK + 0x100;
+    t.write_u64(sp, inner_ra + SLIDE).write_u64(sp + 8, ra + SLIDE);
+    let bt = u.unwind(&kernel, &mut t, Regs::new(pc + SLIDE, sp, 0)).await;
+    let got: Vec<_> = bt.frames.iter().take(2).map(|f| (f.kind, f.pc, f.sp)).collect();
+    assert_eq!(got, [(FrameKind::Stopped, pc + SLIDE, sp), (FrameKind::Call, ra + SLIDE, sp + 16)], "{bt:?}");
+    // (The rax thunk is also the start of __x86_indirect_thunk_array.)
+    assert!(bt.frames[0].function.as_deref().is_some_and(|f| f.starts_with("__x86_indirect_thunk")), "{bt:?}");
+    // Right after the call to the thunk, anywhere in it: [SP] is the caller.
+    t.write_u64(sp, ra + SLIDE);
+    let bt = u.unwind(&kernel, &mut t, Regs::new(pc + SLIDE, sp, 0)).await;
+    let got: Vec<_> = bt.frames.iter().take(2).map(|f| (f.kind, f.pc)).collect();
+    assert_eq!(got, [(FrameKind::Stopped, pc + SLIDE), (FrameKind::Call, ra + SLIDE)], "{bt:?}");
+    // No call to this thunk behind the words at SP: the bottom, as ORC says.
+    t.write_u64(sp, inner_ra + SLIDE).write_u64(sp + 8, 0);
+    let bt = u.unwind(&kernel, &mut t, Regs::new(pc + SLIDE, sp, 0)).await;
+    assert_eq!((bt.frames.len(), bt.stopped.clone()), (1, None), "{bt:?}");
+    // A return address after a call to another function is not this thunk's caller.
+    let other = a_call_to(&vm, vm.symbol("_raw_spin_lock").unwrap().addr.0).expect("a call to _raw_spin_lock");
+    t.write_u64(sp, other + SLIDE);
+    let bt = u.unwind(&kernel, &mut t, Regs::new(pc + SLIDE, sp, 0)).await;
+    assert_eq!((bt.frames.len(), bt.stopped.clone()), (1, None), "{bt:?}");
+}
+
+/// The 7.x test guest's vmlinux; `None` (skip) outside CI.
+fn real_vmlinux_7() -> Option<std::sync::Arc<Vmlinux>> {
+    let path = ktrace_testguest::test_vmlinux_of(ktrace_testguest::KernelSeries::V7)?;
+    Some(std::sync::Arc::new(Vmlinux::open(&path).expect("vmlinux opens")))
+}
+
+/// A CPU on the `sysretq` path of `entry_SYSCALL_64`, once the user's
+/// registers are back (seen at `entry_SYSCALL_64+316` on 7.x): the
+/// caller is the user context, its pc in rcx and its stack in rsp (or,
+/// at `pop %rsp`, in the word at SP). Found from the instructions, not
+/// from offsets.
+#[tokio::test]
+async fn the_sysret_path_leads_to_user_space() {
+    let Some(vm) = real_vmlinux_7() else { return };
+    const SLIDE: u64 = 12 * (2 << 20);
+    let entry = vm.symbol("entry_SYSCALL_64").unwrap();
+    let code = vm.section_bytes_at(entry.addr, entry.size.max(0x200) as usize).unwrap();
+    let sysretq = entry.addr.0
+        + code.windows(3).position(|w| w == crate::x86::insn::SYSRETQ).expect("entry_SYSCALL_64 has a sysretq") as u64;
+    // The swapgs before it (entry_SYSRETQ_unsafe_stack) and the pop %rsp before that.
+    let swapgs = (sysretq - 24..sysretq)
+        .find(|&a| vm.section_bytes_at(KernelAddr(a), 3) == Some(&crate::x86::insn::SWAPGS[..]))
+        .expect("a swapgs before the sysretq");
+    let pop_rsp = swapgs - 1;
+    assert_eq!(vm.section_bytes_at(KernelAddr(pop_rsp), 1), Some(&[crate::x86::insn::POP_RSP][..]));
+    let (mut t, kernel) = synthetic_kernel(&vm, SLIDE).await;
+    let mut u = Unwinder::new(&vm).unwrap();
+    const USER_PC: u64 = 0x7f3a_1b2c_3d4e;
+    const USER_SP: u64 = 0x7ffc_c5bd_3b08;
+    for pc in [swapgs, sysretq] {
+        let regs = Regs::new(pc + SLIDE, USER_SP, 0).with(Reg::Rcx, USER_PC);
+        let bt = u.unwind(&kernel, &mut t, regs).await;
+        let got: Vec<_> = bt.frames.iter().map(|f| (f.kind, f.pc, f.sp)).collect();
+        assert_eq!(
+            got,
+            [(FrameKind::Stopped, pc + SLIDE, USER_SP), (FrameKind::User, USER_PC, USER_SP)],
+            "at 0x{pc:x}: {bt:?}"
+        );
+        assert_eq!(bt.frames[0].function.as_deref().map(|f| f.starts_with("entry_SYS")), Some(true), "{bt:?}");
+        assert_eq!(bt.stopped, None, "{bt:?}");
+    }
+    // At pop %rsp: SP is the entry stack, the user's is the word there.
+    let sp = STACK + 0x200;
+    t.write_u64(sp, USER_SP);
+    let regs = Regs::new(pop_rsp + SLIDE, sp, 0).with(Reg::Rcx, USER_PC);
+    let bt = u.unwind(&kernel, &mut t, regs).await;
+    let got: Vec<_> = bt.frames.iter().map(|f| (f.kind, f.pc, f.sp)).collect();
+    assert_eq!(got, [(FrameKind::Stopped, pop_rsp + SLIDE, sp), (FrameKind::User, USER_PC, USER_SP)], "{bt:?}");
+    assert_eq!(bt.stopped, None);
+    // Without rcx the user pc is not known: as before, no user frame.
+    let bt = u.unwind(&kernel, &mut t, Regs::new(sysretq + SLIDE, USER_SP, 0)).await;
+    assert_eq!(bt.frames.len(), 1, "{bt:?}");
+    // The syscall entry itself is not on the way out.
+    let regs = Regs::new(entry.addr.0 + SLIDE, USER_SP, 0).with(Reg::Rcx, USER_PC);
+    let bt = u.unwind(&kernel, &mut t, regs).await;
     assert_eq!((bt.frames.len(), bt.stopped.clone()), (1, None), "{bt:?}");
 }
 
