@@ -1,9 +1,10 @@
 //! The one evaluator: an [`UnwindRow`] applied to a frame's registers and
 //! its stack gives the caller's registers.
 
+use super::frame::FrameKind;
+use super::reason::StopReason;
 use super::row::{Cfa, FrameType, Rule, Source, UnwindRow};
 use super::stack::StackReader;
-use super::{FrameKind, StopReason};
 use crate::regs::Regs;
 use crate::x86::registers::Reg;
 use crate::x86::AddressSpace;

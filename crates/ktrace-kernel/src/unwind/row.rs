@@ -11,7 +11,7 @@
 
 use ktrace_symbols::{CfaRule, CfiRow, OrcEntry, OrcReg, OrcType, RegRule, SavedRegisters, SymbolError, Vmlinux};
 
-use super::StopReason;
+use super::reason::StopReason;
 use crate::x86::registers::Reg;
 
 /// How the canonical frame address (the caller's SP before its call) is found.

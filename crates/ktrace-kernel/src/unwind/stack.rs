@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 
-use super::StopReason;
+use super::reason::StopReason;
 use crate::Target;
 
-/// The unit the unwinder reads stacks in (the pages of [`Backtrace::stack`]).
+/// The unit the unwinder reads stacks in (the pages of [`super::Backtrace::stack`]).
 pub const PAGE: u64 = 2048;
 
 /// Reads stack words through aligned, cached 2 KiB chunks.
