@@ -13,9 +13,9 @@
 //!
 //! Every rule source (the vmlinux's and modules' ORC, DWARF CFI,
 //! `pt_regs`, ktrace's trampoline, the heuristics past an end of stack)
-//! becomes one normalized row ([`row`]), which one function evaluates
-//! ([`engine`]) against the frame's registers ([`Regs`]) and the stack
-//! ([`stack`]).
+//! becomes one normalized row (`row.rs`), which one function evaluates
+//! (`engine.rs`) against the frame's registers ([`Regs`]) and the stack
+//! (`stack.rs`).
 
 use std::collections::HashMap;
 
