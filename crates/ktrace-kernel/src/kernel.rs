@@ -30,6 +30,8 @@ pub struct Kernel {
     module_layout: Arc<std::sync::OnceLock<Result<crate::ModuleLayout, String>>>,
     /// Modules' debug files.
     module_debug: Arc<ModuleDebugFiles>,
+    /// The module list as last read (shared by clones: the same guest).
+    module_cache: Arc<std::sync::Mutex<ModuleCache>>,
     /// The address-space layout the guest reports.
     space: AddressSpace,
     /// ktrace's own translation through the kernel's page tables, when the
@@ -37,6 +39,18 @@ pub struct Kernel {
     translation: Option<Arc<Translation>>,
     /// Told of every write first.
     journal: Option<Arc<dyn WriteJournal>>,
+}
+
+/// The loaded modules as last read, and when: the list is read again at
+/// most once per generation (each resume of the guest starts one), when a
+/// pc falls in the module area but in no known module.
+#[derive(Debug, Default)]
+struct ModuleCache {
+    list: Option<Arc<crate::Modules>>,
+    /// Bumped by [`Kernel::resumed`].
+    generation: u64,
+    /// The generation the list was last read (or given) in.
+    read_in: Option<u64>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -271,6 +285,7 @@ impl Kernel {
             rq_idle,
             module_layout: Arc::default(),
             module_debug: Arc::new(ModuleDebugFiles::new(&ModuleDebugDir::Default, &release)),
+            module_cache: Arc::default(),
             release,
             space,
             translation,
@@ -324,13 +339,16 @@ impl Kernel {
             let off = vm.member(&format!("inactive_task_frame.{member}"))?.offset as usize;
             Ok(u64::from_le_bytes(crate::target::le_array(frame.get(off..).unwrap_or_default())?))
         };
-        Ok(crate::regs::Regs {
-            ip: word("ret_addr")?,
-            sp: sp + size,
-            bp: word("bp")?,
-            r13: word("r13")?,
-            ..crate::regs::Regs::default()
-        })
+        use crate::regs::Reg;
+        let mut regs = crate::regs::Regs::new(word("ret_addr")?, sp + size, word("bp")?);
+        // The callee-saved registers switch_to pushed (which ones depends
+        // on the kernel's version).
+        for reg in [Reg::Rbx, Reg::R12, Reg::R13, Reg::R14, Reg::R15] {
+            if vm.member(&format!("inactive_task_frame.{}", reg.pt_regs_member())).is_ok() {
+                regs.set(reg, word(reg.pt_regs_member())?);
+            }
+        }
+        Ok(regs)
     }
 
     /// The kernel log (`dmesg`), from the printk ring buffer.
@@ -340,6 +358,7 @@ impl Kernel {
 
     /// The guest ran: translations outside the fixed mappings are walked again.
     pub fn resumed(&self) {
+        self.module_cache().generation += 1;
         if let Some(t) = &self.translation {
             t.resumed();
         }
@@ -486,6 +505,61 @@ impl Kernel {
         let layout = self.module_layout()?;
         let format = self.vmlinux.orc().ok().map(|t| t.format());
         crate::read_modules(target, layout, self.slide, format).await
+    }
+
+    fn module_cache(&self) -> std::sync::MutexGuard<'_, ModuleCache> {
+        self.module_cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a module list just read (e.g. to resolve breakpoints) as the
+    /// known one, so that the next backtraces do not read it again before
+    /// the guest runs.
+    pub fn know_modules(&self, modules: crate::Modules) {
+        let mut cache = self.module_cache();
+        cache.list = Some(Arc::new(modules));
+        cache.read_in = Some(cache.generation);
+    }
+
+    /// The module list as last read or given, without reading it.
+    pub fn known_modules(&self) -> Option<Arc<crate::Modules>> {
+        self.module_cache().list.clone()
+    }
+
+    /// The known modules, made to hold the module whose code holds `pc`
+    /// when one does: the list is read on the first pc in the module area,
+    /// and again (at most once per generation, see [`Kernel::resumed`])
+    /// when a pc there falls in no known module, since modules load while
+    /// tracing. The debug file of the module holding `pc` is placed
+    /// ([`Kernel::module_debug`]) on the first ask.
+    pub async fn modules_at<T: Target>(&self, target: &mut T, pc: u64) -> Option<Arc<crate::Modules>> {
+        let reread = {
+            let mut cache = self.module_cache();
+            let known = cache.list.as_ref().is_some_and(|m| m.by_code_addr(pc).is_some());
+            let reread = !known && self.space.is_module(pc) && cache.read_in != Some(cache.generation);
+            if reread {
+                cache.read_in = Some(cache.generation);
+            }
+            reread
+        };
+        if reread {
+            if let Ok(m) = self.modules(target).await {
+                self.module_cache().list = Some(Arc::new(m));
+            }
+        }
+        let list = self.known_modules()?;
+        let module = list.by_code_addr(pc)?;
+        if module.debug.is_some() {
+            return Some(list);
+        }
+        let debug = self.module_debug(target, module).await?;
+        drop(list);
+        let mut cache = self.module_cache();
+        // Placed in the list when no one else holds it; a holder sees the
+        // file through `module_debug` (which opens each file once).
+        if let Some(m) = cache.list.as_mut().and_then(Arc::get_mut).and_then(|l| l.by_code_addr_mut(pc)) {
+            m.debug = Some(debug);
+        }
+        cache.list.clone()
     }
 
     /// The debug file of a loaded module, from the modules directory (see

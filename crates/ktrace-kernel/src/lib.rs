@@ -67,4 +67,4 @@ pub use rsp_target::{cpu_of_thread, StubMemoryError};
 pub use stack_copy::{StackCopy, StackCopyError};
 pub use target::{CpuId, Target};
 pub use task::{decode_comm, le_u64, TaskIdent, TaskInfo, TaskRef, TaskState, MAX_TASKS};
-pub use unwind::{Backtrace, Frame, FrameKind, Regs, StopReason, Unwinder};
+pub use unwind::{Backtrace, Frame, FrameKind, Reg, Regs, StopReason, Unwinder};

@@ -3,8 +3,8 @@
 //! A recorded hit carries the registers an unwind needs and a copy of the
 //! stack from its stack pointer up (as `perf record --call-graph dwarf`
 //! copies user stacks). The unwinder reads stack words from the copy and
-//! everything else from the vmlinux and the module tables it already holds
-//! ([`crate::Unwinder::know_modules`]); a frame whose stack lies outside the
+//! everything else from the vmlinux and the module tables the kernel already
+//! holds ([`crate::Kernel::know_modules`]); a frame whose stack lies outside the
 //! copy ends the backtrace with [`crate::StopReason::UnreadableStack`],
 //! never with a guess.
 

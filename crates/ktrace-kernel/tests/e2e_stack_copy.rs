@@ -44,11 +44,11 @@ fn check(series: KernelSeries) {
             for cpu in Target::cpus(&mut kernel.memory(&mut s)).await.expect("cpus") {
                 let regs = Regs::read_from(&mut kernel.memory(&mut s), cpu).await.expect("registers");
                 let live = unwinder.unwind(&kernel, &mut kernel.memory(&mut s), regs).await;
-                if !kernel.space().is_kernel(regs.sp) {
+                if !kernel.space().is_kernel(regs.sp()) {
                     continue;
                 }
-                let start = regs.sp & !(PAGE - 1);
-                let end = (regs.sp | (block - 1)) + 1;
+                let start = regs.sp() & !(PAGE - 1);
+                let end = (regs.sp() | (block - 1)) + 1;
                 // Up to the end of the block, or of the stack where it ends
                 // first (an IRQ stack is not aligned to its size: its
                 // guard page comes first).
@@ -61,7 +61,7 @@ fn check(series: KernelSeries) {
                     }
                     at += PAGE;
                 }
-                assert!(at > regs.sp, "CPU {cpu}: its stack pointer 0x{:x} is unreadable", regs.sp);
+                assert!(at > regs.sp(), "CPU {cpu}: its stack pointer 0x{:x} is unreadable", regs.sp());
                 let end = at;
                 let mut copy = StackCopy::new(start, bytes);
                 let copied = unwinder.unwind(&kernel, &mut copy, regs).await;

@@ -3,20 +3,15 @@
 use ktrace_rsp::RegisterMap;
 
 use crate::TraceError;
-use ktrace_kernel::unwind::Regs;
+use ktrace_kernel::unwind::{Reg, Regs};
 // The integer registers `--regs` shows, in GDB's `info registers` order.
 use ktrace_kernel::x86::registers::INFO_REGISTERS as SHOWN;
 
-/// Byte offsets of the unwinder's registers in QEMU's `g` reply.
+/// Byte offsets of the unwinder's registers in QEMU's `g` reply, by
+/// [`Reg`], found by the names the stub's `target.xml` gives them.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct GLayout {
-    ip: usize,
-    sp: usize,
-    bp: usize,
-    di: usize,
-    dx: usize,
-    r10: usize,
-    r13: usize,
+    offsets: [Option<usize>; Reg::COUNT],
     /// Register number of `rip` (for `p`/`P`).
     pub rip_regnum: u32,
     /// Register number of `cr3`, which QEMU leaves out of `g` (read with
@@ -88,32 +83,37 @@ impl RegisterSet {
 }
 
 impl GLayout {
+    /// The registers an unwind cannot start without.
+    const REQUIRED: [Reg; 3] = [Reg::Rip, Reg::Rsp, Reg::Rbp];
+
     pub(crate) fn new(map: Option<&RegisterMap>) -> Result<GLayout, TraceError> {
         let map = map.ok_or(TraceError::NoRegisterMap)?;
-        let off = |name: &'static str| map.get(name).map(|r| r.offset).ok_or(TraceError::MissingRegister(name));
+        let mut offsets = [None; Reg::COUNT];
+        for reg in Reg::ALL {
+            match map.get(reg.name()) {
+                Some(r) => offsets[reg.index()] = Some(r.offset),
+                None if GLayout::REQUIRED.contains(&reg) => return Err(TraceError::MissingRegister(reg.name())),
+                None => {}
+            }
+        }
         Ok(GLayout {
-            ip: off("rip")?,
-            sp: off("rsp")?,
-            bp: off("rbp")?,
-            di: off("rdi")?,
-            dx: off("rdx")?,
-            r10: off("r10")?,
-            r13: off("r13")?,
+            offsets,
             rip_regnum: map.get("rip").map(|r| r.regnum).unwrap_or(16),
             cr3_regnum: map.get("cr3").map(|r| r.regnum),
         })
     }
 
     pub(crate) fn decode(&self, g: &[u8]) -> Regs {
-        let at = |o: usize| g.get(o..o + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
-        Regs {
-            ip: at(self.ip),
-            sp: at(self.sp),
-            bp: at(self.bp),
-            di: at(self.di),
-            dx: at(self.dx),
-            r10: at(self.r10),
-            r13: at(self.r13),
+        let at = |o: usize| g.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+        let mut regs = Regs::default();
+        for reg in Reg::ALL {
+            match self.offsets[reg.index()].map(at) {
+                Some(Some(v)) => regs.set(reg, v),
+                // As before: a short reply reads as 0 for the registers an unwind needs.
+                _ if GLayout::REQUIRED.contains(&reg) => regs.set(reg, 0),
+                _ => {}
+            }
         }
+        regs
     }
 }

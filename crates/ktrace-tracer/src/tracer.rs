@@ -188,7 +188,7 @@ impl Tracer {
         cfg: TraceConfig,
         plan: Plan,
     ) -> Result<Tracer, TraceError> {
-        let Plan { locations, mut unwinder, exprs } = plan;
+        let Plan { locations, unwinder, exprs } = plan;
         let guest_cfg = GuestConfig {
             client: cfg.client.clone(),
             release: cfg.release,
@@ -208,7 +208,7 @@ impl Tracer {
                     Ok(modules) => {
                         let resolved = location::resolve_in_modules(&mut locations, &modules);
                         // The backtraces of the first hits need not read them again.
-                        unwinder.know_modules(modules);
+                        p.0.know_modules(modules);
                         match resolved {
                             Ok(()) => Ok(p),
                             // `run` waits for the module to load.
@@ -323,7 +323,7 @@ impl Tracer {
         loop {
             let modules = self.kernel.modules(&mut self.kernel.memory(conn.stopped()?)).await?;
             let resolved = location::resolve_in_modules(&mut self.locations, &modules).is_ok();
-            self.unwinder.know_modules(modules);
+            self.kernel.know_modules(modules);
             if resolved {
                 self.armed = armed_for(&self.kernel, &self.locations);
                 return Ok(Waited::Done);
@@ -797,8 +797,8 @@ impl Tracer {
         let regs0 = g.as_ref().map(|g| {
             let mut regs = self.glayout.decode(g);
             if entry_frame {
-                regs.ip = pc;
-                regs.sp += 8;
+                regs.set(ktrace_kernel::Reg::Rip, pc);
+                regs.set(ktrace_kernel::Reg::Rsp, regs.sp() + 8);
             }
             regs
         });
@@ -851,9 +851,9 @@ impl Tracer {
     /// the stopped function sees them (`regs`: after the entry adjustment).
     fn frame_registers(&self, g: &[u8], regs: ktrace_kernel::Regs) -> FrameRegisters {
         let mut frame = self.register_set.as_ref().map(|set| set.frame(g)).unwrap_or_default();
-        frame.set("rip", regs.ip);
-        frame.set("rsp", regs.sp);
-        frame.cfa = ktrace_kernel::values::stopped_frame_cfa(&self.kernel, regs.ip, &frame);
+        frame.set("rip", regs.ip());
+        frame.set("rsp", regs.sp());
+        frame.cfa = ktrace_kernel::values::stopped_frame_cfa(&self.kernel, regs.ip(), &frame);
         frame
     }
 

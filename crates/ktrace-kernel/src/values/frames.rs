@@ -9,12 +9,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ktrace_symbols::{KernelAddr, RegRule, Scope, CALLEE_SAVED};
+use ktrace_symbols::{KernelAddr, RegRule, Scope};
 
 use super::argument::{Argument, ScopeArguments};
 use super::format::{format_value, value_json, Detail};
 use super::location::FrameRegisters;
 use super::value::{read_variable, VariableValue};
+use crate::regs::{Reg, Regs};
 use crate::unwind::{Backtrace, FrameKind};
 use crate::{Kernel, KernelError, Target};
 
@@ -57,26 +58,30 @@ impl<T: Target> Target for StackFirst<'_, T> {
     }
 }
 
-/// The caller's callee-saved registers, from the callee's (at `pc`, CFA
-/// `cfa`) and the CFI rules there.
+/// The caller's callee-saved registers ([`Reg::CALLEE_SAVED`]), from the
+/// callee's (at `pc`, CFA `cfa`) and the CFI rules there.
 async fn callers_saved<T: Target>(
     kernel: &Kernel,
     target: &mut T,
     pc: u64,
     ret: bool,
     cfa: u64,
-    callee: [Option<u64>; 6],
-) -> [Option<u64>; 6] {
+    callee: &Regs,
+) -> Regs {
     let link = kernel.link(pc).0;
     let at = KernelAddr(if ret { link - 1 } else { link });
-    let Ok(Some(rules)) = kernel.vmlinux().cfi_saved_registers(at) else { return [None; 6] };
-    let mut out = [None; 6];
-    for (i, (_, rule)) in rules.0.iter().enumerate() {
-        out[i] = match rule {
-            RegRule::SameValue => callee[i],
-            RegRule::Offset(o) => target.read_u64(cfa.wrapping_add(*o as u64)).await.ok(),
+    let mut out = Regs::default();
+    let Ok(Some(rules)) = kernel.vmlinux().cfi_saved_registers(at) else { return out };
+    for (dwarf, rule) in rules.0 {
+        let Some(reg) = Reg::from_dwarf(dwarf) else { continue };
+        let value = match rule {
+            RegRule::SameValue => callee.get(reg),
+            RegRule::Offset(o) => target.read_u64(cfa.wrapping_add(o as u64)).await.ok(),
             _ => None,
         };
+        if let Some(v) = value {
+            out.set(reg, v);
+        }
     }
     out
 }
@@ -110,15 +115,16 @@ impl FrameArguments {
         let target = &mut StackFirst { pages: &pages, target };
         // The callee-saved registers, carried from frame to frame through
         // the CFI's rules (where a rule is missing, the chain breaks).
-        let mut saved: [Option<u64>; 6] = CALLEE_SAVED.map(|r| stopped.get(r));
+        let mut saved =
+            Regs::from_pairs(Reg::CALLEE_SAVED.into_iter().filter_map(|r| Some((r, stopped.regs().get(r)?))));
         let mut previous: Option<(u64, bool, Option<u64>)> = None;
         for (i, frame) in bt.frames.iter_mut().enumerate() {
             let usable = frame.module.is_none()
                 && matches!(frame.kind, FrameKind::Stopped | FrameKind::Call | FrameKind::CallCfi);
             if i > 0 {
                 saved = match (previous, usable && frame.kind != FrameKind::Stopped) {
-                    (Some((pc, ret, Some(cfa))), true) => callers_saved(kernel, target, pc, ret, cfa, saved).await,
-                    _ => [None; 6],
+                    (Some((pc, ret, Some(cfa))), true) => callers_saved(kernel, target, pc, ret, cfa, &saved).await,
+                    _ => Regs::default(),
                 };
             }
             previous = Some((frame.pc, frame.return_address, frame.cfa));
@@ -129,10 +135,8 @@ impl FrameArguments {
                 0 if frame.kind == FrameKind::Stopped => stopped.clone(),
                 _ => {
                     let mut r = FrameRegisters::unwound(frame.pc, frame.sp, frame.cfa);
-                    for (reg, v) in CALLEE_SAVED.iter().zip(saved) {
-                        if let Some(v) = v {
-                            r.set_number(*reg, v);
-                        }
+                    for (reg, v) in saved.known() {
+                        r.set_number(reg.dwarf(), v);
                     }
                     r
                 }

@@ -9,18 +9,19 @@
 use gimli::{EndianSlice, EvaluationResult, Location, RunTimeEndian};
 use ktrace_symbols::LocationExpr;
 
+use crate::regs::{Reg, Regs};
 use crate::{CpuId, Kernel, KernelError, Target};
 
 /// x86-64 DWARF register numbers 0..=16: rax, rdx, rcx, rbx, rsi, rdi,
-/// rbp, rsp, r8..r15, rip.
+/// rbp, rsp, r8..r15, rip (the names of [`Reg`], in its order).
 pub const DWARF_REGISTER_NAMES: [&str; 17] = [
     "rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip",
 ];
 
-/// The registers of one frame, by DWARF number, where known.
+/// The registers of one frame, by [`Reg`] (DWARF number), where known.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FrameRegisters {
-    values: [Option<u64>; 17],
+    regs: Regs,
     /// The canonical frame address (the caller's stack pointer before the call).
     pub cfa: Option<u64>,
 }
@@ -29,44 +30,48 @@ impl FrameRegisters {
     /// A frame where only the stack pointer, the pc and the CFA are known
     /// (a caller's frame the unwinder recovered).
     pub fn unwound(pc: u64, sp: u64, cfa: Option<u64>) -> FrameRegisters {
-        let mut r = FrameRegisters { cfa, ..FrameRegisters::default() };
-        r.values[7] = Some(sp);
-        r.values[16] = Some(pc);
-        r
+        FrameRegisters { regs: Regs::from_pairs([(Reg::Rsp, sp), (Reg::Rip, pc)]), cfa }
     }
 
     /// Every register of frame 0 a target can read for `cpu` (a stub, a
     /// dump's notes); those it cannot read stay unknown.
     pub async fn read_from<T: Target>(target: &mut T, cpu: CpuId) -> FrameRegisters {
         let mut r = FrameRegisters::default();
-        for (slot, name) in r.values.iter_mut().zip(DWARF_REGISTER_NAMES) {
-            *slot = target.read_register(cpu, name).await.ok();
+        for reg in Reg::ALL {
+            if let Ok(v) = target.read_register(cpu, reg.name()).await {
+                r.regs.set(reg, v);
+            }
         }
         r
     }
 
     /// Sets a register by its name (`rdi`); unknown names are ignored.
     pub fn set(&mut self, name: &str, value: u64) {
-        if let Some(i) = DWARF_REGISTER_NAMES.iter().position(|n| *n == name) {
-            self.values[i] = Some(value);
+        if let Some(reg) = Reg::from_name(name) {
+            self.regs.set(reg, value);
         }
     }
 
     /// Sets a register by DWARF number.
     pub fn set_number(&mut self, dwarf: u16, value: u64) {
-        if let Some(slot) = self.values.get_mut(dwarf as usize) {
-            *slot = Some(value);
+        if let Some(reg) = Reg::from_dwarf(dwarf) {
+            self.regs.set(reg, value);
         }
     }
 
     /// A register by DWARF number.
     pub fn get(&self, dwarf: u16) -> Option<u64> {
-        self.values.get(dwarf as usize).copied().flatten()
+        self.regs.get(Reg::from_dwarf(dwarf)?)
     }
 
     /// A register by name.
     pub fn by_name(&self, name: &str) -> Option<u64> {
-        DWARF_REGISTER_NAMES.iter().position(|n| *n == name).and_then(|i| self.values[i])
+        self.regs.get(Reg::from_name(name)?)
+    }
+
+    /// The known registers.
+    pub fn regs(&self) -> &Regs {
+        &self.regs
     }
 }
 
