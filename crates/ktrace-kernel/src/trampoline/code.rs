@@ -43,7 +43,7 @@ pub struct BodyParams {
 }
 
 impl Code {
-    fn emit(&mut self, mnemonic: &'static str, bytes: &[u8]) {
+    pub(super) fn emit(&mut self, mnemonic: &'static str, bytes: &[u8]) {
         self.listing.push(Insn { offset: self.bytes.len(), len: bytes.len(), mnemonic });
         self.bytes.extend_from_slice(bytes);
     }
@@ -58,10 +58,38 @@ impl Code {
         self.emit(mnemonic, &b);
     }
 
-    fn emit_d32(&mut self, mnemonic: &'static str, prefix: &[u8], d32: i32) {
+    pub(super) fn emit_d32(&mut self, mnemonic: &'static str, prefix: &[u8], d32: i32) {
         let mut b = prefix.to_vec();
         b.extend_from_slice(&d32.to_le_bytes());
         self.emit(mnemonic, &b);
+    }
+
+    /// An instruction ending in a rip-relative disp32 to the absolute
+    /// address `target`, the code itself starting at address `at`.
+    pub(super) fn emit_abs(&mut self, mnemonic: &'static str, prefix: &[u8], at: u64, target: u64) {
+        let next = at + (self.bytes.len() + prefix.len() + 4) as u64;
+        let mut b = prefix.to_vec();
+        b.extend_from_slice(&rel32(next, target).to_le_bytes());
+        self.emit(mnemonic, &b);
+    }
+
+    /// A near conditional jump (`0f <opcode> rel32`), pointed later by
+    /// [`Code::land32`]; returns where its rel32 is.
+    pub(super) fn emit_jcc32(&mut self, mnemonic: &'static str, opcode: u8) -> usize {
+        self.emit(mnemonic, &[0x0f, opcode, 0, 0, 0, 0]);
+        self.bytes.len() - 4
+    }
+
+    /// A near `jmp rel32`, pointed later by [`Code::land32`].
+    pub(super) fn emit_jmp32(&mut self) -> usize {
+        self.emit("jmp", &[0xe9, 0, 0, 0, 0]);
+        self.bytes.len() - 4
+    }
+
+    /// Points the near jump whose rel32 is at `at` to code offset `target`.
+    pub(super) fn land32(&mut self, at: usize, target: usize) {
+        let rel = target as i64 - (at + 4) as i64;
+        self.bytes[at..at + 4].copy_from_slice(&(rel as i32).to_le_bytes());
     }
 
     /// A short conditional jump, patched later by [`Code::land`].
@@ -132,6 +160,21 @@ pub fn entry(region: &Region, slot: usize) -> Code {
     c.emit_d32("call", &[0xe8], rel32(here + 5, call));
     c.emit("jne", &[0x75, 0x05]);
     c.emit_d32("jmp", &[0xe9], rel32(here + 12, region.hit(slot)));
+    c.emit("ret", &[0xc3]);
+    while c.bytes.len() < at::ENTRY_SIZE {
+        c.bytes.push(0x90);
+    }
+    c
+}
+
+/// Entry `slot` of a recording trampoline: run the body, return at once
+/// on a miss, call the record routine on a match, then return.
+pub fn recording_entry(region: &Region, slot: usize) -> Code {
+    let here = region.entry(slot);
+    let mut c = Code::default();
+    c.emit_d32("call", &[0xe8], rel32(here + 5, region.base + at::BODY as u64));
+    c.emit("jne", &[0x75, 0x05]);
+    c.emit_d32("call", &[0xe8], rel32(here + 12, region.hit_page + super::record::CODE));
     c.emit("ret", &[0xc3]);
     while c.bytes.len() < at::ENTRY_SIZE {
         c.bytes.push(0x90);

@@ -8,6 +8,7 @@
 //! `depth` bytes above the stack pointer.
 
 use super::code::{self, BodyParams, Code};
+use super::record::RecordParams;
 use super::layout::{self as at, Region, SLOTS};
 
 /// How a frame is named when its pc is ktrace's own code.
@@ -21,6 +22,8 @@ pub struct FrameMap {
     /// `(offset in the body, bytes from the stack pointer to the return
     /// address into the traced function)`, one per body instruction.
     body: Vec<(usize, u64)>,
+    /// The same for the record routine (empty when it cannot be built).
+    record: Vec<(usize, u64)>,
 }
 
 /// What the unwinder learns at a pc inside the trampoline.
@@ -37,8 +40,9 @@ pub struct TrampolineFrame {
 
 impl FrameMap {
     /// The map of the trampoline at `region` with the body `body` assembles to.
-    pub fn new(region: Region, body: BodyParams) -> FrameMap {
-        FrameMap { region, body: depths(&code::body(body)) }
+    pub fn new(region: Region, body: BodyParams, record: Option<RecordParams>) -> FrameMap {
+        let record = record.map(|p| depths(&super::record::routine(&region, p))).unwrap_or_default();
+        FrameMap { region, body: depths(&code::body(body)), record }
     }
 
     /// The region it describes.
@@ -65,6 +69,11 @@ impl FrameMap {
             let i = self.body.partition_point(|&(start, _)| start <= off).checked_sub(1)?;
             return Some(TrampolineFrame { depth: self.body[i].1, offset });
         }
+        if let Some(off) = self.region.record_offset(pc) {
+            // Called from an entry, like the body.
+            let i = self.record.partition_point(|&(start, _)| start as u64 <= off).checked_sub(1)?;
+            return Some(TrampolineFrame { depth: self.record[i].1, offset: pc - self.region.hit_page });
+        }
         Some(TrampolineFrame { depth: 0, offset: pc - self.region.hit_page })
     }
 }
@@ -85,8 +94,8 @@ fn depths(body: &Code) -> Vec<(usize, u64)> {
         }
         out.push((insn.offset, depth));
         match insn.mnemonic {
-            "push" => depth += 8,
-            "pop" => depth -= 8,
+            "push" | "pushf" => depth += 8,
+            "pop" | "popf" => depth -= 8,
             "ret" => after_ret = true,
             "jne" | "jae" => {
                 let rel = body.bytes[insn.offset + 1] as i8 as isize;
@@ -105,7 +114,23 @@ mod tests {
 
     fn map() -> FrameMap {
         let region = Region { base: 0xffff_ffff_81a1_9040, hit_page: 0xffff_ffff_81a1_b000 };
-        FrameMap::new(region, BodyParams { current_task: 0x1fbc0, cpu_number: 0x19160, tgid: 0x5c8, comm: 0x738 })
+        FrameMap::new(
+            region,
+            BodyParams { current_task: 0x1fbc0, cpu_number: 0x19160, tgid: 0x5c8, comm: 0x738 },
+            Some(record_params()),
+        )
+    }
+
+    fn record_params() -> RecordParams {
+        RecordParams {
+            current_task: 0x1fbc0,
+            cpu_number: 0x19160,
+            pid: 0x5c0,
+            tgid: 0x5c8,
+            comm: 0x738,
+            stack: 0x20,
+            thread_size: 0x4000,
+        }
     }
 
     #[test]
@@ -128,6 +153,19 @@ mod tests {
         // Mid-instruction pcs (an interrupt returns to instruction starts,
         // but the map is total over the body).
         assert_eq!(m.at(body + c.listing[2].offset as u64 + 3).unwrap().depth, 24);
+    }
+
+    #[test]
+    fn the_record_routine_holds_its_pushes() {
+        let m = map();
+        let start = m.region.hit_page + super::super::record::CODE;
+        assert_eq!(m.at(start).map(|f| f.depth), Some(8), "at pushf: the entry's return address only");
+        assert_eq!(m.at(start + 1).map(|f| f.depth), Some(16), "after pushf");
+        // After the 15 pushes (7 one-byte, 8 two-byte): flags and 15 registers.
+        assert_eq!(m.at(start + 1 + 7 + 16).map(|f| f.depth), Some(8 + 128));
+        let code = super::super::record::routine(&m.region, record_params());
+        let ret = code.listing.last().expect("ret").offset as u64;
+        assert_eq!(m.at(start + ret).map(|f| f.depth), Some(8), "at the ret");
     }
 
     #[test]

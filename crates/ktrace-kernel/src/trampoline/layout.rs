@@ -66,10 +66,18 @@ impl Region {
         (off % HIT_STRIDE == 0 && (off / HIT_STRIDE) < SLOTS as u64).then_some((off / HIT_STRIDE) as usize)
     }
 
-    /// Whether `addr` is inside the region's code or the hit instructions.
+    /// Whether `addr` is inside the region's code, the hit instructions or
+    /// the record routine.
     pub fn contains_code(&self, addr: u64) -> bool {
         (self.base + BODY as u64..self.base + REGION_LEN as u64).contains(&addr)
             || (self.hit_page..self.hit_page + SLOTS as u64 * HIT_STRIDE).contains(&addr)
+            || self.record_offset(addr).is_some()
+    }
+
+    /// The offset of `addr` in the record routine, when it is there.
+    pub fn record_offset(&self, addr: u64) -> Option<u64> {
+        let start = self.hit_page + super::record::CODE;
+        (start..start + super::record::CODE_MAX).contains(&addr).then(|| addr - start)
     }
 }
 

@@ -13,12 +13,14 @@ mod borrow;
 pub mod code;
 mod frame;
 mod layout;
+pub mod record;
 mod refusal;
 mod site;
 
 pub use borrow::{borrowable_low_memory, LowMemory};
 pub use frame::{FrameMap, TrampolineFrame, FRAME_NAME};
 pub use layout::{FilterData, Header, Region, MAGIC, MAX_CPUS, REGION_LEN, SLOTS};
+pub use record::{Record, RecordParams, RingState, Rings};
 pub use refusal::Refusal;
 pub use site::{ftrace_site, FTRACE_NOP};
 
@@ -26,12 +28,15 @@ use crate::{Kernel, KernelError, PercpuVar, Target};
 use code::BodyParams;
 
 /// Where the trampoline goes in this kernel and what its body reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// The region and hit page, at runtime addresses.
     pub region: Region,
     /// The kernel constants the body is assembled with.
     pub body: BodyParams,
+    /// The kernel constants the record routine is assembled with, or why
+    /// matches cannot be recorded in this kernel.
+    pub record: Result<RecordParams, Refusal>,
 }
 
 const PMD: u64 = 2 << 20;
@@ -86,9 +91,11 @@ impl Plan {
             })
             .ok_or(Refusal::NoPadding)?;
         let slide = kernel.slide();
+        let body = body_params(kernel)?;
         Ok(Plan {
             region: Region { base: base.wrapping_add(slide), hit_page: hit_page.wrapping_add(slide) },
-            body: body_params(kernel)?,
+            body,
+            record: record_params(kernel, &body),
         })
     }
 }
@@ -97,7 +104,7 @@ impl Plan {
     /// The stack effect at each pc of this trampoline, with the hit page
     /// `hit_page` (a trampoline left behind names its own in its header).
     pub fn frame_map(&self, hit_page: u64) -> FrameMap {
-        FrameMap::new(Region { hit_page, ..self.region }, self.body)
+        FrameMap::new(Region { hit_page, ..self.region }, self.body, self.record.as_ref().ok().copied())
     }
 }
 
@@ -118,6 +125,27 @@ fn body_params(kernel: &Kernel) -> Result<BodyParams, Refusal> {
         cpu_number: gs_disp(cpu_number, "cpu_number")?,
         tgid: field(layout.tgid)?,
         comm: field(layout.comm)?,
+    })
+}
+
+/// What the record routine reads besides what the body does.
+fn record_params(kernel: &Kernel, body: &BodyParams) -> Result<RecordParams, Refusal> {
+    let vm = kernel.vmlinux();
+    let field = |what: &str, v: u64| i32::try_from(v).map_err(|_| Refusal::Record(format!("{what} offset 0x{v:x}")));
+    let stack = vm
+        .member("task_struct.stack")
+        .map_err(|e| Refusal::Record(format!("no task_struct.stack in the vmlinux: {e}")))?
+        .offset;
+    let thread_size = crate::x86::space::thread_size(vm)
+        .ok_or_else(|| Refusal::Record("the vmlinux does not say THREAD_SIZE (init_stack and its end)".into()))?;
+    Ok(RecordParams {
+        current_task: body.current_task,
+        cpu_number: body.cpu_number,
+        pid: field("task_struct.pid", kernel.layout().pid)?,
+        tgid: body.tgid,
+        comm: body.comm,
+        stack: field("task_struct.stack", stack)?,
+        thread_size: u32::try_from(thread_size).map_err(|_| Refusal::Record(format!("THREAD_SIZE 0x{thread_size:x}")))?,
     })
 }
 
@@ -193,6 +221,7 @@ pub async fn install<T: Target>(
     plan: &Plan,
     filter: &FilterData,
     sites: &[u64],
+    rings: Option<&Rings>,
 ) -> Result<Trampoline, KernelError<T::Error>> {
     if sites.len() > SLOTS {
         return Err(Refusal::TooManySites.into());
@@ -211,13 +240,13 @@ pub async fn install<T: Target>(
         );
     }
     check_hit_page(target, region.hit_page).await?;
-    let mut stubs = vec![0xcc; SLOTS * layout::HIT_STRIDE as usize];
-    for slot in 0..SLOTS {
-        let at = slot * layout::HIT_STRIDE as usize;
-        stubs[at..at + 2].copy_from_slice(&code::HIT_STUB);
-    }
-    target.write_memory(region.hit_page, &stubs).await.map_err(KernelError::Target)?;
-    target.write_memory(region.base, &image(plan, filter)).await.map_err(KernelError::Target)?;
+    let record = match (rings, &plan.record) {
+        (Some(rings), Ok(params)) => Some((rings, params)),
+        (Some(_), Err(r)) => return Err(r.clone().into()),
+        (None, _) => None,
+    };
+    target.write_memory(region.hit_page, &hit_page_image(plan, record)).await.map_err(KernelError::Target)?;
+    target.write_memory(region.base, &image(plan, filter, record.is_some())).await.map_err(KernelError::Target)?;
     let mut patched = Vec::new();
     for (slot, &site) in sites.iter().enumerate() {
         target
@@ -232,18 +261,41 @@ pub async fn install<T: Target>(
 
 /// The region's bytes: header, filter data, an empty site table, the body
 /// and the entries.
-fn image(plan: &Plan, filter: &FilterData) -> Vec<u8> {
+fn image(plan: &Plan, filter: &FilterData, recording: bool) -> Vec<u8> {
     let mut b = Header::prefix(plan.region.hit_page);
     b.extend(filter.encode());
     b.resize(layout::BODY, 0);
     b.extend(code::body(plan.body).bytes);
     b.resize(layout::ENTRIES, 0x90);
     for slot in 0..SLOTS {
-        b.extend(code::entry(&plan.region, slot).bytes);
+        match recording {
+            true => b.extend(code::recording_entry(&plan.region, slot).bytes),
+            false => b.extend(code::entry(&plan.region, slot).bytes),
+        }
     }
     debug_assert_eq!(b.len(), REGION_LEN);
     b
 }
+
+/// The hit page's used part: each slot's `nop; ret`, and when recording,
+/// the record routine's data and code.
+fn hit_page_image(plan: &Plan, record: Option<(&Rings, &RecordParams)>) -> Vec<u8> {
+    let mut b = vec![0xcc; HIT_PAGE_USED];
+    for slot in 0..SLOTS {
+        let at = slot * layout::HIT_STRIDE as usize;
+        b[at..at + 2].copy_from_slice(&code::HIT_STUB);
+    }
+    if let Some((rings, params)) = record {
+        let data = rings.data();
+        b[record::DATA as usize..record::DATA as usize + data.len()].copy_from_slice(&data);
+        let code = record::routine(&plan.region, *params).bytes;
+        b[record::CODE as usize..record::CODE as usize + code.len()].copy_from_slice(&code);
+    }
+    b
+}
+
+/// The bytes of the hit page ktrace may write (and erases).
+const HIT_PAGE_USED: usize = (record::CODE + record::CODE_MAX) as usize;
 
 /// The hit page must be padding (or a former trampoline's stubs): any code
 /// there would run one instruction at a time under the breakpoint.
@@ -258,7 +310,9 @@ async fn check_hit_page<T: Target>(target: &mut T, page: u64) -> Result<(), Kern
         for (i, &b) in bytes.iter().enumerate() {
             let off = half * PAGE / 2 + i as u64;
             let stub = (off % layout::HIT_STRIDE) as usize;
-            let ours = off < SLOTS as u64 * layout::HIT_STRIDE && stub < 2 && b == code::HIT_STUB[stub];
+            // A former recording trampoline's data and routine: ours too.
+            let record = (record::DATA..record::CODE + record::CODE_MAX).contains(&off);
+            let ours = record || off < SLOTS as u64 * layout::HIT_STRIDE && stub < 2 && b == code::HIT_STUB[stub];
             if b != 0xcc && !ours {
                 return Err(
                     Refusal::PaddingInUse { addr: page + off, what: format!("byte {b:02x} on the hit page") }.into()
@@ -318,10 +372,7 @@ pub async fn restore_sites<T: Target>(
 /// site calls the trampoline and no CPU can be inside it.
 pub async fn erase<T: Target>(target: &mut T, region: &Region) -> Result<(), KernelError<T::Error>> {
     target.write_memory(region.base, &[0xcc; REGION_LEN]).await.map_err(KernelError::Target)?;
-    target
-        .write_memory(region.hit_page, &[0xcc; SLOTS * layout::HIT_STRIDE as usize])
-        .await
-        .map_err(KernelError::Target)
+    target.write_memory(region.hit_page, &[0xcc; HIT_PAGE_USED]).await.map_err(KernelError::Target)
 }
 
 #[cfg(test)]
@@ -342,6 +393,15 @@ mod tests {
         let plan = Plan {
             region: Region { base: TEXT + 0x2040, hit_page: TEXT + 0x4000 },
             body: BodyParams { current_task: 0x1fbc0, cpu_number: 0x19160, tgid: 0x5c8, comm: 0x738 },
+            record: Ok(RecordParams {
+                current_task: 0x1fbc0,
+                cpu_number: 0x19160,
+                pid: 0x5c0,
+                tgid: 0x5c8,
+                comm: 0x738,
+                stack: 0x20,
+                thread_size: 0x4000,
+            }),
         };
         (t, plan)
     }
@@ -355,7 +415,7 @@ mod tests {
         run(async {
             let (mut t, plan) = guest();
             let filter = FilterData { task: Some(0xffff_8880_0000_1000), ..FilterData::default() };
-            let tr = install(&mut t, &plan, &filter, &[SITE]).await.expect("install");
+            let tr = install(&mut t, &plan, &filter, &[SITE], None).await.expect("install");
             assert_eq!(tr.sites, vec![(0, SITE)]);
             let call = t.read_memory(SITE, 5).await.unwrap();
             assert_eq!(call, code::call_from(SITE, plan.region.entry(0)));
@@ -377,13 +437,36 @@ mod tests {
     }
 
     #[test]
+    fn a_recording_trampoline_calls_the_routine_and_erases_it() {
+        run(async {
+            let (mut t, plan) = guest();
+            let rings = Rings::fit(0xffff_8880_0001_0000, 64 << 10, 2, 2048).expect("fits");
+            install(&mut t, &plan, &FilterData::default(), &[SITE], Some(&rings)).await.expect("install");
+            let entry = t.read_memory(plan.region.entry(0), 13).await.unwrap();
+            assert_eq!(entry, code::recording_entry(&plan.region, 0).bytes[..13]);
+            let rel = i32::from_le_bytes(entry[8..12].try_into().unwrap());
+            let routine = plan.region.hit_page + record::CODE;
+            assert_eq!((plan.region.entry(0) + 12).wrapping_add(rel as i64 as u64), routine, "a match calls the routine");
+            let data = t.read_memory(plan.region.hit_page + record::DATA, 24).await.unwrap();
+            assert_eq!(data, rings.data());
+            let code = record::routine(&plan.region, *plan.record.as_ref().unwrap()).bytes;
+            assert_eq!(t.read_memory(routine, code.len()).await.unwrap(), code);
+            assert!(plan.region.contains_code(routine + 3));
+            // A later ktrace finds the page its own and re-installs over it.
+            install(&mut t, &plan, &FilterData::default(), &[SITE], Some(&rings)).await.expect("again");
+            erase(&mut t, &plan.region).await.unwrap();
+            assert!(t.read_memory(plan.region.hit_page, 4096).await.unwrap().iter().all(|&b| b == 0xcc));
+        });
+    }
+
+    #[test]
     fn a_trampoline_left_behind_is_restored_and_reused() {
         run(async {
             let (mut t, plan) = guest();
-            install(&mut t, &plan, &FilterData::default(), &[SITE]).await.expect("first");
+            install(&mut t, &plan, &FilterData::default(), &[SITE], None).await.expect("first");
             let before = t.read_memory(plan.region.base, REGION_LEN).await.unwrap();
             // A second ktrace (the first was killed) installs over it.
-            install(&mut t, &plan, &FilterData::default(), &[SITE]).await.expect("again");
+            install(&mut t, &plan, &FilterData::default(), &[SITE], None).await.expect("again");
             assert_eq!(t.read_memory(plan.region.base, REGION_LEN).await.unwrap(), before, "same bytes");
             assert_eq!(t.read_memory(SITE, 5).await.unwrap(), code::call_from(SITE, plan.region.entry(0)));
         });
@@ -394,11 +477,11 @@ mod tests {
         run(async {
             let (mut t, plan) = guest();
             t.write(plan.region.base + 100, &[0x90]);
-            let err = install(&mut t, &plan, &FilterData::default(), &[SITE]).await.unwrap_err();
+            let err = install(&mut t, &plan, &FilterData::default(), &[SITE], None).await.unwrap_err();
             assert!(matches!(err, KernelError::Refused(Refusal::PaddingInUse { .. })), "{err}");
 
             let (mut t, plan) = guest();
-            install(&mut t, &plan, &FilterData::default(), &[SITE]).await.unwrap();
+            install(&mut t, &plan, &FilterData::default(), &[SITE], None).await.unwrap();
             t.write(SITE, &[0xe8, 1, 2, 3, 4]); // ftrace took the site over
             let header = left_behind(&mut t, &plan).await.unwrap().unwrap();
             let r = restore_sites(&mut t, &plan.region, &header).await.unwrap();

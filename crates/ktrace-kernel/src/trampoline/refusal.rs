@@ -32,6 +32,9 @@ pub enum Refusal {
     /// The filter cannot be evaluated safely in the guest.
     #[error("{0}")]
     Filter(String),
+    /// The record routine cannot be built for this kernel.
+    #[error("recording in the guest: {0}")]
+    Record(String),
     /// No guest memory can be proven unused for in-guest records.
     #[error("no memory to borrow for records: {0}")]
     Borrow(String),
