@@ -157,6 +157,20 @@ pub fn summary_text(summary: &Summary, leave_stopped: bool, addr: &str) -> Strin
                 if r.reconnected { " over a new connection" } else { "" },
                 if r.erased { "erased" } else { "left in place (harmless; `ktrace restore` erases it)" }
             );
+            if let Some(rec) = &r.recording {
+                let _ = writeln!(
+                    out,
+                    "ktrace: --in-guest: {} match(es) recorded in the guest without stopping it ({} slots a CPU, stacks up to {} bytes, {}); {} dropped (ring full){}{}; borrowed memory {}",
+                    rec.recorded,
+                    rec.slots,
+                    rec.stack_copy,
+                    rec.drain,
+                    rec.drops,
+                    if rec.full_stops > 0 { format!(", {} stop(s) to drain a full ring", rec.full_stops) } else { String::new() },
+                    if rec.unfinished > 0 { format!(", {} unfinished at the end", rec.unfinished) } else { String::new() },
+                    if rec.memory_restored { "given back" } else { "NOT given back (unused by the kernel; harmless)" },
+                );
+            }
             if r.restored < r.patched {
                 let _ = writeln!(
                     out,

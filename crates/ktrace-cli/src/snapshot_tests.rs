@@ -403,6 +403,7 @@ fn attach_summary_in_guest_not_released() {
             restored: 1,
             erased: false,
             reconnected: true,
+            recording: None,
         }),
     };
     insta::assert_snapshot!("attach_summary_in_guest", format::summary_text(&summary, false, "127.0.0.1:1234"));

@@ -32,6 +32,8 @@ pub struct HostMemory {
     mem_path: PathBuf,
     ranges: Vec<RamRange>,
     source: String,
+    /// `/proc/PID/mem` opened for writing, once a caller asked for writes.
+    writable: Option<File>,
     /// Reads served and bytes read (for the bench).
     pub stats: (u64, u64),
 }
@@ -50,7 +52,7 @@ impl HostMemory {
             std::io::ErrorKind::PermissionDenied => GuestMemError::Permission { pid, source },
             _ => GuestMemError::Io { path: mem_path.clone(), source },
         })?;
-        let host = HostMemory { pid, mem, mem_path, ranges, source, stats: (0, 0) };
+        let host = HostMemory { pid, mem, mem_path, ranges, source, writable: None, stats: (0, 0) };
         // Opening is not reading: Yama's ptrace scope refuses at the first read.
         let first = host.ranges[0];
         let mut b = [0u8; 1];
@@ -59,6 +61,30 @@ impl HostMemory {
             _ => GuestMemError::Io { path: host.mem_path.clone(), source },
         })?;
         Ok(host)
+    }
+
+    /// Allows [`PhysicalMemory::write_physical`] (QEMU's RAM written from
+    /// the host while the guest runs). Reads stay as they are.
+    pub fn allow_writes(&mut self) -> Result<(), GuestMemError> {
+        let pid = self.pid;
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&self.mem_path).map_err(|source| {
+            match source.kind() {
+                std::io::ErrorKind::PermissionDenied => GuestMemError::Permission { pid, source },
+                _ => GuestMemError::Io { path: self.mem_path.clone(), source },
+            }
+        })?;
+        self.writable = Some(file);
+        Ok(())
+    }
+
+    /// The host address of guest physical `gpa..gpa + len`, all in one RAM range.
+    fn host_address(&self, gpa: u64, len: usize) -> Result<u64, GuestMemError> {
+        let r = self
+            .ranges
+            .iter()
+            .find(|r| gpa >= r.gpa && gpa.saturating_add(len as u64) <= r.gpa + r.len)
+            .ok_or(GuestMemError::NotRam { addr: gpa, len })?;
+        Ok(r.hva + (gpa - r.gpa))
     }
 
     /// QEMU's pid.
@@ -92,15 +118,10 @@ impl HostMemory {
     }
 
     fn read(&mut self, gpa: u64, len: usize) -> Result<Vec<u8>, GuestMemError> {
-        let not_ram = GuestMemError::NotRam { addr: gpa, len };
-        let r = self
-            .ranges
-            .iter()
-            .find(|r| gpa >= r.gpa && gpa.saturating_add(len as u64) <= r.gpa + r.len)
-            .ok_or(not_ram)?;
+        let hva = self.host_address(gpa, len)?;
         let mut buf = vec![0u8; len];
         self.mem
-            .read_exact_at(&mut buf, r.hva + (gpa - r.gpa))
+            .read_exact_at(&mut buf, hva)
             .map_err(|source| GuestMemError::Io { path: self.mem_path.clone(), source })?;
         self.stats.0 += 1;
         self.stats.1 += len as u64;
@@ -171,8 +192,12 @@ impl PhysicalMemory for HostMemory {
         Ok(reqs.iter().map(|&(a, l)| self.read(a, l).ok()).collect())
     }
 
-    async fn write_physical(&mut self, _addr: u64, _bytes: &[u8]) -> Result<(), GuestMemError> {
-        Err(GuestMemError::Unsupported("live reads from the host are read-only".into()))
+    async fn write_physical(&mut self, addr: u64, bytes: &[u8]) -> Result<(), GuestMemError> {
+        let hva = self.host_address(addr, bytes.len())?;
+        let Some(file) = &self.writable else {
+            return Err(GuestMemError::Unsupported("live reads from the host are read-only".into()));
+        };
+        file.write_all_at(bytes, hva).map_err(|source| GuestMemError::Io { path: self.mem_path.clone(), source })
     }
 
     fn ram(&self) -> Option<Vec<(u64, u64)>> {

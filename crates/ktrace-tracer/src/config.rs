@@ -78,6 +78,13 @@ pub struct TraceConfig {
     /// `--if`: a C expression that must be non-zero for a hit to match
     /// (ANDed with the filter).
     pub(crate) condition: Option<String>,
+    /// With `in_guest`: the most stack bytes each recorded match copies.
+    pub(crate) stack_copy: u64,
+    /// With `in_guest`: stop the guest to drain a full ring instead of
+    /// dropping the match.
+    pub(crate) no_drop: bool,
+    /// With `in_guest`: stop at each match instead of recording it.
+    pub(crate) stop_at_match: bool,
 }
 
 /// A [`ktrace_kernel::WriteJournal`] for [`TraceConfig::journal`] (`Debug` for the config).
@@ -113,6 +120,9 @@ impl Default for TraceConfig {
             registers: false,
             prints: Vec::new(),
             condition: None,
+            stack_copy: 4096,
+            no_drop: false,
+            stop_at_match: false,
         }
     }
 }
@@ -272,6 +282,28 @@ impl TraceConfig {
     /// A C condition a hit must meet (ANDed with the filter).
     pub fn condition(mut self, expr: impl Into<String>) -> Self {
         self.condition = Some(expr.into());
+        self
+    }
+
+    /// With `in_guest`: the most stack bytes each recorded match copies
+    /// (from the stack pointer at the function's entry toward the end of
+    /// the task's stack; 4096 unless set).
+    pub fn stack_copy(mut self, bytes: u64) -> Self {
+        self.stack_copy = bytes.clamp(64, 1 << 20);
+        self
+    }
+
+    /// With `in_guest`: when a CPU's ring is full, stop the guest until it
+    /// is drained instead of dropping the match.
+    pub fn no_drop(mut self, yes: bool) -> Self {
+        self.no_drop = yes;
+        self
+    }
+
+    /// With `in_guest`: stop the guest at each match (the filter still runs
+    /// in the guest) instead of recording it.
+    pub fn stop_at_match(mut self, yes: bool) -> Self {
+        self.stop_at_match = yes;
         self
     }
 }

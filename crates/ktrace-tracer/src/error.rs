@@ -75,6 +75,9 @@ pub enum TraceError {
     /// The guest stopped for good (QEMU quit or the machine powered off).
     #[error("the guest is gone: {0}")]
     GuestGone(GoneReason),
+    /// Reading the in-guest records from QEMU's RAM on this host failed.
+    #[error("reading the in-guest records from QEMU's RAM: {0}")]
+    Recording(String),
     /// The background task running a [`crate::HitStream`] panicked or was aborted.
     #[error("the trace task failed: {0}")]
     TaskFailed(String),

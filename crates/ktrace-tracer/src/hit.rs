@@ -129,6 +129,32 @@ pub struct InGuestReport {
     /// Whether the connection was lost (or ktrace panicked) and the sites
     /// were restored over a new one.
     pub reconnected: bool,
+    /// How matches were recorded in the guest and read back, when they were
+    /// (else each match stopped the guest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingReport>,
+}
+
+/// What recording in the guest did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecordingReport {
+    /// Matches recorded and read back (the guest did not stop for them).
+    pub recorded: u64,
+    /// Matches lost because their CPU's ring was full (`--no-drop` stops
+    /// the guest to drain instead), as the guest counted them.
+    pub drops: u64,
+    /// Records a CPU had begun but not finished when the code was removed.
+    pub unfinished: u64,
+    /// Slots per CPU, and the most stack bytes each record copies.
+    pub slots: u64,
+    /// The most stack bytes a record copies.
+    pub stack_copy: u64,
+    /// How the rings were read.
+    pub drain: String,
+    /// Times the guest stopped because a ring was full (`--no-drop`).
+    pub full_stops: u64,
+    /// Whether the borrowed memory got its bytes back.
+    pub memory_restored: bool,
 }
 
 impl Summary {

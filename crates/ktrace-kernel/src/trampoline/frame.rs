@@ -97,10 +97,17 @@ fn depths(body: &Code) -> Vec<(usize, u64)> {
             "push" | "pushf" => depth += 8,
             "pop" | "popf" => depth -= 8,
             "ret" => after_ret = true,
-            "jne" | "jae" => {
+            "jne" | "jae" if insn.len == 2 => {
                 let rel = body.bytes[insn.offset + 1] as i8 as isize;
                 let target = (insn.offset + insn.len).wrapping_add_signed(rel);
                 landing.insert(target, depth);
+            }
+            // A call within the code (the record routine's full-ring stop):
+            // its target runs with the return address pushed.
+            "call" if insn.len == 5 => {
+                let rel = i32::from_le_bytes(body.bytes[insn.offset + 1..insn.offset + 5].try_into().unwrap_or_default());
+                let target = (insn.offset + insn.len).wrapping_add_signed(rel as isize);
+                landing.insert(target, depth + 8);
             }
             _ => {}
         }
@@ -164,8 +171,11 @@ mod tests {
         // After the 15 pushes (7 one-byte, 8 two-byte): flags and 15 registers.
         assert_eq!(m.at(start + 1 + 7 + 16).map(|f| f.depth), Some(8 + 128));
         let code = super::super::record::routine(&m.region, record_params());
-        let ret = code.listing.last().expect("ret").offset as u64;
-        assert_eq!(m.at(start + ret).map(|f| f.depth), Some(8), "at the ret");
+        let rets: Vec<u64> = code.listing.iter().filter(|i| i.mnemonic == "ret").map(|i| i.offset as u64).collect();
+        assert_eq!(m.at(start + rets[0]).map(|f| f.depth), Some(8), "at the routine's ret");
+        let stop = super::super::record::full_stop(&code) as u64;
+        assert_eq!(m.at(start + stop).map(|f| f.depth), Some(8 + 128 + 8), "in the full-ring stop");
+        assert_eq!(m.at(start + rets[1]).map(|f| f.depth), Some(8 + 128 + 8));
     }
 
     #[test]

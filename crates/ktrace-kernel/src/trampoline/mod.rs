@@ -221,7 +221,7 @@ pub async fn install<T: Target>(
     plan: &Plan,
     filter: &FilterData,
     sites: &[u64],
-    rings: Option<&Rings>,
+    rings: Option<(&Rings, bool)>,
 ) -> Result<Trampoline, KernelError<T::Error>> {
     if sites.len() > SLOTS {
         return Err(Refusal::TooManySites.into());
@@ -241,7 +241,7 @@ pub async fn install<T: Target>(
     }
     check_hit_page(target, region.hit_page).await?;
     let record = match (rings, &plan.record) {
-        (Some(rings), Ok(params)) => Some((rings, params)),
+        (Some((rings, no_drop)), Ok(params)) => Some((rings, no_drop, params)),
         (Some(_), Err(r)) => return Err(r.clone().into()),
         (None, _) => None,
     };
@@ -279,14 +279,14 @@ fn image(plan: &Plan, filter: &FilterData, recording: bool) -> Vec<u8> {
 
 /// The hit page's used part: each slot's `nop; ret`, and when recording,
 /// the record routine's data and code.
-fn hit_page_image(plan: &Plan, record: Option<(&Rings, &RecordParams)>) -> Vec<u8> {
+fn hit_page_image(plan: &Plan, record: Option<(&Rings, bool, &RecordParams)>) -> Vec<u8> {
     let mut b = vec![0xcc; HIT_PAGE_USED];
     for slot in 0..SLOTS {
         let at = slot * layout::HIT_STRIDE as usize;
         b[at..at + 2].copy_from_slice(&code::HIT_STUB);
     }
-    if let Some((rings, params)) = record {
-        let data = rings.data();
+    if let Some((rings, no_drop, params)) = record {
+        let data = rings.data(no_drop);
         b[record::DATA as usize..record::DATA as usize + data.len()].copy_from_slice(&data);
         let code = record::routine(&plan.region, *params).bytes;
         b[record::CODE as usize..record::CODE as usize + code.len()].copy_from_slice(&code);
@@ -441,19 +441,19 @@ mod tests {
         run(async {
             let (mut t, plan) = guest();
             let rings = Rings::fit(0xffff_8880_0001_0000, 64 << 10, 2, 2048).expect("fits");
-            install(&mut t, &plan, &FilterData::default(), &[SITE], Some(&rings)).await.expect("install");
+            install(&mut t, &plan, &FilterData::default(), &[SITE], Some((&rings, false))).await.expect("install");
             let entry = t.read_memory(plan.region.entry(0), 13).await.unwrap();
             assert_eq!(entry, code::recording_entry(&plan.region, 0).bytes[..13]);
             let rel = i32::from_le_bytes(entry[8..12].try_into().unwrap());
             let routine = plan.region.hit_page + record::CODE;
             assert_eq!((plan.region.entry(0) + 12).wrapping_add(rel as i64 as u64), routine, "a match calls the routine");
-            let data = t.read_memory(plan.region.hit_page + record::DATA, 24).await.unwrap();
-            assert_eq!(data, rings.data());
+            let data = t.read_memory(plan.region.hit_page + record::DATA, 32).await.unwrap();
+            assert_eq!(data, rings.data(false));
             let code = record::routine(&plan.region, *plan.record.as_ref().unwrap()).bytes;
             assert_eq!(t.read_memory(routine, code.len()).await.unwrap(), code);
             assert!(plan.region.contains_code(routine + 3));
             // A later ktrace finds the page its own and re-installs over it.
-            install(&mut t, &plan, &FilterData::default(), &[SITE], Some(&rings)).await.expect("again");
+            install(&mut t, &plan, &FilterData::default(), &[SITE], Some((&rings, false))).await.expect("again");
             erase(&mut t, &plan.region).await.unwrap();
             assert!(t.read_memory(plan.region.hit_page, 4096).await.unwrap().iter().all(|&b| b == 0xcc));
         });

@@ -32,6 +32,7 @@
 //! ```
 
 use super::code::Code;
+
 use super::layout::{Region, HIT_STRIDE, SLOTS};
 
 /// Where the record routine's data is on the hit page.
@@ -121,9 +122,11 @@ impl Rings {
         b
     }
 
-    /// The record routine's data (at [`DATA`] on the hit page).
-    pub fn data(&self) -> Vec<u8> {
-        [self.base, self.ring_bytes, self.count].iter().flat_map(|v| v.to_le_bytes()).collect()
+    /// The record routine's data (at [`DATA`] on the hit page); with
+    /// `no_drop`, a full ring calls [`full_stop`] (where the host holds a
+    /// breakpoint and drains) and tries again, instead of counting a drop.
+    pub fn data(&self, no_drop: bool) -> Vec<u8> {
+        [self.base, self.ring_bytes, self.count, u64::from(no_drop)].iter().flat_map(|v| v.to_le_bytes()).collect()
     }
 }
 
@@ -232,6 +235,7 @@ pub fn routine(region: &Region, p: RecordParams) -> Code {
     c.emit("sub", &[0x48, 0x2b, 0x4b, 0x08]); // sub 8(%rbx),%rcx: head - tail
     c.emit("cmp", &[0x48, 0x3b, 0x4b, 0x18]); // cmp 24(%rbx),%rcx: slots
     let full = c.emit_jcc32("jae", 0x83);
+    let reserve_again = reserve;
     c.emit("lea", &[0x48, 0x8d, 0x48, 0x01]); // lea 1(%rax),%rcx
     c.emit("lock cmpxchg", &[0xf0, 0x48, 0x0f, 0xb1, 0x0b]); // lock cmpxchg %rcx,(%rbx)
     let retry = c.emit_jcc32("jne", 0x85);
@@ -291,6 +295,18 @@ pub fn routine(region: &Region, p: RecordParams) -> Code {
     c.emit("mov", &[0x49, 0x89, 0x01]); // mov %rax,(%r9): commit
     let done = c.emit_jmp32();
     c.land32(full, c.bytes.len());
+    // cmpq $0,no_drop(%rip): the disp32 is followed by the imm8.
+    let next = at + (c.bytes.len() + 8) as u64;
+    let mut cmp = vec![0x48, 0x83, 0x3d];
+    cmp.extend_from_slice(&(data(24).wrapping_sub(next) as i64 as i32).to_le_bytes());
+    cmp.push(0);
+    c.emit("cmpq", &cmp);
+    let drop = c.emit_jcc32("je", 0x84);
+    let stop = c.bytes.len();
+    c.emit("call", &[0xe8, 0, 0, 0, 0]);
+    let again = c.emit_jmp32();
+    c.land32(again, reserve_again);
+    c.land32(drop, c.bytes.len());
     c.emit("lock incq", &[0xf0, 0x48, 0xff, 0x43, 0x10]); // lock incq 16(%rbx): a drop
     c.land32(done, c.bytes.len());
     c.land32(no_ring, c.bytes.len());
@@ -299,8 +315,18 @@ pub fn routine(region: &Region, p: RecordParams) -> Code {
     }
     c.emit("popf", &[0x9d]);
     c.emit("ret", &[0xc3]);
+    // The full-ring stop: `nop; ret`, called with everything saved.
+    c.land32(stop + 1, c.bytes.len());
+    c.emit("nop", &[0x90]);
+    c.emit("ret", &[0xc3]);
     debug_assert!(c.bytes.len() as u64 <= CODE_MAX);
     c
+}
+
+/// The offset in [`routine`]'s code of the `nop` a full ring calls with
+/// `no_drop` (the host's breakpoint; `ret` follows).
+pub fn full_stop(code: &Code) -> usize {
+    code.listing.iter().rev().find(|i| i.mnemonic == "nop").map_or(0, |i| i.offset)
 }
 
 /// rax, rcx, rdx, rbx, rbp, rsi, rdi, r8–r15: so r15 ends lowest.
@@ -373,6 +399,17 @@ mod tests {
         let pops = c.listing.iter().filter(|i| i.mnemonic.starts_with("pop")).count();
         assert_eq!((pushes, pops), (16, 16));
         assert_eq!(c.listing.last().map(|i| i.mnemonic), Some("ret"));
+        // The full-ring stop is the `nop; ret` the `call` reaches.
+        let stop = full_stop(&c);
+        assert_eq!(&c.bytes[stop..], &[0x90, 0xc3]);
+        let call = c.listing.iter().find(|i| i.mnemonic == "call").expect("the call to the stop");
+        let rel = i32::from_le_bytes(c.bytes[call.offset + 1..call.offset + 5].try_into().unwrap());
+        assert_eq!((call.offset + 5) as i64 + rel as i64, stop as i64);
+        // cmpq reads the no-drop word.
+        let cmp = c.listing.iter().find(|i| i.mnemonic == "cmpq").expect("cmpq");
+        let disp = i32::from_le_bytes(c.bytes[cmp.offset + 3..cmp.offset + 7].try_into().unwrap());
+        let at = region().hit_page + CODE + (cmp.offset + cmp.len) as u64;
+        assert_eq!(at.wrapping_add(disp as i64 as u64), region().hit_page + DATA + 24);
     }
 
     #[test]

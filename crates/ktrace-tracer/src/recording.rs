@@ -1,0 +1,166 @@
+//! `--in-guest` recording: the rings the trampoline's record routine fills
+//! in borrowed guest memory, drained while the guest runs (from QEMU's RAM
+//! on this host) or at short stops (through the stub), and the borrowed
+//! memory given back at the end.
+
+use ktrace_guestmem::HostMemory;
+use ktrace_kernel::trampoline::{self, record, Record, Refusal, RingState, Rings};
+use ktrace_kernel::{Kernel, KernelError, PhysicalMemory};
+use ktrace_rsp::Session;
+
+use crate::TraceError;
+
+/// The rings in the guest and what the host has read of them.
+pub(crate) struct Recording {
+    pub rings: Rings,
+    /// The physical address of the first ring.
+    phys: u64,
+    /// What the borrowed memory held before (given back at the end).
+    saved: Vec<u8>,
+    /// Per ring: the next sequence number to read.
+    tails: Vec<u64>,
+    /// Per ring: the drops it counted, as last read.
+    drops: Vec<u64>,
+    /// QEMU's RAM from this host, when it can be read (and written) there:
+    /// the rings are drained without stopping the guest.
+    live: Option<HostMemory>,
+}
+
+/// How the rings are read, for the summary.
+pub(crate) fn drain_method(live: bool) -> &'static str {
+    match live {
+        true => "read from QEMU's RAM on this host while the guest runs",
+        false => "read through the gdb stub at short stops",
+    }
+}
+
+impl Recording {
+    /// Borrows guest memory for one ring per CPU (proven unused, its
+    /// bytes saved), empties the rings, and opens QEMU's RAM on this host
+    /// when `qemu` is known and agrees with the stub. `Ok(Err(_))`: why
+    /// the guest cannot record (the caller falls back to stopping at each
+    /// match).
+    pub(crate) async fn set_up(
+        session: &mut Session,
+        kernel: &Kernel,
+        max_stack: u64,
+        qemu: Option<u32>,
+    ) -> Result<Result<Recording, Refusal>, TraceError> {
+        let cpus = kernel.cpu_count() as u64;
+        let slot = (record::SLOT_HEADER + max_stack).next_multiple_of(64);
+        let want = cpus * (record::RING_HEADER + 2 * slot);
+        let low = match trampoline::borrowable_low_memory(kernel, session, want).await {
+            Ok(low) => low,
+            Err(KernelError::Refused(r)) => return Ok(Err(r)),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(rings) = Rings::fit(low.virt, low.len, cpus, max_stack) else {
+            return Ok(Err(Refusal::Borrow(format!("{} bytes hold no two slots a CPU", low.len))));
+        };
+        let used = rings.ring_bytes * rings.count;
+        let saved = session.read_physical(low.phys, used as usize).await?;
+        // Empty rings: no stale word can pass for a commit.
+        let mut image = vec![0u8; used as usize];
+        for cpu in 0..rings.count {
+            let at = (cpu * rings.ring_bytes) as usize;
+            let header = rings.empty_header();
+            image[at..at + header.len()].copy_from_slice(&header);
+        }
+        kernel.memory(session).write_memory(rings.base, &image).await?;
+        let mut rec = Recording {
+            rings,
+            phys: low.phys,
+            saved,
+            tails: vec![0; cpus as usize],
+            drops: vec![0; cpus as usize],
+            live: None,
+        };
+        if let Some(pid) = qemu {
+            rec.live = rec.open_live(session, pid).await;
+        }
+        Ok(Ok(rec))
+    }
+
+    /// QEMU's RAM on this host, checked against the stub on the rings'
+    /// first bytes; `None` (the stub drains) when it cannot be had or differs.
+    async fn open_live(&self, session: &mut Session, pid: u32) -> Option<HostMemory> {
+        let mut host = HostMemory::open(pid, None).map_err(|e| tracing::debug!("live rings: {e}")).ok()?;
+        host.allow_writes().map_err(|e| tracing::debug!("live rings: {e}")).ok()?;
+        let len = record::RING_HEADER as usize;
+        let theirs = session.read_physical(self.phys, len).await.ok()?;
+        let ours = host.read_physical(self.phys, len).await.ok()?;
+        (theirs == ours).then_some(host)
+    }
+
+    /// Whether the rings are drained from the host while the guest runs.
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.is_some()
+    }
+
+    /// Drops counted by the guest so far.
+    pub(crate) fn drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Reads every committed record from QEMU's RAM (the guest running).
+    pub(crate) async fn drain_live(&mut self) -> Result<Vec<Record>, TraceError> {
+        let Some(mut host) = self.live.take() else { return Ok(Vec::new()) };
+        let out = self.drain(&mut host).await;
+        self.live = Some(host);
+        out.map_err(|e| TraceError::Recording(e.to_string()))
+    }
+
+    /// Reads every committed record through the stub (the guest stopped).
+    pub(crate) async fn drain_stub(&mut self, session: &mut Session) -> Result<Vec<Record>, TraceError> {
+        Ok(self.drain(session).await?)
+    }
+
+    async fn drain<M: PhysicalMemory>(&mut self, memory: &mut M) -> Result<Vec<Record>, M::Error> {
+        let mut out = Vec::new();
+        for cpu in 0..self.rings.count {
+            let ring = self.phys + cpu * self.rings.ring_bytes;
+            let header = memory.read_physical(ring, 24).await?;
+            let Some(state) = RingState::decode(&header) else { continue };
+            self.drops[cpu as usize] = state.drops;
+            let mut tail = self.tails[cpu as usize];
+            while tail < state.head {
+                let slot = self.rings.slot(ring, tail);
+                let head = memory.read_physical(slot, record::SLOT_HEADER as usize).await?;
+                let stack = u32::from_le_bytes(head[36..40].try_into().unwrap_or_default()) as u64;
+                let len = record::SLOT_HEADER + stack.min(self.rings.max_stack());
+                let bytes = match len > record::SLOT_HEADER {
+                    true => memory.read_physical(slot, len as usize).await?,
+                    false => head,
+                };
+                // Not committed yet (a CPU is still writing it): next time.
+                let Some(r) = Record::decode(tail, &bytes) else { break };
+                out.push(r);
+                tail += 1;
+            }
+            if tail != self.tails[cpu as usize] {
+                self.tails[cpu as usize] = tail;
+                memory.write_physical(ring + 8, &tail.to_le_bytes()).await?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records reserved but never committed by the time the code is gone
+    /// (a CPU was inside the routine when the sites were restored).
+    pub(crate) async fn unfinished(&mut self, session: &mut Session) -> u64 {
+        let mut n = 0;
+        for cpu in 0..self.rings.count {
+            let ring = self.phys + cpu * self.rings.ring_bytes;
+            if let Some(state) = session.read_physical(ring, 24).await.ok().and_then(|h| RingState::decode(&h)) {
+                n += state.head.saturating_sub(self.tails[cpu as usize]);
+            }
+        }
+        n
+    }
+
+    /// Gives the borrowed memory its bytes back (once no CPU can reach the
+    /// record routine).
+    pub(crate) async fn give_back(&self, session: &mut Session, kernel: &Kernel) -> Result<(), TraceError> {
+        Ok(kernel.memory(session).write_memory(self.rings.base, &self.saved).await?)
+    }
+}
