@@ -73,11 +73,27 @@ pub struct AttachArgs {
     #[arg(long, value_name = "FILE")]
     flamegraph: Option<PathBuf>,
     /// Evaluate the filter inside the guest: patch each function's ftrace NOP
-    /// to call a small filter written into kernel text padding, so the guest
-    /// stops only on matching hits. Falls back to the stop loop, saying why,
-    /// where that is not safe. Everything is restored at the end.
+    /// to call a small filter written into kernel text padding. Each match is
+    /// recorded in the guest (task, registers, a copy of its stack) in
+    /// per-CPU rings in memory the kernel provably never uses, and read back
+    /// while the guest runs: the guest does not stop. Falls back to stopping
+    /// at each match, or to the stop loop, saying why, where that is not
+    /// safe. Everything is restored at the end.
     #[arg(long)]
     in_guest: bool,
+    /// With --in-guest: the most stack bytes each recorded match copies
+    /// (from the function's entry toward the end of the task's stack); a
+    /// backtrace that needs more ends with a reason.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096, requires = "in_guest")]
+    stack_copy: u64,
+    /// With --in-guest: when a CPU's ring is full, stop the guest until it is
+    /// drained instead of dropping the match (drops are counted otherwise).
+    #[arg(long, requires = "in_guest")]
+    no_drop: bool,
+    /// With --in-guest: stop the guest at each match (the filter still runs
+    /// in the guest) instead of recording it.
+    #[arg(long, requires = "in_guest")]
+    stop_at_match: bool,
     /// Read guest memory through the stub's own translation (the stopped
     /// CPU's page tables, as GDB does) instead of the kernel's page tables
     /// over physical memory: fails where the CPU runs on user page tables
@@ -191,6 +207,9 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         .client(args.target.client())
         .release(args.target.release())
         .in_guest(args.in_guest)
+        .stack_copy(args.stack_copy)
+        .no_drop(args.no_drop)
+        .stop_at_match(args.stop_at_match)
         .stub_translation(args.stub_translation)
         .module_debug_dir(args.modules.dir())
         .arguments(!args.no_args)

@@ -37,9 +37,16 @@ pub(crate) enum Woken {
     Cancelled,
     /// The deadline passed: the guest was stopped.
     Deadline,
+    /// The tick passed: the guest still runs.
+    Tick,
 }
 
 impl Connection {
+    /// Whether the guest runs.
+    pub(crate) fn is_running(&self) -> bool {
+        matches!(self, Connection::Running(_))
+    }
+
     /// The stopped session, or [`GoneReason::SessionLost`].
     pub(crate) fn stopped(&mut self) -> Result<&mut Session, TraceError> {
         match self {
@@ -86,6 +93,7 @@ impl Connection {
         cancel: &CancellationToken,
         deadline: Option<tokio::time::Instant>,
         quiet: Duration,
+        tick: Option<Duration>,
     ) -> Result<Woken, TraceError> {
         let Connection::Running(running) = self else { return Err(lost()) };
         let why = tokio::select! {
@@ -94,6 +102,7 @@ impl Connection {
             _ = cancel.cancelled() => Err(Some(Woken::Cancelled)),
             _ = sleep_until(deadline) => Err(Some(Woken::Deadline)),
             _ = tokio::time::sleep(quiet) => Err(None),
+            _ = sleep_for(tick) => return Ok(Woken::Tick),
         };
         match why {
             Err(Some(woken)) => self.interrupt().await.map(|_| woken),
@@ -130,6 +139,13 @@ impl Connection {
 
 fn lost() -> TraceError {
     TraceError::GuestGone(GoneReason::SessionLost)
+}
+
+async fn sleep_for(tick: Option<Duration>) {
+    match tick {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ktrace_kernel::trampoline::{self, FilterData, Plan, Refusal, Region, Trampoline, MAX_CPUS};
+use ktrace_kernel::trampoline::{self, FilterData, Plan, Refusal, Region, Rings, Trampoline, MAX_CPUS};
 use ktrace_kernel::{CpuId, Guest, GuestConfig, Kernel, KernelError, Target, TaskRef};
 use ktrace_rsp::{BreakpointKind, Resume, Session, StubAddr, ThreadId, ThreadOp};
 use ktrace_symbols::Vmlinux;
@@ -30,6 +30,8 @@ pub(crate) enum BreakAt {
     /// The hit `nop` of the function at this address: the stop is reported
     /// as the function's entry.
     HitOf(u64),
+    /// The record routine's full-ring stop (`--no-drop`): drain, go on.
+    RingFull,
 }
 
 /// The in-guest filter, installed.
@@ -68,7 +70,8 @@ pub(crate) fn filter_data(filter: &Filter, task: Option<TaskRef>, cpus: usize) -
 /// reasons the stop loop keeps everything.
 pub(crate) struct Installed {
     pub in_guest: InGuest,
-    pub moved: Vec<(usize, u64)>,
+    /// `(index into the armed list, its slot's hit address, its patched site)`.
+    pub moved: Vec<(usize, u64, u64)>,
 }
 
 /// Tries the in-guest filter for the breakpoints at `addrs` (runtime
@@ -79,6 +82,7 @@ pub(crate) async fn install(
     filter: &Filter,
     task: Option<TaskRef>,
     addrs: &[(u64, &Location)],
+    rings: Option<(&Rings, bool)>,
     report: &mut InGuestReport,
 ) -> Result<Option<Installed>, TraceError> {
     let refused = |report: &mut InGuestReport, r: Refusal| {
@@ -125,11 +129,11 @@ pub(crate) async fn install(
     if sites.is_empty() {
         return Ok(None);
     }
-    match trampoline::install(&mut kernel.memory(session), &plan, &data, &sites).await {
+    match trampoline::install(&mut kernel.memory(session), &plan, &data, &sites, rings).await {
         Ok(tr) => {
             report.trampoline = Some(plan.region.base);
             report.patched = tr.sites.len();
-            let moved = moved.into_iter().map(|(i, slot)| (i, plan.region.hit(slot))).collect();
+            let moved = moved.into_iter().map(|(i, slot)| (i, plan.region.hit(slot), sites[slot])).collect();
             Ok(Some(Installed { in_guest: InGuest { plan, trampoline: tr, filter: data }, moved }))
         }
         Err(KernelError::Refused(r)) => refused(report, r),

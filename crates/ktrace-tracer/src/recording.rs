@@ -5,7 +5,7 @@
 
 use ktrace_guestmem::HostMemory;
 use ktrace_kernel::trampoline::{self, record, Record, Refusal, RingState, Rings};
-use ktrace_kernel::{Kernel, KernelError, PhysicalMemory};
+use ktrace_kernel::{Kernel, KernelError, PhysicalMemory, Target};
 use ktrace_rsp::Session;
 
 use crate::TraceError;

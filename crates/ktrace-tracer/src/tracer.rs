@@ -13,14 +13,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{GuestRelease, ResumeMode, TraceConfig};
 use crate::connection::{Connection, Waited, Woken};
-use crate::hit::{EndReason, Hit, InGuestReport, Summary};
+use crate::hit::{EndReason, Hit, InGuestReport, RecordingReport, Summary};
+use crate::recording::{self, Recording};
 use crate::in_guest::{self, BreakAt, InGuest};
 use crate::location::{self, Location};
 use crate::regs::{GLayout, RegisterSet};
 use crate::{ExprRole, GoneReason, TraceError, TraceFailure};
 use ktrace_kernel::unwind::Unwinder;
 use ktrace_kernel::values::{EvalContext, FrameArguments, FrameRegisters, Printed};
-use ktrace_kernel::Translation;
+use ktrace_kernel::trampoline::Record;
+use ktrace_kernel::x86::registers::Reg;
+use ktrace_kernel::{Regs, StackCopy, Translation};
 
 /// Receives the hits of a trace, and progress while it runs.
 pub trait HitSink {
@@ -114,6 +117,12 @@ pub struct Tracer {
     /// The in-guest filter, while installed.
     in_guest: Option<InGuest>,
     in_guest_report: InGuestReport,
+    /// The rings matches are recorded in, while in use.
+    recording: Option<Recording>,
+    /// Recorded functions by the return address into them (site + 5):
+    /// (function, location index).
+    recorded: std::collections::HashMap<u64, (u64, usize)>,
+    recording_report: RecordingReport,
 }
 
 /// What [`Tracer::plan`] found in the vmlinux before any connection.
@@ -240,6 +249,9 @@ impl Tracer {
                     inserted: Vec::new(),
                     in_guest: None,
                     in_guest_report: InGuestReport::default(),
+                    recording: None,
+                    recorded: Default::default(),
+                    recording_report: RecordingReport::default(),
                 })
             }
             Err(err) => {
@@ -398,7 +410,19 @@ impl Tracer {
             Err(error) => (EndReason::Error, Some(error)),
         };
         let session = match conn.take_stopped() {
-            Some(session) => self.take_out(session, &mut error).await,
+            Some(mut session) => {
+                if let Err(e) = self.last_records(&mut session, sink, &mut stats).await {
+                    error.get_or_insert(e);
+                }
+                let session = self.take_out(session, &mut error).await;
+                match session {
+                    Some(mut session) => {
+                        self.give_back(&mut session, sink, &mut stats, &mut error).await;
+                        Some(session)
+                    }
+                    None => None,
+                }
+            }
             None => {
                 self.restore_over_new_connection().await;
                 None
@@ -472,13 +496,58 @@ impl Tracer {
     }
 
     fn summary(&self, stats: &Stats, elapsed: Duration, end: EndReason, released: bool) -> Summary {
-        Summary {
-            seen: stats.seen,
-            matched: stats.matched,
-            elapsed,
-            end,
-            guest_released: released,
-            in_guest: self.cfg.in_guest.then(|| self.in_guest_report.clone()),
+        let mut in_guest = self.cfg.in_guest.then(|| self.in_guest_report.clone());
+        if let (Some(report), Some(rec)) = (&mut in_guest, &self.recording) {
+            report.recording = Some(RecordingReport { drops: rec.drops(), ..self.recording_report.clone() });
+        }
+        Summary { seen: stats.seen, matched: stats.matched, elapsed, end, guest_released: released, in_guest }
+    }
+
+    /// With recording, at the end (the guest stopped): the sites go back to
+    /// the ftrace NOP so no new record starts, and what the rings hold
+    /// becomes hits.
+    async fn last_records<S: HitSink + ?Sized>(
+        &mut self,
+        session: &mut Session,
+        sink: &mut S,
+        stats: &mut Stats,
+    ) -> Result<(), TraceError> {
+        if self.recording.is_none() {
+            return Ok(());
+        }
+        if let Some(ig) = &self.in_guest {
+            in_guest::restore_sites(session, &self.kernel, ig, &mut self.in_guest_report).await?;
+        }
+        self.drain_stub(session, sink, stats).await?;
+        Ok(())
+    }
+
+    /// With recording, once the trampoline is gone: counts the records
+    /// left unfinished and gives the borrowed memory its bytes back. While
+    /// the code stays (a CPU was still in it), the memory stays lent.
+    async fn give_back<S: HitSink + ?Sized>(
+        &mut self,
+        session: &mut Session,
+        sink: &mut S,
+        stats: &mut Stats,
+        error: &mut Option<TraceError>,
+    ) {
+        if self.recording.is_none() {
+            return;
+        }
+        // Records finished while the CPUs left the code.
+        if let Err(e) = self.drain_stub(session, sink, stats).await {
+            error.get_or_insert(e);
+        }
+        let Some(rec) = self.recording.as_mut() else { return };
+        self.recording_report.unfinished = rec.unfinished(session).await;
+        if self.in_guest_report.erased {
+            match rec.give_back(session, &self.kernel).await {
+                Ok(()) => self.recording_report.memory_restored = true,
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
         }
     }
 
@@ -506,18 +575,44 @@ impl Tracer {
         }
         self.arm(conn.stopped()?).await?;
         let deadline = self.cfg.duration.map(|d| tokio::time::Instant::now() + d);
-        let quiet = self.cfg.client.timeout.max(Duration::from_secs(1));
+        let probe = self.cfg.client.timeout.max(Duration::from_secs(1));
+        // Recording: drain the rings from the host every few milliseconds
+        // while the guest runs, or at short stops through the stub.
+        let live = self.recording.as_ref().map(|r| r.is_live());
+        let tick = (live == Some(true)).then_some(LIVE_DRAIN);
+        let quiet = if live == Some(false) { STUB_DRAIN } else { probe };
+        let mut last_stop = Instant::now();
         let mut last_progress = Instant::now();
         let mut resume: Option<u64> = None;
         loop {
             // Resume: `c ADDR` past a skipped NOP (one packet), or plain continue.
-            conn.resume(resume.take()).await?;
-            let stop = match conn.wait(cancel, deadline, quiet).await? {
+            if !conn.is_running() {
+                conn.resume(resume.take()).await?;
+            }
+            let left = quiet.saturating_sub(last_stop.elapsed()).max(Duration::from_millis(1));
+            let stop = match conn.wait(cancel, deadline, left, tick).await? {
                 Woken::Stop(stop) => stop,
                 Woken::Cancelled => return Ok(EndReason::Cancelled),
                 Woken::Deadline => return Ok(EndReason::Duration),
+                Woken::Tick => {
+                    if let Some(end) = self.drain_live(sink, stats).await? {
+                        conn.interrupt().await?;
+                        return Ok(end);
+                    }
+                    if last_progress.elapsed() >= Duration::from_millis(200) {
+                        last_progress = Instant::now();
+                        sink.progress(stats.seen, stats.matched, stats.start.elapsed());
+                    }
+                    continue;
+                }
             };
+            last_stop = Instant::now();
             self.kernel.resumed();
+            if live == Some(false) {
+                if let Some(end) = self.drain_stub(conn.stopped()?, sink, stats).await? {
+                    return Ok(end);
+                }
+            }
             let thread = match &stop {
                 // Only SIGTRAP is a breakpoint; anything else (an interrupt) just resumes.
                 StopReply::Signal { signal, .. } if *signal != ktrace_rsp::SIGTRAP => continue,
@@ -541,17 +636,47 @@ impl Tracer {
         }
     }
 
-    /// Installs the in-guest filter where it can be, moving those
-    /// breakpoints onto the trampoline's hit instructions.
+    /// Reads the rings from QEMU's RAM (the guest running) and hands on the
+    /// hits; `Some` when the trace should end.
+    async fn drain_live<S: HitSink + ?Sized>(
+        &mut self,
+        sink: &mut S,
+        stats: &mut Stats,
+    ) -> Result<Option<EndReason>, TraceError> {
+        let Some(rec) = self.recording.as_mut() else { return Ok(None) };
+        let records = rec.drain_live().await?;
+        Ok(self.deliver(records, sink, stats).await)
+    }
+
+    /// Reads the rings through the stub (the guest stopped) and hands on
+    /// the hits; `Some` when the trace should end.
+    async fn drain_stub<S: HitSink + ?Sized>(
+        &mut self,
+        session: &mut Session,
+        sink: &mut S,
+        stats: &mut Stats,
+    ) -> Result<Option<EndReason>, TraceError> {
+        let Some(rec) = self.recording.as_mut() else { return Ok(None) };
+        let records = rec.drain_stub(session).await?;
+        Ok(self.deliver(records, sink, stats).await)
+    }
+
+    /// Installs the in-guest filter where it can be: matches are recorded
+    /// in the guest (or, where they cannot be, the breakpoints move onto
+    /// the trampoline's hit instructions).
     async fn install_in_guest<S: HitSink + ?Sized>(
         &mut self,
         session: &mut Session,
         sink: &mut S,
     ) -> Result<(), TraceError> {
+        let mut recording = self.set_up_recording(session, sink).await?;
+        let no_drop = self.cfg.no_drop;
+        let rings = recording.as_ref().map(|r| (&r.rings, no_drop));
         let addrs: Vec<(u64, &Location)> = self.armed.iter().map(|a| (a.addr, &self.locations[a.spec])).collect();
         let mut report = InGuestReport::default();
         let installed =
-            in_guest::install(session, &self.kernel, &self.cfg.filter, self.target_task, &addrs, &mut report).await?;
+            in_guest::install(session, &self.kernel, &self.cfg.filter, self.target_task, &addrs, rings, &mut report)
+                .await?;
         if report.left_behind > 0 {
             sink.note(&format!(
                 "--in-guest: restored {} site(s) a killed ktrace had left patched; re-using its trampoline",
@@ -561,21 +686,177 @@ impl Tracer {
         for reason in &report.fallbacks {
             sink.note(&format!("--in-guest: {reason}; the stop loop evaluates it instead"));
         }
-        if let Some(installed) = installed {
-            for (i, hit) in installed.moved {
-                let function = self.armed[i].addr;
-                self.armed[i] = Armed { addr: hit, past: Past::Skip(1), at: BreakAt::HitOf(function), ..self.armed[i] };
+        let Some(installed) = installed else {
+            if let Some(r) = recording.take() {
+                r.give_back(session, &self.kernel).await?;
             }
-            sink.note(&format!(
-                "--in-guest: {} function(s) patched to call the filter at 0x{:x}",
-                report.patched, installed.in_guest.plan.region.base
-            ));
-            let region = installed.in_guest.plan.region;
-            self.unwinder.know_trampoline(Some(installed.in_guest.plan.frame_map(region.hit_page)));
-            self.in_guest = Some(installed.in_guest);
+            self.in_guest_report = report;
+            return Ok(());
+        };
+        let region = installed.in_guest.plan.region;
+        match &recording {
+            Some(r) => {
+                // Recorded: no breakpoint for these; a record names its
+                // function by the return address into it (site + 5).
+                let mut recorded = Vec::new();
+                for &(i, _, site) in &installed.moved {
+                    self.recorded.insert(site + 5, (self.armed[i].addr, self.armed[i].spec));
+                    recorded.push(i);
+                }
+                let mut i = 0;
+                self.armed.retain(|_| {
+                    i += 1;
+                    !recorded.contains(&(i - 1))
+                });
+                if no_drop {
+                    let params = installed.in_guest.plan.record.clone().map_err(|r| TraceError::Recording(r.to_string()))?;
+                    let code = ktrace_kernel::trampoline::record::routine(&region, params);
+                    let stop = region.hit_page + ktrace_kernel::trampoline::record::CODE;
+                    let addr = stop + ktrace_kernel::trampoline::record::full_stop(&code) as u64;
+                    self.armed.push(Armed { addr, spec: 0, past: Past::Skip(1), at: BreakAt::RingFull });
+                }
+                sink.note(&format!(
+                    "--in-guest: {} function(s) patched to call the filter at 0x{:x}; matches are recorded in {} ring(s) of {} slots (stacks up to {} bytes), {}",
+                    report.patched,
+                    region.base,
+                    r.rings.count,
+                    r.rings.slots,
+                    r.rings.max_stack(),
+                    recording::drain_method(r.is_live())
+                ));
+                self.recording_report = RecordingReport {
+                    slots: r.rings.slots,
+                    stack_copy: r.rings.max_stack(),
+                    drain: recording::drain_method(r.is_live()).into(),
+                    ..RecordingReport::default()
+                };
+            }
+            None => {
+                for &(i, hit, _) in &installed.moved {
+                    let function = self.armed[i].addr;
+                    self.armed[i] =
+                        Armed { addr: hit, past: Past::Skip(1), at: BreakAt::HitOf(function), ..self.armed[i] };
+                }
+                sink.note(&format!(
+                    "--in-guest: {} function(s) patched to call the filter at 0x{:x}",
+                    report.patched, region.base
+                ));
+            }
         }
+        self.unwinder.know_trampoline(Some(installed.in_guest.plan.frame_map(region.hit_page)));
+        self.in_guest = Some(installed.in_guest);
+        self.recording = recording;
         self.in_guest_report = report;
         Ok(())
+    }
+
+    /// The rings for recording matches in the guest, unless the trace
+    /// needs a stop at each match (`--if`, `--print`, `--regs`) or the
+    /// guest has no memory to lend (then it says why).
+    async fn set_up_recording<S: HitSink + ?Sized>(
+        &mut self,
+        session: &mut Session,
+        sink: &mut S,
+    ) -> Result<Option<Recording>, TraceError> {
+        if self.cfg.stop_at_match {
+            return Ok(None);
+        }
+        let needs_stop = self.exprs.condition.is_some() || !self.exprs.prints.is_empty() || self.cfg.registers;
+        if needs_stop {
+            sink.note("--in-guest: --if, --print and --regs read the stopped CPU: the guest stops at each match");
+            return Ok(None);
+        }
+        // QEMU on this host: the rings are read while the guest runs.
+        let stub = self.cfg.reconnect_to.clone().unwrap_or_else(|| self.addr.clone());
+        let qemu = ktrace_guestmem::find_qemu(&stub.to_string()).ok();
+        match Recording::set_up(session, &self.kernel, self.cfg.stack_copy, qemu).await? {
+            Ok(r) => Ok(Some(r)),
+            Err(why) => {
+                sink.note(&format!("--in-guest: {why}; the guest stops at each match instead"));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Turns the records read back into hits for `sink`; `Break` when the
+    /// trace should end (the sink said so, or `--count` was reached).
+    async fn deliver<S: HitSink + ?Sized>(
+        &mut self,
+        records: Vec<Record>,
+        sink: &mut S,
+        stats: &mut Stats,
+    ) -> Option<EndReason> {
+        for rec in records {
+            self.recording_report.recorded += 1;
+            stats.seen += 1;
+            if self.cfg.count.is_some_and(|c| stats.matched >= c) {
+                continue;
+            }
+            stats.matched += 1;
+            let hit = self.hit_of_record(rec, stats).await;
+            if sink.hit(hit).is_break() {
+                return Some(EndReason::Stopped);
+            }
+        }
+        self.cfg.count.is_some_and(|c| stats.matched >= c).then_some(EndReason::Count)
+    }
+
+    /// A recorded match as a hit, its backtrace unwound from the record's
+    /// stack copy (a frame that needs other memory ends it with a reason).
+    async fn hit_of_record(&mut self, rec: Record, stats: &Stats) -> Hit {
+        let (function, spec) = self.recorded.get(&rec.return_address).copied().unwrap_or((rec.return_address - 5, 0));
+        let sp = rec.register("rsp").unwrap_or(0);
+        tracing::debug!(
+            seq = rec.seq,
+            sp = format_args!("0x{sp:x}"),
+            stack = rec.stack.len(),
+            task = format_args!("0x{:x}", rec.task),
+            "record"
+        );
+        let backtrace = match self.cfg.backtrace {
+            true => {
+                let mut regs = Regs::new(function, sp, rec.register("rbp").unwrap_or(0));
+                for &(name, value) in &rec.registers {
+                    match Reg::from_name(name) {
+                        Some(Reg::Rip | Reg::Rsp) | None => {}
+                        Some(reg) => regs.set(reg, value),
+                    }
+                }
+                let mut copy = StackCopy::new(sp, rec.stack);
+                let mut bt = self.unwinder.unwind(&self.kernel, &mut copy, regs).await;
+                if self.cfg.arguments {
+                    // Frame 0 as the function's entry had it; memory beyond
+                    // the copy is not there, so such values are unreadable.
+                    let mut frame0 = FrameRegisters::default();
+                    for &(name, value) in &rec.registers {
+                        frame0.set(name, value);
+                    }
+                    frame0.set("rip", function);
+                    frame0.cfa = ktrace_kernel::values::stopped_frame_cfa(&self.kernel, function, &frame0);
+                    if let Err(e) = self.arguments.fill(&self.kernel, &mut copy, &mut bt, &frame0).await {
+                        tracing::debug!("arguments of a recorded hit: {e}");
+                    }
+                }
+                Some(bt)
+            }
+            false => None,
+        };
+        let comm = ktrace_kernel::decode_comm(&rec.comm);
+        Hit {
+            seq: stats.matched,
+            time: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+            elapsed: stats.start.elapsed().as_secs_f64(),
+            cpu: ktrace_kernel::CpuId(rec.cpu),
+            pid: rec.pid,
+            tgid: rec.tgid,
+            comm,
+            task: TaskRef(rec.task),
+            breakpoint: self.locations[spec].spec.clone(),
+            pc: function,
+            backtrace,
+            registers: None,
+            prints: Vec::new(),
+        }
     }
 
     /// Probes how to get past each breakpoint and inserts them.
@@ -583,7 +864,7 @@ impl Tracer {
         let kind = self.bp_kind();
         for i in 0..self.armed.len() {
             let addr = self.armed[i].addr;
-            if let BreakAt::HitOf(_) = self.armed[i].at {
+            if let BreakAt::HitOf(_) | BreakAt::RingFull = self.armed[i].at {
                 // The hit `nop`: resume one byte on, at its `ret`.
                 self.insert(session, i, kind).await?;
                 continue;
@@ -659,12 +940,20 @@ impl Tracer {
             // Not one of ours (e.g. an interrupt from another client): just go on.
             return Ok(Step::Resume(None));
         };
+        if let BreakAt::RingFull = self.armed[bp].at {
+            // A full ring (`--no-drop`): drain it, and the CPU tries again.
+            self.recording_report.full_stops += 1;
+            if let Some(end) = self.drain_stub(session, sink, stats).await? {
+                return Ok(Step::End(end));
+            }
+            return self.past_breakpoint(session, bp, thread, rip).await;
+        }
         stats.seen += 1;
         // A stop on a hit `nop` is the traced function's entry: the
         // trampoline's return address is on the stack.
         let (pc, entry_frame) = match self.armed[bp].at {
             BreakAt::HitOf(function) => (function, true),
-            BreakAt::Function => (rip, false),
+            BreakAt::Function | BreakAt::RingFull => (rip, false),
         };
         // Without a task filter, `--if` decides first: a stop it refuses
         // costs no read of the task's identity.
@@ -979,6 +1268,11 @@ enum Step {
     Resume(Option<u64>),
     End(EndReason),
 }
+
+/// How often the rings are read from QEMU's RAM while the guest runs.
+const LIVE_DRAIN: Duration = Duration::from_millis(5);
+/// How often the guest is stopped to read the rings through the stub.
+const STUB_DRAIN: Duration = Duration::from_millis(50);
 
 struct Stats {
     seen: u64,

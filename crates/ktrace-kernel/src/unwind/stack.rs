@@ -40,9 +40,15 @@ impl<T: Target> StackReader<'_, T> {
                 }
             }
         }
-        let chunk = self.chunks.get(&base)?.as_ref()?;
-        let off = (addr - base) as usize;
-        Some(u64::from_le_bytes(chunk[off..off + 8].try_into().ok()?))
+        match self.chunks.get(&base)? {
+            Some(chunk) => {
+                let off = (addr - base) as usize;
+                Some(u64::from_le_bytes(chunk[off..off + 8].try_into().ok()?))
+            }
+            // The chunk is not all readable (a guard page, or a stack copy
+            // that starts inside it): the word alone may be.
+            None => self.target.read_u64(addr).await.ok(),
+        }
     }
 
     /// A stack word, or the reason to stop.
