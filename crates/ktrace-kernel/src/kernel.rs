@@ -551,7 +551,8 @@ impl Kernel {
         if module.debug.is_some() {
             return Some(list);
         }
-        let debug = self.module_debug(target, module).await?;
+        // Without a debug file the module's kallsyms still name its frames.
+        let Some(debug) = self.module_debug(target, module).await else { return Some(list) };
         drop(list);
         let mut cache = self.module_cache();
         // Placed in the list when no one else holds it; a holder sees the
