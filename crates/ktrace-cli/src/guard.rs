@@ -28,6 +28,9 @@ use anyhow::{bail, Context, Result};
 use ktrace_kernel::{WriteJournal, WrittenTo};
 use ktrace_rsp::codec::{encode_packet, Decoder, Event};
 
+/// Bytes per memory packet: well inside any stub's packet size once hex-encoded.
+const CHUNK: usize = 1024;
+
 /// The journal's first line.
 const HEADER: &str = "ktrace-journal v1";
 /// How long the guest runs for CPUs to leave ktrace's code before it is erased.
@@ -438,14 +441,22 @@ impl Link {
     }
 
     fn read(&mut self, addr: u64, len: usize) -> Result<Vec<u8>> {
-        let r = self.request(format!("m{addr:x},{len:x}").as_bytes())?;
-        unhex(&String::from_utf8_lossy(&r)).context("a memory reply")
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let n = (len - out.len()).min(CHUNK);
+            let r = self.request(format!("m{:x},{n:x}", addr + out.len() as u64).as_bytes())?;
+            out.extend(unhex(&String::from_utf8_lossy(&r)).context("a memory reply")?);
+        }
+        Ok(out)
     }
 
     fn write(&mut self, addr: u64, bytes: &[u8]) -> Result<()> {
-        let r = self.request(format!("M{addr:x},{:x}:{}", bytes.len(), hex(bytes)).as_bytes())?;
-        if r != b"OK" {
-            bail!("M answered {}", String::from_utf8_lossy(&r));
+        for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
+            let at = addr + (i * CHUNK) as u64;
+            let r = self.request(format!("M{at:x},{:x}:{}", chunk.len(), hex(chunk)).as_bytes())?;
+            if r != b"OK" {
+                bail!("M answered {}", String::from_utf8_lossy(&r));
+            }
         }
         Ok(())
     }
@@ -456,7 +467,8 @@ impl Link {
 
     /// Puts back what the journal says ktrace wrote: first the sites (a
     /// `call` over the ftrace NOP), then, after a drain with no CPU in
-    /// them, ktrace's own code and data.
+    /// them, ktrace's own code and data, and the memory it borrowed for
+    /// in-guest records (whatever the guest wrote there since).
     /// `erase`: ktrace's code too (not with `--leave-stopped`, which keeps it).
     fn restore(&mut self, plan: &Undo, erase: bool) -> Result<()> {
         let (sites, code): (Vec<&Range>, Vec<&Range>) = plan.ranges.iter().partition(|r| r.is_site());
@@ -477,12 +489,22 @@ impl Link {
             let inside = rips.iter().any(|&rip| code.iter().any(|r| r.virt_contains(rip)));
             if !inside {
                 for r in &code {
-                    self.put_back(r)?;
+                    match r.is_borrowed() {
+                        true => self.give_back(r)?,
+                        false => self.put_back(r)?,
+                    }
                 }
                 return Ok(());
             }
         }
         Ok(())
+    }
+
+    /// Borrowed memory: the record routine wrote there after ktrace did,
+    /// so it gets its first bytes back unconditionally.
+    fn give_back(&mut self, r: &Range) -> Result<()> {
+        self.set_physical(r.physical);
+        self.write(r.addr, &r.original)
     }
 
     fn put_back(&mut self, r: &Range) -> Result<()> {
@@ -551,6 +573,12 @@ impl Range {
     /// A patched ftrace site: 5 bytes, a `call rel32` over (or back to) the NOP.
     fn is_site(&self) -> bool {
         self.original.len() == 5 && (self.latest.first() == Some(&0xe8) || self.original.first() == Some(&0xe8))
+    }
+
+    /// Memory lent for in-guest records: physical, below 1 MiB (the only
+    /// guest RAM ktrace borrows, see `trampoline::borrowable_low_memory`).
+    fn is_borrowed(&self) -> bool {
+        self.physical && self.addr < 1 << 20
     }
 
     fn virt_contains(&self, rip: u64) -> bool {

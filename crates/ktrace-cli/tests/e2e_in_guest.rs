@@ -26,12 +26,18 @@ static ONE_GUEST: Mutex<()> = Mutex::new(());
 /// A function on testprog's read path with one caller chain.
 const FUNCTION: &str = "urandom_read_iter";
 const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+/// Where the memory ktrace may borrow starts (above the BIOS's 64 KiB).
+const LOW: u64 = 0x10000;
 
 struct Bed {
     guest: Guest,
     qmp: Qmp,
     /// testprog and a second process running the same program.
     pids: (i32, i32),
+    /// The trampoline's hit page (the record routine is on it), once known.
+    hit_page: Option<u64>,
+    /// The memory lent for records and what it held before ktrace came.
+    borrowed: Option<(u64, Vec<u8>)>,
 }
 
 fn boot(series: KernelSeries) -> Option<Bed> {
@@ -40,7 +46,7 @@ fn boot(series: KernelSeries) -> Option<Bed> {
     let qmp = Qmp::connect(guest.qmp_socket().expect("QMP socket")).expect("QMP");
     let p = guest.testprog_pids();
     let pids = (p[0] as i32, p[1] as i32);
-    Some(Bed { guest, qmp, pids })
+    Some(Bed { guest, qmp, pids, hit_page: None, borrowed: None })
 }
 
 fn attach(bed: &Bed, extra: &[&str]) -> Vec<String> {
@@ -85,14 +91,46 @@ fn trampoline_of(out: &common::Output) -> u64 {
     u64::from_str_radix(hex.trim(), 16).expect("hex address")
 }
 
+/// The memory ktrace borrows for records, from its note on stderr:
+/// (physical address, bytes).
+fn borrowed_of(out: &common::Output) -> (u64, usize) {
+    let line = out.stderr.lines().find(|l| l.contains("bytes borrowed at physical")).unwrap_or_else(|| {
+        panic!("matches were not recorded in the guest:\n{}", out.dump());
+    });
+    let hex_after = |key: &str| {
+        let rest = line.split(key).nth(1).expect(key).trim_start().trim_start_matches("0x");
+        let end = rest.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(rest.len());
+        u64::from_str_radix(&rest[..end], 16).expect("hex")
+    };
+    (hex_after("bytes borrowed at physical"), hex_after(" in ") as usize)
+}
+
 /// After ktrace has left: the site holds the ftrace NOP again, the
-/// trampoline is padding again, and the guest runs.
+/// trampoline and the hit page are padding again, the borrowed memory
+/// holds what it held before ktrace came, and the guest runs.
 fn assert_restored(bed: &mut Bed, site: u64, trampoline: u64, what: &str) {
+    assert_given_back(bed, site, trampoline, what, true)
+}
+
+/// [`assert_restored`]; `memory`: also the borrowed memory (not after a
+/// SIGKILL without a guardian: its bytes were with the killed ktrace).
+fn assert_given_back(bed: &mut Bed, site: u64, trampoline: u64, what: &str, memory: bool) {
     assert_eq!(read_bytes(&mut bed.qmp, site, 5), NOP5, "{what}: the ftrace NOP is not back");
     assert!(
         read_bytes(&mut bed.qmp, trampoline, 672).iter().all(|&b| b == 0xcc),
         "{what}: the trampoline was not erased"
     );
+    if let Some(hit_page) = bed.hit_page {
+        assert!(
+            read_bytes(&mut bed.qmp, hit_page, 0x680).iter().all(|&b| b == 0xcc),
+            "{what}: the hit page (hit stubs, record routine) was not erased"
+        );
+    }
+    if let Some((phys, before)) = bed.borrowed.as_ref().filter(|_| memory) {
+        let now = bed.qmp.read_physical(*phys, before.len()).expect("pmemsave");
+        let differ = now.iter().zip(before).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{what}: {differ} bytes of the memory borrowed at physical 0x{phys:x} differ from before");
+    }
     assert!(bed.qmp.running().expect("status"), "{what}: the guest is not running");
     assert!(bed.guest.is_running(Duration::from_secs(60)), "{what}: no heartbeat from the guest");
 }
@@ -121,10 +159,21 @@ fn on(series: KernelSeries) {
     let expected: BTreeSet<Vec<String>> = stop_loop.json_lines().iter().map(stack_names).collect();
     let function = hex(&stop_loop.json_lines()[0]["pc"]);
 
-    // In the guest: the same hits, backtraces and pc, and only matching stops.
+    // Low memory as it was before ktrace came (ktrace borrows from it).
+    let low = bed.qmp.read_physical(LOW, 0x100000 - LOW as usize).expect("pmemsave");
+
+    // In the guest: the same hits, backtraces and pc, and only matching
+    // stops: none at all, each match is recorded in the guest.
     let out = run(&attach(&bed, &["--count", "30", "--in-guest"]));
     assert_eq!(out.code(), Some(0), "{}", out.dump());
     let trampoline = trampoline_of(&out);
+    let (phys, len) = borrowed_of(&out);
+    assert!(phys >= LOW && phys + len as u64 <= 0x100000, "borrowed 0x{len:x} bytes at 0x{phys:x}");
+    let from = (phys - LOW) as usize;
+    bed.borrowed = Some((phys, low[from..from + len].to_vec()));
+    bed.hit_page = Some(u64::from_le_bytes(read_bytes(&mut bed.qmp, trampoline + 16, 8).try_into().unwrap()));
+    assert!(out.stderr.contains("recorded in the guest without stopping it"), "{}", out.dump());
+    assert!(out.stderr.contains("borrowed memory given back"), "{}", out.dump());
     let hits = out.json_lines();
     assert_eq!(hits.len(), 30, "{}", out.dump());
     for hit in &hits {
@@ -231,7 +280,10 @@ fn killed_while_patched(bed: &mut Bed, site: u64, trampoline: u64, expected: &BT
             assert!(out.stderr.contains("patched to call the filter"), "{}", out.dump());
             assert_eq!(out.hits(), Some((3, 3)), "{}", out.dump());
         }
-        assert_restored(bed, site, trampoline, cleanup);
+        // Without a guardian the borrowed memory's bytes died with ktrace:
+        // it keeps the rings (the kernel never uses it). tests/guardian.rs
+        // checks that a guardian gives it back.
+        assert_given_back(bed, site, trampoline, cleanup, false);
     }
     let out = run(&["restore".into(), bed.guest.addr(), "--vmlinux".into(), common::path(bed.guest.vmlinux()).into()]);
     assert!(out.stdout.contains("no ktrace trampoline"), "{}", out.dump());
@@ -286,12 +338,26 @@ fn gdb_disassembles_the_trampoline(bed: &Bed, trampoline: u64, entry: u64) {
     let got: Vec<String> = insns.iter().map(|l| mnemonic(l)).collect();
     let want = [
         "push", "push", "mov", "mov", "and", "cmp", "jne", "mov", "and", "cmp", "jne", "mov", // body
-        "call", "jne", "jmp", "ret", // entry
+        "call", "jne", "call", "ret", // entry: a match calls the record routine
     ];
     assert_eq!(got, want, "GDB disassembles:\n{text}");
     assert!(insns[2].contains("%gs:") && insns[2].contains("%rax"), "the current task through %gs: {}", insns[2]);
     assert!(insns[4].contains("(%rip)") && insns[5].contains("(%rip)"), "filter data rip-relative:\n{text}");
     assert!(insns[12].contains(&format!("0x{body:x}")), "the entry calls the body: {}", insns[12]);
+    // The record routine: every register and the flags saved, the CPU's
+    // ring by %gs:cpu_number, a slot reserved with lock cmpxchg.
+    let routine = bed.hit_page.expect("hit page") + 0x440;
+    assert!(insns[14].contains(&format!("0x{routine:x}")), "a match calls the record routine: {}", insns[14]);
+    let text = gdb_batch(std::path::Path::new("/bin/true"), bed.guest.port(), &[format!("x/40i 0x{routine:x}")])
+        .expect("gdb");
+    let insns: Vec<&str> = text.lines().filter(|l| l.starts_with(' ') && l.contains(":\t")).collect();
+    let got: Vec<String> = insns.iter().map(|l| mnemonic(l)).collect();
+    assert_eq!(got[0], "pushf", "GDB disassembles:\n{text}");
+    assert_eq!(got[1..16].iter().filter(|m| *m == "push").count(), 15, "GDB disassembles:\n{text}");
+    assert_eq!(got[16], "cld", "GDB disassembles:\n{text}");
+    assert!(insns[17].contains("%gs:"), "the CPU number through %gs: {}", insns[17]);
+    assert!(text.contains("lock cmpxchg %rcx,(%rbx)"), "the slot reserved with lock cmpxchg:\n{text}");
+    assert!(text.contains("rdtsc"), "a time stamp:\n{text}");
 }
 
 /// A CPU stopped inside the trampoline's body (GDB's breakpoint there,

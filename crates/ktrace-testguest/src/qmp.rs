@@ -120,6 +120,17 @@ impl Qmp {
         Ok(bytes)
     }
 
+    /// Reads guest physical memory with QMP's `pmemsave` (through a file);
+    /// leaves the VM as it was.
+    pub fn read_physical(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, GuestError> {
+        let file = std::env::temp_dir().join(format!("ktrace-pmem-{}-{addr:x}-{len:x}", std::process::id()));
+        let args = json!({ "val": addr, "size": len, "filename": file.to_string_lossy() });
+        self.execute("pmemsave", Some(args))?;
+        let bytes = std::fs::read(&file).map_err(|e| qmp_err(format!("pmemsave 0x{addr:x}: {e}")));
+        let _ = std::fs::remove_file(&file);
+        bytes
+    }
+
     /// Writes the guest's memory as an ELF core file (no paging, so the
     /// dump holds physical memory and one PRSTATUS note per vCPU).
     pub fn dump_guest_memory(&mut self, to: &Path) -> Result<(), GuestError> {

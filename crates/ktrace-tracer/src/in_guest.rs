@@ -208,7 +208,7 @@ pub(crate) async fn drain_and_erase(
     Ok((session, false))
 }
 
-async fn any_cpu_inside(session: &mut Session, region: &Region) -> Result<bool, TraceError> {
+pub(crate) async fn any_cpu_inside(session: &mut Session, region: &Region) -> Result<bool, TraceError> {
     for (thread, rip) in cpu_rips(session).await? {
         if region.contains_code(rip) {
             tracing::debug!(?thread, rip = format_args!("0x{rip:x}"), "a CPU is inside the trampoline");

@@ -24,6 +24,8 @@ pub(crate) struct Recording {
     /// QEMU's RAM from this host, when it can be read (and written) there:
     /// the rings are drained without stopping the guest.
     live: Option<HostMemory>,
+    /// The trampoline writing the rings, once installed.
+    pub region: Option<ktrace_kernel::trampoline::Region>,
 }
 
 /// How the rings are read, for the summary.
@@ -74,6 +76,7 @@ impl Recording {
             tails: vec![0; cpus as usize],
             drops: vec![0; cpus as usize],
             live: None,
+            region: None,
         };
         if let Some(pid) = qemu {
             rec.live = rec.open_live(session, pid).await;
@@ -90,6 +93,11 @@ impl Recording {
         let theirs = session.read_physical(self.phys, len).await.ok()?;
         let ours = host.read_physical(self.phys, len).await.ok()?;
         (theirs == ours).then_some(host)
+    }
+
+    /// The physical address of the borrowed memory.
+    pub(crate) fn phys(&self) -> u64 {
+        self.phys
     }
 
     /// Whether the rings are drained from the host while the guest runs.

@@ -522,9 +522,9 @@ impl Tracer {
         Ok(())
     }
 
-    /// With recording, once the trampoline is gone: counts the records
-    /// left unfinished and gives the borrowed memory its bytes back. While
-    /// the code stays (a CPU was still in it), the memory stays lent.
+    /// With recording, once the trampoline is gone (or no CPU is in it):
+    /// counts the records left unfinished and gives the borrowed memory its
+    /// bytes back. While a CPU is inside the code, the memory stays lent.
     async fn give_back<S: HitSink + ?Sized>(
         &mut self,
         session: &mut Session,
@@ -541,7 +541,14 @@ impl Tracer {
         }
         let Some(rec) = self.recording.as_mut() else { return };
         self.recording_report.unfinished = rec.unfinished(session).await;
-        if self.in_guest_report.erased {
+        // Left in place (`--leave-stopped`, or a CPU stayed inside): the
+        // memory goes back only when no CPU is in the code that writes it.
+        let idle = match (self.in_guest_report.erased, rec.region) {
+            (true, _) => true,
+            (false, Some(region)) => matches!(in_guest::any_cpu_inside(session, &region).await, Ok(false)),
+            (false, None) => false,
+        };
+        if idle {
             match rec.give_back(session, &self.kernel).await {
                 Ok(()) => self.recording_report.memory_restored = true,
                 Err(e) => {
@@ -716,12 +723,16 @@ impl Tracer {
                     self.armed.push(Armed { addr, spec: 0, past: Past::Skip(1), at: BreakAt::RingFull });
                 }
                 sink.note(&format!(
-                    "--in-guest: {} function(s) patched to call the filter at 0x{:x}; matches are recorded in {} ring(s) of {} slots (stacks up to {} bytes), {}",
-                    report.patched,
-                    region.base,
+                    "--in-guest: {} function(s) patched to call the filter at 0x{:x}",
+                    report.patched, region.base
+                ));
+                sink.note(&format!(
+                    "--in-guest: matches are recorded in {} ring(s) of {} slots (stacks up to {} bytes) in 0x{:x} bytes borrowed at physical 0x{:x}, {}",
                     r.rings.count,
                     r.rings.slots,
                     r.rings.max_stack(),
+                    r.rings.count * r.rings.ring_bytes,
+                    r.phys(),
                     recording::drain_method(r.is_live())
                 ));
                 self.recording_report = RecordingReport {
@@ -745,6 +756,9 @@ impl Tracer {
         }
         self.unwinder.know_trampoline(Some(installed.in_guest.plan.frame_map(region.hit_page)));
         self.in_guest = Some(installed.in_guest);
+        if let Some(r) = &mut recording {
+            r.region = Some(region);
+        }
         self.recording = recording;
         self.in_guest_report = report;
         Ok(())
@@ -788,10 +802,11 @@ impl Tracer {
     ) -> Option<EndReason> {
         for rec in records {
             self.recording_report.recorded += 1;
-            stats.seen += 1;
+            // Past `--count`: read (the ring moves on), not reported.
             if self.cfg.count.is_some_and(|c| stats.matched >= c) {
                 continue;
             }
+            stats.seen += 1;
             stats.matched += 1;
             let hit = self.hit_of_record(rec, stats).await;
             if sink.hit(hit).is_break() {
