@@ -91,6 +91,16 @@ fn trampoline_of(out: &common::Output) -> u64 {
     u64::from_str_radix(hex.trim(), 16).expect("hex address")
 }
 
+/// The record routine's address, from ktrace's note on stderr.
+fn routine_of(out: &common::Output) -> u64 {
+    let line = out.stderr.lines().find(|l| l.contains("recorded by the routine at")).unwrap_or_else(|| {
+        panic!("matches were not recorded in the guest:\n{}", out.dump());
+    });
+    let rest = line.split("recorded by the routine at 0x").nth(1).expect("address");
+    let end = rest.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(rest.len());
+    u64::from_str_radix(&rest[..end], 16).expect("hex address")
+}
+
 /// The memory ktrace borrows for records, from its note on stderr:
 /// (physical address, bytes).
 fn borrowed_of(out: &common::Output) -> (u64, usize) {
@@ -171,7 +181,7 @@ fn on(series: KernelSeries) {
     assert!(phys >= LOW && phys + len as u64 <= 0x100000, "borrowed 0x{len:x} bytes at 0x{phys:x}");
     let from = (phys - LOW) as usize;
     bed.borrowed = Some((phys, low[from..from + len].to_vec()));
-    bed.hit_page = Some(u64::from_le_bytes(read_bytes(&mut bed.qmp, trampoline + 16, 8).try_into().unwrap()));
+    bed.hit_page = Some(routine_of(&out) - 0x440);
     assert!(out.stderr.contains("recorded in the guest without stopping it"), "{}", out.dump());
     assert!(out.stderr.contains("borrowed memory given back"), "{}", out.dump());
     let hits = out.json_lines();

@@ -251,6 +251,8 @@ pub struct RestoreOutcome {
     pub foreign: Vec<u64>,
     /// Whether the trampoline was erased.
     pub erased: bool,
+    /// Whether memory borrowed for records got its bytes back.
+    pub given_back: bool,
 }
 
 /// `ktrace restore`: finds a trampoline a killed ktrace left in the guest,
@@ -260,14 +262,30 @@ pub async fn restore_left_behind(
     vmlinux: std::sync::Arc<Vmlinux>,
     client: ktrace_rsp::ClientConfig,
 ) -> Result<RestoreOutcome, TraceError> {
+    restore_lent(addr, vmlinux, client, None).await
+}
+
+/// [`restore_left_behind`], and once the trampoline is erased, `lent`'s
+/// bytes written back at its kernel address (memory borrowed for records).
+pub(crate) async fn restore_lent(
+    addr: &StubAddr,
+    vmlinux: std::sync::Arc<Vmlinux>,
+    client: ktrace_rsp::ClientConfig,
+    lent: Option<(u64, &[u8])>,
+) -> Result<RestoreOutcome, TraceError> {
     let cfg = GuestConfig { client, ..GuestConfig::default() };
     let (mut session, kernel, release) = Guest::connect(addr, vmlinux, &cfg).await?.into_parts();
     let result = restore_in(&mut session, kernel).await;
     match result {
         Ok((outcome, Some((kernel, region)))) => {
-            let (session, erased) = drain_and_erase(session, &kernel, &region).await?;
+            let (mut session, erased) = drain_and_erase(session, &kernel, &region).await?;
+            let mut given_back = false;
+            if let (true, Some((at, bytes))) = (erased, lent) {
+                kernel.memory(&mut session).write_memory(at, bytes).await?;
+                given_back = true;
+            }
             release.release(session).await?;
-            Ok(RestoreOutcome { erased, ..outcome })
+            Ok(RestoreOutcome { erased, given_back, ..outcome })
         }
         Ok((outcome, None)) => {
             release.release(session).await?;
@@ -284,7 +302,8 @@ async fn restore_in(
     session: &mut Session,
     kernel: Kernel,
 ) -> Result<(RestoreOutcome, Option<(Kernel, Region)>), TraceError> {
-    let none = RestoreOutcome { trampoline: None, restored: Vec::new(), foreign: Vec::new(), erased: false };
+    let none =
+        RestoreOutcome { trampoline: None, restored: Vec::new(), foreign: Vec::new(), erased: false, given_back: false };
     let Ok(plan) = Plan::for_kernel(&kernel) else { return Ok((none, None)) };
     let Some((region, r)) = trampoline::restore_left_behind(&mut kernel.memory(session), &plan).await? else {
         return Ok((none, None));
@@ -301,6 +320,7 @@ async fn restore_in(
         restored: r.restored,
         foreign: r.foreign.iter().map(|f| f.0).collect(),
         erased: false,
+        given_back: false,
     };
     // With a site someone else patched still pointing at it, it must stay.
     let erasable = outcome.foreign.is_empty();

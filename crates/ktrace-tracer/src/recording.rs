@@ -95,6 +95,11 @@ impl Recording {
         (theirs == ours).then_some(host)
     }
 
+    /// The borrowed memory's kernel address and its first bytes.
+    pub(crate) fn lent(&self) -> (u64, &[u8]) {
+        (self.rings.base, &self.saved)
+    }
+
     /// The physical address of the borrowed memory.
     pub(crate) fn phys(&self) -> u64 {
         self.phys

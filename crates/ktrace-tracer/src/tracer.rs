@@ -123,6 +123,8 @@ pub struct Tracer {
     /// (function, location index).
     recorded: std::collections::HashMap<u64, (u64, usize)>,
     recording_report: RecordingReport,
+    /// Records read back, not yet turned into hits.
+    pending: std::collections::VecDeque<Record>,
 }
 
 /// What [`Tracer::plan`] found in the vmlinux before any connection.
@@ -252,6 +254,7 @@ impl Tracer {
                     recording: None,
                     recorded: Default::default(),
                     recording_report: RecordingReport::default(),
+                    pending: Default::default(),
                 })
             }
             Err(err) => {
@@ -488,7 +491,9 @@ impl Tracer {
         }
         let vm = self.kernel.vmlinux().clone();
         let addr = self.cfg.reconnect_to.clone().unwrap_or_else(|| self.addr.clone());
-        if let Ok(outcome) = in_guest::restore_left_behind(&addr, vm, self.cfg.client.clone()).await {
+        let lent = self.recording.as_ref().map(|r| r.lent());
+        if let Ok(outcome) = in_guest::restore_lent(&addr, vm, self.cfg.client.clone(), lent).await {
+            self.recording_report.memory_restored = outcome.given_back;
             self.in_guest_report.restored += outcome.restored.len();
             self.in_guest_report.erased = outcome.erased;
             self.in_guest_report.reconnected = true;
@@ -518,7 +523,8 @@ impl Tracer {
         if let Some(ig) = &self.in_guest {
             in_guest::restore_sites(session, &self.kernel, ig, &mut self.in_guest_report).await?;
         }
-        self.drain_stub(session, sink, stats).await?;
+        self.drain_stub(session).await?;
+        self.deliver(sink, stats, None).await;
         Ok(())
     }
 
@@ -536,9 +542,10 @@ impl Tracer {
             return;
         }
         // Records finished while the CPUs left the code.
-        if let Err(e) = self.drain_stub(session, sink, stats).await {
+        if let Err(e) = self.drain_stub(session).await {
             error.get_or_insert(e);
         }
+        self.deliver(sink, stats, None).await;
         let Some(rec) = self.recording.as_mut() else { return };
         self.recording_report.unfinished = rec.unfinished(session).await;
         // Left in place (`--leave-stopped`, or a CPU stayed inside): the
@@ -586,8 +593,8 @@ impl Tracer {
         // Recording: drain the rings from the host every few milliseconds
         // while the guest runs, or at short stops through the stub.
         let live = self.recording.as_ref().map(|r| r.is_live());
-        let tick = (live == Some(true)).then_some(LIVE_DRAIN);
-        let quiet = if live == Some(false) { STUB_DRAIN } else { probe };
+        let tick = live.map(|_| LIVE_DRAIN);
+        let mut stub_drain = STUB_DRAIN_MAX;
         let mut last_stop = Instant::now();
         let mut last_progress = Instant::now();
         let mut resume: Option<u64> = None;
@@ -596,13 +603,19 @@ impl Tracer {
             if !conn.is_running() {
                 conn.resume(resume.take()).await?;
             }
+            let quiet = if live == Some(false) { stub_drain } else { probe };
             let left = quiet.saturating_sub(last_stop.elapsed()).max(Duration::from_millis(1));
             let stop = match conn.wait(cancel, deadline, left, tick).await? {
                 Woken::Stop(stop) => stop,
                 Woken::Cancelled => return Ok(EndReason::Cancelled),
                 Woken::Deadline => return Ok(EndReason::Duration),
                 Woken::Tick => {
-                    if let Some(end) = self.drain_live(sink, stats).await? {
+                    // The guest runs: read the rings (from the host), and
+                    // turn records into hits for a slice of the tick.
+                    if live == Some(true) {
+                        self.drain_live().await?;
+                    }
+                    if let Some(end) = self.deliver(sink, stats, Some(LIVE_DRAIN)).await {
                         conn.interrupt().await?;
                         return Ok(end);
                     }
@@ -616,9 +629,14 @@ impl Tracer {
             last_stop = Instant::now();
             self.kernel.resumed();
             if live == Some(false) {
-                if let Some(end) = self.drain_stub(conn.stopped()?, sink, stats).await? {
-                    return Ok(end);
-                }
+                // Read whole rings at the stop; the hits are made while the
+                // guest runs again. Stop more often while rings fill up.
+                let (read, slots) = self.drain_stub(conn.stopped()?).await?;
+                stub_drain = match read {
+                    n if n * 4 >= slots => (stub_drain / 2).max(STUB_DRAIN_MIN),
+                    n if n * 16 < slots => (stub_drain * 2).min(STUB_DRAIN_MAX),
+                    _ => stub_drain,
+                };
             }
             let thread = match &stop {
                 // Only SIGTRAP is a breakpoint; anything else (an interrupt) just resumes.
@@ -643,29 +661,26 @@ impl Tracer {
         }
     }
 
-    /// Reads the rings from QEMU's RAM (the guest running) and hands on the
-    /// hits; `Some` when the trace should end.
-    async fn drain_live<S: HitSink + ?Sized>(
-        &mut self,
-        sink: &mut S,
-        stats: &mut Stats,
-    ) -> Result<Option<EndReason>, TraceError> {
-        let Some(rec) = self.recording.as_mut() else { return Ok(None) };
+    /// Reads the rings from QEMU's RAM (the guest running) into the queue.
+    async fn drain_live(&mut self) -> Result<(), TraceError> {
+        let Some(rec) = self.recording.as_mut() else { return Ok(()) };
         let records = rec.drain_live().await?;
-        Ok(self.deliver(records, sink, stats).await)
+        self.pending.extend(records);
+        Ok(())
     }
 
-    /// Reads the rings through the stub (the guest stopped) and hands on
-    /// the hits; `Some` when the trace should end.
-    async fn drain_stub<S: HitSink + ?Sized>(
-        &mut self,
-        session: &mut Session,
-        sink: &mut S,
-        stats: &mut Stats,
-    ) -> Result<Option<EndReason>, TraceError> {
-        let Some(rec) = self.recording.as_mut() else { return Ok(None) };
+    /// Reads the rings through the stub (the guest stopped) into the
+    /// queue; returns (records read, the most one ring held).
+    async fn drain_stub(&mut self, session: &mut Session) -> Result<(u64, u64), TraceError> {
+        let Some(rec) = self.recording.as_mut() else { return Ok((0, 0)) };
         let records = rec.drain_stub(session).await?;
-        Ok(self.deliver(records, sink, stats).await)
+        let slots = rec.rings.slots;
+        let most = (0..rec.rings.count)
+            .map(|cpu| records.iter().filter(|r| u64::from(r.cpu) == cpu).count() as u64)
+            .max()
+            .unwrap_or(0);
+        self.pending.extend(records);
+        Ok((most, slots))
     }
 
     /// Installs the in-guest filter where it can be: matches are recorded
@@ -727,7 +742,8 @@ impl Tracer {
                     report.patched, region.base
                 ));
                 sink.note(&format!(
-                    "--in-guest: matches are recorded in {} ring(s) of {} slots (stacks up to {} bytes) in 0x{:x} bytes borrowed at physical 0x{:x}, {}",
+                    "--in-guest: matches are recorded by the routine at 0x{:x} in {} ring(s) of {} slots (stacks up to {} bytes) in 0x{:x} bytes borrowed at physical 0x{:x}, {}",
+                    region.hit_page + ktrace_kernel::trampoline::record::CODE,
                     r.rings.count,
                     r.rings.slots,
                     r.rings.max_stack(),
@@ -792,15 +808,17 @@ impl Tracer {
         }
     }
 
-    /// Turns the records read back into hits for `sink`; `Break` when the
-    /// trace should end (the sink said so, or `--count` was reached).
+    /// Turns queued records into hits for `sink`, for at most `slice` (all
+    /// of them without one); `Some` when the trace should end (the sink
+    /// said so, or `--count` was reached).
     async fn deliver<S: HitSink + ?Sized>(
         &mut self,
-        records: Vec<Record>,
         sink: &mut S,
         stats: &mut Stats,
+        slice: Option<Duration>,
     ) -> Option<EndReason> {
-        for rec in records {
+        let started = Instant::now();
+        while let Some(rec) = self.pending.pop_front() {
             self.recording_report.recorded += 1;
             // Past `--count`: read (the ring moves on), not reported.
             if self.cfg.count.is_some_and(|c| stats.matched >= c) {
@@ -812,8 +830,14 @@ impl Tracer {
             if sink.hit(hit).is_break() {
                 return Some(EndReason::Stopped);
             }
+            if self.cfg.count.is_some_and(|c| stats.matched >= c) {
+                return Some(EndReason::Count);
+            }
+            if slice.is_some_and(|s| started.elapsed() >= s) {
+                break;
+            }
         }
-        self.cfg.count.is_some_and(|c| stats.matched >= c).then_some(EndReason::Count)
+        None
     }
 
     /// A recorded match as a hit, its backtrace unwound from the record's
@@ -958,9 +982,7 @@ impl Tracer {
         if let BreakAt::RingFull = self.armed[bp].at {
             // A full ring (`--no-drop`): drain it, and the CPU tries again.
             self.recording_report.full_stops += 1;
-            if let Some(end) = self.drain_stub(session, sink, stats).await? {
-                return Ok(Step::End(end));
-            }
+            self.drain_stub(session).await?;
             return self.past_breakpoint(session, bp, thread, rip).await;
         }
         stats.seen += 1;
@@ -1286,8 +1308,10 @@ enum Step {
 
 /// How often the rings are read from QEMU's RAM while the guest runs.
 const LIVE_DRAIN: Duration = Duration::from_millis(5);
-/// How often the guest is stopped to read the rings through the stub.
-const STUB_DRAIN: Duration = Duration::from_millis(50);
+/// How often (at most, and at least) the guest is stopped to read the
+/// rings through the stub: more often while they fill up.
+const STUB_DRAIN_MAX: Duration = Duration::from_millis(50);
+const STUB_DRAIN_MIN: Duration = Duration::from_millis(5);
 
 struct Stats {
     seen: u64,
