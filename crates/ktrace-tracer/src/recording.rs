@@ -177,3 +177,85 @@ impl Recording {
         Ok(kernel.memory(session).write_memory(self.rings.base, &self.saved).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ktrace_kernel::synthetic::SyntheticTarget;
+
+    const PHYS: u64 = 0x10000;
+
+    fn recording(cpus: u64) -> Recording {
+        let rings = Rings::fit(0xffff_8880_0001_0000, 64 << 10, cpus, 512).expect("fits");
+        Recording {
+            rings,
+            phys: PHYS,
+            saved: Vec::new(),
+            tails: vec![0; cpus as usize],
+            drops: vec![0; cpus as usize],
+            live: None,
+            region: None,
+        }
+    }
+
+    /// A slot as the record routine writes it, committed as `seq` when asked.
+    fn slot(seq: u64, committed: bool, pid: i32, stack: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; record::SLOT_HEADER as usize + stack.len()];
+        if committed {
+            b[0..8].copy_from_slice(&(seq + 1).to_le_bytes());
+        }
+        b[36..40].copy_from_slice(&(stack.len() as u32).to_le_bytes());
+        b[40..44].copy_from_slice(&pid.to_le_bytes());
+        b[record::SLOT_HEADER as usize..].copy_from_slice(stack);
+        b
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(f)
+    }
+
+    #[test]
+    fn drains_committed_records_in_order_and_moves_the_tail() {
+        run(async {
+            let mut rec = recording(2);
+            let mut mem = SyntheticTarget::new(2);
+            let r = rec.rings;
+            for cpu in 0..2 {
+                mem.write_phys(PHYS + cpu * r.ring_bytes, &r.empty_header());
+            }
+            // CPU 1: three reserved, the middle one not committed yet; 5 drops.
+            let ring1 = PHYS + r.ring_bytes;
+            mem.write_phys(ring1, &3u64.to_le_bytes()).write_phys(ring1 + 16, &5u64.to_le_bytes());
+            mem.write_phys(r.slot(ring1, 0), &slot(0, true, 91, &[0xaa; 24]));
+            mem.write_phys(r.slot(ring1, 1), &slot(1, false, 92, &[]));
+            mem.write_phys(r.slot(ring1, 2), &slot(2, true, 93, &[]));
+            let got = rec.drain(&mut mem).await.expect("drain");
+            assert_eq!(got.iter().map(|r| (r.seq, r.pid)).collect::<Vec<_>>(), [(0, 91)], "stops at the unfinished one");
+            assert_eq!(got[0].stack, vec![0xaa; 24]);
+            assert_eq!(rec.drops(), 5);
+            let tail = mem.read_physical(ring1 + 8, 8).await.unwrap();
+            assert_eq!(u64::from_le_bytes(tail.try_into().unwrap()), 1, "the guest may reuse slot 0");
+            // The routine finishes slot 1: both come now, in order.
+            mem.write_phys(r.slot(ring1, 1), &slot(1, true, 92, &[]));
+            let got = rec.drain(&mut mem).await.expect("drain");
+            assert_eq!(got.iter().map(|r| r.pid).collect::<Vec<_>>(), [92, 93]);
+            assert!(rec.drain(&mut mem).await.expect("drain").is_empty(), "nothing twice");
+        });
+    }
+
+    #[test]
+    fn a_stale_slot_from_an_earlier_lap_is_not_a_record() {
+        run(async {
+            let mut rec = recording(1);
+            let mut mem = SyntheticTarget::new(1);
+            let r = rec.rings;
+            mem.write_phys(PHYS, &r.empty_header());
+            // Head moved past a whole lap: slot 0 still holds seq 0's commit.
+            let seq = r.slots;
+            rec.tails[0] = seq;
+            mem.write_phys(PHYS, &(seq + 1).to_le_bytes()).write_phys(PHYS + 8, &seq.to_le_bytes());
+            mem.write_phys(r.slot(PHYS, 0), &slot(0, true, 91, &[]));
+            assert!(rec.drain(&mut mem).await.expect("drain").is_empty(), "seq {seq} is not committed yet");
+        });
+    }
+}
