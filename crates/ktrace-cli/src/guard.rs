@@ -488,11 +488,12 @@ impl Link {
             let rips = self.rips(rip)?;
             let inside = rips.iter().any(|&rip| code.iter().any(|r| r.virt_contains(rip)));
             if !inside {
+                // ktrace's own padding and borrowed memory: nobody else
+                // writes there, and the last entry may be one ktrace never
+                // made (killed in between), so the first bytes go back as
+                // they are.
                 for r in &code {
-                    match r.is_borrowed() {
-                        true => self.give_back(r)?,
-                        false => self.put_back(r)?,
-                    }
+                    self.give_back(r)?;
                 }
                 return Ok(());
             }
@@ -500,8 +501,9 @@ impl Link {
         Ok(())
     }
 
-    /// Borrowed memory: the record routine wrote there after ktrace did,
-    /// so it gets its first bytes back unconditionally.
+    /// Code, data or borrowed memory of ktrace's: its first bytes back,
+    /// whatever it holds now (the record routine writes the borrowed
+    /// memory after ktrace did).
     fn give_back(&mut self, r: &Range) -> Result<()> {
         self.set_physical(r.physical);
         self.write(r.addr, &r.original)
@@ -573,12 +575,6 @@ impl Range {
     /// A patched ftrace site: 5 bytes, a `call rel32` over (or back to) the NOP.
     fn is_site(&self) -> bool {
         self.original.len() == 5 && (self.latest.first() == Some(&0xe8) || self.original.first() == Some(&0xe8))
-    }
-
-    /// Memory lent for in-guest records: physical, below 1 MiB (the only
-    /// guest RAM ktrace borrows, see `trampoline::borrowable_low_memory`).
-    fn is_borrowed(&self) -> bool {
-        self.physical && self.addr < 1 << 20
     }
 
     fn virt_contains(&self, rip: u64) -> bool {

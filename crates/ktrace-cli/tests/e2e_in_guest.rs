@@ -40,8 +40,8 @@ struct Bed {
     borrowed: Option<(u64, Vec<u8>)>,
 }
 
-fn boot(series: KernelSeries) -> Option<Bed> {
-    let opts = BootOptions { smp: 2, kaslr: true, testprogs: 2, qmp: true, ..BootOptions::default() };
+fn boot(series: KernelSeries, smp: u32) -> Option<Bed> {
+    let opts = BootOptions { smp, kaslr: true, testprogs: 2, qmp: true, ..BootOptions::default() };
     let guest = test_guest_on(series, opts)?;
     let qmp = Qmp::connect(guest.qmp_socket().expect("QMP socket")).expect("QMP");
     let p = guest.testprog_pids();
@@ -158,9 +158,10 @@ fn hex(v: &Value) -> u64 {
     u64::from_str_radix(v.as_str().expect("hex string").trim_start_matches("0x"), 16).expect("hex")
 }
 
-fn on(series: KernelSeries) {
+/// Everything on one guest of `series` with `smp` vCPUs (one ring each).
+fn on(series: KernelSeries, smp: u32) {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mut bed) = boot(series) else { return };
+    let Some(mut bed) = boot(series, smp) else { return };
     let (pid, other) = bed.pids;
 
     // The stop loop's hits, to compare with.
@@ -178,6 +179,7 @@ fn on(series: KernelSeries) {
     assert_eq!(out.code(), Some(0), "{}", out.dump());
     let trampoline = trampoline_of(&out);
     let (phys, len) = borrowed_of(&out);
+    assert!(out.stderr.contains(&format!("in {smp} ring(s)")), "one ring per vCPU: {}", out.dump());
     assert!(phys >= LOW && phys + len as u64 <= 0x100000, "borrowed 0x{len:x} bytes at 0x{phys:x}");
     let from = (phys - LOW) as usize;
     bed.borrowed = Some((phys, low[from..from + len].to_vec()));
@@ -435,15 +437,15 @@ fn foreign_site_is_refused(bed: &mut Bed, function: u64, site: u64) {
 
 #[test]
 fn in_guest_on_6_1() {
-    on(KernelSeries::V6_1);
+    on(KernelSeries::V6_1, 2);
 }
 
 #[test]
 fn in_guest_on_6_12() {
-    on(KernelSeries::V6_12);
+    on(KernelSeries::V6_12, 2);
 }
 
 #[test]
 fn in_guest_on_7() {
-    on(KernelSeries::V7);
+    on(KernelSeries::V7, 4);
 }
