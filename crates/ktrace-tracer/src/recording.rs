@@ -130,27 +130,31 @@ impl Recording {
 
     async fn drain<M: PhysicalMemory>(&mut self, memory: &mut M) -> Result<Vec<Record>, M::Error> {
         let mut out = Vec::new();
+        let slot_bytes = self.rings.slot_bytes;
         for cpu in 0..self.rings.count {
             let ring = self.phys + cpu * self.rings.ring_bytes;
             let header = memory.read_physical(ring, 24).await?;
             let Some(state) = RingState::decode(&header) else { continue };
             self.drops[cpu as usize] = state.drops;
-            let mut tail = self.tails[cpu as usize];
-            while tail < state.head {
-                let slot = self.rings.slot(ring, tail);
-                let head = memory.read_physical(slot, record::SLOT_HEADER as usize).await?;
-                let stack = u32::from_le_bytes(head[36..40].try_into().unwrap_or_default()) as u64;
-                let len = record::SLOT_HEADER + stack.min(self.rings.max_stack());
-                let bytes = match len > record::SLOT_HEADER {
-                    true => memory.read_physical(slot, len as usize).await?,
-                    false => head,
-                };
-                // Not committed yet (a CPU is still writing it): next time.
-                let Some(r) = Record::decode(tail, &bytes) else { break };
-                out.push(r);
-                tail += 1;
+            let start = self.tails[cpu as usize];
+            let mut tail = start;
+            // The reserved slots, in at most two runs (the ring wraps), one
+            // read each.
+            let mut left = state.head.saturating_sub(tail).min(self.rings.slots);
+            'runs: while left > 0 {
+                let index = tail & (self.rings.slots - 1);
+                let run = left.min(self.rings.slots - index);
+                let bytes = memory.read_physical(self.rings.slot(ring, tail), (run * slot_bytes) as usize).await?;
+                for k in 0..run {
+                    let at = (k * slot_bytes) as usize;
+                    // Not committed yet (a CPU is still writing it): next time.
+                    let Some(r) = Record::decode(tail, &bytes[at..at + slot_bytes as usize]) else { break 'runs };
+                    out.push(r);
+                    tail += 1;
+                }
+                left -= run;
             }
-            if tail != self.tails[cpu as usize] {
+            if tail != start {
                 self.tails[cpu as usize] = tail;
                 memory.write_physical(ring + 8, &tail.to_le_bytes()).await?;
             }

@@ -612,7 +612,10 @@ impl Tracer {
                 Woken::Tick => {
                     // The guest runs: read the rings (from the host), and
                     // turn records into hits for a slice of the tick.
-                    if live == Some(true) {
+                    // A host slower than the guest leaves the records in the
+                    // rings (the guest counts what it cannot keep as drops)
+                    // rather than queue without bound.
+                    if live == Some(true) && self.pending.len() < MAX_PENDING {
                         self.drain_live().await?;
                     }
                     if let Some(end) = self.deliver(sink, stats, Some(LIVE_DRAIN)).await {
@@ -1307,7 +1310,9 @@ enum Step {
 }
 
 /// How often the rings are read from QEMU's RAM while the guest runs.
-const LIVE_DRAIN: Duration = Duration::from_millis(5);
+const LIVE_DRAIN: Duration = Duration::from_millis(1);
+/// The most records read back and not yet turned into hits.
+const MAX_PENDING: usize = 4096;
 /// How often (at most, and at least) the guest is stopped to read the
 /// rings through the stub: more often while they fill up.
 const STUB_DRAIN_MAX: Duration = Duration::from_millis(50);
