@@ -139,7 +139,10 @@ fn assert_given_back(bed: &mut Bed, site: u64, trampoline: u64, what: &str, memo
     if let Some((phys, before)) = bed.borrowed.as_ref().filter(|_| memory) {
         let now = bed.qmp.read_physical(*phys, before.len()).expect("pmemsave");
         let differ = now.iter().zip(before).filter(|(a, b)| a != b).count();
-        assert_eq!(differ, 0, "{what}: {differ} bytes of the memory borrowed at physical 0x{phys:x} differ from before");
+        assert_eq!(
+            differ, 0,
+            "{what}: {differ} bytes of the memory borrowed at physical 0x{phys:x} differ from before"
+        );
     }
     assert!(bed.qmp.running().expect("status"), "{what}: the guest is not running");
     assert!(bed.guest.is_running(Duration::from_secs(60)), "{what}: no heartbeat from the guest");
@@ -360,8 +363,8 @@ fn gdb_disassembles_the_trampoline(bed: &Bed, trampoline: u64, entry: u64) {
     // ring by %gs:cpu_number, a slot reserved with lock cmpxchg.
     let routine = bed.hit_page.expect("hit page") + 0x440;
     assert!(insns[14].contains(&format!("0x{routine:x}")), "a match calls the record routine: {}", insns[14]);
-    let text = gdb_batch(std::path::Path::new("/bin/true"), bed.guest.port(), &[format!("x/40i 0x{routine:x}")])
-        .expect("gdb");
+    let text =
+        gdb_batch(std::path::Path::new("/bin/true"), bed.guest.port(), &[format!("x/40i 0x{routine:x}")]).expect("gdb");
     let insns: Vec<&str> = text.lines().filter(|l| l.starts_with(' ') && l.contains(":\t")).collect();
     let got: Vec<String> = insns.iter().map(|l| mnemonic(l)).collect();
     assert_eq!(got[0], "pushf", "GDB disassembles:\n{text}");

@@ -302,8 +302,13 @@ async fn restore_in(
     session: &mut Session,
     kernel: Kernel,
 ) -> Result<(RestoreOutcome, Option<(Kernel, Region)>), TraceError> {
-    let none =
-        RestoreOutcome { trampoline: None, restored: Vec::new(), foreign: Vec::new(), erased: false, given_back: false };
+    let none = RestoreOutcome {
+        trampoline: None,
+        restored: Vec::new(),
+        foreign: Vec::new(),
+        erased: false,
+        given_back: false,
+    };
     let Ok(plan) = Plan::for_kernel(&kernel) else { return Ok((none, None)) };
     let Some((region, r)) = trampoline::restore_left_behind(&mut kernel.memory(session), &plan).await? else {
         return Ok((none, None));

@@ -234,7 +234,11 @@ mod tests {
             mem.write_phys(r.slot(ring1, 1), &slot(1, false, 92, &[]));
             mem.write_phys(r.slot(ring1, 2), &slot(2, true, 93, &[]));
             let got = rec.drain(&mut mem).await.expect("drain");
-            assert_eq!(got.iter().map(|r| (r.seq, r.pid)).collect::<Vec<_>>(), [(0, 91)], "stops at the unfinished one");
+            assert_eq!(
+                got.iter().map(|r| (r.seq, r.pid)).collect::<Vec<_>>(),
+                [(0, 91)],
+                "stops at the unfinished one"
+            );
             assert_eq!(got[0].stack, vec![0xaa; 24]);
             assert_eq!(rec.drops(), 5);
             let tail = mem.read_physical(ring1 + 8, 8).await.unwrap();

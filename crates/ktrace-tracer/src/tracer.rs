@@ -14,14 +14,14 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{GuestRelease, ResumeMode, TraceConfig};
 use crate::connection::{Connection, Waited, Woken};
 use crate::hit::{EndReason, Hit, InGuestReport, RecordingReport, Summary};
-use crate::recording::{self, Recording};
 use crate::in_guest::{self, BreakAt, InGuest};
 use crate::location::{self, Location};
+use crate::recording::{self, Recording};
 use crate::regs::{GLayout, RegisterSet};
 use crate::{ExprRole, GoneReason, TraceError, TraceFailure};
+use ktrace_kernel::trampoline::Record;
 use ktrace_kernel::unwind::Unwinder;
 use ktrace_kernel::values::{EvalContext, FrameArguments, FrameRegisters, Printed};
-use ktrace_kernel::trampoline::Record;
 use ktrace_kernel::x86::registers::Reg;
 use ktrace_kernel::{Regs, StackCopy, Translation};
 
@@ -734,7 +734,8 @@ impl Tracer {
                     !recorded.contains(&(i - 1))
                 });
                 if no_drop {
-                    let params = installed.in_guest.plan.record.clone().map_err(|r| TraceError::Recording(r.to_string()))?;
+                    let params =
+                        installed.in_guest.plan.record.clone().map_err(|r| TraceError::Recording(r.to_string()))?;
                     let code = ktrace_kernel::trampoline::record::routine(&region, params);
                     let stop = region.hit_page + ktrace_kernel::trampoline::record::CODE;
                     let addr = stop + ktrace_kernel::trampoline::record::full_stop(&code) as u64;

@@ -167,21 +167,6 @@ pub fn entry(region: &Region, slot: usize) -> Code {
     c
 }
 
-/// Entry `slot` of a recording trampoline: run the body, return at once
-/// on a miss, call the record routine on a match, then return.
-pub fn recording_entry(region: &Region, slot: usize) -> Code {
-    let here = region.entry(slot);
-    let mut c = Code::default();
-    c.emit_d32("call", &[0xe8], rel32(here + 5, region.base + at::BODY as u64));
-    c.emit("jne", &[0x75, 0x05]);
-    c.emit_d32("call", &[0xe8], rel32(here + 12, region.hit_page + super::record::CODE));
-    c.emit("ret", &[0xc3]);
-    while c.bytes.len() < at::ENTRY_SIZE {
-        c.bytes.push(0x90);
-    }
-    c
-}
-
 /// The hit instruction of a slot and the return after it: ktrace's
 /// breakpoint sits on the `nop`; without one the pair just returns.
 pub const HIT_STUB: [u8; 2] = [0x90, 0xc3];

@@ -8,8 +8,8 @@
 //! `depth` bytes above the stack pointer.
 
 use super::code::{self, BodyParams, Code};
-use super::record::RecordParams;
 use super::layout::{self as at, Region, SLOTS};
+use super::record::RecordParams;
 
 /// How a frame is named when its pc is ktrace's own code.
 pub const FRAME_NAME: &str = "[ktrace filter]";
@@ -105,7 +105,8 @@ fn depths(body: &Code) -> Vec<(usize, u64)> {
             // A call within the code (the record routine's full-ring stop):
             // its target runs with the return address pushed.
             "call" if insn.len == 5 => {
-                let rel = i32::from_le_bytes(body.bytes[insn.offset + 1..insn.offset + 5].try_into().unwrap_or_default());
+                let rel =
+                    i32::from_le_bytes(body.bytes[insn.offset + 1..insn.offset + 5].try_into().unwrap_or_default());
                 let target = (insn.offset + insn.len).wrapping_add_signed(rel as isize);
                 landing.insert(target, depth + 8);
             }

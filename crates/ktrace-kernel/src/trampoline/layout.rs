@@ -40,6 +40,15 @@ pub(crate) const HIT_STRIDE: u64 = 16;
 
 const _: () = assert!(DATA_END == SITES && SITES + SLOTS * 8 == BODY);
 
+/// Where the record routine's data is on the hit page (after the hit stubs).
+pub const RECORD_DATA: u64 = 0x400;
+/// Where the record routine is on the hit page.
+pub const RECORD_CODE: u64 = 0x440;
+/// The most bytes the routine may take (checked by a test).
+pub const RECORD_CODE_MAX: u64 = 0x240;
+
+const _: () = assert!(SLOTS as u64 * HIT_STRIDE <= RECORD_DATA && RECORD_CODE + RECORD_CODE_MAX <= 4096);
+
 /// The region (header, data, code) and the hit page, at runtime addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Region {
@@ -76,8 +85,8 @@ impl Region {
 
     /// The offset of `addr` in the record routine, when it is there.
     pub fn record_offset(&self, addr: u64) -> Option<u64> {
-        let start = self.hit_page + super::record::CODE;
-        (start..start + super::record::CODE_MAX).contains(&addr).then(|| addr - start)
+        let start = self.hit_page + RECORD_CODE;
+        (start..start + RECORD_CODE_MAX).contains(&addr).then(|| addr - start)
     }
 }
 

@@ -145,7 +145,8 @@ fn record_params(kernel: &Kernel, body: &BodyParams) -> Result<RecordParams, Ref
         tgid: body.tgid,
         comm: body.comm,
         stack: field("task_struct.stack", stack)?,
-        thread_size: u32::try_from(thread_size).map_err(|_| Refusal::Record(format!("THREAD_SIZE 0x{thread_size:x}")))?,
+        thread_size: u32::try_from(thread_size)
+            .map_err(|_| Refusal::Record(format!("THREAD_SIZE 0x{thread_size:x}")))?,
     })
 }
 
@@ -269,7 +270,7 @@ fn image(plan: &Plan, filter: &FilterData, recording: bool) -> Vec<u8> {
     b.resize(layout::ENTRIES, 0x90);
     for slot in 0..SLOTS {
         match recording {
-            true => b.extend(code::recording_entry(&plan.region, slot).bytes),
+            true => b.extend(record::entry(&plan.region, slot).bytes),
             false => b.extend(code::entry(&plan.region, slot).bytes),
         }
     }
@@ -443,10 +444,14 @@ mod tests {
             let rings = Rings::fit(0xffff_8880_0001_0000, 64 << 10, 2, 2048).expect("fits");
             install(&mut t, &plan, &FilterData::default(), &[SITE], Some((&rings, false))).await.expect("install");
             let entry = t.read_memory(plan.region.entry(0), 13).await.unwrap();
-            assert_eq!(entry, code::recording_entry(&plan.region, 0).bytes[..13]);
+            assert_eq!(entry, record::entry(&plan.region, 0).bytes[..13]);
             let rel = i32::from_le_bytes(entry[8..12].try_into().unwrap());
             let routine = plan.region.hit_page + record::CODE;
-            assert_eq!((plan.region.entry(0) + 12).wrapping_add(rel as i64 as u64), routine, "a match calls the routine");
+            assert_eq!(
+                (plan.region.entry(0) + 12).wrapping_add(rel as i64 as u64),
+                routine,
+                "a match calls the routine"
+            );
             let data = t.read_memory(plan.region.hit_page + record::DATA, 32).await.unwrap();
             assert_eq!(data, rings.data(false));
             let code = record::routine(&plan.region, *plan.record.as_ref().unwrap()).bytes;

@@ -32,21 +32,14 @@
 //! ```
 
 use super::code::Code;
+pub use super::layout::{RECORD_CODE as CODE, RECORD_CODE_MAX as CODE_MAX, RECORD_DATA as DATA};
 
-use super::layout::{Region, HIT_STRIDE, SLOTS};
+use super::layout::Region;
 
-/// Where the record routine's data is on the hit page.
-pub const DATA: u64 = 0x400;
-/// Where the record routine is on the hit page.
-pub const CODE: u64 = 0x440;
-/// The most bytes the routine may take (checked by a test).
-pub const CODE_MAX: u64 = 0x240;
 /// The ring header's size.
 pub const RING_HEADER: u64 = 64;
 /// The slot header's size: the stack copy follows.
 pub const SLOT_HEADER: u64 = 256;
-
-const _: () = assert!(SLOTS as u64 * HIT_STRIDE <= DATA && CODE + CODE_MAX <= 4096);
 
 /// What the record routine reads of the kernel: `%gs:` displacements and
 /// `task_struct` offsets, and the size of a task's stack.
@@ -254,7 +247,8 @@ pub fn routine(region: &Region, p: RecordParams) -> Code {
     c.emit("mov", &[0x49, 0x89, 0x49, 0x18]); // mov %rcx,24(%r9)
     c.emit_d32("mov", &[0x65, 0x8b, 0x0c, 0x25], p.cpu_number); // mov %gs:d32,%ecx
     c.emit("mov", &[0x41, 0x89, 0x49, 0x20]); // mov %ecx,32(%r9)
-    for (field, slot, wide) in [(p.pid, 0x28u8, false), (p.tgid, 0x2c, false), (p.comm, 0x30, true), (p.comm + 8, 0x38, true)]
+    for (field, slot, wide) in
+        [(p.pid, 0x28u8, false), (p.tgid, 0x2c, false), (p.comm, 0x30, true), (p.comm + 8, 0x38, true)]
     {
         match wide {
             false => {
@@ -320,6 +314,21 @@ pub fn routine(region: &Region, p: RecordParams) -> Code {
     c.emit("nop", &[0x90]);
     c.emit("ret", &[0xc3]);
     debug_assert!(c.bytes.len() as u64 <= CODE_MAX);
+    c
+}
+
+/// Entry `slot` of a recording trampoline: run the body, return at once
+/// on a miss, call the record routine on a match, then return.
+pub fn entry(region: &Region, slot: usize) -> Code {
+    let here = region.entry(slot);
+    let mut c = Code::default();
+    c.emit_abs("call", &[0xe8], here, region.base + super::layout::BODY as u64);
+    c.emit("jne", &[0x75, 0x05]);
+    c.emit_abs("call", &[0xe8], here, region.hit_page + CODE);
+    c.emit("ret", &[0xc3]);
+    while c.bytes.len() < super::layout::ENTRY_SIZE {
+        c.bytes.push(0x90);
+    }
     c
 }
 
