@@ -77,41 +77,6 @@ fn idx(t: Tid) -> Result<usize, &'static str> {
     }
 }
 
-/// A full description in the layout of `X86_64CoreRegs::gdb_serialize`.
-fn full_target_xml() -> String {
-    let mut regs: Vec<(String, u32, &str)> = Vec::new();
-    for n in ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp"] {
-        regs.push((n.into(), 64, if n == "rsp" || n == "rbp" { "data_ptr" } else { "int64" }));
-    }
-    for k in 8..16 {
-        regs.push((format!("r{k}"), 64, "int64"));
-    }
-    regs.push(("rip".into(), 64, "code_ptr"));
-    regs.push(("eflags".into(), 32, "int32"));
-    for n in ["cs", "ss", "ds", "es", "fs", "gs"] {
-        regs.push((n.into(), 32, "int32"));
-    }
-    for k in 0..8 {
-        regs.push((format!("st{k}"), 80, "i387_ext"));
-    }
-    for n in ["fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop"] {
-        regs.push((n.into(), 32, "int"));
-    }
-    for k in 0..16 {
-        regs.push((format!("xmm{k}"), 128, "vec128"));
-    }
-    regs.push(("mxcsr".into(), 32, "int"));
-    let mut x = String::from(
-        "<?xml version=\"1.0\"?><!DOCTYPE target SYSTEM \"gdb-target.dtd\"><target version=\"1.0\">\
-         <architecture>i386:x86-64</architecture><feature name=\"org.gnu.gdb.i386.core\">",
-    );
-    for (n, (name, bits, ty)) in regs.iter().enumerate() {
-        x.push_str(&format!("<reg name=\"{name}\" bitsize=\"{bits}\" type=\"{ty}\" regnum=\"{n}\"/>"));
-    }
-    x.push_str("</feature></target>");
-    x
-}
-
 impl Machine {
     fn new(faults: Faults) -> Self {
         let mut mem = vec![0u8; MEM_LEN];
@@ -124,7 +89,15 @@ impl Machine {
             r.regs[7] = BASE + 0x8000 + 0x1000 * i as u64; // rsp
             r.regs[0] = 0x1111 * (i as u64 + 1); // rax
         }
-        Machine { mem, regs, bps: Vec::new(), actions: [None; NTHREADS], locked: false, faults, xml: full_target_xml() }
+        Machine {
+            mem,
+            regs,
+            bps: Vec::new(),
+            actions: [None; NTHREADS],
+            locked: false,
+            faults,
+            xml: ktrace_fakestub::target_xml(),
+        }
     }
 
     fn range(&self, addr: u64, len: usize) -> Option<std::ops::Range<usize>> {

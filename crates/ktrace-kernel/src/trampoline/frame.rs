@@ -130,15 +130,7 @@ mod tests {
     }
 
     fn record_params() -> RecordParams {
-        RecordParams {
-            current_task: 0x1fbc0,
-            cpu_number: 0x19160,
-            pid: 0x5c0,
-            tgid: 0x5c8,
-            comm: 0x738,
-            stack: 0x20,
-            thread_size: 0x4000,
-        }
+        RecordParams::fixture()
     }
 
     #[test]

@@ -394,15 +394,7 @@ mod tests {
         let plan = Plan {
             region: Region { base: TEXT + 0x2040, hit_page: TEXT + 0x4000 },
             body: BodyParams { current_task: 0x1fbc0, cpu_number: 0x19160, tgid: 0x5c8, comm: 0x738 },
-            record: Ok(RecordParams {
-                current_task: 0x1fbc0,
-                cpu_number: 0x19160,
-                pid: 0x5c0,
-                tgid: 0x5c8,
-                comm: 0x738,
-                stack: 0x20,
-                thread_size: 0x4000,
-            }),
+            record: Ok(RecordParams::fixture()),
         };
         (t, plan)
     }

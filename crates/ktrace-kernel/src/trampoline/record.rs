@@ -61,6 +61,22 @@ pub struct RecordParams {
     pub thread_size: u32,
 }
 
+#[cfg(test)]
+impl RecordParams {
+    /// Constants of the shape a 6.1 kernel has, for tests.
+    pub(crate) fn fixture() -> RecordParams {
+        RecordParams {
+            current_task: 0x1fbc0,
+            cpu_number: 0x19160,
+            pid: 0x5c0,
+            tgid: 0x5c4,
+            comm: 0x738,
+            stack: 0x20,
+            thread_size: 0x4000,
+        }
+    }
+}
+
 /// The rings in guest memory, as the record routine's data says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rings {
@@ -379,15 +395,7 @@ mod tests {
     use super::*;
 
     fn params() -> RecordParams {
-        RecordParams {
-            current_task: 0x1fbc0,
-            cpu_number: 0x19160,
-            pid: 0x5c0,
-            tgid: 0x5c4,
-            comm: 0x738,
-            stack: 0x20,
-            thread_size: 0x4000,
-        }
+        RecordParams::fixture()
     }
 
     fn region() -> Region {
