@@ -84,7 +84,7 @@ pub struct AttachArgs {
     /// With --in-guest: the most stack bytes each recorded match copies
     /// (from the function's entry toward the end of the task's stack); a
     /// backtrace that needs more ends with a reason.
-    #[arg(long, value_name = "BYTES", default_value_t = 4096, requires = "in_guest")]
+    #[arg(long, value_name = "BYTES", default_value_t = 2048, requires = "in_guest")]
     stack_copy: u64,
     /// With --in-guest: when a CPU's ring is full, stop the guest until it is
     /// drained instead of dropping the match (drops are counted otherwise).

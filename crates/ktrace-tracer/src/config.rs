@@ -120,7 +120,7 @@ impl Default for TraceConfig {
             registers: false,
             prints: Vec::new(),
             condition: None,
-            stack_copy: 4096,
+            stack_copy: 2048,
             no_drop: false,
             stop_at_match: false,
         }
@@ -287,7 +287,7 @@ impl TraceConfig {
 
     /// With `in_guest`: the most stack bytes each recorded match copies
     /// (from the stack pointer at the function's entry toward the end of
-    /// the task's stack; 4096 unless set).
+    /// the task's stack; 2048 unless set).
     pub fn stack_copy(mut self, bytes: u64) -> Self {
         self.stack_copy = bytes.clamp(64, 1 << 20);
         self
