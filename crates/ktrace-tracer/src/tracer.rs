@@ -86,7 +86,7 @@ fn armed_for(kernel: &Kernel, locations: &[Location]) -> Vec<Armed> {
 ///
 /// let vmlinux = Arc::new(ktrace_symbols::Vmlinux::open("vmlinux")?);
 /// let cfg = TraceConfig::new().breakpoint("_raw_spin_lock").pid(2297).count(10);
-// let tracer = Tracer::attach(&":1234".parse()?, vmlinux, cfg).await?;
+/// let tracer = Tracer::attach(&":1234".parse()?, vmlinux, cfg).await?;
 /// let summary = tracer
 ///     .run(&mut |hit: ktrace_tracer::Hit| {
 ///         println!("{} {} {}", hit.cpu, hit.pid, hit.comm);
