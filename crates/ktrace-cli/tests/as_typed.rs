@@ -81,7 +81,8 @@ fn the_right_kernel_is_found_among_several() {
 }
 
 /// A debuginfod server (elfutils' `debuginfod`, started here over the test
-/// bed's vmlinux from its `-dbg` package), killed when dropped.
+/// guest kernel's `-dbg` package, the `.deb` as Debian ships it, the way a
+/// distribution's server indexes its archive), killed when dropped.
 struct Debuginfod {
     child: std::process::Child,
     url: String,
@@ -106,15 +107,16 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     std::str::from_utf8(&head[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn debuginfod_over(vmlinux: &std::path::Path, build_id: &str) -> Option<Debuginfod> {
+fn debuginfod_over(deb: &std::path::Path, build_id: &str) -> Option<Debuginfod> {
     let dir = tmp("debuginfod");
     std::fs::create_dir_all(dir.join("files")).unwrap();
-    std::os::unix::fs::symlink(vmlinux, dir.join("files/vmlinux")).unwrap();
+    std::os::unix::fs::symlink(deb, dir.join("files").join(deb.file_name().unwrap())).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = match std::process::Command::new("debuginfod")
         .args(["-p", &port.to_string(), "-d"])
         .arg(dir.join("index.sqlite"))
-        .args(["-F", "-L"])
+        // Debian archives (-U: .deb and .ddeb, read with bsdtar), symlinks followed.
+        .args(["-U", "-L"])
         .arg(dir.join("files"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -132,7 +134,7 @@ fn debuginfod_over(vmlinux: &std::path::Path, build_id: &str) -> Option<Debuginf
     let path = format!("/buildid/{build_id}/debuginfo");
     let start = std::time::Instant::now();
     while http_status(port, &path) != Some(200) {
-        assert!(start.elapsed() < Duration::from_secs(120), "debuginfod never served {path}");
+        assert!(start.elapsed() < Duration::from_secs(240), "debuginfod never served {path}");
         std::thread::sleep(Duration::from_millis(300));
     }
     Some(server)
@@ -147,7 +149,8 @@ fn found_through_debuginfod() {
     let guest = g.guest();
     let vm = ktrace_symbols::Vmlinux::open(guest.vmlinux()).expect("vmlinux");
     let id: String = vm.build_id().expect("build id").1.iter().map(|b| format!("{b:02x}")).collect();
-    let Some(server) = debuginfod_over(guest.vmlinux(), &id) else { return };
+    let deb = ktrace_testguest::dbg_package(guest.kernel(), &mut |_| {}).expect("the -dbg package");
+    let Some(server) = debuginfod_over(&deb, &id) else { return };
     let cache = tmp("debuginfod-cache");
     let cwd = tmp("debuginfod-cwd");
     let info = |urls: &str| {

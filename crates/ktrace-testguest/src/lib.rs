@@ -39,7 +39,7 @@ mod series;
 
 pub use boot::{BootOptions, ConsoleModule, Guest};
 pub use error::GuestError;
-pub use prepare::{cache_dir, prepare, GuestImage};
+pub use prepare::{cache_dir, dbg_package, prepare, GuestImage};
 pub use proxy::{FaultConfig, FaultProxy, Faults};
 pub use qemu::{Qemu, QemuBuild};
 pub use qmp::Qmp;

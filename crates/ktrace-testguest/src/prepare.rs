@@ -168,6 +168,21 @@ pub fn prepare(series: KernelSeries, progress: &mut dyn FnMut(&str)) -> Result<G
     Ok(image)
 }
 
+/// The `-dbg` package (`linux-image-<release>-dbg_*.deb`) of the `series`
+/// test guest's kernel, as Debian ships it (from ktrace's cache, downloaded
+/// through the private apt root when it is not there): what a debuginfod
+/// server of a Debian archive indexes.
+pub fn dbg_package(series: KernelSeries, progress: &mut dyn FnMut(&str)) -> Result<PathBuf, GuestError> {
+    let image = prepare(series, progress)?;
+    let cache = cache_dir();
+    let _lock = FileLock::acquire(&cache.join("prepare.lock"))?;
+    let apt = Apt::new(&cache);
+    let resolved = resolve(&apt, &cache, series, progress)?;
+    let fetch = Fetch { apt: &apt, debs: cache.join("debs"), version: resolved.version.as_deref() };
+    let (deb, _) = fetch.open(&format!("linux-image-{}-dbg", image.release()), fetch.version, progress)?;
+    Ok(deb)
+}
+
 /// Resolves `series` to an ABI: pinned by the environment, else the newest
 /// through the meta-package (refreshing stale lists, and once more when the
 /// series is not found), else the newest cached one.
