@@ -64,7 +64,8 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    s.as_bytes().chunks(2).map(|p| Some(nibble(p[0])? << 4 | nibble(*p.get(1)?)?)).collect()
 }
 
 impl WriteJournal for FileJournal {
@@ -290,14 +291,17 @@ pub fn serve(stub: &str, socket: &Path, journal: &Path, timeout_ms: u64) -> Resu
         let s = seen.lock().unwrap_or_else(|e| e.into_inner());
         (s.running, s.breakpoints.clone())
     };
-    let _ = upstream.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut link = Link { stream: upstream, dec: Decoder::new(1 << 20) };
+    // What was in flight for the dead client comes at once: drain it quickly.
+    let _ = upstream.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut link = Link { stream: upstream, dec: Decoder::new(1 << 20), stub: stub.to_string() };
     link.drain();
+    let _ = link.stream.set_read_timeout(Some(Duration::from_millis(200)));
+    // Read the undo log while the guest may still run.
+    let undo = Undo::read(journal).ok();
     if running {
         link.stream.write_all(&[0x03])?;
         link.wait_stop(Duration::from_secs(3));
     }
-    let undo = Undo::read(journal).ok();
     let leave_stopped = undo.as_ref().is_some_and(|u| u.leave_stopped);
     // The breakpoints first, as a clean exit removes them.
     for bp in &breakpoints {
@@ -376,6 +380,9 @@ fn connect(stub: &str, timeout: Duration) -> Result<Stream> {
 struct Link {
     stream: Stream,
     dec: Decoder,
+    /// The stub's address: its QEMU, when on this host, takes large
+    /// writes of borrowed memory straight into its RAM.
+    stub: String,
 }
 
 impl Link {
@@ -505,8 +512,32 @@ impl Link {
     /// whatever it holds now (the record routine writes the borrowed
     /// memory after ktrace did).
     fn give_back(&mut self, r: &Range) -> Result<()> {
+        if r.physical && r.original.len() > CHUNK && self.give_back_from_host(r).is_ok() {
+            return Ok(());
+        }
         self.set_physical(r.physical);
         self.write(r.addr, &r.original)
+    }
+
+    /// Borrowed memory (hundreds of KiB) written into QEMU's RAM from this
+    /// host in one go, instead of a thousand `M` packets: when the stub's
+    /// QEMU runs here, and its RAM as mapped from the host shows what the
+    /// stub shows before, and the original after.
+    fn give_back_from_host(&mut self, r: &Range) -> Result<()> {
+        let pid = ktrace_guestmem::find_qemu(&self.stub)?;
+        let mut host = ktrace_guestmem::HostMemory::open(pid, None)?;
+        host.allow_writes()?;
+        let probe = CHUNK.min(r.original.len());
+        let tail = r.addr + (r.original.len() - probe) as u64;
+        self.set_physical(true);
+        if self.read(r.addr, probe)? != host.read(r.addr, probe)? || self.read(tail, probe)? != host.read(tail, probe)? {
+            bail!("QEMU's RAM seen from the host differs from the stub's view");
+        }
+        host.write(r.addr, &r.original)?;
+        if self.read(tail, probe)? != r.original[r.original.len() - probe..] {
+            bail!("the write from the host did not reach the guest");
+        }
+        Ok(())
     }
 
     fn put_back(&mut self, r: &Range) -> Result<()> {
@@ -589,6 +620,40 @@ struct Undo {
     ranges: Vec<Range>,
 }
 
+/// Folds `write` into `ranges`: bytes some range already covers keep their
+/// first old value and take the write's new one.
+fn fold(ranges: &mut BTreeMap<(bool, u64), Range>, write: Range) {
+    let (space, end) = (write.physical, write.addr + write.original.len() as u64);
+    let overlapping: Vec<(bool, u64)> = ranges
+        .range((space, 0)..(space, end))
+        .filter(|(_, r)| r.addr + r.original.len() as u64 > write.addr)
+        .map(|(k, _)| *k)
+        .collect();
+    let mut olds: Vec<Range> = overlapping.iter().filter_map(|k| ranges.remove(k)).collect();
+    let start = olds.iter().map(|r| r.addr).chain([write.addr]).min().unwrap_or(write.addr);
+    let stop = olds.iter().map(|r| r.addr + r.original.len() as u64).chain([end]).max().unwrap_or(end);
+    let virt = match olds.first() {
+        Some(first) if first.addr == start => first.virt,
+        _ => write.virt,
+    };
+    let len = (stop - start) as usize;
+    let mut merged = Range { physical: space, addr: start, original: vec![0; len], latest: vec![0; len], virt };
+    let w = (write.addr - start) as usize..(end - start) as usize;
+    merged.original[w.clone()].copy_from_slice(&write.original);
+    merged.latest[w.clone()].copy_from_slice(&write.latest);
+    // Older ranges: their first bytes win; their last ones where the write is not.
+    for r in olds.drain(..) {
+        let at = (r.addr - start) as usize;
+        merged.original[at..at + r.original.len()].copy_from_slice(&r.original);
+        for (i, &b) in r.latest.iter().enumerate() {
+            if !w.contains(&(at + i)) {
+                merged.latest[at + i] = b;
+            }
+        }
+    }
+    ranges.insert((space, start), merged);
+}
+
 impl Undo {
     fn read(path: &Path) -> Result<Undo> {
         let text = fs::read_to_string(path)?;
@@ -601,10 +666,9 @@ impl Undo {
             bail!("not a ktrace journal");
         }
         let mut leave_stopped = false;
-        // (space, addr) → (original, latest), per byte; and the writes' order.
-        let mut bytes: BTreeMap<(bool, u64), (u8, u8)> = BTreeMap::new();
-        let mut writes: Vec<(bool, u64, usize)> = Vec::new();
-        let mut virts: BTreeMap<(bool, u64), u64> = BTreeMap::new();
+        // The ranges written, by (space, start): each holds the first old
+        // bytes and the last new ones; a write overlapping some merges them.
+        let mut ranges: BTreeMap<(bool, u64), Range> = BTreeMap::new();
         for line in lines {
             let f: Vec<&str> = line.split_whitespace().collect();
             match f.as_slice() {
@@ -616,36 +680,16 @@ impl Undo {
                     else {
                         continue; // a torn last line
                     };
-                    virts.entry((physical, addr)).or_insert(virt);
-                    if old.len() != new.len() {
+                    if old.len() != new.len() || old.is_empty() {
                         continue;
                     }
-                    for (i, (&o, &n)) in old.iter().zip(&new).enumerate() {
-                        let e = bytes.entry((physical, addr + i as u64)).or_insert((o, n));
-                        e.1 = n;
-                    }
-                    writes.push((physical, addr, old.len()));
+                    let write = Range { physical, addr, original: old, latest: new, virt };
+                    fold(&mut ranges, write);
                 }
                 _ => {}
             }
         }
-        // One range per first write of a place (later writes inside it fold in).
-        let mut ranges: Vec<Range> = Vec::new();
-        let mut covered: std::collections::HashSet<(bool, u64)> = std::collections::HashSet::new();
-        for (physical, addr, len) in writes {
-            if covered.contains(&(physical, addr)) {
-                continue;
-            }
-            let mut r =
-                Range { physical, addr, original: Vec::new(), latest: Vec::new(), virt: virts[&(physical, addr)] };
-            for a in addr..addr + len as u64 {
-                covered.insert((physical, a));
-                let (o, n) = bytes[&(physical, a)];
-                r.original.push(o);
-                r.latest.push(n);
-            }
-            ranges.push(r);
-        }
+        let ranges = ranges.into_values().collect();
         Ok(Undo { leave_stopped, ranges })
     }
 }
@@ -673,6 +717,22 @@ mod tests {
         assert!(u.ranges[1].is_site());
         // A site ktrace restored itself: nothing to put back.
         assert_eq!(u.ranges[2].original, u.ranges[2].latest);
+    }
+
+    #[test]
+    fn overlapping_writes_merge_into_one_range() {
+        let text = "ktrace-journal v1\n\
+                    write p 1002 ffffffff81001002 aabb 0102\n\
+                    write p 1000 ffffffff81001000 cccc0000 05060708\n\
+                    write p 1003 ffffffff81001003 0809 0a0b\n";
+        let u = Undo::parse(text).unwrap();
+        assert_eq!(u.ranges.len(), 1);
+        let r = &u.ranges[0];
+        assert_eq!((r.addr, r.virt), (0x1000, 0xffff_ffff_8100_1000));
+        // First old bytes: cc cc from the second write, aa bb from the first,
+        // 09 from the third (nothing older there).
+        assert_eq!(r.original, vec![0xcc, 0xcc, 0xaa, 0xbb, 0x09]);
+        assert_eq!(r.latest, vec![0x05, 0x06, 0x07, 0x0a, 0x0b]);
     }
 
     #[test]

@@ -117,7 +117,8 @@ impl HostMemory {
         Ok(())
     }
 
-    fn read(&mut self, gpa: u64, len: usize) -> Result<Vec<u8>, GuestMemError> {
+    /// Reads guest physical `gpa..gpa + len` (one RAM range).
+    pub fn read(&mut self, gpa: u64, len: usize) -> Result<Vec<u8>, GuestMemError> {
         let hva = self.host_address(gpa, len)?;
         let mut buf = vec![0u8; len];
         self.mem
@@ -126,6 +127,18 @@ impl HostMemory {
         self.stats.0 += 1;
         self.stats.1 += len as u64;
         Ok(buf)
+    }
+}
+
+impl HostMemory {
+    /// Writes guest physical memory at `gpa` (one RAM range), once
+    /// [`HostMemory::allow_writes`] was called.
+    pub fn write(&mut self, gpa: u64, bytes: &[u8]) -> Result<(), GuestMemError> {
+        let hva = self.host_address(gpa, bytes.len())?;
+        let Some(file) = &self.writable else {
+            return Err(GuestMemError::Unsupported("live reads from the host are read-only".into()));
+        };
+        file.write_all_at(bytes, hva).map_err(|source| GuestMemError::Io { path: self.mem_path.clone(), source })
     }
 }
 
@@ -193,11 +206,7 @@ impl PhysicalMemory for HostMemory {
     }
 
     async fn write_physical(&mut self, addr: u64, bytes: &[u8]) -> Result<(), GuestMemError> {
-        let hva = self.host_address(addr, bytes.len())?;
-        let Some(file) = &self.writable else {
-            return Err(GuestMemError::Unsupported("live reads from the host are read-only".into()));
-        };
-        file.write_all_at(bytes, hva).map_err(|source| GuestMemError::Io { path: self.mem_path.clone(), source })
+        self.write(addr, bytes)
     }
 
     fn ram(&self) -> Option<Vec<(u64, u64)>> {
