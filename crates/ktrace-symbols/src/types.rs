@@ -7,6 +7,14 @@ use gimli::AttributeValue;
 use crate::dwarf::{DieRef, DwarfInfo};
 use crate::{SymbolError, Vmlinux};
 
+/// Types worked out once per vmlinux (the DWARF does not change).
+#[derive(Default)]
+pub(crate) struct TypeMemo {
+    shapes: std::sync::Mutex<std::collections::HashMap<TypeRef, TypeShape>>,
+    names: std::sync::Mutex<std::collections::HashMap<Option<TypeRef>, String>>,
+    sizes: std::sync::Mutex<std::collections::HashMap<TypeRef, u64>>,
+}
+
 /// A type in the vmlinux's DWARF (typedefs and qualifiers included: ask
 /// [`Vmlinux::type_shape`] what it is underneath).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -127,6 +135,15 @@ impl Vmlinux {
 
     /// What `t` is, typedefs and qualifiers looked through.
     pub fn type_shape(&self, t: TypeRef) -> Result<TypeShape, SymbolError> {
+        if let Some(shape) = self.type_memo.shapes.lock().unwrap_or_else(|e| e.into_inner()).get(&t) {
+            return Ok(shape.clone());
+        }
+        let shape = self.work_out_shape(t)?;
+        self.type_memo.shapes.lock().unwrap_or_else(|e| e.into_inner()).insert(t, shape.clone());
+        Ok(shape)
+    }
+
+    fn work_out_shape(&self, t: TypeRef) -> Result<TypeShape, SymbolError> {
         let d = self.types()?;
         let s = self.complete(t.0)?;
         let (unit, e) = d.entry(s)?;
@@ -174,16 +191,26 @@ impl Vmlinux {
 
     /// The size of `t` in bytes.
     pub fn size_of_type(&self, t: TypeRef) -> Result<u64, SymbolError> {
-        let d = self.types()?;
-        match d.size_of(t.0)? {
-            0 => d.size_of(self.complete(t.0)?),
-            n => Ok(n),
+        if let Some(&size) = self.type_memo.sizes.lock().unwrap_or_else(|e| e.into_inner()).get(&t) {
+            return Ok(size);
         }
+        let d = self.types()?;
+        let size = match d.size_of(t.0)? {
+            0 => d.size_of(self.complete(t.0)?)?,
+            n => n,
+        };
+        self.type_memo.sizes.lock().unwrap_or_else(|e| e.into_inner()).insert(t, size);
+        Ok(size)
     }
 
     /// `t` as C spells it: `struct file *`, `pid_t`, `char [16]`.
     pub fn type_display(&self, t: Option<TypeRef>) -> Result<String, SymbolError> {
-        self.types()?.type_name(t.map(|t| t.0))
+        if let Some(name) = self.type_memo.names.lock().unwrap_or_else(|e| e.into_inner()).get(&t) {
+            return Ok(name.clone());
+        }
+        let name = self.types()?.type_name(t.map(|t| t.0))?;
+        self.type_memo.names.lock().unwrap_or_else(|e| e.into_inner()).insert(t, name.clone());
+        Ok(name)
     }
 
     /// The direct members of struct or union `t` (anonymous ones with no name).

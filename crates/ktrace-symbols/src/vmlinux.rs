@@ -19,6 +19,12 @@ pub struct Vmlinux {
     dwarf: OnceLock<Option<DwarfInfo>>,
     /// addr2line contexts, one per compilation unit (keyed by unit offset).
     addr2line: Mutex<HashMap<usize, addr2line::Context<R>>>,
+    /// Types already worked out (what each is underneath, and its C name):
+    /// a backtrace with arguments asks the same few again at every hit.
+    pub(crate) type_memo: crate::types::TypeMemo,
+    /// [`Vmlinux::cfi_saved_registers`] by address (the frames of a trace
+    /// are the same few pcs again and again).
+    saved_registers_memo: Mutex<HashMap<u64, Option<cfi::SavedRegisters>>>,
     orc: OnceLock<Result<Option<OrcTable>, String>>,
     btf: OnceLock<Option<btf::BtfTypeNames>>,
     cfi: OnceLock<Result<Option<cfi::CfiIndex>, String>>,
@@ -27,6 +33,9 @@ pub struct Vmlinux {
     owned: OwnedSections,
     _map: memmap2::Mmap,
 }
+
+/// How many pcs' CFI rules are kept.
+const MAX_SAVED_REGISTERS_MEMO: usize = 1 << 16;
 
 /// How many per-unit addr2line contexts are kept.
 const MAX_LINE_CONTEXTS: usize = 32;
@@ -69,6 +78,8 @@ impl Vmlinux {
             symbols: OnceLock::new(),
             dwarf: OnceLock::new(),
             addr2line: Mutex::default(),
+            type_memo: Default::default(),
+            saved_registers_memo: Mutex::default(),
             orc: OnceLock::new(),
             btf: OnceLock::new(),
             cfi: OnceLock::new(),
@@ -435,10 +446,20 @@ impl Vmlinux {
     /// Where the caller's callee-saved registers are at link-time address
     /// `addr`, from `.debug_frame` (`Ok(None)`: no FDE covers it).
     pub fn cfi_saved_registers(&self, addr: KernelAddr) -> Result<Option<cfi::SavedRegisters>, SymbolError> {
-        match self.cfi_index()? {
-            Some(idx) => idx.saved_registers(addr),
-            None => Ok(None),
+        let memo = || self.saved_registers_memo.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&rules) = memo().get(&addr.0) {
+            return Ok(rules);
         }
+        let rules = match self.cfi_index()? {
+            Some(idx) => idx.saved_registers(addr)?,
+            None => None,
+        };
+        let mut m = memo();
+        if m.len() >= MAX_SAVED_REGISTERS_MEMO {
+            m.clear();
+        }
+        m.insert(addr.0, rules);
+        Ok(rules)
     }
 
     /// The `.debug_frame` (DWARF CFI) unwind rules at link-time address
