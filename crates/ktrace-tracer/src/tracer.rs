@@ -125,6 +125,9 @@ pub struct Tracer {
     recording_report: RecordingReport,
     /// Records read back, not yet turned into hits.
     pending: std::collections::VecDeque<Record>,
+    /// Records the last read of the rings from the host found: while
+    /// matches come, the rings are read again at once, not after a tick.
+    last_drain_read: usize,
 }
 
 /// What [`Tracer::plan`] found in the vmlinux before any connection.
@@ -255,6 +258,7 @@ impl Tracer {
                     recorded: Default::default(),
                     recording_report: RecordingReport::default(),
                     pending: Default::default(),
+                    last_drain_read: 0,
                 })
             }
             Err(err) => {
@@ -593,7 +597,6 @@ impl Tracer {
         // Recording: drain the rings from the host every few milliseconds
         // while the guest runs, or at short stops through the stub.
         let live = self.recording.as_ref().map(|r| r.is_live());
-        let tick = live.map(|_| LIVE_DRAIN);
         let mut stub_drain = STUB_DRAIN_MAX;
         let mut last_stop = Instant::now();
         let mut last_progress = Instant::now();
@@ -605,6 +608,10 @@ impl Tracer {
             }
             let quiet = if live == Some(false) { stub_drain } else { probe };
             let left = quiet.saturating_sub(last_stop.elapsed()).max(Duration::from_millis(1));
+            // Records waiting: back to them at once (a stop reply still
+            // wins); none: read the rings again after a tick.
+            let busy = !self.pending.is_empty() || self.last_drain_read > 0;
+            let tick = live.map(|_| if busy { BUSY_TICK } else { LIVE_DRAIN });
             let stop = match conn.wait(cancel, deadline, left, tick).await? {
                 Woken::Stop(stop) => stop,
                 Woken::Cancelled => return Ok(EndReason::Cancelled),
@@ -617,6 +624,9 @@ impl Tracer {
                     // rather than queue without bound.
                     if live == Some(true) && self.pending.len() < MAX_PENDING {
                         self.drain_live().await?;
+                        // QEMU answers from its RAM: no need to stop the
+                        // guest to see that the stub is still there.
+                        last_stop = Instant::now();
                     }
                     if let Some(end) = self.deliver(sink, stats, Some(LIVE_DRAIN)).await {
                         conn.interrupt().await?;
@@ -668,6 +678,7 @@ impl Tracer {
     async fn drain_live(&mut self) -> Result<(), TraceError> {
         let Some(rec) = self.recording.as_mut() else { return Ok(()) };
         let records = rec.drain_live().await?;
+        self.last_drain_read = records.len();
         self.pending.extend(records);
         Ok(())
     }
@@ -1312,8 +1323,12 @@ enum Step {
 
 /// How often the rings are read from QEMU's RAM while the guest runs.
 const LIVE_DRAIN: Duration = Duration::from_millis(1);
-/// The most records read back and not yet turned into hits.
-const MAX_PENDING: usize = 4096;
+/// How soon the loop comes back to records waiting to become hits, or to
+/// rings that had records at the last read: at once, after a look at the stub.
+const BUSY_TICK: Duration = Duration::ZERO;
+/// The most records read back and not yet turned into hits (a burst the
+/// host cannot keep up with waits here, up to ~40 MB, not in the rings).
+const MAX_PENDING: usize = 16384;
 /// How often (at most, and at least) the guest is stopped to read the
 /// rings through the stub: more often while they fill up.
 const STUB_DRAIN_MAX: Duration = Duration::from_millis(50);
