@@ -142,7 +142,7 @@ impl Recording {
             // read each.
             let mut left = state.head.saturating_sub(tail).min(self.rings.slots);
             'runs: while left > 0 {
-                let index = tail & (self.rings.slots - 1);
+                let index = tail % self.rings.slots;
                 let run = left.min(self.rings.slots - index);
                 let bytes = memory.read_physical(self.rings.slot(ring, tail), (run * slot_bytes) as usize).await?;
                 for k in 0..run {

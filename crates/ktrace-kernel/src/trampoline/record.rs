@@ -24,7 +24,7 @@
 //! The host reads committed slots in order and moves `tail` on.
 //!
 //! ```text
-//! ring:  +0 head  +8 tail  +16 drops  +24 slots  +32 slot mask  +40 slot bytes  +48 max stack  (64 bytes)
+//! ring:  +0 head  +8 tail  +16 drops  +24 slots  +32 (0)  +40 slot bytes  +48 max stack  (64 bytes)
 //!        then `slots` slots of `slot bytes`
 //! slot:  +0 commit  +8 tsc  +16 task  +24 return address  +32 cpu (u32)  +36 stack bytes (u32)
 //!        +40 pid  +44 tgid  +48 comm[16]  +64 r15 … rax (15 × 8), rflags  +192 rsp at entry
@@ -86,7 +86,7 @@ pub struct Rings {
     pub ring_bytes: u64,
     /// Rings (one per CPU, from CPU 0).
     pub count: u64,
-    /// Slots per ring (a power of two).
+    /// Slots per ring.
     pub slots: u64,
     /// Bytes per slot.
     pub slot_bytes: u64,
@@ -102,7 +102,9 @@ impl Rings {
         if fit < 2 {
             return None;
         }
-        let slots = 1u64 << (63 - fit.leading_zeros());
+        // As many as fit: the routine divides (a `div` per record is
+        // cheap next to the copy), so no slot is lost to a power of two.
+        let slots = fit;
         Some(Rings { base, ring_bytes: RING_HEADER + slots * slot_bytes, count: cpus, slots, slot_bytes })
     }
 
@@ -118,13 +120,13 @@ impl Rings {
 
     /// The address of slot `seq` of the ring at `ring`.
     pub fn slot(&self, ring: u64, seq: u64) -> u64 {
-        ring + RING_HEADER + (seq & (self.slots - 1)) * self.slot_bytes
+        ring + RING_HEADER + (seq % self.slots) * self.slot_bytes
     }
 
     /// An empty ring's header.
     pub fn empty_header(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(RING_HEADER as usize);
-        for v in [0, 0, 0, self.slots, self.slots - 1, self.slot_bytes, self.max_stack()] {
+        for v in [0, 0, 0, self.slots, 0, self.slot_bytes, self.max_stack()] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.resize(RING_HEADER as usize, 0);
@@ -250,7 +252,9 @@ pub fn routine(region: &Region, p: RecordParams) -> Code {
     let retry = c.emit_jcc32("jne", 0x85);
     c.land32(retry, reserve);
     c.emit("mov", &[0x49, 0x89, 0xc0]); // mov %rax,%r8: seq
-    c.emit("and", &[0x48, 0x23, 0x43, 0x20]); // and 32(%rbx),%rax: slot index
+    c.emit("xor", &[0x31, 0xd2]); // xor %edx,%edx
+    c.emit("divq", &[0x48, 0xf7, 0x73, 0x18]); // divq 24(%rbx): seq % slots in %rdx
+    c.emit("mov", &[0x48, 0x89, 0xd0]); // mov %rdx,%rax: slot index
     c.emit("imul", &[0x48, 0x0f, 0xaf, 0x43, 0x28]); // imul 40(%rbx),%rax
     c.emit("lea", &[0x4c, 0x8d, 0x4c, 0x03, 0x40]); // lea 64(%rbx,%rax),%r9: the slot
     c.emit("rdtsc", &[0x0f, 0x31]);
@@ -433,7 +437,7 @@ mod tests {
     fn rings_fit_and_slots_decode() {
         let r = Rings::fit(0xffff_8880_0001_0000, 544 << 10, 4, 4096).expect("fits");
         assert_eq!(r.slot_bytes, 4096 + 256);
-        assert!(r.slots.is_power_of_two() && r.slots >= 16, "{r:?}");
+        assert_eq!(r.slots, ((544 << 10) / 4 - 64) / (4096 + 256), "as many as fit: {r:?}");
         assert!(r.ring(3) + r.ring_bytes <= r.base + (544 << 10));
         assert!(Rings::fit(0, 8192, 4, 4096).is_none(), "not two slots a CPU");
         let mut slot = vec![0u8; 256 + 16];
