@@ -206,6 +206,22 @@ fn on(series: KernelSeries, smp: u32) {
     let site = site_of(&mut bed.qmp, function);
     assert_restored(&mut bed, site, trampoline, "--count");
 
+    // --no-drop, with rings of a few slots: a full ring stops the guest
+    // for a drain instead of dropping; every match arrives, whole.
+    let out = run(&attach(&bed, &["--count", "200", "--in-guest", "--no-drop", "--stack-copy", "65536"]));
+    assert_eq!(out.code(), Some(0), "{}", out.dump());
+    assert!(out.stderr.contains(" 0 dropped (ring full)"), "{}", out.dump());
+    assert!(out.stderr.contains("stop(s) to drain a full ring"), "no ring filled up: {}", out.dump());
+    let hits = out.json_lines();
+    assert_eq!(hits.len(), 200, "{}", out.dump());
+    for hit in &hits {
+        assert_eq!(hit["pid"], pid, "{hit}");
+        let names = stack_names(hit);
+        assert!(expected.contains(&names), "--no-drop stack {names:?} is none of the stop loop's {expected:?}");
+        assert_eq!(hit["backtrace"]["frames"].as_array().unwrap().last().unwrap()["kind"], "user", "{hit}");
+    }
+    assert_restored(&mut bed, site_of(&mut bed.qmp, function), trampoline, "--no-drop");
+
     // Every way out: --duration, Ctrl-C, SIGTERM.
     let out = run(&attach(&bed, &["--duration", "2s", "--in-guest"]));
     assert_eq!(out.code(), Some(0), "{}", out.dump());
