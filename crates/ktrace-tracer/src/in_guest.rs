@@ -182,12 +182,14 @@ pub(crate) async fn restore_sites(
 
 /// With every site restored and ktrace's breakpoints gone: lets the guest
 /// run briefly so that any CPU inside the trampoline leaves it, checks that
-/// no CPU is in it, and erases it. Returns the stopped session and whether
-/// it was erased (else it stays: dead code with no `int3`).
+/// no CPU is in it (nor, with a record routine, halfway through it on an
+/// interrupted stack), and erases it. Returns the stopped session and
+/// whether it was erased (else it stays: dead code with no `int3`).
 pub(crate) async fn drain_and_erase(
     mut session: Session,
     kernel: &Kernel,
     region: &Region,
+    rings: Option<&Rings>,
 ) -> Result<(Session, bool), TraceError> {
     for _ in 0..DRAIN_ROUNDS {
         // A CPU stopped on a hit `nop` stays there when continued (QEMU
@@ -200,12 +202,31 @@ pub(crate) async fn drain_and_erase(
         tracing::debug!(?stop, "drained");
         session = s;
         kernel.resumed();
-        if !any_cpu_inside(&mut session, region).await? {
+        let idle = match rings {
+            Some(rings) => routine_idle(&mut session, kernel, region, rings).await?,
+            None => true,
+        };
+        if idle && !any_cpu_inside(&mut session, region).await? {
             trampoline::erase(&mut kernel.memory(&mut session), region).await?;
             return Ok((session, true));
         }
     }
     Ok((session, false))
+}
+
+/// Closes the record routine's rings and says whether no CPU is inside
+/// the routine, even one interrupted halfway (its count of CPUs inside).
+pub(crate) async fn routine_idle(
+    session: &mut Session,
+    kernel: &Kernel,
+    region: &Region,
+    rings: &Rings,
+) -> Result<bool, TraceError> {
+    let busy = trampoline::close_recording(&mut kernel.memory(session), region, rings).await?;
+    if busy != 0 {
+        tracing::debug!(busy, "CPUs are inside the record routine");
+    }
+    Ok(busy == 0)
 }
 
 pub(crate) async fn any_cpu_inside(session: &mut Session, region: &Region) -> Result<bool, TraceError> {
@@ -278,7 +299,9 @@ pub(crate) async fn restore_lent(
     let result = restore_in(&mut session, kernel).await;
     match result {
         Ok((outcome, Some((kernel, region)))) => {
-            let (mut session, erased) = drain_and_erase(session, &kernel, &region).await?;
+            // What a killed ktrace's rings held is not known here: the CPUs'
+            // pcs alone say the code is free.
+            let (mut session, erased) = drain_and_erase(session, &kernel, &region, None).await?;
             let mut given_back = false;
             if let (true, Some((at, bytes))) = (erased, lent) {
                 kernel.memory(&mut session).write_memory(at, bytes).await?;

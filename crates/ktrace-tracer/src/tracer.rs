@@ -468,7 +468,14 @@ impl Tracer {
         }
         let Some(ig) = &in_guest else { return Some(session) };
         match self.cfg.release {
-            GuestRelease::Resume => match in_guest::drain_and_erase(session, &self.kernel, &ig.plan.region).await {
+            GuestRelease::Resume => match in_guest::drain_and_erase(
+                session,
+                &self.kernel,
+                &ig.plan.region,
+                self.recording.as_ref().map(|r| &r.rings),
+            )
+            .await
+            {
                 Ok((session, erased)) => {
                     self.in_guest_report.erased = erased;
                     Some(session)
@@ -556,7 +563,10 @@ impl Tracer {
         // memory goes back only when no CPU is in the code that writes it.
         let idle = match (self.in_guest_report.erased, rec.region) {
             (true, _) => true,
-            (false, Some(region)) => matches!(in_guest::any_cpu_inside(session, &region).await, Ok(false)),
+            (false, Some(region)) => {
+                matches!(in_guest::any_cpu_inside(session, &region).await, Ok(false))
+                    && matches!(in_guest::routine_idle(session, &self.kernel, &region, &rec.rings).await, Ok(true))
+            }
             (false, None) => false,
         };
         if idle {

@@ -73,6 +73,16 @@ impl Code {
         self.emit(mnemonic, &b);
     }
 
+    /// [`Code::emit_abs`] with an 8-bit immediate after the disp32 (which
+    /// the displacement is then relative to the end of).
+    pub(super) fn emit_abs_imm8(&mut self, mnemonic: &'static str, prefix: &[u8], at: u64, target: u64, imm: u8) {
+        let next = at + (self.bytes.len() + prefix.len() + 5) as u64;
+        let mut b = prefix.to_vec();
+        b.extend_from_slice(&rel32(next, target).to_le_bytes());
+        b.push(imm);
+        self.emit(mnemonic, &b);
+    }
+
     /// A near conditional jump (`0f <opcode> rel32`), pointed later by
     /// [`Code::land32`]; returns where its rel32 is.
     pub(super) fn emit_jcc32(&mut self, mnemonic: &'static str, opcode: u8) -> usize {

@@ -369,6 +369,31 @@ pub async fn restore_sites<T: Target>(
     Ok(report)
 }
 
+/// Closes the rings of the record routine at `region` (a CPU that gets
+/// there from now on records nothing) and returns how many CPUs are still
+/// inside it, running or interrupted halfway, per the counts in the
+/// headers of `rings`: the borrowed memory may go back, and the routine be
+/// erased, only once this is zero. The guest must be stopped.
+pub async fn close_recording<T: Target>(
+    target: &mut T,
+    region: &Region,
+    rings: &Rings,
+) -> Result<u64, KernelError<T::Error>> {
+    let closed = region.hit_page + record::DATA + record::CLOSED;
+    target.write_memory(closed, &1u64.to_le_bytes()).await.map_err(KernelError::Target)?;
+    let mut busy = 0u64;
+    for cpu in 0..rings.count {
+        let at = rings.ring(cpu) + record::BUSY;
+        let b = target
+            .read_memory(at, 8)
+            .await
+            .map_err(KernelError::Target)
+            .map_err(|e| e.reading("a ring's count of CPUs in the record routine", at))?;
+        busy = busy.wrapping_add(crate::le_u64(&b));
+    }
+    Ok(busy)
+}
+
 /// Puts the padding back over the region and the hit stubs. Only once no
 /// site calls the trampoline and no CPU can be inside it.
 pub async fn erase<T: Target>(target: &mut T, region: &Region) -> Result<(), KernelError<T::Error>> {
@@ -444,7 +469,7 @@ mod tests {
                 routine,
                 "a match calls the routine"
             );
-            let data = t.read_memory(plan.region.hit_page + record::DATA, 32).await.unwrap();
+            let data = t.read_memory(plan.region.hit_page + record::DATA, 40).await.unwrap();
             assert_eq!(data, rings.data(false));
             let code = record::routine(&plan.region, *plan.record.as_ref().unwrap()).bytes;
             assert_eq!(t.read_memory(routine, code.len()).await.unwrap(), code);

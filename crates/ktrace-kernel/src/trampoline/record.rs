@@ -24,7 +24,7 @@
 //! The host reads committed slots in order and moves `tail` on.
 //!
 //! ```text
-//! ring:  +0 head  +8 tail  +16 drops  +24 slots  +32 (0)  +40 slot bytes  +48 max stack  (64 bytes)
+//! ring:  +0 head  +8 tail  +16 drops  +24 slots  +32 (0)  +40 slot bytes  +48 max stack  +56 CPUs inside  (64 bytes)
 //!        then `slots` slots of `slot bytes`
 //! slot:  +0 commit  +8 tsc  +16 task  +24 return address  +32 cpu (u32)  +36 stack bytes (u32)
 //!        +40 pid  +44 tgid  +48 comm[16]  +64 r15 … rax (15 × 8), rflags  +192 rsp at entry
@@ -35,6 +35,18 @@ use super::code::Code;
 pub use super::layout::{RECORD_CODE as CODE, RECORD_CODE_MAX as CODE_MAX, RECORD_DATA as DATA};
 
 use super::layout::Region;
+
+/// Where in the routine's data (on the hit page, which the guest only
+/// reads) the host closes the rings: a CPU that finds a non-zero word there
+/// records nothing.
+pub const CLOSED: u64 = 32;
+/// Where in each ring's header the CPUs inside the routine are counted
+/// (`lock inc` once it has its ring, `lock dec` on the way out, before the
+/// check of [`CLOSED`]): with the rings closed and every count zero, no
+/// CPU is, or will be, writing to them, even one interrupted halfway. A
+/// CPU interrupted before its increment finds the rings closed, and its
+/// increment and decrement leave the word as it was.
+pub const BUSY: u64 = 56;
 
 /// The ring header's size.
 pub const RING_HEADER: u64 = 64;
@@ -137,7 +149,7 @@ impl Rings {
     /// `no_drop`, a full ring calls [`full_stop`] (where the host holds a
     /// breakpoint and drains) and tries again, instead of counting a drop.
     pub fn data(&self, no_drop: bool) -> Vec<u8> {
-        [self.base, self.ring_bytes, self.count, u64::from(no_drop)].iter().flat_map(|v| v.to_le_bytes()).collect()
+        [self.base, self.ring_bytes, self.count, u64::from(no_drop), 0].iter().flat_map(|v| v.to_le_bytes()).collect()
     }
 }
 
@@ -240,6 +252,9 @@ pub fn routine(region: &Region, p: RecordParams) -> Code {
     c.emit_abs("imul", &[0x48, 0x0f, 0xaf, 0x05], at, data(8)); // imul ring_bytes(%rip),%rax
     c.emit_abs("add", &[0x48, 0x03, 0x05], at, data(0)); // add base(%rip),%rax
     c.emit("mov", &[0x48, 0x89, 0xc3]); // mov %rax,%rbx: the ring
+    c.emit("lock incq", &[0xf0, 0x48, 0xff, 0x43, BUSY as u8]); // lock incq busy(%rbx)
+    c.emit_abs_imm8("cmpq", &[0x48, 0x83, 0x3d], at, data(CLOSED), 0); // cmpq $0,closed(%rip)
+    let closed = c.emit_jcc32("jne", 0x85);
     let reserve = c.bytes.len();
     c.emit("mov", &[0x48, 0x8b, 0x03]); // mov (%rbx),%rax: head
     c.emit("mov", &[0x48, 0x89, 0xc1]); // mov %rax,%rcx
@@ -309,12 +324,7 @@ pub fn routine(region: &Region, p: RecordParams) -> Code {
     c.emit("mov", &[0x49, 0x89, 0x01]); // mov %rax,(%r9): commit
     let done = c.emit_jmp32();
     c.land32(full, c.bytes.len());
-    // cmpq $0,no_drop(%rip): the disp32 is followed by the imm8.
-    let next = at + (c.bytes.len() + 8) as u64;
-    let mut cmp = vec![0x48, 0x83, 0x3d];
-    cmp.extend_from_slice(&(data(24).wrapping_sub(next) as i64 as i32).to_le_bytes());
-    cmp.push(0);
-    c.emit("cmpq", &cmp);
+    c.emit_abs_imm8("cmpq", &[0x48, 0x83, 0x3d], at, data(24), 0); // cmpq $0,no_drop(%rip)
     let drop = c.emit_jcc32("je", 0x84);
     let stop = c.bytes.len();
     c.emit("call", &[0xe8, 0, 0, 0, 0]);
@@ -323,6 +333,8 @@ pub fn routine(region: &Region, p: RecordParams) -> Code {
     c.land32(drop, c.bytes.len());
     c.emit("lock incq", &[0xf0, 0x48, 0xff, 0x43, 0x10]); // lock incq 16(%rbx): a drop
     c.land32(done, c.bytes.len());
+    c.land32(closed, c.bytes.len());
+    c.emit("lock decq", &[0xf0, 0x48, 0xff, 0x4b, BUSY as u8]); // lock decq busy(%rbx)
     c.land32(no_ring, c.bytes.len());
     for pop in POP_ORDER {
         c.emit("pop", pop);
@@ -426,11 +438,29 @@ mod tests {
         let call = c.listing.iter().find(|i| i.mnemonic == "call").expect("the call to the stop");
         let rel = i32::from_le_bytes(c.bytes[call.offset + 1..call.offset + 5].try_into().unwrap());
         assert_eq!((call.offset + 5) as i64 + rel as i64, stop as i64);
-        // cmpq reads the no-drop word.
-        let cmp = c.listing.iter().find(|i| i.mnemonic == "cmpq").expect("cmpq");
-        let disp = i32::from_le_bytes(c.bytes[cmp.offset + 3..cmp.offset + 7].try_into().unwrap());
-        let at = region().hit_page + CODE + (cmp.offset + cmp.len) as u64;
-        assert_eq!(at.wrapping_add(disp as i64 as u64), region().hit_page + DATA + 24);
+        // The rip-relative operands: the closed word, then the no-drop word
+        // (cmpq: disp32 at +3, an imm8 after it).
+        let target = |i: &super::super::code::Insn| {
+            let disp = i32::from_le_bytes(c.bytes[i.offset + 3..i.offset + 7].try_into().unwrap());
+            (region().hit_page + CODE + (i.offset + i.len) as u64).wrapping_add(disp as i64 as u64)
+        };
+        let data = |off: u64| region().hit_page + DATA + off;
+        let cmps: Vec<u64> = c.listing.iter().filter(|i| i.mnemonic == "cmpq").map(target).collect();
+        assert_eq!(cmps, [data(CLOSED), data(24)]);
+        // The count of CPUs inside, in the ring's header: up once the ring
+        // is known, before the closed check; down on every way out that
+        // had a ring, right before the pops.
+        let at_busy = [0x43, BUSY as u8];
+        let inc = c.listing.iter().position(|i| i.mnemonic == "lock incq" && c.bytes[i.offset + 3..i.offset + 5] == at_busy);
+        let dec = c.listing.iter().position(|i| i.mnemonic == "lock decq").expect("the decrement");
+        let inc = inc.expect("the increment");
+        assert_eq!(c.listing[inc + 1].mnemonic, "cmpq", "the closed check follows the increment");
+        assert_eq!(c.bytes[c.listing[dec].offset + 3..c.listing[dec].offset + 5], [0x4b, BUSY as u8]);
+        assert_eq!(c.listing[dec + 1].mnemonic, "pop");
+        let closed_jump = &c.listing[inc + 2];
+        assert_eq!(closed_jump.mnemonic, "jne");
+        let rel = i32::from_le_bytes(c.bytes[closed_jump.offset + 2..closed_jump.offset + 6].try_into().unwrap());
+        assert_eq!((closed_jump.offset + closed_jump.len) as i64 + rel as i64, c.listing[dec].offset as i64);
     }
 
     #[test]
