@@ -138,10 +138,18 @@ fn assert_given_back(bed: &mut Bed, site: u64, trampoline: u64, what: &str, memo
     }
     if let Some((phys, before)) = bed.borrowed.as_ref().filter(|_| memory) {
         let now = bed.qmp.read_physical(*phys, before.len()).expect("pmemsave");
-        let differ = now.iter().zip(before).filter(|(a, b)| a != b).count();
-        assert_eq!(
-            differ, 0,
-            "{what}: {differ} bytes of the memory borrowed at physical 0x{phys:x} differ from before"
+        let differ: Vec<String> = now
+            .iter()
+            .zip(before)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, (a, b))| format!("+0x{i:x}: {b:02x} -> {a:02x}"))
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{what}: {} bytes of the memory borrowed at physical 0x{phys:x} differ from before: {}",
+            differ.len(),
+            differ.iter().take(16).cloned().collect::<Vec<_>>().join(", ")
         );
     }
     assert!(bed.qmp.running().expect("status"), "{what}: the guest is not running");
@@ -220,7 +228,8 @@ fn on(series: KernelSeries, smp: u32) {
         assert!(expected.contains(&names), "--no-drop stack {names:?} is none of the stop loop's {expected:?}");
         assert_eq!(hit["backtrace"]["frames"].as_array().unwrap().last().unwrap()["kind"], "user", "{hit}");
     }
-    assert_restored(&mut bed, site_of(&mut bed.qmp, function), trampoline, "--no-drop");
+    let site = site_of(&mut bed.qmp, function);
+    assert_restored(&mut bed, site, trampoline, "--no-drop");
 
     // Every way out: --duration, Ctrl-C, SIGTERM.
     let out = run(&attach(&bed, &["--duration", "2s", "--in-guest"]));
@@ -380,7 +389,7 @@ fn gdb_disassembles_the_trampoline(bed: &Bed, trampoline: u64, entry: u64) {
     let routine = bed.hit_page.expect("hit page") + 0x440;
     assert!(insns[14].contains(&format!("0x{routine:x}")), "a match calls the record routine: {}", insns[14]);
     let text =
-        gdb_batch(std::path::Path::new("/bin/true"), bed.guest.port(), &[format!("x/40i 0x{routine:x}")]).expect("gdb");
+        gdb_batch(std::path::Path::new("/bin/true"), bed.guest.port(), &[format!("x/90i 0x{routine:x}")]).expect("gdb");
     let insns: Vec<&str> = text.lines().filter(|l| l.starts_with(' ') && l.contains(":\t")).collect();
     let got: Vec<String> = insns.iter().map(|l| mnemonic(l)).collect();
     assert_eq!(got[0], "pushf", "GDB disassembles:\n{text}");
@@ -389,6 +398,10 @@ fn gdb_disassembles_the_trampoline(bed: &Bed, trampoline: u64, entry: u64) {
     assert!(insns[17].contains("%gs:"), "the CPU number through %gs: {}", insns[17]);
     assert!(text.contains("lock cmpxchg %rcx,(%rbx)"), "the slot reserved with lock cmpxchg:\n{text}");
     assert!(text.contains("rdtsc"), "a time stamp:\n{text}");
+    assert!(text.contains("divq   0x18(%rbx)"), "the slot index: head modulo the slots:\n{text}");
+    // The count of CPUs inside, in the ring's header (+0x38), up and down.
+    assert!(text.contains("lock incq 0x38(%rbx)"), "the count of CPUs inside goes up:\n{text}");
+    assert!(text.contains("lock decq 0x38(%rbx)"), "and down:\n{text}");
 }
 
 /// A CPU stopped inside the trampoline's body (GDB's breakpoint there,
