@@ -21,6 +21,10 @@ pub(crate) struct Recording {
     tails: Vec<u64>,
     /// Per ring: the drops it counted, as last read.
     drops: Vec<u64>,
+    /// Per ring, at the last read: records read, and slots reserved but
+    /// not committed yet (a CPU still writing them).
+    read: Vec<u64>,
+    reserved: Vec<u64>,
     /// QEMU's RAM from this host, when it can be read (and written) there:
     /// the rings are drained without stopping the guest.
     live: Option<HostMemory>,
@@ -75,6 +79,8 @@ impl Recording {
             saved,
             tails: vec![0; cpus as usize],
             drops: vec![0; cpus as usize],
+            read: vec![0; cpus as usize],
+            reserved: vec![0; cpus as usize],
             live: None,
             region: None,
         };
@@ -113,6 +119,17 @@ impl Recording {
     /// Drops counted by the guest so far.
     pub(crate) fn drops(&self) -> u64 {
         self.drops.iter().sum()
+    }
+
+    /// The most records one ring gave at the last read.
+    pub(crate) fn fullest(&self) -> u64 {
+        self.read.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Records reserved but not committed at the last read (at the end: a
+    /// CPU was inside the routine when the sites were restored).
+    pub(crate) fn unfinished(&self) -> u64 {
+        self.reserved.iter().sum()
     }
 
     /// Reads every committed record from QEMU's RAM (the guest running).
@@ -154,25 +171,14 @@ impl Recording {
                 }
                 left -= run;
             }
+            self.read[cpu as usize] = tail - start;
+            self.reserved[cpu as usize] = state.head.saturating_sub(tail);
             if tail != start {
                 self.tails[cpu as usize] = tail;
                 memory.write_physical(ring + 8, &tail.to_le_bytes()).await?;
             }
         }
         Ok(out)
-    }
-
-    /// Records reserved but never committed by the time the code is gone
-    /// (a CPU was inside the routine when the sites were restored).
-    pub(crate) async fn unfinished(&mut self, session: &mut Session) -> u64 {
-        let mut n = 0;
-        for cpu in 0..self.rings.count {
-            let ring = self.phys + cpu * self.rings.ring_bytes;
-            if let Some(state) = session.read_physical(ring, 24).await.ok().and_then(|h| RingState::decode(&h)) {
-                n += state.head.saturating_sub(self.tails[cpu as usize]);
-            }
-        }
-        n
     }
 
     /// Gives the borrowed memory its bytes back (once no CPU can reach the
@@ -197,6 +203,8 @@ mod tests {
             saved: Vec::new(),
             tails: vec![0; cpus as usize],
             drops: vec![0; cpus as usize],
+            read: vec![0; cpus as usize],
+            reserved: vec![0; cpus as usize],
             live: None,
             region: None,
         }
@@ -241,12 +249,14 @@ mod tests {
             );
             assert_eq!(got[0].stack, vec![0xaa; 24]);
             assert_eq!(rec.drops(), 5);
+            assert_eq!((rec.fullest(), rec.unfinished()), (1, 2), "slots 1 and 2 wait behind the unfinished one");
             let tail = mem.read_physical(ring1 + 8, 8).await.unwrap();
             assert_eq!(u64::from_le_bytes(tail.try_into().unwrap()), 1, "the guest may reuse slot 0");
             // The routine finishes slot 1: both come now, in order.
             mem.write_phys(r.slot(ring1, 1), &slot(1, true, 92, &[]));
             let got = rec.drain(&mut mem).await.expect("drain");
             assert_eq!(got.iter().map(|r| r.pid).collect::<Vec<_>>(), [92, 93]);
+            assert_eq!((rec.fullest(), rec.unfinished()), (2, 0));
             assert!(rec.drain(&mut mem).await.expect("drain").is_empty(), "nothing twice");
         });
     }

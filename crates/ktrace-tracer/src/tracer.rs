@@ -558,7 +558,7 @@ impl Tracer {
         }
         self.deliver(sink, stats, None).await;
         let Some(rec) = self.recording.as_mut() else { return };
-        self.recording_report.unfinished = rec.unfinished(session).await;
+        self.recording_report.unfinished = rec.unfinished();
         // Left in place (`--leave-stopped`, or a CPU stayed inside): the
         // memory goes back only when no CPU is in the code that writes it.
         let idle = match (self.in_guest_report.erased, rec.region) {
@@ -698,11 +698,7 @@ impl Tracer {
     async fn drain_stub(&mut self, session: &mut Session) -> Result<(u64, u64), TraceError> {
         let Some(rec) = self.recording.as_mut() else { return Ok((0, 0)) };
         let records = rec.drain_stub(session).await?;
-        let slots = rec.rings.slots;
-        let most = (0..rec.rings.count)
-            .map(|cpu| records.iter().filter(|r| u64::from(r.cpu) == cpu).count() as u64)
-            .max()
-            .unwrap_or(0);
+        let (most, slots) = (rec.fullest(), rec.rings.slots);
         self.pending.extend(records);
         Ok((most, slots))
     }
