@@ -137,17 +137,8 @@ pub fn explain(addr: &str, err: TraceError) -> anyhow::Error {
 
 /// A filter as the flags that give it.
 fn filter_flags(f: &Filter) -> String {
-    let mut parts = Vec::new();
-    if let Some(p) = f.pid {
-        parts.push(format!("--pid {p}"));
-    }
-    if let Some(p) = f.tgid {
-        parts.push(format!("--tgid {p}"));
-    }
-    if let Some(c) = &f.comm {
-        parts.push(format!("--comm {c}"));
-    }
-    parts.join(" ")
+    // The task filters (a CPU filter needs no task).
+    f.parts().filter(|(name, _)| *name != "cpu").map(|(name, v)| format!("--{name} {v}")).collect::<Vec<_>>().join(" ")
 }
 
 pub fn explain_rsp(addr: &str, err: RspError) -> anyhow::Error {

@@ -17,20 +17,7 @@ pub struct Filter {
 
 impl std::fmt::Display for Filter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut parts = Vec::new();
-        if let Some(p) = self.pid {
-            parts.push(format!("pid {p}"));
-        }
-        if let Some(p) = self.tgid {
-            parts.push(format!("tgid {p}"));
-        }
-        if let Some(c) = &self.comm {
-            parts.push(format!("comm {c}"));
-        }
-        if !self.cpus.is_empty() {
-            let cpus: Vec<String> = self.cpus.iter().map(|c| c.to_string()).collect();
-            parts.push(format!("cpu {}", cpus.join(",")));
-        }
+        let parts: Vec<String> = self.parts().map(|(name, value)| format!("{name} {value}")).collect();
         match parts.is_empty() {
             true => f.write_str("any task"),
             false => f.write_str(&parts.join(", ")),
@@ -39,6 +26,21 @@ impl std::fmt::Display for Filter {
 }
 
 impl Filter {
+    /// Each condition set, as `(name, value)`: `("pid", "2297")`,
+    /// `("cpu", "0,1")` (for messages; a flag's name is the CLI's).
+    pub fn parts(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        let cpus =
+            (!self.cpus.is_empty()).then(|| self.cpus.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","));
+        [
+            self.pid.map(|p| ("pid", p.to_string())),
+            self.tgid.map(|p| ("tgid", p.to_string())),
+            self.comm.as_ref().map(|c| ("comm", c.clone())),
+            cpus.map(|c| ("cpu", c)),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
     /// True when nothing is filtered.
     pub fn is_empty(&self) -> bool {
         self.pid.is_none() && self.tgid.is_none() && self.comm.is_none() && self.cpus.is_empty()
