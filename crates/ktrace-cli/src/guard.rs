@@ -530,7 +530,9 @@ impl Link {
         let probe = CHUNK.min(r.original.len());
         let tail = r.addr + (r.original.len() - probe) as u64;
         self.set_physical(true);
-        if self.read(r.addr, probe)? != host.read(r.addr, probe)? || self.read(tail, probe)? != host.read(tail, probe)? {
+        if self.read(r.addr, probe)? != host.read(r.addr, probe)?
+            || self.read(tail, probe)? != host.read(tail, probe)?
+        {
             bail!("QEMU's RAM seen from the host differs from the stub's view");
         }
         host.write(r.addr, &r.original)?;

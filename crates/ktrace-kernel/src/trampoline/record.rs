@@ -451,7 +451,8 @@ mod tests {
         // is known, before the closed check; down on every way out that
         // had a ring, right before the pops.
         let at_busy = [0x43, BUSY as u8];
-        let inc = c.listing.iter().position(|i| i.mnemonic == "lock incq" && c.bytes[i.offset + 3..i.offset + 5] == at_busy);
+        let inc =
+            c.listing.iter().position(|i| i.mnemonic == "lock incq" && c.bytes[i.offset + 3..i.offset + 5] == at_busy);
         let dec = c.listing.iter().position(|i| i.mnemonic == "lock decq").expect("the decrement");
         let inc = inc.expect("the increment");
         assert_eq!(c.listing[inc + 1].mnemonic, "cmpq", "the closed check follows the increment");
