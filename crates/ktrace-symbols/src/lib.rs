@@ -26,6 +26,7 @@ mod orc;
 mod scopes;
 mod symbols;
 mod text;
+mod type_shape;
 mod types;
 mod vmlinux;
 

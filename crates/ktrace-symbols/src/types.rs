@@ -5,71 +5,8 @@
 use gimli::AttributeValue;
 
 use crate::dwarf::{DieRef, DwarfInfo};
+pub use crate::type_shape::{TypeRef, TypeShape};
 use crate::{SymbolError, Vmlinux};
-
-/// Types worked out once per vmlinux (the DWARF does not change).
-#[derive(Default)]
-pub(crate) struct TypeMemo {
-    shapes: std::sync::Mutex<std::collections::HashMap<TypeRef, TypeShape>>,
-    names: std::sync::Mutex<std::collections::HashMap<Option<TypeRef>, String>>,
-    sizes: std::sync::Mutex<std::collections::HashMap<TypeRef, u64>>,
-}
-
-/// A type in the vmlinux's DWARF (typedefs and qualifiers included: ask
-/// [`Vmlinux::type_shape`] what it is underneath).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct TypeRef(pub(crate) DieRef);
-
-/// What a type is, after typedefs and qualifiers.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub enum TypeShape {
-    /// `void`.
-    Void,
-    /// An integer: `int`, `unsigned long`, `char`, `_Bool`, `u8`.
-    Int {
-        /// Bytes.
-        size: u64,
-        /// Signed.
-        signed: bool,
-        /// A character type (`char`, `signed char`, `unsigned char`).
-        char: bool,
-        /// `_Bool`.
-        boolean: bool,
-    },
-    /// `float`, `double`.
-    Float {
-        /// Bytes.
-        size: u64,
-    },
-    /// A pointer; `None` for `void *`.
-    Pointer(Option<TypeRef>),
-    /// A struct or union.
-    Struct {
-        /// Its tag (`None`: anonymous).
-        name: Option<String>,
-        /// Bytes.
-        size: u64,
-        /// A union rather than a struct.
-        union: bool,
-    },
-    /// An enum.
-    Enum {
-        /// Its tag (`None`: anonymous).
-        name: Option<String>,
-        /// Bytes.
-        size: u64,
-    },
-    /// An array (multi-dimensional arrays: the element of the first
-    /// dimension is not a DWARF type, so they are seen flattened).
-    Array {
-        /// The element type.
-        element: TypeRef,
-        /// Number of elements (`None`: flexible or unknown).
-        count: Option<u64>,
-    },
-    /// A function type.
-    Function,
-}
 
 /// One member of a struct or union.
 #[derive(Clone, PartialEq, Eq, Debug)]

@@ -21,7 +21,7 @@ pub struct Vmlinux {
     addr2line: Mutex<HashMap<usize, addr2line::Context<R>>>,
     /// Types already worked out (what each is underneath, and its C name):
     /// a backtrace with arguments asks the same few again at every hit.
-    pub(crate) type_memo: crate::types::TypeMemo,
+    pub(crate) type_memo: crate::type_shape::TypeMemo,
     /// [`Vmlinux::cfi_saved_registers`] by address (the frames of a trace
     /// are the same few pcs again and again).
     saved_registers_memo: Mutex<HashMap<u64, Option<cfi::SavedRegisters>>>,
