@@ -62,6 +62,7 @@ pub(crate) fn filter_data(filter: &Filter, task: Option<TaskRef>, cpus: usize) -
         tgid: filter.tgid,
         comm,
         cpus: (!filter.cpus.is_empty()).then(|| filter.cpus.iter().map(|c| c.0).collect()),
+        conditions: Vec::new(),
     })
 }
 
