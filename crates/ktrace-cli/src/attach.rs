@@ -273,9 +273,6 @@ pub async fn run(args: AttachArgs) -> Result<ExitCode> {
         places.join(", "),
         if std::io::stderr().is_terminal() { "; Ctrl-C to stop" } else { "" }
     );
-    if let (true, Some(_)) = (args.in_guest, &args.condition) {
-        eprintln!("ktrace: --if is evaluated in the stop loop, on the hits the in-guest filter lets through (it compiles --pid, --tgid, --comm and --cpu)");
-    }
     if let (true, Some(pid)) = (args.wait, args.pid) {
         eprintln!("ktrace: waiting for pid {pid} to appear (the guest runs meanwhile)");
     }

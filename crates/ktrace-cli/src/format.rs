@@ -157,6 +157,9 @@ pub fn summary_text(summary: &Summary, leave_stopped: bool, addr: &str) -> Strin
                 if r.reconnected { " over a new connection" } else { "" },
                 if r.erased { "erased" } else { "left in place (harmless; `ktrace restore` erases it)" }
             );
+            if r.condition_in_guest {
+                let _ = writeln!(out, "ktrace: --in-guest: --if was evaluated in the guest (no stop for it)");
+            }
             if let Some(rec) = &r.recording {
                 let _ = writeln!(
                     out,

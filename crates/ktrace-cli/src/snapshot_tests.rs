@@ -403,6 +403,7 @@ fn attach_summary_in_guest_not_released() {
             restored: 1,
             erased: false,
             reconnected: true,
+            condition_in_guest: false,
             recording: None,
         }),
     };

@@ -129,6 +129,9 @@ pub struct InGuestReport {
     /// Whether the connection was lost (or ktrace panicked) and the sites
     /// were restored over a new one.
     pub reconnected: bool,
+    /// Whether `--if` was compiled into the filter: evaluated in the guest.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub condition_in_guest: bool,
     /// How matches were recorded in the guest and read back, when they were
     /// (else each match stopped the guest).
     #[serde(skip_serializing_if = "Option::is_none")]

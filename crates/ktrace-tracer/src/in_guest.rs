@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use ktrace_kernel::trampoline::{self, FilterData, Plan, Refusal, Region, Rings, Trampoline, MAX_CPUS};
+use ktrace_kernel::trampoline::{
+    self, Condition, FilterData, Plan, Refusal, Region, Rings, TracedFunction, Trampoline, MAX_CPUS,
+};
 use ktrace_kernel::{CpuId, Guest, GuestConfig, Kernel, KernelError, Target, TaskRef};
 use ktrace_rsp::{BreakpointKind, Resume, Session, StubAddr, ThreadId, ThreadOp};
 use ktrace_symbols::Vmlinux;
@@ -62,7 +64,37 @@ pub(crate) fn filter_data(filter: &Filter, task: Option<TaskRef>, cpus: usize) -
         tgid: filter.tgid,
         comm,
         cpus: (!filter.cpus.is_empty()).then(|| filter.cpus.iter().map(|c| c.0).collect()),
+        conditions: Vec::new(),
     })
+}
+
+/// `--if` (`expr`, written `source`) compiled for the trampoline at the
+/// functions of `addrs`, or why the stop loop evaluates it (a sentence
+/// naming the part of it the guest cannot evaluate).
+pub(crate) fn compile_condition(
+    kernel: &Kernel,
+    expr: &ktrace_expr::Expr,
+    source: &str,
+    addrs: &[(u64, &Location)],
+) -> Result<Vec<Condition>, String> {
+    let vm = kernel.vmlinux();
+    let mut functions: Vec<TracedFunction> = Vec::new();
+    for &(addr, loc) in addrs {
+        let link = kernel.link(addr);
+        let f = match vm.is_code(link) {
+            // Only a function's entry is patched; other breakpoints stay
+            // with the stop loop, which evaluates --if there.
+            true => match vm.symbolize(link) {
+                Some(s) if s.offset == 0 => TracedFunction { name: s.name.to_string(), entry: Some(link) },
+                _ => continue,
+            },
+            false => TracedFunction { name: loc.spec.clone(), entry: None },
+        };
+        if !functions.contains(&f) {
+            functions.push(f);
+        }
+    }
+    trampoline::condition::compile(vm, expr, &functions).map_err(|why| format!("--if '{source}': {why}"))
 }
 
 /// The outcome of [`install`]: the trampoline and which breakpoints now sit
@@ -74,23 +106,31 @@ pub(crate) struct Installed {
     pub moved: Vec<(usize, u64, u64)>,
 }
 
+/// What the trampoline is to filter for: the filter, the `--pid` task, the
+/// compiled `--if`.
+pub(crate) struct Want<'a> {
+    pub filter: &'a Filter,
+    pub task: Option<TaskRef>,
+    pub conditions: &'a [Condition],
+}
+
 /// Tries the in-guest filter for the breakpoints at `addrs` (runtime
 /// addresses of the armed locations). Refusals go to `report.fallbacks`.
 pub(crate) async fn install(
     session: &mut Session,
     kernel: &Kernel,
-    filter: &Filter,
-    task: Option<TaskRef>,
+    want: Want<'_>,
     addrs: &[(u64, &Location)],
     rings: Option<(&Rings, bool)>,
     report: &mut InGuestReport,
 ) -> Result<Option<Installed>, TraceError> {
+    let Want { filter, task, conditions } = want;
     let refused = |report: &mut InGuestReport, r: Refusal| {
         report.fallbacks.push(r.to_string());
         Ok(None)
     };
     let data = match filter_data(filter, task, kernel.cpu_count()) {
-        Ok(d) => d,
+        Ok(d) => FilterData { conditions: conditions.to_vec(), ..d },
         Err(r) => return refused(report, r),
     };
     let plan = match Plan::for_kernel(kernel) {

@@ -117,6 +117,9 @@ pub struct Tracer {
     /// The in-guest filter, while installed.
     in_guest: Option<InGuest>,
     in_guest_report: InGuestReport,
+    /// `--if` is compiled into the in-guest filter: hits through the
+    /// trampoline have met it.
+    condition_in_guest: bool,
     /// The rings matches are recorded in, while in use.
     recording: Option<Recording>,
     /// Recorded functions by the return address into them (site + 5):
@@ -254,6 +257,7 @@ impl Tracer {
                     inserted: Vec::new(),
                     in_guest: None,
                     in_guest_report: InGuestReport::default(),
+                    condition_in_guest: false,
                     recording: None,
                     recorded: Default::default(),
                     recording_report: RecordingReport::default(),
@@ -711,14 +715,41 @@ impl Tracer {
         session: &mut Session,
         sink: &mut S,
     ) -> Result<(), TraceError> {
-        let mut recording = self.set_up_recording(session, sink).await?;
+        // `--if` in the guest where it compiles: then it needs no stop.
+        let conditions = match (&self.exprs.condition, &self.cfg.condition) {
+            (Some(expr), Some(source)) => {
+                let addrs: Vec<(u64, &Location)> =
+                    self.armed.iter().map(|a| (a.addr, &self.locations[a.spec])).collect();
+                match in_guest::compile_condition(&self.kernel, expr, source, &addrs) {
+                    Ok(c) => Some(c),
+                    Err(why) => {
+                        sink.note(&format!("--in-guest: {why}; the stop loop evaluates --if instead"));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut recording = self.set_up_recording(session, sink, conditions.is_some()).await?;
         let no_drop = self.cfg.no_drop;
         let rings = recording.as_ref().map(|r| (&r.rings, no_drop));
         let addrs: Vec<(u64, &Location)> = self.armed.iter().map(|a| (a.addr, &self.locations[a.spec])).collect();
         let mut report = InGuestReport::default();
-        let installed =
-            in_guest::install(session, &self.kernel, &self.cfg.filter, self.target_task, &addrs, rings, &mut report)
-                .await?;
+        let want = in_guest::Want {
+            filter: &self.cfg.filter,
+            task: self.target_task,
+            conditions: conditions.as_deref().unwrap_or_default(),
+        };
+        let installed = in_guest::install(session, &self.kernel, want, &addrs, rings, &mut report).await?;
+        if let (Some(c), Some(_)) = (&conditions, &installed) {
+            self.condition_in_guest = true;
+            report.condition_in_guest = true;
+            sink.note(&format!(
+                "--in-guest: --if '{}' is evaluated in the guest ({} comparison(s)): no stop for it",
+                self.cfg.condition.as_deref().unwrap_or_default(),
+                c.len()
+            ));
+        }
         if report.left_behind > 0 {
             sink.note(&format!(
                 "--in-guest: restored {} site(s) a killed ktrace had left patched; re-using its trampoline",
@@ -808,13 +839,27 @@ impl Tracer {
         &mut self,
         session: &mut Session,
         sink: &mut S,
+        condition_in_guest: bool,
     ) -> Result<Option<Recording>, TraceError> {
         if self.cfg.stop_at_match {
             return Ok(None);
         }
-        let needs_stop = self.exprs.condition.is_some() || !self.exprs.prints.is_empty() || self.cfg.registers;
-        if needs_stop {
-            sink.note("--in-guest: --if, --print and --regs read the stopped CPU: the guest stops at each match");
+        let mut needs_stop = Vec::new();
+        if self.exprs.condition.is_some() && !condition_in_guest {
+            needs_stop.push("--if");
+        }
+        if !self.exprs.prints.is_empty() {
+            needs_stop.push("--print");
+        }
+        if self.cfg.registers {
+            needs_stop.push("--regs");
+        }
+        if !needs_stop.is_empty() {
+            sink.note(&format!(
+                "--in-guest: {} read{} the stopped CPU: the guest stops at each match",
+                needs_stop.join(" and "),
+                if needs_stop.len() == 1 { "s" } else { "" }
+            ));
             return Ok(None);
         }
         // QEMU on this host: the rings are read while the guest runs.
@@ -1017,9 +1062,11 @@ impl Tracer {
         // costs no read of the task's identity.
         let f = &self.cfg.filter;
         let no_task_filter = f.pid.is_none() && f.tgid.is_none() && f.comm.is_none();
+        // Through the trampoline, a compiled `--if` has held already.
+        let host_condition = self.exprs.condition.is_some() && !(self.condition_in_guest && entry_frame);
         let mut early = early;
         let mut decided = None;
-        if self.exprs.condition.is_some() && no_task_filter && current.is_some() {
+        if host_condition && no_task_filter && current.is_some() {
             let stop = self.stop_context(session, early.take(), pc, entry_frame).await?;
             if !self.condition_holds(session, cpu, &stop).await {
                 return self.past_breakpoint(session, bp, thread, rip).await;
@@ -1043,7 +1090,7 @@ impl Tracer {
                 Some(stop) => stop,
                 None => {
                     let stop = self.stop_context(session, early, pc, entry_frame).await?;
-                    if !self.condition_holds(session, cpu, &stop).await {
+                    if host_condition && !self.condition_holds(session, cpu, &stop).await {
                         return self.past_breakpoint(session, bp, thread, rip).await;
                     }
                     stop

@@ -22,6 +22,8 @@ pub struct FrameMap {
     /// `(offset in the body, bytes from the stack pointer to the return
     /// address into the traced function)`, one per body instruction.
     body: Vec<(usize, u64)>,
+    /// The same for the conditions' routine.
+    conditions: Vec<(usize, u64)>,
     /// The same for the record routine (empty when it cannot be built).
     record: Vec<(usize, u64)>,
 }
@@ -41,8 +43,10 @@ pub struct TrampolineFrame {
 impl FrameMap {
     /// The map of the trampoline at `region` with the body `body` assembles to.
     pub fn new(region: Region, body: BodyParams, record: Option<RecordParams>) -> FrameMap {
-        let record = record.map(|p| depths(&super::record::routine(&region, p))).unwrap_or_default();
-        FrameMap { region, body: depths(&code::body(body)), record }
+        let record = record.map(|p| depths(&super::record::routine(&region, p), 8)).unwrap_or_default();
+        // Called by the body, which pushed two registers.
+        let conditions = depths(&code::conditions(&region), 8 + 16 + 8);
+        FrameMap { region, body: depths(&code::body(body, &region), 8), conditions, record }
     }
 
     /// The region it describes.
@@ -69,6 +73,10 @@ impl FrameMap {
             let i = self.body.partition_point(|&(start, _)| start <= off).checked_sub(1)?;
             return Some(TrampolineFrame { depth: self.body[i].1, offset });
         }
+        if let Some(off) = self.region.conditions_offset(pc) {
+            let i = self.conditions.partition_point(|&(start, _)| start as u64 <= off).checked_sub(1)?;
+            return Some(TrampolineFrame { depth: self.conditions[i].1, offset: pc - self.region.hit_page });
+        }
         if let Some(off) = self.region.record_offset(pc) {
             // Called from an entry, like the body.
             let i = self.record.partition_point(|&(start, _)| start as u64 <= off).checked_sub(1)?;
@@ -78,14 +86,13 @@ impl FrameMap {
     }
 }
 
-/// The depth before each instruction of the body: called from an entry
-/// (its return address, then the site's), it pushes and pops; a jump's
-/// target starts with the depth at the jump.
-fn depths(body: &Code) -> Vec<(usize, u64)> {
+/// The depth before each instruction of `body`, `start` at its first (8
+/// for code an entry calls: its return address is above the site's): it
+/// pushes and pops; a jump's target starts with the depth at the jump.
+fn depths(body: &Code, start: u64) -> Vec<(usize, u64)> {
     let mut out = Vec::with_capacity(body.listing.len());
     let mut landing = std::collections::HashMap::new();
-    // The entry's call: its return address is above the site's.
-    let mut depth = 8u64;
+    let mut depth = start;
     let mut after_ret = false;
     for insn in &body.listing {
         if after_ret {
@@ -97,18 +104,25 @@ fn depths(body: &Code) -> Vec<(usize, u64)> {
             "push" | "pushf" => depth += 8,
             "pop" | "popf" => depth -= 8,
             "ret" => after_ret = true,
-            "jne" | "jae" if insn.len == 2 => {
+            // A short jump: its target starts with this depth; after an
+            // unconditional one, as after a `ret`, the next instruction is
+            // reached only by jumps.
+            m if m.starts_with('j') && insn.len == 2 => {
                 let rel = body.bytes[insn.offset + 1] as i8 as isize;
                 let target = (insn.offset + insn.len).wrapping_add_signed(rel);
                 landing.insert(target, depth);
+                after_ret = m == "jmp";
             }
             // A call within the code (the record routine's full-ring stop):
-            // its target runs with the return address pushed.
+            // its target runs with the return address pushed. (The body's
+            // call of the conditions' routine leaves the code.)
             "call" if insn.len == 5 => {
                 let rel =
                     i32::from_le_bytes(body.bytes[insn.offset + 1..insn.offset + 5].try_into().unwrap_or_default());
                 let target = (insn.offset + insn.len).wrapping_add_signed(rel as isize);
-                landing.insert(target, depth + 8);
+                if target < body.bytes.len() {
+                    landing.insert(target, depth + 8);
+                }
             }
             _ => {}
         }
@@ -137,7 +151,8 @@ mod tests {
     fn depths_follow_the_pushes_on_both_paths() {
         let m = map();
         let body = m.region.base + at::BODY as u64;
-        let c = code::body(BodyParams { current_task: 0x1fbc0, cpu_number: 0x19160, tgid: 0x5c8, comm: 0x738 });
+        let c =
+            code::body(BodyParams { current_task: 0x1fbc0, cpu_number: 0x19160, tgid: 0x5c8, comm: 0x738 }, &m.region);
         let depth_of = |i: usize| m.at(body + c.listing[i].offset as u64).expect("in the body").depth;
         assert_eq!(depth_of(0), 8, "at the first push: the entry's return address only");
         assert_eq!(depth_of(1), 16);
@@ -153,6 +168,37 @@ mod tests {
         // Mid-instruction pcs (an interrupt returns to instruction starts,
         // but the map is total over the body).
         assert_eq!(m.at(body + c.listing[2].offset as u64 + 3).unwrap().depth, 24);
+    }
+
+    #[test]
+    fn the_conditions_routine_holds_its_pushes() {
+        let m = map();
+        let start = m.region.hit_page + at::CONDITIONS_CODE;
+        let c = code::conditions(&m.region);
+        let depth_at = |i: usize| m.at(start + c.listing[i].offset as u64).expect("in the routine").depth;
+        // The entry's return address, the body's rax and rcx, its call.
+        assert_eq!(depth_at(0), 32);
+        assert_eq!(depth_at(6), 32 + 48, "the arguments pushed");
+        let last = c.listing.len() - 1;
+        for i in 6..last - 6 {
+            assert_eq!(depth_at(i), 80, "in the loop: {:?}", c.listing[i]);
+        }
+        assert_eq!(depth_at(last), 32, "at its ret, popped");
+        let f = m.at(start + c.listing[9].offset as u64 + 1).unwrap();
+        assert_eq!(
+            f.offset,
+            at::CONDITIONS_CODE + c.listing[9].offset as u64 + 1,
+            "mid-instruction, from the hit page"
+        );
+        // The conditions themselves are data.
+        assert_eq!(m.at(m.region.hit_page + at::CONDITIONS), None);
+        // The body's call of it and its return.
+        let body =
+            code::body(BodyParams { current_task: 0x1fbc0, cpu_number: 0x19160, tgid: 0x5c8, comm: 0x738 }, &m.region);
+        let call = body.listing.iter().position(|i| i.mnemonic == "call").unwrap();
+        let base = m.region.base + at::BODY as u64;
+        assert_eq!(m.at(base + body.listing[call].offset as u64).unwrap().depth, 24);
+        assert_eq!(m.at(base + body.listing[call + 1].offset as u64).unwrap().depth, 24, "after it returns");
     }
 
     #[test]

@@ -8,12 +8,14 @@
 //! +256  the filter body             +416 one 16-byte entry per slot
 //! ```
 //! The hit instructions are on a page of their own: slot `i`'s at
-//! `hit_page + 16 * i`.
+//! `hit_page + 16 * i`; then the `--if` conditions (their count, then each,
+//! see [`crate::trampoline::condition`]) at 0x100 and the routine that
+//! evaluates them at 0x200; the record routine's data and code at 0x400.
 
 /// Marks a region as ktrace's trampoline.
 pub const MAGIC: [u8; 16] = *b"ktrace:tramp:v1\0";
 /// Format version in the header.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Patched sites one trampoline serves.
 pub const SLOTS: usize = 16;
 /// CPUs the CPU mask can name.
@@ -40,14 +42,30 @@ pub(crate) const HIT_STRIDE: u64 = 16;
 
 const _: () = assert!(DATA_END == SITES && SITES + SLOTS * 8 == BODY);
 
-/// Where the record routine's data is on the hit page (after the hit stubs).
+/// Where the conditions are on the hit page (after the hit stubs): their
+/// count (a `u32` in a quadword), then each.
+pub const CONDITIONS: u64 = 0x100;
+pub(crate) use super::condition::{CONDITION_SIZE, MAX_CONDITIONS};
+/// The bytes of the conditions on the hit page.
+pub(crate) const CONDITIONS_LEN: usize = 8 + MAX_CONDITIONS * CONDITION_SIZE;
+/// Where the routine evaluating them is on the hit page.
+pub const CONDITIONS_CODE: u64 = 0x200;
+/// The most bytes that routine may take (checked by a test).
+pub const CONDITIONS_CODE_MAX: u64 = 0x100;
+
+/// Where the record routine's data is on the hit page (after the conditions).
 pub const RECORD_DATA: u64 = 0x400;
 /// Where the record routine is on the hit page.
 pub const RECORD_CODE: u64 = 0x440;
 /// The most bytes the routine may take (checked by a test).
 pub const RECORD_CODE_MAX: u64 = 0x240;
 
-const _: () = assert!(SLOTS as u64 * HIT_STRIDE <= RECORD_DATA && RECORD_CODE + RECORD_CODE_MAX <= 4096);
+const _: () = assert!(
+    SLOTS as u64 * HIT_STRIDE <= CONDITIONS
+        && CONDITIONS + CONDITIONS_LEN as u64 <= CONDITIONS_CODE
+        && CONDITIONS_CODE + CONDITIONS_CODE_MAX <= RECORD_DATA
+        && RECORD_CODE + RECORD_CODE_MAX <= 4096
+);
 
 /// The region (header, data, code) and the hit page, at runtime addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +98,14 @@ impl Region {
     pub fn contains_code(&self, addr: u64) -> bool {
         (self.base + BODY as u64..self.base + REGION_LEN as u64).contains(&addr)
             || (self.hit_page..self.hit_page + SLOTS as u64 * HIT_STRIDE).contains(&addr)
+            || self.conditions_offset(addr).is_some()
             || self.record_offset(addr).is_some()
+    }
+
+    /// The offset of `addr` in the conditions' routine, when it is there.
+    pub fn conditions_offset(&self, addr: u64) -> Option<u64> {
+        let start = self.hit_page + CONDITIONS_CODE;
+        (start..start + CONDITIONS_CODE_MAX).contains(&addr).then(|| addr - start)
     }
 
     /// The offset of `addr` in the record routine, when it is there.
@@ -134,6 +159,8 @@ pub struct FilterData {
     pub comm: Option<Vec<u8>>,
     /// Only these CPUs (each below [`MAX_CPUS`]).
     pub cpus: Option<Vec<u32>>,
+    /// `--if`, compiled: all must hold (at most [`MAX_CONDITIONS`]).
+    pub conditions: Vec<super::Condition>,
 }
 
 impl FilterData {
@@ -168,6 +195,18 @@ impl FilterData {
             None => mask = [0xff; MAX_CPUS / 8],
         }
         put(CPU_MASK, &mask);
+        b
+    }
+
+    /// The bytes at [`CONDITIONS`] on the hit page: the count, then each
+    /// condition (unused ones zero).
+    pub fn encode_conditions(&self) -> Vec<u8> {
+        let n = self.conditions.len().min(MAX_CONDITIONS);
+        let mut b = (n as u64).to_le_bytes().to_vec();
+        for c in &self.conditions[..n] {
+            b.extend_from_slice(&c.encode());
+        }
+        b.resize(CONDITIONS_LEN, 0);
         b
     }
 }
@@ -213,6 +252,7 @@ mod tests {
             tgid: Some(91),
             comm: Some(b"testprog".to_vec()),
             cpus: Some(vec![1, 9]),
+            conditions: Vec::new(),
         }
         .encode();
         let at = |o: usize| o - TARGET_MASK;

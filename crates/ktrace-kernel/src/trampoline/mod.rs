@@ -11,6 +11,7 @@
 
 mod borrow;
 pub mod code;
+pub mod condition;
 mod frame;
 mod layout;
 pub mod record;
@@ -18,6 +19,7 @@ mod refusal;
 mod site;
 
 pub use borrow::{borrowable_low_memory, LowMemory};
+pub use condition::{Condition, NotCompiled, Operand, TracedFunction, MAX_CONDITIONS};
 pub use frame::{FrameMap, TrampolineFrame, FRAME_NAME};
 pub use layout::{FilterData, Header, Region, MAGIC, MAX_CPUS, REGION_LEN, SLOTS};
 pub use record::{Record, RecordParams, RingState, Rings};
@@ -246,7 +248,7 @@ pub async fn install<T: Target>(
         (Some(_), Err(r)) => return Err(r.clone().into()),
         (None, _) => None,
     };
-    target.write_memory(region.hit_page, &hit_page_image(plan, record)).await.map_err(KernelError::Target)?;
+    target.write_memory(region.hit_page, &hit_page_image(plan, filter, record)).await.map_err(KernelError::Target)?;
     target.write_memory(region.base, &image(plan, filter, record.is_some())).await.map_err(KernelError::Target)?;
     let mut patched = Vec::new();
     for (slot, &site) in sites.iter().enumerate() {
@@ -266,7 +268,7 @@ fn image(plan: &Plan, filter: &FilterData, recording: bool) -> Vec<u8> {
     let mut b = Header::prefix(plan.region.hit_page);
     b.extend(filter.encode());
     b.resize(layout::BODY, 0);
-    b.extend(code::body(plan.body).bytes);
+    b.extend(code::body(plan.body, &plan.region).bytes);
     b.resize(layout::ENTRIES, 0x90);
     for slot in 0..SLOTS {
         match recording {
@@ -278,14 +280,20 @@ fn image(plan: &Plan, filter: &FilterData, recording: bool) -> Vec<u8> {
     b
 }
 
-/// The hit page's used part: each slot's `nop; ret`, and when recording,
-/// the record routine's data and code.
-fn hit_page_image(plan: &Plan, record: Option<(&Rings, bool, &RecordParams)>) -> Vec<u8> {
+/// The hit page's used part: each slot's `nop; ret`, the conditions and
+/// their routine, and when recording, the record routine's data and code.
+fn hit_page_image(plan: &Plan, filter: &FilterData, record: Option<(&Rings, bool, &RecordParams)>) -> Vec<u8> {
     let mut b = vec![0xcc; HIT_PAGE_USED];
     for slot in 0..SLOTS {
         let at = slot * layout::HIT_STRIDE as usize;
         b[at..at + 2].copy_from_slice(&code::HIT_STUB);
     }
+    let conditions = filter.encode_conditions();
+    let at = layout::CONDITIONS as usize;
+    b[at..at + conditions.len()].copy_from_slice(&conditions);
+    let routine = code::conditions(&plan.region).bytes;
+    let at = layout::CONDITIONS_CODE as usize;
+    b[at..at + routine.len()].copy_from_slice(&routine);
     if let Some((rings, no_drop, params)) = record {
         let data = rings.data(no_drop);
         b[record::DATA as usize..record::DATA as usize + data.len()].copy_from_slice(&data);
@@ -311,9 +319,13 @@ async fn check_hit_page<T: Target>(target: &mut T, page: u64) -> Result<(), Kern
         for (i, &b) in bytes.iter().enumerate() {
             let off = half * PAGE / 2 + i as u64;
             let stub = (off % layout::HIT_STRIDE) as usize;
-            // A former recording trampoline's data and routine: ours too.
+            // A former trampoline's conditions and their routine, or its
+            // record routine's data and code: ours too.
+            let conditions = (layout::CONDITIONS..layout::CONDITIONS_CODE + layout::CONDITIONS_CODE_MAX).contains(&off);
             let record = (record::DATA..record::CODE + record::CODE_MAX).contains(&off);
-            let ours = record || off < SLOTS as u64 * layout::HIT_STRIDE && stub < 2 && b == code::HIT_STUB[stub];
+            let ours = conditions
+                || record
+                || off < SLOTS as u64 * layout::HIT_STRIDE && stub < 2 && b == code::HIT_STUB[stub];
             if b != 0xcc && !ours {
                 return Err(
                     Refusal::PaddingInUse { addr: page + off, what: format!("byte {b:02x} on the hit page") }.into()
@@ -325,13 +337,20 @@ async fn check_hit_page<T: Target>(target: &mut T, page: u64) -> Result<(), Kern
 }
 
 /// Rewrites the filter data of an installed trampoline (e.g. when the
-/// traced task's `task_struct` changed).
+/// traced task's `task_struct` changed), its conditions included.
 pub async fn update_filter<T: Target>(
     target: &mut T,
     region: &Region,
     filter: &FilterData,
 ) -> Result<(), KernelError<T::Error>> {
-    target.write_memory(region.base + layout::TARGET_MASK as u64, &filter.encode()).await.map_err(KernelError::Target)
+    target
+        .write_memory(region.base + layout::TARGET_MASK as u64, &filter.encode())
+        .await
+        .map_err(KernelError::Target)?;
+    target
+        .write_memory(region.hit_page + layout::CONDITIONS, &filter.encode_conditions())
+        .await
+        .map_err(KernelError::Target)
 }
 
 /// Puts the ftrace NOP back at every site the header lists, where the site
@@ -478,6 +497,41 @@ mod tests {
             install(&mut t, &plan, &FilterData::default(), &[SITE], Some((&rings, false))).await.expect("again");
             erase(&mut t, &plan.region).await.unwrap();
             assert!(t.read_memory(plan.region.hit_page, 4096).await.unwrap().iter().all(|&b| b == 0xcc));
+        });
+    }
+
+    #[test]
+    fn conditions_and_their_routine_go_on_the_hit_page() {
+        run(async {
+            let (mut t, plan) = guest();
+            let c = Condition {
+                operand: Operand::Argument(2),
+                mask: 0xffff_ffff,
+                bias: 0,
+                lo: 0x8000,
+                span: 0,
+                invert: false,
+            };
+            let filter = FilterData { conditions: vec![c], ..FilterData::default() };
+            install(&mut t, &plan, &filter, &[SITE], None).await.expect("install");
+            let page = plan.region.hit_page;
+            let data = t.read_memory(page + layout::CONDITIONS, layout::CONDITIONS_LEN).await.unwrap();
+            assert_eq!(data, filter.encode_conditions());
+            assert_eq!(u32::from_le_bytes(data[..4].try_into().unwrap()), 1);
+            let routine = code::conditions(&plan.region).bytes;
+            assert_eq!(t.read_memory(page + layout::CONDITIONS_CODE, routine.len()).await.unwrap(), routine);
+            assert!(plan.region.contains_code(page + layout::CONDITIONS_CODE));
+            // The region's code is the same whatever the conditions.
+            let region = t.read_memory(plan.region.base, REGION_LEN).await.unwrap();
+            assert_eq!(region[layout::BODY..], image(&plan, &FilterData::default(), false)[layout::BODY..]);
+            // Rewritten with the filter; a later install accepts the page.
+            let none = FilterData::default();
+            update_filter(&mut t, &plan.region, &none).await.unwrap();
+            let data = t.read_memory(page + layout::CONDITIONS, layout::CONDITIONS_LEN).await.unwrap();
+            assert!(data.iter().all(|&b| b == 0), "no conditions: count 0");
+            install(&mut t, &plan, &filter, &[SITE], None).await.expect("again over its own page");
+            erase(&mut t, &plan.region).await.unwrap();
+            assert!(t.read_memory(page, 4096).await.unwrap().iter().all(|&b| b == 0xcc));
         });
     }
 
