@@ -67,4 +67,3 @@ pub enum TypeShape {
     /// A function type.
     Function,
 }
-
