@@ -259,8 +259,12 @@ impl Compiler<'_> {
     fn constant(&self, e: &Expr) -> Option<(i128, IntTy)> {
         match e {
             Expr::Int(n) => {
-                let (size, signed) = crate::values::int_literal_type(*n);
-                Some((i128::from(*n), IntTy { size, signed }))
+                let ty = match *n {
+                    n if n <= i32::MAX as u64 => INT,
+                    n if n <= i64::MAX as u64 => LONG,
+                    _ => ULONG,
+                };
+                Some((i128::from(*n), ty))
             }
             Expr::Unary { op: UnaryOp::Neg, operand } => {
                 let (v, ty) = self.constant(operand)?;

@@ -266,9 +266,14 @@ impl<T: Target> Eval<'_, '_, T> {
 
     async fn eval_inner(&mut self, e: &Expr, depth: usize) -> Result<Val, EvalError> {
         match e {
+            // C: int if it fits, then long, then unsigned long.
             Expr::Int(n) => {
-                let (size, signed) = super::int_literal_type(*n);
-                Ok(Self::imm(Ty::Int { size: size as u8, signed }, i128::from(*n)))
+                let ty = match *n {
+                    n if n <= i32::MAX as u64 => INT,
+                    n if n <= i64::MAX as u64 => LONG,
+                    _ => ULONG,
+                };
+                Ok(Self::imm(ty, i128::from(*n)))
             }
             Expr::Str(s) => Ok(Val::Str(s.clone())),
             Expr::Register(name) => {
