@@ -128,9 +128,6 @@ pub struct Tracer {
     recording_report: RecordingReport,
     /// Records read back, not yet turned into hits.
     pending: std::collections::VecDeque<Record>,
-    /// Records the last read of the rings from the host found: while
-    /// matches come, the rings are read again at once, not after a tick.
-    last_drain_read: usize,
 }
 
 /// What [`Tracer::plan`] found in the vmlinux before any connection.
@@ -262,7 +259,6 @@ impl Tracer {
                     recorded: Default::default(),
                     recording_report: RecordingReport::default(),
                     pending: Default::default(),
-                    last_drain_read: 0,
                 })
             }
             Err(err) => {
@@ -624,7 +620,7 @@ impl Tracer {
             let left = quiet.saturating_sub(last_stop.elapsed()).max(Duration::from_millis(1));
             // Records waiting: back to them at once (a stop reply still
             // wins); none: read the rings again after a tick.
-            let busy = !self.pending.is_empty() || self.last_drain_read > 0;
+            let busy = !self.pending.is_empty() || self.recording.as_ref().is_some_and(|r| r.fullest() > 0);
             let tick = live.map(|_| if busy { BUSY_TICK } else { LIVE_DRAIN });
             let stop = match conn.wait(cancel, deadline, left, tick).await? {
                 Woken::Stop(stop) => stop,
@@ -692,7 +688,6 @@ impl Tracer {
     async fn drain_live(&mut self) -> Result<(), TraceError> {
         let Some(rec) = self.recording.as_mut() else { return Ok(()) };
         let records = rec.drain_live().await?;
-        self.last_drain_read = records.len();
         self.pending.extend(records);
         Ok(())
     }
